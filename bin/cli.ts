@@ -2,15 +2,10 @@
 import { UsageError, type Command } from './command.ts';
 import { QuicmapError } from '../engine/errors.ts';
 
-const loaders: Record<string, () => Promise<Command>> = {
-  demo: async () => (await import('./commands/demo.ts')).demo,
-  nbd: async () => (await import('./commands/nbd.ts')).nbd,
-};
+// One entry per subcommand; each module is loaded only when its command runs.
+const loaders: Record<string, () => Promise<Command>> = {};
 
-const SUMMARIES: Record<string, string> = {
-  demo: 'run a local demo: serve a region, exercise it, print a summary',
-  nbd: 'serve a local region over NBD (and optionally mount it for mmap)',
-};
+const SUMMARIES: Record<string, string> = {};
 
 function topHelp(): string {
   const width = Math.max(...Object.keys(SUMMARIES).map((n) => n.length));
