@@ -3,9 +3,13 @@ import { UsageError, type Command } from './command.ts';
 import { QuicmapError } from '../engine/errors.ts';
 
 // One entry per subcommand; each module is loaded only when its command runs.
-const loaders: Record<string, () => Promise<Command>> = {};
+const loaders: Record<string, () => Promise<Command>> = {
+  nbd: async () => (await import('./commands/nbd.ts')).nbd,
+};
 
-const SUMMARIES: Record<string, string> = {};
+const SUMMARIES: Record<string, string> = {
+  nbd: 'serve a local region over NBD (and optionally mount it for mmap)',
+};
 
 function topHelp(): string {
   const width = Math.max(...Object.keys(SUMMARIES).map((n) => n.length));

@@ -36,3 +36,26 @@ export function parseFlags<T extends NonNullable<ParseArgsConfig['options']>>(
 export function log(message: string): void {
   process.stderr.write(`${message}\n`);
 }
+
+/** Parse "HOST:PORT", "[v6]:PORT" or ":PORT" (host defaults to 127.0.0.1: nothing is exposed unless asked). */
+export function parseHostPort(text: string, flag = '--listen'): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(text);
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) throw new UsageError(`${flag}: expected HOST:PORT, got "${text}"`);
+  return { host: m[1] ?? (m[2] || '127.0.0.1'), port };
+}
+
+/** Resolve once SIGINT or SIGTERM arrives (a second signal exits at once). */
+export function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const onSignal = (sig: NodeJS.Signals) => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      process.once('SIGINT', () => process.exit(130));
+      process.once('SIGTERM', () => process.exit(143));
+      resolve(sig);
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+}

@@ -1,0 +1,88 @@
+/**
+ * Make an export of an in-process NbdServer mmap-able: the kernel NBD device
+ * where the kernel has NBD, otherwise a file under nbdfuse. Callers learn
+ * which one was used from `method`.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { QuicmapError } from '../errors.ts';
+import type { NbdServer } from '../nbd/server.ts';
+import { mountWithNbdfuse, nbdfuseAvailable } from './nbdfuse.ts';
+
+export type MountMethod = 'kernel-nbd' | 'nbdfuse';
+
+export interface MountOptions {
+  server: NbdServer;
+  exportName: string;
+  /** Mount point for nbdfuse (created if missing). Ignored by kernel NBD, whose path is /dev/nbdX. */
+  dir: string;
+  /** 'auto' picks kernel NBD when present, else nbdfuse. */
+  method?: 'auto' | MountMethod;
+  readOnly?: boolean;
+  log?: (message: string) => void;
+}
+
+export interface Mounted {
+  method: MountMethod;
+  /** The mmap-able path: /dev/nbdX or DIR/region. */
+  path: string;
+  unmount(): Promise<void>;
+}
+
+interface KernelNbd {
+  kernelNbdAvailable(): boolean | { ok: boolean };
+  mountKernelNbd(opts: { server: NbdServer; exportName: string; readOnly?: boolean; log?: (m: string) => void }): Promise<Mounted>;
+}
+
+async function loadKernel(): Promise<KernelNbd | undefined> {
+  try {
+    // Optional module: kernel NBD attach lives beside the native addon.
+    const path = './kernel-nbd.ts';
+    const mod = (await import(path)) as Partial<KernelNbd>;
+    return typeof mod.mountKernelNbd === 'function' && typeof mod.kernelNbdAvailable === 'function' ? (mod as KernelNbd) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function isAvailable(v: boolean | { ok: boolean }): boolean {
+  return typeof v === 'boolean' ? v : v.ok;
+}
+
+export async function mountExport(opts: MountOptions): Promise<Mounted> {
+  const method = opts.method ?? 'auto';
+  if (!opts.server.exportInfo(opts.exportName)) throw new QuicmapError('EINVAL', `no export named "${opts.exportName}"`);
+  if (method !== 'nbdfuse') {
+    const kernel = await loadKernel();
+    if (kernel && isAvailable(kernel.kernelNbdAvailable())) {
+      return kernel.mountKernelNbd({ server: opts.server, exportName: opts.exportName, readOnly: opts.readOnly, log: opts.log });
+    }
+    if (method === 'kernel-nbd') throw new QuicmapError('ENOTSUP', 'kernel NBD is not available on this machine (no /dev/nbd0; modprobe nbd)');
+  }
+  const avail = nbdfuseAvailable();
+  if (!avail.ok) throw new QuicmapError('ENOTSUP', `cannot make the region mmap-able: no kernel NBD and ${avail.reason}`);
+  // The FUSE hop stays local and on a unix socket: the fastest path to the server.
+  const sockDir = mkdtempSync(join(tmpdir(), 'quicmap-sock-'));
+  const ep = await opts.server.listen({ path: join(sockDir, 'nbd.sock') });
+  const dropSocket = async () => {
+    await ep.close();
+    rmSync(sockDir, { recursive: true, force: true });
+  };
+  let m;
+  try {
+    m = await mountWithNbdfuse({ uri: ep.uri(opts.exportName), dir: opts.dir, readOnly: opts.readOnly, log: opts.log });
+  } catch (e) {
+    await dropSocket();
+    throw e;
+  }
+  const fuse = m;
+  return {
+    method: 'nbdfuse',
+    path: fuse.path,
+    unmount: async () => {
+      await fuse.unmount();
+      await dropSocket();
+    },
+  };
+}

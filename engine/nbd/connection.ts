@@ -1,0 +1,289 @@
+/**
+ * One client connection: the thin I/O adapter between a socket and the
+ * sans-IO handshake and request decoder. Requests run concurrently and are
+ * answered by handle as they finish; in-flight requests (count and bytes)
+ * and unsent replies are bounded by pausing the socket.
+ */
+import type { Socket } from 'node:net';
+import { errorCode, type ErrorCode } from '../errors.ts';
+import {
+  CMD_CACHE,
+  CMD_DISC,
+  CMD_FLAG_FAST_ZERO,
+  CMD_FLAG_FUA,
+  CMD_FLAG_NO_HOLE,
+  CMD_FLUSH,
+  CMD_READ,
+  CMD_TRIM,
+  CMD_WRITE,
+  CMD_WRITE_ZEROES,
+  NBD_ERRNO,
+  SIMPLE_REPLY_MAGIC,
+  SIMPLE_REPLY_SIZE,
+  commandName,
+} from './constants.ts';
+import type { ExportEntry } from './export.ts';
+import { NbdHandshake } from './handshake.ts';
+import { RequestDecoder, type NbdRequest } from './requests.ts';
+
+export interface ConnectionLimits {
+  maxPayload: number;
+  maxInFlight: number;
+  maxInFlightBytes: number;
+}
+
+export interface ConnectionHost {
+  readonly limits: ConnectionLimits;
+  handshake(): NbdHandshake;
+  entry(name: string): ExportEntry | undefined;
+  log(message: string): void;
+  stats: { reads: number; writes: number; bytesRead: number; bytesWritten: number };
+}
+
+const WIRE_ERRNO: Record<ErrorCode, number> = {
+  EINVAL: NBD_ERRNO.EINVAL,
+  EPERM: NBD_ERRNO.EPERM,
+  EACCES: NBD_ERRNO.EPERM,
+  EIO: NBD_ERRNO.EIO,
+  ENOSPC: NBD_ERRNO.ENOSPC,
+  EOVERFLOW: NBD_ERRNO.EOVERFLOW,
+  ENOTSUP: NBD_ERRNO.ENOTSUP,
+  ESHUTDOWN: NBD_ERRNO.ESHUTDOWN,
+  ETIMEDOUT: NBD_ERRNO.EIO,
+  EPROTO: NBD_ERRNO.EIO,
+};
+
+export class NbdConnection {
+  private handshake: NbdHandshake | undefined;
+  private decoder: RequestDecoder | undefined;
+  private entry: ExportEntry | undefined;
+  private inFlight = 0;
+  private inFlightBytes = 0;
+  private writeBlocked = false;
+  private disconnecting = false;
+  private closed = false;
+  private idle: (() => void) | undefined;
+  readonly done: Promise<void>;
+  private resolveDone!: () => void;
+
+  constructor(
+    private readonly host: ConnectionHost,
+    readonly socket: Socket,
+    preNegotiated?: string,
+  ) {
+    this.done = new Promise((r) => (this.resolveDone = r));
+    socket.setNoDelay?.(true);
+    socket.on('data', (chunk: Buffer) => this.onData(chunk));
+    socket.on('drain', () => {
+      this.writeBlocked = false;
+      this.updateFlow();
+    });
+    socket.on('error', (err) => this.host.log(`nbd: connection error: ${err.message}`));
+    socket.on('close', () => this.finish());
+    if (preNegotiated !== undefined) {
+      const entry = host.entry(preNegotiated);
+      if (!entry) throw new Error(`no export named "${preNegotiated}"`);
+      this.startTransmission(entry);
+    } else {
+      this.handshake = host.handshake();
+      socket.write(NbdHandshake.greeting());
+    }
+  }
+
+  /** The export this connection is attached to, once in transmission. */
+  get exportName(): string | undefined {
+    return this.entry?.name;
+  }
+
+  /** Stop reading, let in-flight requests answer, then close. */
+  async shutdown(graceMs = 5000): Promise<void> {
+    if (this.closed) return;
+    this.socket.pause();
+    this.disconnecting = true;
+    await Promise.race([this.whenIdle(), new Promise((r) => setTimeout(r, graceMs))]);
+    this.socket.destroy();
+    await this.done;
+  }
+
+  private finish(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.resolveDone();
+  }
+
+  private whenIdle(): Promise<void> {
+    if (this.inFlight === 0) return Promise.resolve();
+    return new Promise((r) => (this.idle = r));
+  }
+
+  private onData(chunk: Buffer): void {
+    if (this.closed) return;
+    if (this.handshake) {
+      const outcome = this.handshake.push(chunk);
+      for (const b of this.handshake.takeOutput()) this.socket.write(b);
+      if (outcome.kind === 'close') {
+        this.host.log(`nbd: closing connection during handshake: ${outcome.reason}`);
+        this.socket.end();
+        return;
+      }
+      if (outcome.kind === 'transmission') {
+        this.handshake = undefined;
+        const entry = this.host.entry(outcome.export.name);
+        if (!entry) {
+          this.socket.destroy();
+          return;
+        }
+        this.startTransmission(entry);
+        if (outcome.rest.length) this.feed(outcome.rest);
+      }
+      return;
+    }
+    this.feed(chunk);
+  }
+
+  private startTransmission(entry: ExportEntry): void {
+    this.entry = entry;
+    this.decoder = new RequestDecoder(this.host.limits.maxPayload, (req) => this.onRequest(req));
+  }
+
+  private feed(chunk: Buffer): void {
+    if (this.disconnecting) return;
+    try {
+      this.decoder!.push(chunk);
+    } catch (e) {
+      // Garbage on the wire: this client is broken, others are not affected.
+      this.host.log(`nbd: dropping client: ${(e as Error).message}`);
+      this.socket.destroy();
+      return;
+    }
+    this.updateFlow();
+  }
+
+  private canAcceptMore(): boolean {
+    const { maxInFlight, maxInFlightBytes } = this.host.limits;
+    return !this.writeBlocked && this.inFlight < maxInFlight && this.inFlightBytes < maxInFlightBytes;
+  }
+
+  private updateFlow(): void {
+    if (this.closed || this.disconnecting || !this.decoder) return;
+    if (this.canAcceptMore()) {
+      if (this.decoder.isPaused) {
+        try {
+          this.decoder.resume();
+        } catch (e) {
+          this.host.log(`nbd: dropping client: ${(e as Error).message}`);
+          this.socket.destroy();
+          return;
+        }
+      }
+      if (!this.decoder.isPaused && this.socket.isPaused()) this.socket.resume();
+    } else if (!this.socket.isPaused()) {
+      this.socket.pause();
+    }
+  }
+
+  private onRequest(req: NbdRequest): boolean {
+    if (req.type === CMD_DISC) {
+      this.disconnecting = true;
+      void this.disconnect();
+      return false;
+    }
+    const bytes = req.type === CMD_READ || req.type === CMD_WRITE ? Math.min(req.length, this.host.limits.maxPayload) : 0;
+    this.inFlight++;
+    this.inFlightBytes += bytes;
+    void this.execute(req).then((reply) => {
+      this.inFlight--;
+      this.inFlightBytes -= bytes;
+      if (!this.closed && !this.socket.destroyed) {
+        if (!this.socket.write(reply)) this.writeBlocked = true;
+      }
+      if (this.inFlight === 0 && this.idle) {
+        const r = this.idle;
+        this.idle = undefined;
+        r();
+      }
+      this.updateFlow();
+    });
+    return this.canAcceptMore();
+  }
+
+  private async disconnect(): Promise<void> {
+    // The spec asks the server to finish outstanding requests before closing.
+    await this.whenIdle();
+    try {
+      await this.entry!.store.flush();
+    } catch (e) {
+      this.host.log(`nbd: flush at disconnect failed: ${(e as Error).message}`);
+    }
+    this.socket.end();
+  }
+
+  /** Run one request; always resolves to the complete reply bytes. */
+  private async execute(req: NbdRequest): Promise<Buffer> {
+    const entry = this.entry!;
+    const { store } = entry;
+    const fua = (req.flags & CMD_FLAG_FUA) !== 0;
+    try {
+      if (req.tooLarge) return this.errorReply(req, NBD_ERRNO.EINVAL, `${commandName(req.type)} of ${req.length} bytes exceeds the maximum`);
+      const needsRange = req.type !== CMD_FLUSH;
+      if (needsRange && (req.offset + req.length > entry.size || req.offset > entry.size)) {
+        return this.errorReply(req, NBD_ERRNO.EINVAL, `${commandName(req.type)} [${req.offset}, +${req.length}) beyond size ${entry.size}`);
+      }
+      switch (req.type) {
+        case CMD_READ: {
+          const reply = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE + req.length);
+          if (req.length) await store.readAt(reply.subarray(SIMPLE_REPLY_SIZE), req.offset);
+          this.header(reply, req, 0);
+          this.host.stats.reads++;
+          this.host.stats.bytesRead += req.length;
+          return reply;
+        }
+        case CMD_WRITE:
+          if (entry.readOnly) return this.errorReply(req, NBD_ERRNO.EPERM, 'write to a read-only export');
+          if (req.length) await store.writeAt(req.payload!, req.offset, { fua });
+          this.host.stats.writes++;
+          this.host.stats.bytesWritten += req.length;
+          return this.okReply(req);
+        case CMD_FLUSH:
+          await store.flush();
+          return this.okReply(req);
+        case CMD_TRIM:
+          if (entry.readOnly) return this.errorReply(req, NBD_ERRNO.EPERM, 'trim on a read-only export');
+          if (req.length) await store.trim(req.offset, req.length, { fua });
+          return this.okReply(req);
+        case CMD_WRITE_ZEROES:
+          if (entry.readOnly) return this.errorReply(req, NBD_ERRNO.EPERM, 'write-zeroes on a read-only export');
+          if (req.flags & CMD_FLAG_FAST_ZERO && !store.caps.fastZero) return this.errorReply(req, NBD_ERRNO.ENOTSUP, 'no fast zeroing');
+          if (req.length) await store.writeZeroes(req.offset, req.length, { fua, noHole: (req.flags & CMD_FLAG_NO_HOLE) !== 0 });
+          return this.okReply(req);
+        case CMD_CACHE:
+          return this.okReply(req);
+        default:
+          return this.errorReply(req, NBD_ERRNO.EINVAL, `unsupported command ${commandName(req.type)}`);
+      }
+    } catch (e) {
+      const code = errorCode(e);
+      return this.errorReply(req, WIRE_ERRNO[code], `${commandName(req.type)} failed: ${(e as Error).message}`);
+    }
+  }
+
+  private header(buf: Buffer, req: NbdRequest, errno: number): void {
+    buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
+    buf.writeUInt32BE(errno, 4);
+    buf.writeUInt32BE(req.handleHi, 8);
+    buf.writeUInt32BE(req.handleLo, 12);
+  }
+
+  private okReply(req: NbdRequest): Buffer {
+    const b = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
+    this.header(b, req, 0);
+    return b;
+  }
+
+  private errorReply(req: NbdRequest, errno: number, why: string): Buffer {
+    this.host.log(`nbd: ${this.entry?.name ?? '?'}: ${why}`);
+    const b = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
+    this.header(b, req, errno);
+    return b;
+  }
+}

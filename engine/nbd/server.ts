@@ -1,0 +1,206 @@
+/**
+ * The NBD server: many named exports, many clients, TCP and unix-socket
+ * listeners. Each export is a ReadWriterAt; this file only keeps the export
+ * table and the listeners — the protocol lives in handshake.ts / requests.ts
+ * and the per-client glue in connection.ts.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { lstatSync, rmSync } from 'node:fs';
+import type { ReadWriterAt } from '../rwat.ts';
+import { transmissionFlags, type ExportCatalog, type ExportEntry, type ExportInfo } from './export.ts';
+import { NbdConnection, type ConnectionHost, type ConnectionLimits } from './connection.ts';
+import { NbdHandshake } from './handshake.ts';
+
+export interface NbdServerOptions {
+  /** Largest READ/WRITE payload accepted (advertised as the maximum block size). Default 32 MiB. */
+  maxPayload?: number;
+  /** Requests one connection may have in flight before its socket is paused. Default 128. */
+  maxInFlight?: number;
+  /** Payload bytes one connection may have in flight. Default 256 MiB. */
+  maxInFlightBytes?: number;
+  /** Where diagnostics go (refusals, dropped clients). Default: nowhere. */
+  log?: (message: string) => void;
+}
+
+export interface AddExportOptions {
+  name: string;
+  store: ReadWriterAt;
+  description?: string;
+  /** Serve read-only even if the store is writable. */
+  readOnly?: boolean;
+}
+
+export type ListenSpec = { host?: string; port: number } | { path: string };
+
+export interface NbdEndpoint {
+  /** "tcp" or "unix". */
+  kind: 'tcp' | 'unix';
+  host?: string;
+  port?: number;
+  path?: string;
+  /** The NBD URI a client uses for `exportName` on this endpoint. */
+  uri(exportName: string): string;
+  /** Stop this listener (connections already made stay). */
+  close(): Promise<void>;
+}
+
+export class NbdServer implements ExportCatalog, ConnectionHost {
+  readonly limits: ConnectionLimits;
+  readonly stats = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, connections: 0 };
+  private readonly exports = new Map<string, ExportEntry>();
+  private readonly listeners: Array<{ server: Server; path?: string }> = [];
+  private readonly connections = new Set<NbdConnection>();
+  private readonly logFn: (message: string) => void;
+  private closing = false;
+
+  constructor(opts: NbdServerOptions = {}) {
+    this.limits = {
+      maxPayload: opts.maxPayload ?? 32 * 1024 * 1024,
+      maxInFlight: opts.maxInFlight ?? 128,
+      maxInFlightBytes: opts.maxInFlightBytes ?? 256 * 1024 * 1024,
+    };
+    this.logFn = opts.log ?? (() => {});
+  }
+
+  log(message: string): void {
+    this.logFn(message);
+  }
+
+  async addExport(opts: AddExportOptions): Promise<ExportInfo> {
+    if (this.exports.has(opts.name)) throw new Error(`export "${opts.name}" already exists`);
+    if (Buffer.byteLength(opts.name) > 4096) throw new Error('export names are at most 4096 bytes');
+    const size = await opts.store.size();
+    const readOnly = opts.readOnly === true || opts.store.caps.readOnly;
+    const preferred = Math.max(512, opts.store.caps.preferredBlockSize);
+    const entry: ExportEntry = {
+      name: opts.name,
+      description: opts.description ?? '',
+      size,
+      readOnly,
+      flags: transmissionFlags(opts.store.caps, readOnly),
+      // Any alignment is accepted (minimum 1); unaligned I/O is split below.
+      minBlock: 1,
+      preferredBlock: Math.min(preferred, this.limits.maxPayload),
+      maxBlock: this.limits.maxPayload,
+      store: opts.store,
+    };
+    this.exports.set(opts.name, entry);
+    return entry;
+  }
+
+  /** Remove an export; its clients are disconnected once their requests finish. */
+  async removeExport(name: string): Promise<void> {
+    if (!this.exports.delete(name)) return;
+    await Promise.all([...this.connections].filter((c) => c.exportName === name).map((c) => c.shutdown()));
+  }
+
+  exportInfo(name: string): ExportInfo | undefined {
+    return this.exports.get(name);
+  }
+
+  // ExportCatalog, for the handshake.
+  get(name: string): ExportInfo | undefined {
+    return this.exports.get(name);
+  }
+  list(): ExportInfo[] {
+    return [...this.exports.values()];
+  }
+  defaultName(): string | undefined {
+    return this.exports.size === 1 ? [...this.exports.keys()][0] : this.exports.has('') ? '' : undefined;
+  }
+  entry(name: string): ExportEntry | undefined {
+    return this.exports.get(name);
+  }
+  handshake(): NbdHandshake {
+    return new NbdHandshake(this);
+  }
+
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Listen on TCP ({host, port}; port 0 picks one) or a unix socket ({path}, replaced if stale). */
+  async listen(spec: ListenSpec): Promise<NbdEndpoint> {
+    const server = createServer({ noDelay: true }, (socket) => this.serveConnection(socket));
+    const isUnix = 'path' in spec;
+    if (isUnix) removeStaleSocket(spec.path);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      if (isUnix) server.listen(spec.path, resolve);
+      else server.listen(spec.port, spec.host ?? '127.0.0.1', resolve);
+    });
+    server.on('error', (e) => this.log(`nbd: listener error: ${e.message}`));
+    const listener = { server, path: isUnix ? spec.path : undefined };
+    this.listeners.push(listener);
+    const close = () => {
+      const i = this.listeners.indexOf(listener);
+      if (i < 0) return Promise.resolve();
+      this.listeners.splice(i, 1);
+      return closeListener(listener);
+    };
+    if (isUnix) {
+      const path = spec.path;
+      return { kind: 'unix', path, close, uri: (name) => `nbd+unix:///${encodeURIComponent(name)}?socket=${path}` };
+    }
+    const addr = server.address() as { address: string; port: number };
+    const hostPart = addr.address.includes(':') ? `[${addr.address}]` : addr.address;
+    return {
+      kind: 'tcp',
+      host: addr.address,
+      port: addr.port,
+      close,
+      uri: (name) => `nbd://${hostPart}:${addr.port}/${encodeURIComponent(name)}`,
+    };
+  }
+
+  /**
+   * Serve one already-connected socket. With `preNegotiated` the handshake is
+   * skipped and the socket starts in transmission on that export — what the
+   * kernel NBD client expects after userspace negotiated for it.
+   */
+  serveConnection(socket: Socket, opts: { preNegotiated?: string } = {}): NbdConnection | undefined {
+    if (this.closing) {
+      socket.destroy();
+      return undefined;
+    }
+    const conn = new NbdConnection(this, socket, opts.preNegotiated);
+    this.connections.add(conn);
+    this.stats.connections++;
+    void conn.done.then(() => this.connections.delete(conn));
+    return conn;
+  }
+
+  /** Stop listening, let in-flight requests finish, disconnect clients, flush every export. */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    await Promise.all(this.listeners.splice(0).map(closeListener));
+    await Promise.all([...this.connections].map((c) => c.shutdown()));
+    for (const e of this.exports.values()) {
+      try {
+        await e.store.flush();
+      } catch (err) {
+        this.log(`nbd: flush of "${e.name}" at close failed: ${(err as Error).message}`);
+      }
+    }
+  }
+}
+
+/** Remove a leftover unix socket at `path`; refuse to replace anything that is not a socket. */
+function removeStaleSocket(path: string): void {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
+  rmSync(path, { force: true });
+}
+
+function closeListener({ server, path }: { server: Server; path?: string }): Promise<void> {
+  return new Promise<void>((resolve) => {
+    server.close(() => resolve());
+    if (path) rmSync(path, { force: true });
+  });
+}
