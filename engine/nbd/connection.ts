@@ -53,6 +53,16 @@ const WIRE_ERRNO: Record<ErrorCode, number> = {
   EPROTO: NBD_ERRNO.EIO,
 };
 
+/** Command flags each command may carry (anything else is answered EINVAL). */
+const KNOWN_FLAGS: Record<number, number> = {
+  [CMD_READ]: 0,
+  [CMD_WRITE]: CMD_FLAG_FUA,
+  [CMD_FLUSH]: 0,
+  [CMD_TRIM]: CMD_FLAG_FUA,
+  [CMD_WRITE_ZEROES]: CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
+  [CMD_CACHE]: 0,
+};
+
 export class NbdConnection {
   private handshake: NbdHandshake | undefined;
   private decoder: RequestDecoder | undefined;
@@ -78,7 +88,10 @@ export class NbdConnection {
       this.writeBlocked = false;
       this.updateFlow();
     });
-    socket.on('error', (err) => this.host.log(`nbd: connection error: ${err.message}`));
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      // A client that simply goes away is not worth a log line.
+      if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.host.log(`nbd: connection error: ${err.message}`);
+    });
     socket.on('close', () => this.finish());
     if (preNegotiated !== undefined) {
       const entry = host.entry(preNegotiated);
@@ -100,7 +113,9 @@ export class NbdConnection {
     if (this.closed) return;
     this.socket.pause();
     this.disconnecting = true;
-    await Promise.race([this.whenIdle(), new Promise((r) => setTimeout(r, graceMs))]);
+    let grace: NodeJS.Timeout | undefined;
+    await Promise.race([this.whenIdle(), new Promise((r) => (grace = setTimeout(r, graceMs)))]);
+    clearTimeout(grace); // a pending timer would keep the process alive for graceMs
     this.socket.destroy();
     await this.done;
   }
@@ -123,7 +138,9 @@ export class NbdConnection {
       for (const b of this.handshake.takeOutput()) this.socket.write(b);
       if (outcome.kind === 'close') {
         this.host.log(`nbd: closing connection during handshake: ${outcome.reason}`);
-        this.socket.end();
+        // Destroy once our last bytes are out: a client that ignores the FIN
+        // must not keep the socket (and its table entry) forever.
+        this.socket.end(() => this.socket.destroy());
         return;
       }
       if (outcome.kind === 'transmission') {
@@ -215,7 +232,7 @@ export class NbdConnection {
     } catch (e) {
       this.host.log(`nbd: flush at disconnect failed: ${(e as Error).message}`);
     }
-    this.socket.end();
+    this.socket.end(() => this.socket.destroy());
   }
 
   /** Run one request; always resolves to the complete reply bytes. */
@@ -225,9 +242,14 @@ export class NbdConnection {
     const fua = (req.flags & CMD_FLAG_FUA) !== 0;
     try {
       if (req.tooLarge) return this.errorReply(req, NBD_ERRNO.EINVAL, `${commandName(req.type)} of ${req.length} bytes exceeds the maximum`);
+      if (req.flags & ~(KNOWN_FLAGS[req.type] ?? 0)) {
+        return this.errorReply(req, NBD_ERRNO.EINVAL, `${commandName(req.type)} with unsupported flags 0x${req.flags.toString(16)}`);
+      }
       const needsRange = req.type !== CMD_FLUSH;
       if (needsRange && (req.offset + req.length > entry.size || req.offset > entry.size)) {
-        return this.errorReply(req, NBD_ERRNO.EINVAL, `${commandName(req.type)} [${req.offset}, +${req.length}) beyond size ${entry.size}`);
+        // proto.md: writes past the end SHOULD fail with ENOSPC, other requests with EINVAL.
+        const errno = req.type === CMD_WRITE || req.type === CMD_WRITE_ZEROES ? NBD_ERRNO.ENOSPC : NBD_ERRNO.EINVAL;
+        return this.errorReply(req, errno, `${commandName(req.type)} [${req.offset}, +${req.length}) beyond size ${entry.size}`);
       }
       switch (req.type) {
         case CMD_READ: {

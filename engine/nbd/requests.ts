@@ -4,12 +4,12 @@
  * handed over as a view into the incoming chunk when it arrives whole (no
  * copy), otherwise gathered into one buffer.
  *
- * Bounded: a request whose length exceeds `maxPayload` is reported with
+ * Bounded: a READ or WRITE whose length exceeds `maxPayload` is reported with
  * `tooLarge` and, for a WRITE, its payload is skipped as it streams in — never
  * buffered. The consumer can pause decoding (return false from onRequest) to
  * bound requests in flight; `resume` continues with what is already queued.
  */
-import { CMD_WRITE, REQUEST_HEADER_SIZE, REQUEST_MAGIC } from './constants.ts';
+import { CMD_READ, CMD_WRITE, REQUEST_HEADER_SIZE, REQUEST_MAGIC } from './constants.ts';
 
 export interface NbdRequest {
   flags: number;
@@ -100,7 +100,10 @@ export class RequestDecoder {
         offset: dv.getUint32(16) * 0x100000000 + dv.getUint32(20),
         length: dv.getUint32(24),
       };
-      if (req.length > this.maxPayload) {
+      // Only READ and WRITE move `length` bytes. TRIM, WRITE_ZEROES and CACHE
+      // may exceed the maximum block size (proto.md: the server SHOULD NOT
+      // fail them for that), and qemu sends discards of up to 2 GiB.
+      if (req.length > this.maxPayload && (req.type === CMD_READ || req.type === CMD_WRITE)) {
         req.tooLarge = true;
         if (req.type === CMD_WRITE) this.skipping = req.length;
         this.emit(req);

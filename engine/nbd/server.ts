@@ -199,8 +199,10 @@ function removeStaleSocket(path: string): void {
 }
 
 function closeListener({ server, path }: { server: Server; path?: string }): Promise<void> {
-  return new Promise<void>((resolve) => {
-    server.close(() => resolve());
-    if (path) rmSync(path, { force: true });
-  });
+  // close() stops accepting at once; its callback waits until every connection
+  // accepted on this listener has ended, so waiting for it would hang while
+  // clients stay connected (and NbdServer.close shuts them down only after).
+  server.close();
+  if (path) rmSync(path, { force: true });
+  return Promise.resolve();
 }

@@ -1,0 +1,271 @@
+/**
+ * FileBackend: a region stored in one regular file or block device, read and
+ * written with positional I/O (pread/pwrite), so concurrent requests need no
+ * locking and no seek state.
+ *
+ * Raw fds with the callback `fs.read`/`fs.write` rather than `FileHandle`:
+ * measured on this VM (512 MiB file, page cache warm, 256 KiB and 2 MiB
+ * requests, queue depth 1 and 8, median of 5) raw-fd reads were 10-27 %
+ * faster in every case (256 KiB qd8: 9.0 vs 7.7 GiB/s; 2 MiB qd1: 10.0 vs
+ * 8.6 GiB/s); writes were mixed (within ±20 %, no consistent winner). The
+ * directory backend needs plain fds for its LRU anyway.
+ * The cost of raw fds — a closed fd number can be reused — is handled by
+ * counting requests in flight and closing only when they have drained.
+ *
+ * Durability: `flush` is fdatasync; a FUA write is the write then fdatasync.
+ * Trim is a no-op (caps.canTrim false): punching holes needs fallocate(2),
+ * which Node does not expose without a native addon; writeZeroes writes
+ * zeros. The size comes from the file, or for a block device from sysfs
+ * (checked by probing reads at the end, which is also the fallback: Node
+ * has no lseek, so "seek to the end" is a binary search over pread).
+ */
+import fs from 'node:fs';
+import { ClosedError, QuicmapError, ReadOnlyError } from '../errors.ts';
+import { zeroFallback } from '../rwat.ts';
+import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+
+/** The region size asked for does not match the file that is there. */
+export class SizeMismatchError extends QuicmapError {
+  constructor(path: string, want: number, have: number) {
+    super('EINVAL', `${path} holds ${have} bytes but a size of ${want} bytes was asked for`);
+  }
+}
+
+/** Opening a store needs a size and none was given. */
+export class MissingSizeError extends QuicmapError {
+  constructor(what: string) {
+    super('EINVAL', `${what} needs a size (--size) to be created`);
+  }
+}
+
+// ---- small promise wrappers over raw-fd calls (shared with directory.ts) ----
+
+export function openFd(path: string, flags: number, mode = 0o644): Promise<number> {
+  return new Promise((resolve, reject) => fs.open(path, flags, mode, (err, fd) => (err ? reject(err) : resolve(fd))));
+}
+
+export function closeFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.close(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+export function fdatasyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+export function fsyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fsync(fd, (err) => (err ? reject(err) : resolve())));
+}
+
+function preadOnce(fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.read(fd, buf, off, len, pos, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+function pwriteOnce(fd: number, buf: Uint8Array, off: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fs.write(fd, buf, off, len, pos, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+/**
+ * Read until `buf` is full or end of file; returns the bytes read (less than
+ * buf.length only at end of file).
+ */
+export async function preadFull(fd: number, buf: Uint8Array, pos: number): Promise<number> {
+  let done = 0;
+  while (done < buf.length) {
+    const n = await preadOnce(fd, buf, done, buf.length - done, pos + done);
+    if (n === 0) break;
+    done += n;
+  }
+  return done;
+}
+
+/** Write all of `data` at `pos` (retrying short writes). */
+export async function pwriteFull(fd: number, data: Uint8Array, pos: number): Promise<void> {
+  let done = 0;
+  while (done < data.length) {
+    done += await pwriteOnce(fd, data, done, data.length - done, pos + done);
+  }
+}
+
+/** Counts operations in flight so close can wait for them (raw fds must not be closed under a request). */
+export class InFlight {
+  private count = 0;
+  private drained: (() => void) | undefined;
+  enter(): void {
+    this.count++;
+  }
+  leave(): void {
+    if (--this.count === 0 && this.drained) this.drained();
+  }
+  wait(): Promise<void> {
+    if (this.count === 0) return Promise.resolve();
+    return new Promise((resolve) => (this.drained = resolve));
+  }
+}
+
+export interface FileBackendOptions {
+  /** Region size: required to create a file; must match an existing one. */
+  size?: number;
+  readOnly?: boolean;
+  /** Create the file (with `size`) if it does not exist. */
+  create?: boolean;
+}
+
+/** Size of a block device: sysfs first, else a binary search with 1-byte preads. */
+async function blockDeviceSize(fd: number, st: fs.Stats): Promise<number> {
+  const probe = new Uint8Array(1);
+  const readsAt = async (pos: number) => (await preadOnce(fd, probe, 0, 1, pos)) === 1;
+  const major = Math.floor(st.rdev / 256) & 0xfff | (Math.floor(st.rdev / 2 ** 32) & ~0xfff);
+  const minor = (st.rdev & 0xff) | (Math.floor(st.rdev / 4096) & ~0xff);
+  try {
+    const sectors = Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim());
+    const size = sectors * 512;
+    if (Number.isSafeInteger(size) && (size === 0 || (await readsAt(size - 1))) && !(await readsAt(size))) return size;
+  } catch {
+    // no sysfs entry: fall through to probing
+  }
+  if (!(await readsAt(0))) return 0;
+  let lo = 0; // known readable
+  let hi = 512;
+  while (await readsAt(hi)) {
+    lo = hi;
+    hi *= 2;
+  }
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (await readsAt(mid)) lo = mid;
+    else hi = mid;
+  }
+  return lo + 1;
+}
+
+export class FileBackend implements ReadWriterAt {
+  readonly caps: StoreCaps;
+  readonly path: string;
+  readonly isBlockDevice: boolean;
+  private readonly fd: number;
+  private readonly regionSize: number;
+  private readonly inflight = new InFlight();
+  private closed = false;
+  private closing: Promise<void> | undefined;
+
+  private constructor(path: string, fd: number, size: number, readOnly: boolean, isBlockDevice: boolean) {
+    this.path = path;
+    this.fd = fd;
+    this.regionSize = size;
+    this.isBlockDevice = isBlockDevice;
+    this.caps = {
+      readOnly,
+      canTrim: false,
+      fastZero: false,
+      // One file: a flush (fdatasync) covers writes from every client.
+      multiConn: true,
+      preferredBlockSize: 4096,
+    };
+  }
+
+  static async open(path: string, opts: FileBackendOptions = {}): Promise<FileBackend> {
+    const readOnly = opts.readOnly ?? false;
+    const want = opts.size;
+    if (want !== undefined && (!Number.isSafeInteger(want) || want < 0)) throw new RangeError(`bad size ${want}`);
+    const { O_RDONLY, O_RDWR, O_CREAT, O_EXCL } = fs.constants;
+    let fd: number;
+    let created = false;
+    try {
+      fd = await openFd(path, readOnly ? O_RDONLY : O_RDWR);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || !opts.create || readOnly) throw err;
+      if (want === undefined) throw new MissingSizeError(`file backend ${path}`);
+      fd = await openFd(path, O_RDWR | O_CREAT | O_EXCL);
+      created = true;
+    }
+    try {
+      const st = fs.fstatSync(fd);
+      let size: number;
+      if (st.isBlockDevice()) {
+        size = await blockDeviceSize(fd, st);
+        if (want !== undefined && want !== size) throw new SizeMismatchError(path, want, size);
+      } else if (st.isFile()) {
+        size = st.size;
+        // A new (or empty, freshly touched) file takes the size asked for.
+        if ((created || (size === 0 && opts.create)) && want !== undefined && want !== size && !readOnly) {
+          fs.ftruncateSync(fd, want);
+          size = want;
+        }
+        if (want !== undefined && want !== size) throw new SizeMismatchError(path, want, size);
+      } else {
+        throw new QuicmapError('EINVAL', `${path} is neither a regular file nor a block device`);
+      }
+      return new FileBackend(path, fd, size, readOnly, st.isBlockDevice());
+    } catch (err) {
+      fs.closeSync(fd);
+      if (created) fs.rmSync(path, { force: true });
+      throw err;
+    }
+  }
+
+  async size(): Promise<number> {
+    if (this.closed) throw new ClosedError('file backend');
+    return this.regionSize;
+  }
+
+  async readAt(buf: Uint8Array, offset: number): Promise<void> {
+    if (this.closed) throw new ClosedError('file backend');
+    this.inflight.enter();
+    try {
+      const n = await preadFull(this.fd, buf, offset);
+      if (n < buf.length) {
+        throw new QuicmapError('EIO', `${this.path}: unexpected end of file at ${offset + n} (was it truncated?)`);
+      }
+    } finally {
+      this.inflight.leave();
+    }
+  }
+
+  async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
+    this.checkWritable();
+    this.inflight.enter();
+    try {
+      await pwriteFull(this.fd, data, offset);
+      if (opts?.fua) await fdatasyncFd(this.fd);
+    } finally {
+      this.inflight.leave();
+    }
+  }
+
+  async flush(): Promise<void> {
+    if (this.closed) throw new ClosedError('file backend');
+    if (this.caps.readOnly) return;
+    this.inflight.enter();
+    try {
+      await fdatasyncFd(this.fd);
+    } finally {
+      this.inflight.leave();
+    }
+  }
+
+  /** Advisory and not supported without fallocate: a no-op. */
+  async trim(_offset: number, _length: number, opts?: WriteOptions): Promise<void> {
+    this.checkWritable();
+    if (opts?.fua) await this.flush();
+  }
+
+  async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+    this.checkWritable();
+    // zeroFallback puts FUA on the last piece only; our FUA is an fdatasync
+    // of the whole file, which covers the earlier pieces too.
+    await zeroFallback(this, offset, length, opts?.fua ? { fua: true } : undefined);
+  }
+
+  close(): Promise<void> {
+    if (!this.closing) {
+      this.closed = true;
+      this.closing = this.inflight.wait().then(() => closeFd(this.fd));
+    }
+    return this.closing;
+  }
+
+  private checkWritable(): void {
+    if (this.closed) throw new ClosedError('file backend');
+    if (this.caps.readOnly) throw new ReadOnlyError(this.path);
+  }
+}

@@ -1,0 +1,169 @@
+/**
+ * MemoryBackend: a sparse region held in this process's memory.
+ *
+ * The region is split into fixed chunks that are allocated on first write;
+ * untouched chunks cost nothing and read back as zeros, so a 1 TiB region
+ * that is mostly empty is cheap. Trim and writeZeroes drop whole chunks and
+ * zero the partial ones at the edges. This is the store behind
+ * `--backend memory` and the one the NBD server's throughput target
+ * (≥ 0.9× `nbdkit memory`) is measured on, so it stays lean: reads copy
+ * straight from the chunk into the caller's buffer (one memcpy, no
+ * allocation), writes copy once into the chunk.
+ *
+ * Chunk size (default 256 KiB): measured sequentially over 1 GiB with 256 KiB
+ * and 2 MiB requests (2-core VM, 2026-11), 64 KiB–4 MiB chunks all give
+ * ~11-12 GiB/s overwrite and ~13-14 GiB/s read — the cost is the memcpy, not
+ * the per-chunk loop, and all of it is far above what an NBD socket carries
+ * (~2-3 GiB/s). So the choice is about sparseness: 256 KiB is fine-grained
+ * enough that scattered small writes and trims cost little memory, matches
+ * nbdcopy's default request size (a typical request touches one chunk), and
+ * keeps the chunk map short (4 Ki entries per GiB written).
+ */
+import { ClosedError, ReadOnlyError } from '../errors.ts';
+import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+
+export const DEFAULT_MEMORY_CHUNK_SIZE = 256 * 1024;
+
+export interface MemoryBackendOptions {
+  /** Allocation unit in bytes (default 256 KiB). */
+  chunkSize?: number;
+  readOnly?: boolean;
+}
+
+export class MemoryBackend implements ReadWriterAt {
+  readonly caps: StoreCaps;
+  readonly chunkSize: number;
+  private readonly regionSize: number;
+  private readonly chunks = new Map<number, Uint8Array>();
+  private allocated = 0;
+  private closed = false;
+
+  constructor(size: number, opts: MemoryBackendOptions = {}) {
+    const chunkSize = opts.chunkSize ?? DEFAULT_MEMORY_CHUNK_SIZE;
+    if (!Number.isSafeInteger(size) || size < 0) throw new RangeError(`memory backend: bad size ${size}`);
+    if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) throw new RangeError(`memory backend: bad chunk size ${chunkSize}`);
+    this.regionSize = size;
+    this.chunkSize = chunkSize;
+    this.caps = {
+      readOnly: opts.readOnly ?? false,
+      canTrim: true,
+      fastZero: true,
+      // One process, one copy of the bytes: every client sees every write.
+      multiConn: true,
+      preferredBlockSize: 4096,
+    };
+  }
+
+  /** Bytes held by allocated chunks (for tests and stats). */
+  allocatedBytes(): number {
+    return this.allocated;
+  }
+
+  async size(): Promise<number> {
+    if (this.closed) throw new ClosedError('memory backend');
+    return this.regionSize;
+  }
+
+  async readAt(buf: Uint8Array, offset: number): Promise<void> {
+    if (this.closed) throw new ClosedError('memory backend');
+    const cs = this.chunkSize;
+    const n = buf.length;
+    let done = 0;
+    while (done < n) {
+      const pos = offset + done;
+      const idx = Math.floor(pos / cs);
+      const within = pos - idx * cs;
+      const take = Math.min(cs - within, n - done);
+      const chunk = this.chunks.get(idx);
+      if (chunk === undefined) buf.fill(0, done, done + take);
+      else buf.set(within === 0 && take === chunk.length ? chunk : chunk.subarray(within, within + take), done);
+      done += take;
+    }
+  }
+
+  async writeAt(data: Uint8Array, offset: number, _opts?: WriteOptions): Promise<void> {
+    this.checkWritable();
+    const cs = this.chunkSize;
+    const n = data.length;
+    let done = 0;
+    while (done < n) {
+      const pos = offset + done;
+      const idx = Math.floor(pos / cs);
+      const within = pos - idx * cs;
+      const take = Math.min(cs - within, n - done);
+      const chunk = this.chunks.get(idx) ?? this.allocate(idx);
+      chunk.set(take === n ? data : data.subarray(done, done + take), within);
+      done += take;
+    }
+  }
+
+  /** Memory is as durable as it gets: nothing to do. */
+  async flush(): Promise<void> {
+    if (this.closed) throw new ClosedError('memory backend');
+  }
+
+  async trim(offset: number, length: number, _opts?: WriteOptions): Promise<void> {
+    this.checkWritable();
+    this.zeroRange(offset, length, false);
+  }
+
+  async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+    this.checkWritable();
+    this.zeroRange(offset, length, opts?.noHole ?? false);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.chunks.clear();
+    this.allocated = 0;
+  }
+
+  private checkWritable(): void {
+    if (this.closed) throw new ClosedError('memory backend');
+    if (this.caps.readOnly) throw new ReadOnlyError('memory backend');
+  }
+
+  private allocate(idx: number): Uint8Array {
+    const len = Math.min(this.chunkSize, this.regionSize - idx * this.chunkSize);
+    const chunk = new Uint8Array(len);
+    this.chunks.set(idx, chunk);
+    this.allocated += len;
+    return chunk;
+  }
+
+  /** Free chunks the range covers whole (unless `keep`), zero the rest in place. */
+  private zeroRange(offset: number, length: number, keep: boolean): void {
+    if (length === 0) return;
+    const cs = this.chunkSize;
+    const end = offset + length;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((end - 1) / cs);
+    if (!keep && last - first > 2 * this.chunks.size) {
+      // A large range over a sparse region (a whole-device discard): visit
+      // only the chunks that exist instead of every index in the range.
+      for (const idx of [...this.chunks.keys()]) if (idx >= first && idx <= last) this.zeroIn(idx, offset, end, false);
+      return;
+    }
+    for (let idx = first; idx <= last; idx++) this.zeroIn(idx, offset, end, keep);
+  }
+
+  /** The part of [offset, end) inside chunk `idx`: free it if whole, else zero it. */
+  private zeroIn(idx: number, offset: number, end: number, keep: boolean): void {
+    const start = idx * this.chunkSize;
+    const chunkEnd = Math.min(start + this.chunkSize, this.regionSize);
+    const from = Math.max(offset, start);
+    const stop = Math.min(chunkEnd, end);
+    const chunk = this.chunks.get(idx);
+    if (from === start && stop === chunkEnd && !keep) {
+      if (chunk !== undefined) {
+        this.chunks.delete(idx);
+        this.allocated -= chunk.length;
+      }
+    } else if (chunk !== undefined) {
+      chunk.fill(0, from - start, stop - start);
+    } else if (keep) {
+      this.allocate(idx); // fresh chunks are zero
+    }
+  }
+}

@@ -1,0 +1,22 @@
+{
+  "targets": [
+    {
+      "target_name": "quicmap_native",
+      "sources": [
+        "src/addon.cc",
+        "src/mmap.cc",
+        "src/copy.cc",
+        "src/uffd.cc",
+        "src/nbd.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-std=c++17", "-O2", "-fexceptions", "-Wall", "-Wno-unused-result"],
+      "conditions": [
+        ["OS!='linux'", { "type": "none" }]
+      ]
+    }
+  ]
+}

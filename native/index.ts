@@ -1,0 +1,190 @@
+/**
+ * Typed loader for quicmap's native addon (native/build/Release/quicmap_native.node,
+ * built by `node native/build.mjs`, which `npm install` runs).
+ *
+ * `loadNative()` returns the binding or throws NativeUnavailableError with the
+ * reason (the build failure recorded by build.mjs, or the load error);
+ * `nativeAvailable()` never throws. The addon is loadable from worker threads
+ * too (it is a Node-API module), which is how a thread other than the one
+ * serving a LazyRegion's faults gets at its memory (`view(id)`).
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+/** Constants of <sys/mman.h> on this machine. */
+export interface MmanConstants {
+  PROT_NONE: number;
+  PROT_READ: number;
+  PROT_WRITE: number;
+  MAP_SHARED: number;
+  MAP_PRIVATE: number;
+  MAP_POPULATE: number;
+  MAP_NORESERVE: number;
+  MS_ASYNC: number;
+  MS_SYNC: number;
+  MS_INVALIDATE: number;
+  MADV_NORMAL: number;
+  MADV_RANDOM: number;
+  MADV_SEQUENTIAL: number;
+  MADV_WILLNEED: number;
+  MADV_DONTNEED: number;
+  MADV_REMOVE: number;
+  MADV_DONTFORK: number;
+  MADV_HUGEPAGE: number;
+  MADV_NOHUGEPAGE: number;
+  PAGE_SIZE: number;
+}
+
+export interface UffdFeatures {
+  /** A userfaultfd could be opened (syscall or /dev/userfaultfd). */
+  available: boolean;
+  error?: string;
+  raw: number;
+  writeProtect: boolean;
+  poison: boolean;
+  eventRemove: boolean;
+}
+
+export interface UffdRegionStats {
+  missingFaults: number;
+  writeFaults: number;
+  batches: number;
+  fills: number;
+  filledBytes: number;
+  failed: number;
+  features: number;
+  poison: boolean;
+  length: number;
+  granules: number;
+}
+
+/** Granule states reported by `UffdRegion.state`. */
+export const GRANULE_ABSENT = 0;
+export const GRANULE_PENDING = 1;
+export const GRANULE_PRESENT = 2;
+export const GRANULE_FAILED = 3;
+/** Set on granule indices in a fault batch that were added as prefetch, not demanded. */
+export const PREFETCH_BIT = 0x80000000;
+
+/**
+ * The raw userfaultfd region (engine/memory/lazy-region.ts wraps it).
+ * `onFaults` runs on the JS thread that created the region with a batch of
+ * granule indices (demanded first, then prefetch ones with PREFETCH_BIT set);
+ * each must be answered with `fill` or `fail`.
+ */
+export interface UffdRegion {
+  mappingId(): number;
+  /** The mapping as an ArrayBuffer. Never touch it from the thread that serves the faults. */
+  buffer(): ArrayBuffer;
+  /** UFFDIO_COPY the granule's missing pages (present pages are kept); returns bytes placed. */
+  fill(granule: number, data: Uint8Array): number;
+  /** Poison the granule's missing pages: the waiting and later accesses get SIGBUS. */
+  fail(granule: number): void;
+  /** Indices of chunks (granules) written since the last call; re-protects them. */
+  takeDirty(): Uint32Array;
+  state(granule: number): number;
+  stats(): UffdRegionStats;
+  /** Keep the event loop alive while open (default) / not. */
+  ref(): void;
+  unref(): void;
+  close(): void;
+}
+
+export interface UffdRegionCtor {
+  new (length: number, granule: number, opts: { trackWrites: boolean; prefetch: number }, onFaults: (granules: Uint32Array) => void): UffdRegion;
+}
+
+export interface NativeBinding {
+  abiVersion: number;
+  constants: MmanConstants;
+  /** mmap(fd, length, prot, flags, offset); fd < 0 maps anonymous memory. Unmapped when collected or by munmap. */
+  mmap(fd: number, length: number, prot: number, flags: number, offset?: number): ArrayBuffer;
+  /** Unmap now: the ArrayBuffer is detached, views in other threads trap if used. */
+  munmap(ab: ArrayBuffer): void;
+  msync(ab: ArrayBuffer, offset: number, length: number, flags: number): void;
+  madvise(ab: ArrayBuffer, offset: number, length: number, advice: number): void;
+  /** memfd_create(name, MFD_CLOEXEC), truncated to `size`; returns the fd. */
+  memfdCreate(name: string, size?: number): number;
+  /** Process-wide id of a mapping, usable with view() from any thread. */
+  mappingId(ab: ArrayBuffer): number;
+  /** A new ArrayBuffer over an existing mapping (e.g. in a worker thread). */
+  view(id: number): ArrayBuffer;
+  /**
+   * Copy between a mapping and `buf` on a native thread, with SIGBUS/SIGSEGV
+   * turned into an error (code EIO for a failed/poisoned page, EFAULT for a
+   * closed range, ESHUTDOWN if the mapping is closed).
+   */
+  copy(id: number, offset: number, buf: Uint8Array, toMapping: boolean): Promise<void>;
+  UffdRegion: UffdRegionCtor;
+  uffdFeatures(): UffdFeatures;
+  socketPair(): [number, number];
+  closeFd(fd: number): void;
+  /**
+   * Configure /dev/nbdX (blksize, size, flags, timeout, sockets) and run
+   * NBD_DO_IT on a native thread; `onExit(errno)` when it returns. The socket
+   * fds are closed here (the kernel keeps its references).
+   */
+  nbdAttach(device: string, socketFds: number[], blockSize: number, sizeBytes: number, flags: number, timeoutSec: number, onExit: (errno: number) => void): void;
+  nbdDisconnect(device: string): void;
+  nbdIoctls: Record<'NBD_SET_SOCK' | 'NBD_SET_BLKSIZE' | 'NBD_SET_SIZE' | 'NBD_DO_IT' | 'NBD_CLEAR_SOCK' | 'NBD_CLEAR_QUE' | 'NBD_SET_SIZE_BLOCKS' | 'NBD_DISCONNECT' | 'NBD_SET_TIMEOUT' | 'NBD_SET_FLAGS', number>;
+}
+
+export class NativeUnavailableError extends Error {
+  readonly code = 'ENOTSUP';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'NativeUnavailableError';
+  }
+}
+
+const ADDON_PATH = fileURLToPath(new URL('./build/Release/quicmap_native.node', import.meta.url));
+const FAIL_PATH = fileURLToPath(new URL('./build/BUILD_FAILED.txt', import.meta.url));
+
+let cached: NativeBinding | undefined;
+let cachedError: NativeUnavailableError | undefined;
+
+/** The binding, or a NativeUnavailableError that says why not. */
+export function loadNative(): NativeBinding {
+  if (cached) return cached;
+  if (cachedError) throw cachedError;
+  if (process.platform !== 'linux') {
+    cachedError = new NativeUnavailableError(`quicmap's native addon is Linux-only (this is ${process.platform})`);
+    throw cachedError;
+  }
+  if (!existsSync(ADDON_PATH)) {
+    let why = 'it was never built';
+    try {
+      why = `its build failed: ${readFileSync(FAIL_PATH, 'utf8').trim()}`;
+    } catch {}
+    cachedError = new NativeUnavailableError(`quicmap's native addon is missing (${ADDON_PATH}): ${why}. Build it with \`node native/build.mjs\`.`);
+    throw cachedError;
+  }
+  try {
+    cached = createRequire(import.meta.url)(ADDON_PATH) as NativeBinding;
+    return cached;
+  } catch (cause) {
+    cachedError = new NativeUnavailableError(`quicmap's native addon failed to load: ${(cause as Error).message}. Rebuild it with \`node native/build.mjs\`.`, { cause });
+    throw cachedError;
+  }
+}
+
+/** True when the addon loads; never throws. */
+export function nativeAvailable(): boolean {
+  try {
+    loadNative();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Why the addon is unavailable, or undefined when it loads. */
+export function nativeUnavailableReason(): string | undefined {
+  try {
+    loadNative();
+    return undefined;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}

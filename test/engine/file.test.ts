@@ -1,0 +1,146 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { existsSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { FileBackend, MissingSizeError, SizeMismatchError } from '../../engine/backends/file.ts';
+import { ClosedError, QuicmapError, ReadOnlyError } from '../../engine/errors.ts';
+import { Scope, hasTool, needCondition, run } from '../helpers/env.ts';
+import { assertBytes, fuzzStore, randomBytes, rejectsWith, rng } from './model.ts';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+
+test('create with a size, random unaligned I/O matches the model, reopen keeps it', async () => {
+  const s = new Scope();
+  try {
+    const path = join(s.tmpdir(), 'region.img');
+    const size = 3 * MiB + 333;
+    const f = await FileBackend.open(path, { size, create: true });
+    assert.is(statSync(path).size, size);
+    assert.is(await f.size(), size);
+    assert.is(f.caps.canTrim, false);
+    const model = await fuzzStore(f, { seed: 11, ops: 500, unit: 256 * KiB, trim: 'either', maxLen: 2 * MiB });
+    await f.close();
+    const again = await FileBackend.open(path, { size });
+    const all = new Uint8Array(size);
+    await again.readAt(all, 0);
+    assertBytes(all, model, 'after reopen');
+    await again.close();
+  } finally {
+    await s.close();
+  }
+});
+
+test('size comes from an existing file; a different size or missing size is refused', async () => {
+  const s = new Scope();
+  try {
+    const dir = s.tmpdir();
+    const path = join(dir, 'r.img');
+    writeFileSync(path, new Uint8Array(10000).fill(3));
+    const f = await FileBackend.open(path);
+    assert.is(await f.size(), 10000);
+    const b = new Uint8Array(4);
+    await f.readAt(b, 9996);
+    assert.equal([...b], [3, 3, 3, 3]);
+    await f.close();
+    await rejectsWith(FileBackend.open(path, { size: 20000 }), SizeMismatchError, 'EINVAL');
+    await rejectsWith(FileBackend.open(join(dir, 'new.img'), { create: true }), MissingSizeError, 'EINVAL');
+    assert.not.ok(existsSync(join(dir, 'new.img')));
+    const err = await rejectsWith(FileBackend.open(join(dir, 'absent.img'), { size: 5 }), Error);
+    assert.is((err as NodeJS.ErrnoException).code, 'ENOENT');
+  } finally {
+    await s.close();
+  }
+});
+
+test('writeZeroes zeroes, FUA writes land, trim is a harmless no-op', async () => {
+  const s = new Scope();
+  try {
+    const path = join(s.tmpdir(), 'z.img');
+    const f = await FileBackend.open(path, { size: 3 * MiB, create: true });
+    await f.writeAt(new Uint8Array(3 * MiB).fill(7), 0, { fua: true });
+    await f.writeZeroes(100, 2 * MiB + 5, { fua: true });
+    await f.trim(0, 3 * MiB);
+    const all = new Uint8Array(3 * MiB);
+    await f.readAt(all, 0);
+    assert.is(all[99], 7);
+    assert.ok(all.subarray(100, 100 + 2 * MiB + 5).every((x) => x === 0));
+    assert.is(all[100 + 2 * MiB + 5], 7);
+    await f.flush();
+    await f.close();
+  } finally {
+    await s.close();
+  }
+});
+
+test('read-only, closed, truncated underneath', async () => {
+  const s = new Scope();
+  try {
+    const path = join(s.tmpdir(), 'ro.img');
+    writeFileSync(path, new Uint8Array(8192));
+    const ro = await FileBackend.open(path, { readOnly: true });
+    assert.ok(ro.caps.readOnly);
+    await rejectsWith(ro.writeAt(new Uint8Array(1), 0), ReadOnlyError, 'EPERM');
+    await rejectsWith(ro.writeZeroes(0, 1), ReadOnlyError, 'EPERM');
+    await ro.flush(); // harmless on read-only
+    await ro.close();
+    await ro.close();
+    await rejectsWith(ro.readAt(new Uint8Array(1), 0), ClosedError, 'ESHUTDOWN');
+    const f = await FileBackend.open(path);
+    truncateSync(path, 4096);
+    const e = await rejectsWith(f.readAt(new Uint8Array(100), 4050), QuicmapError, 'EIO');
+    assert.match(e.message, /end of file/);
+    await f.close();
+  } finally {
+    await s.close();
+  }
+});
+
+test('close waits for requests in flight', async () => {
+  const s = new Scope();
+  try {
+    const path = join(s.tmpdir(), 'c.img');
+    const f = await FileBackend.open(path, { size: 8 * MiB, create: true });
+    const data = randomBytes(rng(5), 2 * MiB);
+    const writes = [0, 1, 2, 3].map((i) => f.writeAt(data, i * 2 * MiB));
+    await f.close();
+    await Promise.all(writes);
+    const g = await FileBackend.open(path);
+    const back = new Uint8Array(2 * MiB);
+    await g.readAt(back, 6 * MiB);
+    assertBytes(back, data, 'last write');
+    await g.close();
+  } finally {
+    await s.close();
+  }
+});
+
+const asRoot = needCondition(test, process.getuid?.() === 0 && hasTool('losetup') && existsSync('/dev/loop-control'), 'needs root and loop devices');
+asRoot('block device: size found without fstat, I/O works', async () => {
+  const s = new Scope();
+  try {
+    const img = join(s.tmpdir(), 'loop.img');
+    writeFileSync(img, '');
+    truncateSync(img, 8 * MiB + 4096);
+    const r = await run('losetup', ['-f', '--show', img], { timeoutMs: 10_000 });
+    assert.is(r.code, 0, r.stderr);
+    const dev = r.stdout.trim();
+    s.defer(async () => {
+      await run('losetup', ['-d', dev], { timeoutMs: 10_000 });
+    });
+    const f = await FileBackend.open(dev);
+    assert.ok(f.isBlockDevice);
+    assert.is(await f.size(), 8 * MiB + 4096);
+    await rejectsWith(FileBackend.open(dev, { size: 4096 }), SizeMismatchError);
+    const data = randomBytes(rng(3), 300 * KiB);
+    await f.writeAt(data, 8 * MiB + 4096 - data.length, { fua: true });
+    const back = new Uint8Array(data.length);
+    await f.readAt(back, 8 * MiB + 4096 - data.length);
+    assertBytes(back, data, 'block device read-back');
+    await f.close();
+  } finally {
+    await s.close();
+  }
+});
+
+test.run();
