@@ -9,7 +9,9 @@
  *   inside the region); reading into a caller-owned buffer lets the NBD server
  *   read straight into its reply without a copy.
  * - `writeAt` writes all of `data`. With `fua` the bytes are durable when the
- *   promise resolves.
+ *   promise resolves. The store must not keep a reference to `data` after
+ *   the promise settles: callers recycle the buffer (the NBD server pools
+ *   them). Likewise `readAt` owns `buf` only until it settles.
  * - `flush` makes every write acknowledged before it durable.
  * - `trim` is advisory: the range's contents become unspecified (stores that
  *   can free space do; the ones that cannot may ignore it).

@@ -23,7 +23,12 @@ export interface NbdRequest {
   payload?: Uint8Array;
   /** The length is above the negotiated maximum; any payload was discarded. */
   tooLarge?: boolean;
+  /** The pooled buffer `payload` was gathered into, to hand back once the write is done. */
+  gathered?: Buffer;
 }
+
+/** Where gathered payloads come from (a BufferPool); plain allocation by default. */
+export type Allocate = (n: number) => Buffer;
 
 export type RequestSink = (req: NbdRequest) => boolean | void;
 
@@ -39,6 +44,7 @@ export class RequestDecoder {
   constructor(
     private readonly maxPayload: number,
     private readonly onRequest: RequestSink,
+    private readonly allocate: Allocate = Buffer.allocUnsafe,
   ) {}
 
   /** Queue bytes and decode as far as possible. Throws on a protocol violation (bad magic). */
@@ -78,7 +84,12 @@ export class RequestDecoder {
       if (this.pending) {
         const req = this.pending;
         if (this.available < req.length) return;
-        req.payload = this.take(req.length);
+        const first = this.chunks[0]!;
+        if (first.length - this.head >= req.length) req.payload = this.take(req.length);
+        else {
+          req.gathered = this.allocate(req.length);
+          req.payload = this.gatherInto(req.gathered, req.length);
+        }
         this.pending = undefined;
         this.emit(req);
         continue;
@@ -145,7 +156,11 @@ export class RequestDecoder {
       this.consume(n);
       return out;
     }
-    const out = Buffer.allocUnsafe(n);
+    return this.gatherInto(Buffer.allocUnsafe(n), n);
+  }
+
+  /** Copy the next n buffered bytes into the front of `out`; returns that view. */
+  private gatherInto(out: Buffer, n: number): Buffer {
     let filled = 0;
     while (filled < n) {
       const c = this.chunks[0]!;
@@ -154,6 +169,6 @@ export class RequestDecoder {
       filled += m;
       this.consume(m);
     }
-    return out;
+    return out.length === n ? out : out.subarray(0, n);
   }
 }

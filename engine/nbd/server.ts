@@ -10,6 +10,7 @@ import type { ReadWriterAt } from '../rwat.ts';
 import { transmissionFlags, type ExportCatalog, type ExportEntry, type ExportInfo } from './export.ts';
 import { NbdConnection, type ConnectionHost, type ConnectionLimits } from './connection.ts';
 import { NbdHandshake } from './handshake.ts';
+import { BufferPool } from './buffer-pool.ts';
 
 export interface NbdServerOptions {
   /** Largest READ/WRITE payload accepted (advertised as the maximum block size). Default 32 MiB. */
@@ -46,6 +47,7 @@ export interface NbdEndpoint {
 
 export class NbdServer implements ExportCatalog, ConnectionHost {
   readonly limits: ConnectionLimits;
+  readonly buffers = new BufferPool();
   readonly stats = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, connections: 0 };
   private readonly exports = new Map<string, ExportEntry>();
   private readonly listeners: Array<{ server: Server; path?: string }> = [];
