@@ -116,7 +116,16 @@ export class NbdConnection {
     this.socket.pause();
     this.disconnecting = true;
     let grace: NodeJS.Timeout | undefined;
-    await Promise.race([this.whenIdle(), new Promise((r) => (grace = setTimeout(r, graceMs)))]);
+    const deadline = new Promise((r) => (grace = setTimeout(r, graceMs)));
+    await Promise.race([this.whenIdle(), deadline]);
+    // Send what is queued (corked replies included) before closing; a client
+    // that does not read gets destroyed at the deadline.
+    if (this.corked) {
+      this.corked = false;
+      this.socket.uncork();
+    }
+    this.socket.end();
+    await Promise.race([this.done, deadline]);
     clearTimeout(grace); // a pending timer would keep the process alive for graceMs
     this.socket.destroy();
     await this.done;
