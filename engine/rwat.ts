@@ -37,6 +37,13 @@ export interface ReadWriterAt {
   size(): Promise<number>;
   readAt(buf: Uint8Array, offset: number): Promise<void>;
   writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void>;
+  /**
+   * Optional vectored write: `parts` laid end to end from `offset`, as one
+   * write (same semantics and FUA as writeAt). Stores that can take pieces
+   * without joining them (a memory copy per piece, pwritev) implement it so
+   * callers holding scattered buffers — socket chunks — skip a gather copy.
+   */
+  writev?(parts: readonly Uint8Array[], offset: number, opts?: WriteOptions): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void>;
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void>;
@@ -79,4 +86,11 @@ export async function zeroFallback(
   // A FUA on the last piece alone does not cover the earlier ones on every
   // store; callers that need the whole range durable get it from the store's
   // flush, which the FUA path of every backend performs.
+}
+
+/** Write scattered pieces as one write: the store's writev if it has one, else one gathered buffer. */
+export function writeParts(store: ReadWriterAt, parts: readonly Uint8Array[], offset: number, opts?: WriteOptions): Promise<void> {
+  if (parts.length === 1) return store.writeAt(parts[0]!, offset, opts);
+  if (store.writev) return store.writev(parts, offset, opts);
+  return store.writeAt(Buffer.concat(parts), offset, opts);
 }

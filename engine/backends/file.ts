@@ -232,6 +232,29 @@ export class FileBackend implements ReadWriterAt {
     }
   }
 
+  /** One pwritev for the pieces (short writes finished piece by piece). */
+  async writev(parts: readonly Uint8Array[], offset: number, opts?: WriteOptions): Promise<void> {
+    this.checkWritable();
+    this.inflight.enter();
+    try {
+      let written = await new Promise<number>((resolve, reject) =>
+        fs.writev(this.fd, parts as NodeJS.ArrayBufferView[], offset, (err, n) => (err ? reject(err) : resolve(n))),
+      );
+      let at = offset;
+      for (const p of parts) {
+        if (written >= p.length) written -= p.length;
+        else {
+          await pwriteFull(this.fd, p.subarray(written), at + written);
+          written = 0;
+        }
+        at += p.length;
+      }
+      if (opts?.fua) await fdatasyncFd(this.fd);
+    } finally {
+      this.inflight.leave();
+    }
+  }
+
   async flush(): Promise<void> {
     if (this.closed) throw new ClosedError('file backend');
     if (this.caps.readOnly) return;

@@ -83,6 +83,20 @@ export class MemoryBackend implements ReadWriterAt {
 
   async writeAt(data: Uint8Array, offset: number, _opts?: WriteOptions): Promise<void> {
     this.checkWritable();
+    this.copyIn(data, offset);
+  }
+
+  /** Pieces go straight into the chunks: no gathering first. */
+  async writev(parts: readonly Uint8Array[], offset: number, _opts?: WriteOptions): Promise<void> {
+    this.checkWritable();
+    let at = offset;
+    for (const p of parts) {
+      this.copyIn(p, at);
+      at += p.length;
+    }
+  }
+
+  private copyIn(data: Uint8Array, offset: number): void {
     const cs = this.chunkSize;
     const n = data.length;
     let done = 0;

@@ -26,6 +26,7 @@ import type { ExportEntry } from './export.ts';
 import { NbdHandshake } from './handshake.ts';
 import { RequestDecoder, type NbdRequest } from './requests.ts';
 import type { BufferPool } from './buffer-pool.ts';
+import { writeParts } from '../rwat.ts';
 
 export interface ConnectionLimits {
   maxPayload: number;
@@ -172,7 +173,9 @@ export class NbdConnection {
   private startTransmission(entry: ExportEntry): void {
     this.entry = entry;
     const pool = this.host.buffers;
-    this.decoder = new RequestDecoder(this.host.limits.maxPayload, (req) => this.onRequest(req), (n) => pool.take(n));
+    // Stores with writev take a split payload as the socket chunks it arrived in.
+    const vectored = typeof entry.store.writev === 'function';
+    this.decoder = new RequestDecoder(this.host.limits.maxPayload, (req) => this.onRequest(req), (n) => pool.take(n), vectored);
   }
 
   private feed(chunk: Buffer): void {
@@ -306,7 +309,8 @@ export class NbdConnection {
         }
         case CMD_WRITE:
           if (entry.readOnly) return this.errorReply(req, NBD_ERRNO.EPERM, 'write to a read-only export');
-          if (req.length) await store.writeAt(req.payload!, req.offset, { fua });
+          if (req.parts) await writeParts(store, req.parts, req.offset, { fua });
+          else if (req.length) await store.writeAt(req.payload!, req.offset, { fua });
           this.host.stats.writes++;
           this.host.stats.bytesWritten += req.length;
           return this.okReply(req);

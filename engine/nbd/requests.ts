@@ -25,6 +25,8 @@ export interface NbdRequest {
   tooLarge?: boolean;
   /** The pooled buffer `payload` was gathered into, to hand back once the write is done. */
   gathered?: Buffer;
+  /** With `vectored` decoding: the payload as views into the received chunks, in order. */
+  parts?: Buffer[];
 }
 
 /** Where gathered payloads come from (a BufferPool); plain allocation by default. */
@@ -45,6 +47,8 @@ export class RequestDecoder {
     private readonly maxPayload: number,
     private readonly onRequest: RequestSink,
     private readonly allocate: Allocate = Buffer.allocUnsafe,
+    /** Hand a payload that spans chunks over as `parts` (views) instead of gathering it. */
+    private readonly vectored = false,
   ) {}
 
   /** Queue bytes and decode as far as possible. Throws on a protocol violation (bad magic). */
@@ -86,6 +90,7 @@ export class RequestDecoder {
         if (this.available < req.length) return;
         const first = this.chunks[0]!;
         if (first.length - this.head >= req.length) req.payload = this.take(req.length);
+        else if (this.vectored) req.parts = this.takeParts(req.length);
         else {
           req.gathered = this.allocate(req.length);
           req.payload = this.gatherInto(req.gathered, req.length);
@@ -157,6 +162,19 @@ export class RequestDecoder {
       return out;
     }
     return this.gatherInto(Buffer.allocUnsafe(n), n);
+  }
+
+  /** The next n buffered bytes as views into the chunks they arrived in (no copy). */
+  private takeParts(n: number): Buffer[] {
+    const parts: Buffer[] = [];
+    while (n > 0) {
+      const c = this.chunks[0]!;
+      const m = Math.min(n, c.length - this.head);
+      parts.push(c.subarray(this.head, this.head + m));
+      this.consume(m);
+      n -= m;
+    }
+    return parts;
   }
 
   /** Copy the next n buffered bytes into the front of `out`; returns that view. */

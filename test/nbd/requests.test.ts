@@ -250,4 +250,27 @@ test('offsets above 2^32 and full 64-bit handles decode exactly', () => {
   assert.is(got[0]!.handle, 0x0123456789abcdefn);
 });
 
+test('vectored mode: a payload split across chunks comes as views of those chunks, in order, nothing gathered', () => {
+  const payload = pattern(200_000, 9);
+  const wire = encode([{ type: CMD.WRITE, handle: 7n, offset: 4096n, length: payload.length, payload }]);
+  const got: NbdRequest[] = [];
+  let allocated = 0;
+  const d = new RequestDecoder(1 << 20, (r) => void got.push(r), (n) => ((allocated += n), Buffer.allocUnsafe(n)), true);
+  const chunks: Buffer[] = [];
+  for (let at = 0; at < wire.length; at += 65536) chunks.push(wire.subarray(at, at + 65536));
+  for (const c of chunks) d.push(c);
+  assert.is(got.length, 1);
+  const r = got[0]!;
+  assert.is(r.payload, undefined, 'no gathered payload');
+  assert.ok(r.parts && r.parts.length >= 4, `payload in ${r.parts?.length} parts`);
+  assert.ok(Buffer.concat(r.parts!).equals(payload), 'parts concatenate to the payload');
+  assert.is(allocated, 0, 'nothing allocated for the payload');
+  for (const p of r.parts!) assert.ok(chunks.some((c) => c.buffer === p.buffer), 'each part is a view of a received chunk');
+  // A payload inside one chunk is still a single view.
+  const small = pattern(1000, 2);
+  d.push(encode([{ type: CMD.WRITE, handle: 8n, offset: 0n, length: small.length, payload: small }]));
+  assert.ok(got[1]!.payload && Buffer.from(got[1]!.payload).equals(small));
+  assert.is(got[1]!.parts, undefined);
+});
+
 test.run();
