@@ -4,12 +4,14 @@ import { QuicmapError } from '../engine/errors.ts';
 
 // One entry per subcommand; each module is loaded only when its command runs.
 const loaders: Record<string, () => Promise<Command>> = {
+  demo: async () => (await import('./commands/demo.ts')).demo,
   nbd: async () => (await import('./commands/nbd.ts')).nbd,
   share: async () => (await import('./commands/share.ts')).share,
   mount: async () => (await import('./commands/mount.ts')).mount,
 };
 
 const SUMMARIES: Record<string, string> = {
+  demo: 'run a local demo swarm on loopback and print a summary (npm start)',
   nbd: 'serve a local region over NBD (and optionally mount it for mmap)',
   share: 'share a region with peers; prints a ticket for `quicmap mount`',
   mount: "mount a peer's shared region from its ticket, as a local NBD export",

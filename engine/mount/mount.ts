@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { QuicmapError } from '../errors.ts';
 import type { NbdServer } from '../nbd/server.ts';
 import { mountWithNbdfuse, nbdfuseAvailable } from './nbdfuse.ts';
+import { kernelNbdAvailable, mountKernelNbd } from './kernel-nbd.ts';
 
 export type MountMethod = 'kernel-nbd' | 'nbdfuse';
 
@@ -30,33 +31,12 @@ export interface Mounted {
   unmount(): Promise<void>;
 }
 
-interface KernelNbd {
-  kernelNbdAvailable(): boolean | { ok: boolean };
-  mountKernelNbd(opts: { server: NbdServer; exportName: string; readOnly?: boolean; log?: (m: string) => void }): Promise<Mounted>;
-}
-
-async function loadKernel(): Promise<KernelNbd | undefined> {
-  try {
-    // Optional module: kernel NBD attach lives beside the native addon.
-    const path = './kernel-nbd.ts';
-    const mod = (await import(path)) as Partial<KernelNbd>;
-    return typeof mod.mountKernelNbd === 'function' && typeof mod.kernelNbdAvailable === 'function' ? (mod as KernelNbd) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function isAvailable(v: boolean | { ok: boolean }): boolean {
-  return typeof v === 'boolean' ? v : v.ok;
-}
-
 export async function mountExport(opts: MountOptions): Promise<Mounted> {
   const method = opts.method ?? 'auto';
   if (!opts.server.exportInfo(opts.exportName)) throw new QuicmapError('EINVAL', `no export named "${opts.exportName}"`);
   if (method !== 'nbdfuse') {
-    const kernel = await loadKernel();
-    if (kernel && isAvailable(kernel.kernelNbdAvailable())) {
-      return kernel.mountKernelNbd({ server: opts.server, exportName: opts.exportName, readOnly: opts.readOnly, log: opts.log });
+    if (kernelNbdAvailable()) {
+      return mountKernelNbd({ server: opts.server, exportName: opts.exportName, readOnly: opts.readOnly, log: opts.log });
     }
     if (method === 'kernel-nbd') throw new QuicmapError('ENOTSUP', 'kernel NBD is not available on this machine (no /dev/nbd0; modprobe nbd)');
   }
