@@ -1,0 +1,293 @@
+/**
+ * TCP transport under attack: tampering on the wire, junk and silent
+ * handshakes, stream-limit exhaustion. Only loopback.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { connect, createServer, type Socket } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { TcpTransport, type TcpTransportOptions } from '../../transports/tcp.ts';
+import { generateIdentity } from '../../crypto/identity.ts';
+import { Scope, withTimeout } from '../helpers/env.ts';
+import { background, expectCode, readAll, serveEcho } from './conformance.ts';
+import { parseHostPort } from '../../transports/util.ts';
+import type { Listener } from '../../transports/transport.ts';
+import { HandshakeInitiator, RESPONSE_BYTES, handshakeReady } from '../../crypto/handshake.ts';
+import { RecordSealer } from '../../crypto/aead.ts';
+
+const test = suite('transport/tcp-security');
+const OPTS: TcpTransportOptions = { handshakeTimeoutMs: 1000, idleTimeoutMs: 3000, keepAliveMs: 1000 };
+
+function run(name: string, fn: (s: Scope) => Promise<void>, ms = 15_000) {
+  test(name, async () => {
+    const s = new Scope();
+    try {
+      await withTimeout(ms, name, fn(s));
+    } finally {
+      await withTimeout(10_000, `${name} cleanup`, s.close());
+    }
+  });
+}
+
+/** Accept and echo on every connection until the listener closes. */
+function serveAll(l: Listener): void {
+  void (async () => {
+    for (;;) {
+      const c = await l.accept().catch(() => null);
+      if (!c) return;
+      void serveEcho(c);
+    }
+  })();
+}
+
+async function echoOnce(t: TcpTransport, address: string, key: Uint8Array, s: Scope): Promise<void> {
+  const c = await t.dial(address, key);
+  s.defer(() => c.close());
+  const st = await c.openStream();
+  const msg = randomBytes(5000);
+  await st.write(msg);
+  await st.closeWrite();
+  assert.ok((await readAll(st)).equals(msg));
+}
+
+/** A TCP proxy that can flip one byte of client->server traffic on demand. */
+async function tamperingProxy(s: Scope, target: string): Promise<{ address: string; armed: { on: boolean; done: boolean } }> {
+  const { host, port } = parseHostPort(target);
+  const armed = { on: false, done: false };
+  const socks = new Set<Socket>();
+  const server = createServer((inbound) => {
+    const outbound = connect({ host, port });
+    socks.add(inbound).add(outbound);
+    inbound.on('data', (d: Buffer) => {
+      if (armed.on && !armed.done && d.length > 8) {
+        const copy = Buffer.from(d);
+        copy[copy.length >> 1]! ^= 0x01;
+        armed.done = true;
+        outbound.write(copy);
+      } else outbound.write(d);
+    });
+    outbound.on('data', (d: Buffer) => inbound.write(d));
+    const kill = () => {
+      inbound.destroy();
+      outbound.destroy();
+    };
+    inbound.on('close', kill).on('error', kill);
+    outbound.on('close', kill).on('error', kill);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  s.defer(async () => {
+    for (const x of socks) x.destroy();
+    await new Promise<void>((r) => server.close(() => r()));
+  });
+  const a = server.address() as { port: number };
+  return { address: `127.0.0.1:${a.port}`, armed };
+}
+
+run('tampered ciphertext kills the connection with EPROTO on the receiving side', async (s) => {
+  const serverId = await generateIdentity();
+  const server = new TcpTransport(serverId, OPTS);
+  s.defer(() => server.close());
+  const l = await server.listen('127.0.0.1:0');
+  const client = new TcpTransport(await generateIdentity(), OPTS);
+  s.defer(() => client.close());
+  const proxy = await tamperingProxy(s, l.address);
+  const [conn, peer] = await Promise.all([client.dial(proxy.address, serverId.publicKey), l.accept()]);
+  s.defer(() => conn.close());
+  const st = await conn.openStream();
+  await st.write(Buffer.from('before'));
+  const remote = (await peer!.acceptStream())!;
+  assert.is(Buffer.from((await remote.read())!).toString(), 'before');
+  const pending = background(remote.read());
+  proxy.armed.on = true;
+  await st.write(randomBytes(4096));
+  const err = await expectCode(pending, ['EPROTO'], 'read after tampering');
+  assert.match(err.message, /authentication|record/);
+  await withTimeout(3000, 'server side closed', peer!.closed);
+  await withTimeout(3000, 'client side closed', conn.closed);
+  await expectCode(st.read(), ['ESHUTDOWN', 'EIO', 'EPROTO'], 'client read on the dropped connection');
+  // The listener goes on serving honest clients.
+  serveAll(l);
+  await echoOnce(client, l.address, serverId.publicKey, s);
+});
+
+run('junk instead of a handshake is dropped; the listener then serves a good client', async (s) => {
+  const serverId = await generateIdentity();
+  const server = new TcpTransport(serverId, OPTS);
+  s.defer(() => server.close());
+  const l = await server.listen('127.0.0.1:0');
+  serveAll(l);
+  const { host, port } = parseHostPort(l.address);
+  for (const junk of [randomBytes(40), randomBytes(4096), Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), Buffer.alloc(0)]) {
+    const sock = connect({ host, port });
+    s.defer(() => void sock.destroy());
+    const closedBy = new Promise<string>((resolve) => {
+      sock.on('close', () => resolve('closed'));
+      sock.on('error', () => {});
+    });
+    sock.on('connect', () => (junk.length ? sock.end(junk) : undefined));
+    let reply = 0;
+    sock.on('data', (d: Buffer) => (reply += d.length));
+    // A silent client (empty junk) is cut off by the handshake deadline.
+    assert.is(await withTimeout(3000, 'junk connection dropped', closedBy), 'closed');
+    assert.ok(reply === 0 || junk.length === 40, 'no answer to junk beyond a hello');
+  }
+  const client = new TcpTransport(await generateIdentity(), OPTS);
+  s.defer(() => client.close());
+  await echoOnce(client, l.address, serverId.publicKey, s);
+});
+
+run('a valid hello followed by a forged finish is refused', async (s) => {
+  const serverId = await generateIdentity();
+  const server = new TcpTransport(serverId, OPTS);
+  s.defer(() => server.close());
+  const l = await server.listen('127.0.0.1:0');
+  serveAll(l);
+  const { host, port } = parseHostPort(l.address);
+  const sock = connect({ host, port });
+  s.defer(() => void sock.destroy());
+  const closed = new Promise<void>((r) => sock.on('close', () => r()));
+  sock.on('error', () => {});
+  sock.on('connect', () => sock.write(Buffer.concat([Buffer.from('QMTCP\x00\x00\x01', 'latin1'), randomBytes(32)])));
+  let got = 0;
+  sock.on('data', (d: Buffer) => {
+    got += d.length;
+    if (got >= 144) sock.write(randomBytes(112));
+  });
+  await withTimeout(3000, 'forged finish dropped', closed);
+  const client = new TcpTransport(await generateIdentity(), OPTS);
+  s.defer(() => client.close());
+  await echoOnce(client, l.address, serverId.publicKey, s);
+});
+
+run('openStream waits for a slot and fails with ETIMEDOUT when none frees', async (s) => {
+  const serverId = await generateIdentity();
+  const server = new TcpTransport(serverId, { ...OPTS, maxStreams: 16 });
+  s.defer(() => server.close());
+  const l = await server.listen('127.0.0.1:0');
+  const client = new TcpTransport(await generateIdentity(), { ...OPTS, streamOpenTimeoutMs: 300 });
+  s.defer(() => client.close());
+  const [conn, peer] = await Promise.all([client.dial(l.address, serverId.publicKey), l.accept()]);
+  // Let the server's SETTINGS arrive.
+  const probe = await conn.openStream();
+  await probe.write(Buffer.from('p'));
+  const pr = (await peer!.acceptStream())!;
+  await pr.read();
+  const open = [probe];
+  for (let i = 1; i < 16; i++) open.push(await conn.openStream());
+  await expectCode(conn.openStream(), ['ETIMEDOUT'], '17th stream');
+  // Finishing one stream on both sides frees its slot.
+  await probe.closeWrite();
+  await pr.closeWrite();
+  assert.is(await probe.read(), null);
+  const again = await conn.openStream();
+  await again.write(Buffer.from('ok'));
+});
+
+run('dialing a port that is not listening fails fast with a typed error', async (s) => {
+  const t = new TcpTransport(await generateIdentity(), OPTS);
+  s.defer(() => t.close());
+  const probe = createServer();
+  await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
+  const port = (probe.address() as { port: number }).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  await expectCode(t.dial(`127.0.0.1:${port}`, randomBytes(32)), ['EIO'], 'refused');
+});
+
+run('IPv6 loopback works', async (s) => {
+  const serverId = await generateIdentity();
+  const server = new TcpTransport(serverId, OPTS);
+  s.defer(() => server.close());
+  let l: Listener;
+  try {
+    l = await server.listen('[::1]:0');
+  } catch {
+    console.log('  (no IPv6 loopback here; skipped)');
+    return;
+  }
+  assert.match(l.address, /^\[::1\]:\d+$/);
+  serveAll(l);
+  const client = new TcpTransport(await generateIdentity(), OPTS);
+  s.defer(() => client.close());
+  await echoOnce(client, l.address, serverId.publicKey, s);
+});
+
+/**
+ * An authenticated but hostile peer: completes the handshake, then sends
+ * well-encrypted frames that break the mux rules. The listener must drop that
+ * connection and keep serving.
+ */
+async function hostilePeer(s: Scope, frames: Buffer): Promise<void> {
+  await handshakeReady();
+  const serverId = await generateIdentity();
+  const server = new TcpTransport(serverId, { ...OPTS, streamWindow: 64 * 1024 });
+  s.defer(() => server.close());
+  const l = await server.listen('127.0.0.1:0');
+  const { host, port } = parseHostPort(l.address);
+  const sock = connect({ host, port });
+  s.defer(() => void sock.destroy());
+  sock.on('error', () => {});
+  const closed = new Promise<void>((r) => sock.on('close', () => r()));
+  const hs = new HandshakeInitiator(await generateIdentity(), serverId.publicKey);
+  await new Promise<void>((r) => sock.once('connect', () => r()));
+  sock.write(hs.start());
+  const reply = await new Promise<Buffer>((resolve) => {
+    let buf = Buffer.alloc(0);
+    const on = (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      if (buf.length >= RESPONSE_BYTES) {
+        sock.off('data', on);
+        resolve(buf.subarray(0, RESPONSE_BYTES));
+      }
+    };
+    sock.on('data', on);
+  });
+  const { message, keys } = hs.finish(reply);
+  sock.write(message);
+  const peer = await l.accept();
+  assert.ok(peer, 'the handshake itself was fine');
+  const sealer = new RecordSealer(keys.sendKey);
+  const h = Buffer.alloc(4);
+  h.writeUInt32BE(frames.length + 16, 0);
+  sock.write(Buffer.concat([h, ...sealer.seal([frames], h)]));
+  // A stream opened before the violation may still be handed out; it fails.
+  const st = await withTimeout(3000, 'hostile peer accept', peer!.acceptStream());
+  if (st) await expectCode(withTimeout(3000, 'read on the dropped stream', readAll(st)), ['EPROTO', 'ESHUTDOWN'], 'stream of a dropped peer');
+  await withTimeout(3000, 'listener side closed', peer!.closed);
+  await withTimeout(3000, 'hostile socket dropped', closed);
+  serveAll(l);
+  const client = new TcpTransport(await generateIdentity(), OPTS);
+  s.defer(() => client.close());
+  await echoOnce(client, l.address, serverId.publicKey, s);
+}
+
+function frame(type: number, id: number, value: number, payload = Buffer.alloc(0)): Buffer {
+  const f = Buffer.alloc(9);
+  f[0] = type;
+  f.writeUInt32BE(id, 1);
+  f.writeUInt32BE(value, 5);
+  return Buffer.concat([f, payload]);
+}
+
+const settings = () => {
+  const p = Buffer.alloc(12);
+  p.writeUInt32BE(256, 0);
+  p.writeUInt32BE(1 << 20, 4);
+  p.writeUInt32BE(16 << 20, 8);
+  return frame(5, 0, 12, p);
+};
+
+run('an authenticated peer that overruns a stream window is dropped; others are served', async (s) => {
+  // OPEN stream 1, then 4 x 32 KiB of DATA against a 64 KiB window.
+  const data = Buffer.alloc(32 * 1024, 1);
+  await hostilePeer(s, Buffer.concat([settings(), frame(1, 1, 0), ...Array.from({ length: 4 }, () => frame(0, 1, data.length, data))]));
+});
+
+run('an authenticated peer sending frames for streams never opened is dropped', async (s) => {
+  await hostilePeer(s, Buffer.concat([settings(), frame(0, 7, 3, Buffer.from('abc'))]));
+});
+
+run('an authenticated peer sending an unknown frame type is dropped', async (s) => {
+  await hostilePeer(s, Buffer.concat([settings(), frame(99, 0, 0)]));
+});
+
+test.run();
