@@ -1,0 +1,106 @@
+/** `quicmap mount TICKET`: serve a peer's shared region as a local NBD export (a direct mount). */
+import { readFileSync } from 'node:fs';
+import { type Command, UsageError, log, parseFlags, parseHostPort, untilSignal } from '../command.ts';
+import { defaultIdentityPath, loadOrCreateIdentity } from '../../crypto/identity.ts';
+import { regionIdText } from '../../crypto/grant.ts';
+import { GuardLayer } from '../../engine/layers/guard.ts';
+import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
+import { mountExport, type Mounted } from '../../engine/mount/mount.ts';
+import { formatSize } from '../../engine/size.ts';
+import { mountTicket, type MountedTicket } from '../../p2p/mount.ts';
+import { parseDuration } from './share.ts';
+
+const usage = `Usage: quicmap mount TICKET [options]
+
+Mount a region a peer shares: every read and write goes to the sharer (a
+direct mount). The region is served as a local NBD export; the first line
+of stdout is its NBD URI, and with --mount the second line is an
+mmap-able path. Logs go to stderr. If the sharer goes away, pending I/O
+fails with EIO (no hang) and the mount reconnects in the background.
+Exits non-zero with a clear message if the ticket is invalid or the
+sharer refuses it. TICKET "-" reads the ticket from stdin.
+
+Options:
+  --listen HOST:PORT       NBD over TCP (default 127.0.0.1:10809; port 0
+                           picks a free one)
+  --socket PATH            NBD over a unix socket instead
+  --name NAME              export name (default "region")
+  --mount DIR              also make it mmap-able (kernel NBD, else
+                           DIR/region through nbdfuse)
+  --request-timeout DUR    fail a request the sharer leaves unanswered
+                           (default 30s)
+  --identity PATH          identity file (default ${defaultIdentityPath()})
+  --json                   print one JSON object instead of plain lines
+  -h, --help               this help
+
+Examples:
+  quicmap mount qm1... --listen 127.0.0.1:10810
+  quicmap mount qm1... --socket /tmp/r.sock --mount /mnt/r
+  qemu-io -f raw nbd://127.0.0.1:10810/region -c 'read -v 0 512'
+`;
+
+export const mount: Command = {
+  name: 'mount',
+  summary: "mount a peer's shared region from its ticket, as a local NBD export",
+  usage,
+  async run(argv) {
+    const { values, positionals } = parseFlags(
+      'mount',
+      argv,
+      {
+        listen: { type: 'string' },
+        socket: { type: 'string' },
+        name: { type: 'string', default: 'region' },
+        mount: { type: 'string' },
+        'request-timeout': { type: 'string', default: '30s' },
+        identity: { type: 'string' },
+        json: { type: 'boolean', default: false },
+      },
+      true,
+    );
+    if (positionals.length > 1) throw new UsageError('mount: give one ticket (see quicmap mount --help)');
+    if (values.listen && values.socket) throw new UsageError('mount: use --listen or --socket, not both');
+    let ticketText = positionals[0] ?? '';
+    if (ticketText === '-') ticketText = readFileSync(0, 'utf8').split('\n')[0] ?? '';
+    if (ticketText === '') throw new UsageError('mount: missing TICKET (the "qm1..." line `quicmap share` printed)');
+    const requestTimeoutMs = parseDuration(values['request-timeout']) * 1000;
+    const listen = values.socket ? undefined : parseHostPort(values.listen ?? '127.0.0.1:10809');
+    const identity = await loadOrCreateIdentity(values.identity ?? defaultIdentityPath());
+    log(`this node is ${identity.id}`);
+    const mounted: MountedTicket = await mountTicket({ identity, ticket: ticketText, region: { requestTimeoutMs }, log });
+    const server = new NbdServer({ log });
+    let endpoint: NbdEndpoint | undefined;
+    let fuse: Mounted | undefined;
+    try {
+      const region = mounted.region;
+      const readOnly = region.caps.readOnly;
+      const store = await GuardLayer.open(region, { maxRequest: server.limits.maxPayload, readOnly });
+      const info = await server.addExport({
+        name: values.name,
+        store,
+        readOnly,
+        description: `quicmap region ${regionIdText(mounted.ticket.claims.regionId)} from ${mounted.sharerId}`,
+      });
+      endpoint = await server.listen(values.socket ? { path: values.socket } : listen!);
+      const uri = endpoint.uri(values.name);
+      if (values.mount) fuse = await mountExport({ server, exportName: values.name, dir: values.mount, readOnly, log });
+      if (values.json) {
+        process.stdout.write(
+          `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly, sharer: mounted.sharerId, regionId: regionIdText(mounted.ticket.claims.regionId), transport: mounted.ticket.claims.transport, mount: fuse ? { method: fuse.method, path: fuse.path } : null })}\n`,
+        );
+      } else {
+        process.stdout.write(`${uri}\n`);
+        if (fuse) process.stdout.write(`${fuse.path}\n`);
+      }
+      log(`mounted ${formatSize(info.size)}${readOnly ? ' read-only' : ''} from sharer ${mounted.sharerId} at ${uri}${fuse ? ` and ${fuse.path}` : ''}`);
+      const sig = await untilSignal();
+      log(`${sig}: unmounting`);
+      return 0;
+    } finally {
+      if (fuse) await fuse.unmount().catch((e) => log(`unmount failed: ${(e as Error).message}`));
+      await server.close();
+      await mounted.region.flush().catch(() => {});
+      await mounted.close();
+    }
+  },
+};

@@ -1,0 +1,145 @@
+/** `quicmap share`: serve a region to peers that hold its ticket. */
+import { createHash } from 'node:crypto';
+import { realpathSync } from 'node:fs';
+import { type Command, UsageError, log, parseFlags, untilSignal } from '../command.ts';
+import { base32Decode, loadOrCreateIdentity, defaultIdentityPath } from '../../crypto/identity.ts';
+import { regionIdText } from '../../crypto/grant.ts';
+import { openBackend, parseBackendSpec } from '../../engine/backends/open.ts';
+import { formatSize, parseSize } from '../../engine/size.ts';
+import { shareRegion } from '../../p2p/share.ts';
+
+const usage = `Usage: quicmap share --size SIZE --listen HOST:PORT [options]
+
+Share a region with peers. Once the sharer accepts connections, the first
+line of stdout is the ticket ("qm1..."): give it to a peer, who runs
+\`quicmap mount TICKET\`. Logs (the sharer id, peers, refusals) go to stderr.
+Ctrl-C or SIGTERM stops sharing, flushes and exits.
+
+Options:
+  --size SIZE            region size, e.g. 256MiB, 4G (required for memory
+                         and for a backend that does not exist yet)
+  --backend SPEC         memory (default, sparse) | file:PATH | dir:PATH
+  --listen HOST:PORT     address to serve on (default 127.0.0.1:4433;
+                         port 0 picks a free one)
+  --transport NAME       quic (default) | tcp
+  --read-only            the ticket grants reading only (the sharer refuses
+                         writes, trims and zeroes with EPERM)
+  --expires DURATION     the ticket expires after e.g. 30s, 15m, 12h, 7d
+                         (default: never)
+  --grantee PEER_ID      only the peer with this id (its \`quicmap\` identity,
+                         as printed in its logs) may use the ticket
+  --advertise HOST:PORT  address written into the ticket, if peers reach
+                         this node by another address than --listen
+  --region-id HEX        32 hex digits naming the region. Default: derived
+                         from the identity and the path for file:/dir:
+                         backends (tickets survive a restart of the
+                         sharer), random for memory
+  --identity PATH        identity file (default ${defaultIdentityPath()})
+  --json                 print one JSON object instead of the bare ticket
+  -h, --help             this help
+
+Examples:
+  quicmap share --size 256MiB --listen 127.0.0.1:4433
+  quicmap share --backend file:/var/lib/disk.img --listen 0.0.0.0:4433 \\
+      --advertise 10.0.0.5:4433 --transport tcp --read-only --expires 1h
+`;
+
+/** "90", "30s", "15m", "12h", "7d" → seconds. */
+export function parseDuration(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$/i.exec(text);
+  if (!m) throw new UsageError(`share: --expires: not a duration: "${text}" (try 30s, 15m, 12h, 7d)`);
+  const mult = { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's').toLowerCase() as 's']!;
+  return Math.round(Number(m[1]) * mult);
+}
+
+function regionIdFor(spec: string, sharerKey: Uint8Array, flag: string | undefined): Uint8Array | undefined {
+  if (flag !== undefined) {
+    if (!/^[0-9a-f]{32}$/i.test(flag)) throw new UsageError('share: --region-id must be 32 hex digits');
+    return Uint8Array.from(Buffer.from(flag, 'hex'));
+  }
+  const parsed = parseBackendSpec(spec);
+  if (parsed.kind === 'memory') return undefined;
+  // Same sharer + same file = same region: a restarted sharer keeps honouring its tickets.
+  let path = parsed.path;
+  try {
+    path = realpathSync(path);
+  } catch {}
+  return Uint8Array.from(createHash('sha256').update(sharerKey).update(`${parsed.kind}:${path}`).digest().subarray(0, 16));
+}
+
+export const share: Command = {
+  name: 'share',
+  summary: 'share a region with peers; prints a ticket for `quicmap mount`',
+  usage,
+  async run(argv) {
+    const { values } = parseFlags('share', argv, {
+      size: { type: 'string' },
+      backend: { type: 'string', default: 'memory' },
+      listen: { type: 'string', default: '127.0.0.1:4433' },
+      transport: { type: 'string', default: 'quic' },
+      'read-only': { type: 'boolean', default: false },
+      expires: { type: 'string' },
+      advertise: { type: 'string', multiple: true },
+      'region-id': { type: 'string' },
+      grantee: { type: 'string' },
+      identity: { type: 'string' },
+      json: { type: 'boolean', default: false },
+    });
+    const transport = values.transport;
+    if (transport !== 'quic' && transport !== 'tcp') throw new UsageError(`share: --transport must be quic or tcp, not "${transport}"`);
+    let size: number | undefined;
+    if (values.size !== undefined) {
+      try {
+        size = parseSize(values.size);
+      } catch (e) {
+        throw new UsageError(`share: --size: ${(e as Error).message}`);
+      }
+    }
+    const expiresIn = values.expires !== undefined ? parseDuration(values.expires) : 0;
+    let grantee: Uint8Array | undefined;
+    if (values.grantee !== undefined) {
+      try {
+        grantee = base32Decode(values.grantee.trim());
+      } catch {}
+      if (grantee?.length !== 32) throw new UsageError('share: --grantee must be a peer id (52 base32 characters)');
+    }
+    const readOnly = values['read-only'];
+    parseBackendSpec(values.backend);
+    const identity = await loadOrCreateIdentity(values.identity ?? defaultIdentityPath());
+    const regionId = regionIdFor(values.backend, identity.publicKey, values['region-id']);
+    const store = await openBackend(values.backend, { size, readOnly, create: true });
+    let shared: Awaited<ReturnType<typeof shareRegion>> | undefined;
+    try {
+      const bytes = await store.size();
+      shared = await shareRegion({
+        identity,
+        store,
+        transport,
+        listen: values.listen,
+        readOnly,
+        expiresIn,
+        ...(grantee ? { grantee } : {}),
+        ...(regionId ? { regionId } : {}),
+        ...(values.advertise ? { advertise: values.advertise } : {}),
+        log,
+      });
+      const expiresAt = shared.expiresAt > 0 ? new Date(shared.expiresAt * 1000).toISOString() : null;
+      if (values.json) {
+        process.stdout.write(
+          `${JSON.stringify({ ticket: shared.ticket, sharer: identity.id, regionId: regionIdText(shared.regionId), transport, address: shared.address, size: bytes, readOnly, backend: values.backend, expiresAt })}\n`,
+        );
+      } else {
+        process.stdout.write(`${shared.ticket}\n`);
+      }
+      log(`sharing ${formatSize(bytes)} (${values.backend}${readOnly ? ', read-only' : ''}) as ${identity.id} on ${transport}://${shared.address}${expiresAt ? `, ticket expires ${expiresAt}` : ''}`);
+      const sig = await untilSignal();
+      log(`${sig}: stopping`);
+      return 0;
+    } finally {
+      await shared?.close();
+      await store.flush().catch(() => {});
+      await store.close();
+      if (shared) log(`closed (served ${formatSize(shared.server.stats.bytesRead)} read, ${formatSize(shared.server.stats.bytesWritten)} written)`);
+    }
+  },
+};

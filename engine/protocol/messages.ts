@@ -1,0 +1,217 @@
+/**
+ * Control messages (HELLO, WELCOME, ERROR) as msgpack bodies behind the
+ * common frame header, plus the functions that build complete frames for
+ * every frame type. Bodies from the peer are untrusted: each decoder checks
+ * every field's type and range and turns anything else into a ProtocolError,
+ * so random bytes never reach the rest of the engine as half-valid objects.
+ *
+ * A frame is returned as a list of buffers — header first, then the payload
+ * as the caller's own buffer — for `ByteStream.write([...])`, which sends
+ * them without concatenating (no copy of bulk data).
+ */
+import { Packr } from 'msgpackr';
+import { ProtocolError, type ErrorCode } from '../errors.ts';
+import { Flag, FrameType, codeOfStatus, encodeHeader, statusOf, type Frame } from './frame.ts';
+
+// Records (msgpackr's shared structures) are off: bodies are small, rare and
+// come from peers we do not control; plain maps keep decoding stateless.
+const packr = new Packr({ useRecords: false, int64AsType: 'number', mapsAsObjects: true, moreTypes: false });
+
+export const PROTOCOL_VERSION = 1;
+/** Oldest protocol version this build still speaks. */
+export const MIN_PROTOCOL_VERSION = 1;
+
+/** Limits every control body stays under; a HELLO carries a ticket (a few hundred bytes). */
+export const MAX_CONTROL_BODY = 16 * 1024;
+
+/** Optional features a side may support; the session uses the intersection. */
+export const KNOWN_CAPS = ['trim', 'zero', 'fua', 'ping'] as const;
+export type Capability = (typeof KNOWN_CAPS)[number];
+
+export interface Limits {
+  /** Largest data payload (and request length) in bytes. */
+  maxFrame: number;
+  /** Requests one side may have outstanding at once. */
+  maxInFlight: number;
+}
+
+export interface HelloBody {
+  /** Protocol versions the client speaks, inclusive. */
+  minVersion: number;
+  maxVersion: number;
+  limits: Limits;
+  caps: string[];
+  /** The signed grant (ticket body) that authorises this client. */
+  grant: Uint8Array;
+  /** Free text for logs, e.g. "quicmap 0.1.0". */
+  agent: string;
+}
+
+export interface WelcomeBody {
+  version: number;
+  /** Negotiated: the minimum of both sides. */
+  limits: Limits;
+  caps: string[];
+  /** The region manifest and the sharer's signature over it. */
+  manifest: Uint8Array;
+  manifestSig: Uint8Array;
+}
+
+export interface ErrorBody {
+  code: ErrorCode;
+  message: string;
+}
+
+function pack(value: unknown): Uint8Array {
+  return packr.pack(value);
+}
+
+export function unpackBody(payload: Uint8Array, what: string): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = packr.unpack(payload);
+  } catch (e) {
+    throw new ProtocolError(`${what}: body is not valid msgpack (${(e as Error).message})`);
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v) || v instanceof Uint8Array) {
+    throw new ProtocolError(`${what}: body is not a map`);
+  }
+  return v as Record<string, unknown>;
+}
+
+function int(o: Record<string, unknown>, key: string, what: string, min: number, max: number): number {
+  const v = o[key];
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw new ProtocolError(`${what}: field "${key}" must be an integer in [${min}, ${max}]`);
+  }
+  return v;
+}
+
+function str(o: Record<string, unknown>, key: string, what: string, maxLen = 1024): string {
+  const v = o[key];
+  if (typeof v !== 'string' || v.length > maxLen) throw new ProtocolError(`${what}: field "${key}" must be a string of at most ${maxLen} characters`);
+  return v;
+}
+
+function bytes(o: Record<string, unknown>, key: string, what: string, maxLen: number): Uint8Array {
+  const v = o[key];
+  if (!(v instanceof Uint8Array) || v.length > maxLen) throw new ProtocolError(`${what}: field "${key}" must be at most ${maxLen} bytes`);
+  return v;
+}
+
+function strings(o: Record<string, unknown>, key: string, what: string): string[] {
+  const v = o[key];
+  if (!Array.isArray(v) || v.length > 64 || !v.every((s) => typeof s === 'string' && s.length <= 64)) {
+    throw new ProtocolError(`${what}: field "${key}" must be a short list of short strings`);
+  }
+  return v as string[];
+}
+
+function limits(o: Record<string, unknown>, what: string): Limits {
+  const l = o.limits;
+  if (l === null || typeof l !== 'object' || Array.isArray(l)) throw new ProtocolError(`${what}: field "limits" must be a map`);
+  const m = l as Record<string, unknown>;
+  // 4 KiB is the smallest sensible data frame; 2^32-1 the largest a header can declare.
+  return { maxFrame: int(m, 'maxFrame', what, 4096, 0xffff_ffff), maxInFlight: int(m, 'maxInFlight', what, 1, 65536) };
+}
+
+// ---- HELLO -------------------------------------------------------------
+
+export function encodeHello(body: HelloBody): Uint8Array[] {
+  return controlFrame(FrameType.HELLO, 0, pack(body));
+}
+
+export function decodeHello(payload: Uint8Array): HelloBody {
+  const what = 'HELLO';
+  const o = unpackBody(payload, what);
+  const minVersion = int(o, 'minVersion', what, 0, 0xffff);
+  const maxVersion = int(o, 'maxVersion', what, minVersion, 0xffff);
+  return {
+    minVersion,
+    maxVersion,
+    limits: limits(o, what),
+    caps: strings(o, 'caps', what),
+    grant: bytes(o, 'grant', what, 4096),
+    agent: o.agent === undefined ? '' : str(o, 'agent', what, 200),
+  };
+}
+
+// ---- WELCOME -----------------------------------------------------------
+
+export function encodeWelcome(body: WelcomeBody): Uint8Array[] {
+  return controlFrame(FrameType.WELCOME, 0, pack(body));
+}
+
+export function decodeWelcome(payload: Uint8Array): WelcomeBody {
+  const what = 'WELCOME';
+  const o = unpackBody(payload, what);
+  return {
+    version: int(o, 'version', what, 0, 0xffff),
+    limits: limits(o, what),
+    caps: strings(o, 'caps', what),
+    manifest: bytes(o, 'manifest', what, 4096),
+    manifestSig: bytes(o, 'manifestSig', what, 64),
+  };
+}
+
+// ---- ERROR -------------------------------------------------------------
+
+/** An error answer to request `id` (0: the connection as a whole, e.g. a refused grant). */
+export function encodeError(id: number, code: ErrorCode, message: string): Uint8Array[] {
+  // Messages are for humans; cap them so an error frame stays a control frame.
+  return controlFrame(FrameType.ERROR, id, pack({ code, message: message.slice(0, 1000) }), statusOf(code));
+}
+
+export function decodeError(frame: Frame): ErrorBody {
+  // The status in the header is authoritative; the body adds the message.
+  const code = codeOfStatus(frame.status);
+  let message = '';
+  try {
+    const o = unpackBody(frame.payload, 'ERROR');
+    if (typeof o.message === 'string') message = o.message.slice(0, 1000);
+  } catch {
+    message = '(unreadable error body)';
+  }
+  return { code, message };
+}
+
+function controlFrame(type: FrameType, id: number, body: Uint8Array, status = 0): Uint8Array[] {
+  if (body.length > MAX_CONTROL_BODY) throw new ProtocolError(`control body of ${body.length} bytes exceeds ${MAX_CONTROL_BODY}`);
+  return [encodeHeader({ type, flags: 0, status, id, offset: 0, length: 0, payloadLength: body.length }), body];
+}
+
+// ---- data requests and replies ----------------------------------------
+
+export function encodeRead(id: number, offset: number, length: number): Uint8Array[] {
+  return [encodeHeader({ type: FrameType.READ, flags: 0, status: 0, id, offset, length, payloadLength: 0 })];
+}
+
+/** WRITE: the header and the caller's data buffer, sent as two buffers. */
+export function encodeWrite(id: number, offset: number, data: Uint8Array, fua = false): Uint8Array[] {
+  const h = encodeHeader({ type: FrameType.WRITE, flags: fua ? Flag.FUA : 0, status: 0, id, offset, length: data.length, payloadLength: data.length });
+  return [h, data];
+}
+
+export function encodeFlush(id: number): Uint8Array[] {
+  return [encodeHeader({ type: FrameType.FLUSH, flags: 0, status: 0, id, offset: 0, length: 0, payloadLength: 0 })];
+}
+
+export function encodeTrim(id: number, offset: number, length: number, fua = false): Uint8Array[] {
+  return [encodeHeader({ type: FrameType.TRIM, flags: fua ? Flag.FUA : 0, status: 0, id, offset, length, payloadLength: 0 })];
+}
+
+export function encodeZero(id: number, offset: number, length: number, opts: { fua?: boolean; noHole?: boolean } = {}): Uint8Array[] {
+  const flags = (opts.fua ? Flag.FUA : 0) | (opts.noHole ? Flag.NO_HOLE : 0);
+  return [encodeHeader({ type: FrameType.ZERO, flags, status: 0, id, offset, length, payloadLength: 0 })];
+}
+
+export function encodePing(id: number): Uint8Array[] {
+  return [encodeHeader({ type: FrameType.PING, flags: 0, status: 0, id, offset: 0, length: 0, payloadLength: 0 })];
+}
+
+/** A success reply; `data` is the READ payload (sent as its own buffer), absent otherwise. */
+export function encodeOk(id: number, data?: Uint8Array): Uint8Array[] {
+  const len = data?.length ?? 0;
+  const h = encodeHeader({ type: FrameType.OK, flags: 0, status: 0, id, offset: 0, length: len, payloadLength: len });
+  return data && len > 0 ? [h, data] : [h];
+}

@@ -1,0 +1,293 @@
+/**
+ * RegionServer: serves any ReadWriterAt to remote peers over a transport.
+ * A thin I/O adapter around the sans-IO ServerSession: it reads the stream,
+ * checks the grant a client presents in HELLO (signed by this sharer, for
+ * this region, not expired, bound to the right peer if bound at all), runs
+ * the store operations the session hands it, and writes the replies.
+ *
+ * One session per stream: a client may open several streams on a connection
+ * (each is an independent session with its own HELLO), though RemoteRegion
+ * uses one. Store operations of a session run concurrently up to the
+ * negotiated max-in-flight; at the limit the server stops reading the stream,
+ * so a client that ignores the limit is slowed by backpressure, not buffered.
+ */
+import type { Identity } from '../../crypto/identity.ts';
+import { base32Encode } from '../../crypto/identity.ts';
+import { regionIdText, verifyGrantFor } from '../../crypto/grant.ts';
+import type { ByteStream, Connection, Listener } from '../../transports/transport.ts';
+import { QuicmapError, errorCode } from '../errors.ts';
+import type { ReadWriterAt } from '../rwat.ts';
+import { signManifest } from '../protocol/manifest.ts';
+import type { Capability, HelloBody, Limits } from '../protocol/messages.ts';
+import { ServerSession, type ServerRequest } from '../protocol/server-session.ts';
+import { FrameWriter } from './frame-writer.ts';
+
+export const DEFAULT_LIMITS: Limits = { maxFrame: 1024 * 1024, maxInFlight: 64 };
+
+export interface RegionServerOptions {
+  identity: Identity;
+  store: ReadWriterAt;
+  /** 16 bytes; grants must name it. */
+  regionId: Uint8Array;
+  limits?: Partial<Limits>;
+  /** Advertised in the manifest (default: the store's preferred block size, at least 64 KiB). */
+  chunkSize?: number;
+  /** Changes when the sharer restarts (default: start time in ms). */
+  generation?: number;
+  /** A connection that has not completed HELLO within this is dropped. Default 10 000 ms. */
+  helloTimeoutMs?: number;
+  /** Connections served at once; more are closed at once. Default 256. */
+  maxConnections?: number;
+  log?: (message: string) => void;
+}
+
+export interface RegionServerStats {
+  connections: number;
+  sessions: number;
+  refused: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+export class RegionServer {
+  readonly regionId: Uint8Array;
+  readonly limits: Limits;
+  readonly stats: RegionServerStats = { connections: 0, sessions: 0, refused: 0, bytesRead: 0, bytesWritten: 0 };
+  private readonly store: ReadWriterAt;
+  private readonly identity: Identity;
+  private readonly log: (m: string) => void;
+  private readonly connections = new Set<Connection>();
+  private readonly listeners = new Set<Listener>();
+  private signed: { manifest: Uint8Array; manifestSig: Uint8Array; size: number } | undefined;
+  private readonly opts: RegionServerOptions;
+  private closed = false;
+
+  constructor(opts: RegionServerOptions) {
+    this.opts = opts;
+    this.store = opts.store;
+    this.identity = opts.identity;
+    this.regionId = opts.regionId;
+    this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    this.log = opts.log ?? (() => {});
+  }
+
+  private async manifest(): Promise<{ manifest: Uint8Array; manifestSig: Uint8Array; size: number }> {
+    if (!this.signed) {
+      const size = await this.store.size();
+      const caps = this.store.caps;
+      const signed = await signManifest(this.identity, {
+        regionId: this.regionId,
+        size,
+        chunkSize: this.opts.chunkSize ?? Math.max(64 * 1024, caps.preferredBlockSize),
+        generation: this.opts.generation ?? Date.now(),
+        readOnly: caps.readOnly,
+        canTrim: caps.canTrim,
+        fastZero: caps.fastZero,
+        multiConn: caps.multiConn,
+        preferredBlockSize: caps.preferredBlockSize,
+      });
+      this.signed = { ...signed, size };
+    }
+    return this.signed;
+  }
+
+  /** Accept connections from `listener` until it or this server closes. */
+  async serveListener(listener: Listener): Promise<void> {
+    this.listeners.add(listener);
+    try {
+      for (;;) {
+        const conn = await listener.accept();
+        if (!conn) return;
+        if (this.closed) {
+          await conn.close();
+          return;
+        }
+        void this.serveConnection(conn);
+      }
+    } finally {
+      this.listeners.delete(listener);
+    }
+  }
+
+  /** Serve every stream the peer opens on `conn` until it closes. Never throws. */
+  async serveConnection(conn: Connection): Promise<void> {
+    const peer = base32Encode(conn.remotePublicKey);
+    if (this.connections.size >= (this.opts.maxConnections ?? 256)) {
+      this.log(`peer ${peer} turned away: ${this.connections.size} connections already`);
+      await conn.close().catch(() => {});
+      return;
+    }
+    this.connections.add(conn);
+    this.stats.connections++;
+    this.log(`peer ${peer} connected from ${conn.remoteAddress}`);
+    // A peer that never gets a session going (no stream, no HELLO) does not keep a slot.
+    const state = { authed: false };
+    const helloTimer = setTimeout(() => {
+      if (state.authed) return;
+      this.log(`peer ${peer} sent no valid HELLO within ${this.opts.helloTimeoutMs ?? 10_000} ms; dropping it`);
+      void conn.close().catch(() => {});
+    }, this.opts.helloTimeoutMs ?? 10_000);
+    helloTimer.unref();
+    try {
+      for (;;) {
+        let stream: ByteStream | null;
+        try {
+          stream = await conn.acceptStream();
+        } catch {
+          return;
+        }
+        if (!stream) return;
+        void this.serveStream(conn, stream, peer, state);
+      }
+    } finally {
+      clearTimeout(helloTimer);
+      this.connections.delete(conn);
+      this.log(`peer ${peer} disconnected`);
+    }
+  }
+
+  private async serveStream(conn: Connection, stream: ByteStream, peer: string, state: { authed: boolean }): Promise<void> {
+    const session = new ServerSession({ limits: this.limits, caps: this.capsOffered() });
+    let slotFreed: (() => void) | undefined;
+    let dead = false;
+    const writer = new FrameWriter(stream);
+    const send = async (frames: Uint8Array[]) => {
+      if (frames.length === 0 || dead) return;
+      try {
+        await writer.write(frames);
+      } catch {
+        dead = true;
+      }
+    };
+    // Set when the stream was ended on purpose (refusal, protocol error) with
+    // closeWrite: resetting it then could discard the error frame in flight.
+    let graceful = false;
+    const finish = () => {
+      dead = true;
+      session.close();
+      if (!graceful) stream.reset();
+    };
+    try {
+      while (!dead) {
+        // Backpressure: at the in-flight limit, stop reading until a request completes.
+        while (session.isServing && session.inFlightCount >= session.limits.maxInFlight && !dead) {
+          await new Promise<void>((r) => (slotFreed = r));
+        }
+        let chunk: Uint8Array | null;
+        try {
+          chunk = await stream.read();
+        } catch {
+          break;
+        }
+        if (chunk === null) break;
+        for (const ev of session.receive(chunk)) {
+          switch (ev.kind) {
+            case 'hello':
+              await this.authorize(conn, session, ev.hello, peer, send);
+              if (session.isServing) state.authed = true;
+              else {
+                await stream.closeWrite().catch(() => {});
+                // Give the refusal a moment to reach the peer before tearing down.
+                setTimeout(() => void conn.close().catch(() => {}), 500).unref();
+                graceful = true;
+                dead = true;
+              }
+              break;
+            case 'send':
+              await send(ev.frames);
+              break;
+            case 'request':
+              void this.execute(session, ev.request, send).then(() => {
+                const f = slotFreed;
+                slotFreed = undefined;
+                f?.();
+              });
+              break;
+            case 'close':
+              this.log(`peer ${peer}: ${ev.error.message}; dropping the session`);
+              await send(ev.frames);
+              await stream.closeWrite().catch(() => {});
+              // A peer that broke the protocol loses the connection, after its error frame had a moment to leave.
+              setTimeout(() => void conn.close().catch(() => {}), 200).unref();
+              graceful = true;
+              dead = true;
+              break;
+          }
+          if (dead) break;
+        }
+      }
+    } catch (e) {
+      // Nothing a peer sends may take the sharer down: log, drop this session, serve on.
+      this.log(`peer ${peer}: session failed: ${(e as Error).message}`);
+    } finally {
+      finish();
+      slotFreed?.();
+    }
+  }
+
+  private capsOffered(): Capability[] {
+    const caps: Capability[] = ['zero', 'fua', 'ping'];
+    if (this.store.caps.canTrim) caps.push('trim');
+    return caps;
+  }
+
+  private async authorize(conn: Connection, session: ServerSession, hello: HelloBody, peer: string, send: (f: Uint8Array[]) => Promise<void>): Promise<void> {
+    let readOnly: boolean;
+    try {
+      const claims = await verifyGrantFor(hello.grant, { sharer: this.identity.publicKey, regionId: this.regionId, peer: conn.remotePublicKey });
+      readOnly = claims.rights === 'ro' || this.store.caps.readOnly;
+    } catch (e) {
+      this.stats.refused++;
+      const code = e instanceof QuicmapError ? e.code : 'EACCES';
+      const message = (e as Error).message;
+      this.log(`peer ${peer} refused: ${message}`);
+      await send(session.refuse(code, message));
+      return;
+    }
+    const m = await this.manifest();
+    this.stats.sessions++;
+    this.log(
+      `peer ${peer} (${hello.agent || 'unknown agent'}) opened region ${regionIdText(this.regionId)} ${readOnly ? 'read-only' : 'read-write'}`,
+    );
+    await send(session.accept(hello, { size: m.size, readOnly, manifest: m.manifest, manifestSig: m.manifestSig }));
+  }
+
+  private async execute(session: ServerSession, req: ServerRequest, send: (f: Uint8Array[]) => Promise<void>): Promise<void> {
+    const s = this.store;
+    try {
+      switch (req.op) {
+        case 'read': {
+          const buf = new Uint8Array(req.length);
+          await s.readAt(buf, req.offset);
+          this.stats.bytesRead += req.length;
+          await send(session.reply(req.id, buf));
+          return;
+        }
+        case 'write':
+          await s.writeAt(req.data, req.offset, { fua: req.fua });
+          this.stats.bytesWritten += req.data.length;
+          break;
+        case 'flush':
+          await s.flush();
+          break;
+        case 'trim':
+          await s.trim(req.offset, req.length, { fua: req.fua });
+          break;
+        case 'zero':
+          await s.writeZeroes(req.offset, req.length, { fua: req.fua, noHole: req.noHole });
+          break;
+      }
+      await send(session.reply(req.id));
+    } catch (e) {
+      if (errorCode(e) === 'EIO') this.log(`store error on ${req.op}: ${(e as Error).message}`);
+      await send(session.replyError(req.id, e));
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const l of [...this.listeners]) await l.close().catch(() => {});
+    await Promise.all([...this.connections].map((c) => c.close().catch(() => {})));
+  }
+}

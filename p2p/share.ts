@@ -1,0 +1,113 @@
+/**
+ * shareRegion: the library call behind `quicmap share`. Listens on a
+ * transport, serves `store` to any peer that presents a valid grant, and
+ * returns the ticket for it. More tickets (other rights, expiry, a bound
+ * peer) can be issued for the same region with `issue`.
+ */
+import type { Identity } from '../crypto/identity.ts';
+import { newRegionId, regionIdText, signGrant, type Rights, type TransportName } from '../crypto/grant.ts';
+import { encodeTicket } from '../crypto/ticket.ts';
+import { QuicmapError } from '../engine/errors.ts';
+import type { ReadWriterAt } from '../engine/rwat.ts';
+import type { Limits } from '../engine/protocol/messages.ts';
+import { RegionServer } from '../engine/remote/server.ts';
+import type { Transport } from '../transports/transport.ts';
+import { openTransport, type TransportChoice } from './transports.ts';
+
+export interface ShareOptions {
+  identity: Identity;
+  store: ReadWriterAt;
+  /** 'quic' (default) or 'tcp', or a transport instance (tests use the memory transport). */
+  transport?: TransportChoice;
+  /** "host:port" to listen on; port 0 picks a free one. */
+  listen: string;
+  /** The ticket grants read-only access. */
+  readOnly?: boolean;
+  /** Seconds the ticket stays valid; 0 or absent: no expiry. */
+  expiresIn?: number;
+  /** Bind the ticket to one peer's public key: nobody else may use it. */
+  grantee?: Uint8Array;
+  /** Keep a region id across restarts so old tickets stay valid (default: random). */
+  regionId?: Uint8Array;
+  /** Addresses written into the ticket (default: the bound address; 0.0.0.0 becomes 127.0.0.1). */
+  advertise?: string[];
+  limits?: Partial<Limits>;
+  log?: (message: string) => void;
+}
+
+export interface SharedRegion {
+  /** The ticket issued at start (rights per `readOnly`). */
+  ticket: string;
+  /** The bound listen address. */
+  address: string;
+  /** Expiry of `ticket` in unix seconds; 0: none. */
+  expiresAt: number;
+  regionId: Uint8Array;
+  transport: Transport;
+  server: RegionServer;
+  /** Issue another ticket for this region. */
+  issue(opts?: { readOnly?: boolean; expiresIn?: number; grantee?: Uint8Array }): Promise<string>;
+  close(): Promise<void>;
+}
+
+function advertised(bound: string): string {
+  // A wildcard bind is not an address a peer can dial.
+  return bound.replace(/^0\.0\.0\.0:/, '127.0.0.1:').replace(/^\[::\]:/, '[::1]:');
+}
+
+export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
+  const log = opts.log ?? (() => {});
+  const transport = await openTransport(opts.transport ?? 'quic', opts.identity);
+  const ownsTransport = typeof opts.transport === 'string' || opts.transport === undefined;
+  const transportName: TransportName = transport.name === 'tcp' ? 'tcp' : 'quic';
+  if (transport.name !== 'quic' && transport.name !== 'tcp' && transport.name !== 'memory') {
+    throw new QuicmapError('EINVAL', `cannot share over the ${transport.name} transport yet`);
+  }
+  const regionId = opts.regionId ?? newRegionId();
+  const server = new RegionServer({ identity: opts.identity, store: opts.store, regionId, limits: opts.limits, log });
+  let listener;
+  try {
+    listener = await transport.listen(opts.listen);
+  } catch (e) {
+    if (ownsTransport) await transport.close().catch(() => {});
+    throw e;
+  }
+  void server.serveListener(listener);
+  const addresses = opts.advertise ?? [advertised(listener.address)];
+  let lastExpiry = 0;
+  const issue = async (o: { readOnly?: boolean; expiresIn?: number; grantee?: Uint8Array } = {}) => {
+    const rights: Rights = o.readOnly || opts.store.caps.readOnly ? 'ro' : 'rw';
+    const expiresIn = o.expiresIn ?? 0;
+    const grant = await signGrant(opts.identity, {
+      regionId,
+      transport: transportName,
+      addresses,
+      rights,
+      expiresAt: expiresIn > 0 ? Math.floor(Date.now() / 1000) + Math.ceil(expiresIn) : 0,
+      ...(o.grantee ? { grantee: o.grantee } : {}),
+    });
+    lastExpiry = grant.claims.expiresAt;
+    return encodeTicket(grant);
+  };
+  const ticket = await issue({ readOnly: opts.readOnly, expiresIn: opts.expiresIn, ...(opts.grantee ? { grantee: opts.grantee } : {}) });
+  const expiresAt = lastExpiry;
+  log(`sharer ${opts.identity.id} serves region ${regionIdText(regionId)} over ${transport.name} at ${listener.address}`);
+  let closing: Promise<void> | undefined;
+  return {
+    ticket,
+    address: listener.address,
+    expiresAt,
+    regionId,
+    transport,
+    server,
+    issue,
+    close() {
+      closing ??= (async () => {
+        await listener.close().catch(() => {});
+        await server.close();
+        if (ownsTransport) await transport.close().catch(() => {});
+      })();
+      return closing;
+    },
+  };
+}

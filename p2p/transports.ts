@@ -1,0 +1,26 @@
+/**
+ * Pick a transport by name for the share/mount library API. The QUIC
+ * transport's idle timeout stays generous: liveness of a remote region is
+ * judged by RemoteRegion's pings (seconds), not by QUIC's idle timer.
+ */
+import type { Identity } from '../crypto/identity.ts';
+import { QuicmapError } from '../engine/errors.ts';
+import type { Transport } from '../transports/transport.ts';
+
+export type TransportChoice = 'quic' | 'tcp' | Transport;
+
+export async function openTransport(choice: TransportChoice, identity: Identity): Promise<Transport> {
+  if (typeof choice !== 'string') return choice;
+  switch (choice) {
+    case 'quic': {
+      const { QuicTransport } = await import('../transports/quic.ts');
+      return new QuicTransport(identity, { idleTimeoutMs: 15_000, keepAliveMs: 4_000 });
+    }
+    case 'tcp': {
+      const { TcpTransport } = await import('../transports/tcp.ts');
+      return new TcpTransport(identity);
+    }
+    default:
+      throw new QuicmapError('EINVAL', `unknown transport "${String(choice)}" (use quic or tcp)`);
+  }
+}

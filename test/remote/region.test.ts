@@ -1,0 +1,356 @@
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { generateIdentity, type Identity } from '../../crypto/identity.ts';
+import { newRegionId, signGrant } from '../../crypto/grant.ts';
+import { MemoryNetwork, MemoryTransport } from '../../transports/memory.ts';
+import type { Connection, Listener } from '../../transports/transport.ts';
+import { MemoryBackend } from '../../engine/backends/memory.ts';
+import { RegionServer } from '../../engine/remote/server.ts';
+import { RemoteRegion, type RemoteRegionOptions } from '../../engine/remote/region.ts';
+import { QuicmapError } from '../../engine/errors.ts';
+import type { ReadWriterAt } from '../../engine/rwat.ts';
+import { withTimeout } from '../helpers/env.ts';
+
+interface Setup {
+  sharer: Identity;
+  server: RegionServer;
+  listener: Listener;
+  store: ReadWriterAt;
+  regionId: Uint8Array;
+  address: string;
+  network: MemoryNetwork;
+  sharerTransport: MemoryTransport;
+  clientTransport: MemoryTransport;
+  logs: string[];
+  open(opts?: Partial<RemoteRegionOptions> & { rights?: 'ro' | 'rw'; expiresAt?: number; grant?: Uint8Array }): Promise<RemoteRegion>;
+  close(): Promise<void>;
+}
+
+async function setup(opts: { size?: number; store?: ReadWriterAt; limits?: { maxFrame?: number; maxInFlight?: number } } = {}): Promise<Setup> {
+  const network = new MemoryNetwork();
+  const sharer = await generateIdentity();
+  const client = await generateIdentity();
+  const store = opts.store ?? new MemoryBackend(opts.size ?? 4 << 20);
+  const regionId = newRegionId();
+  const logs: string[] = [];
+  const server = new RegionServer({ identity: sharer, store, regionId, limits: opts.limits, log: (m) => logs.push(m) });
+  const sharerTransport = new MemoryTransport(sharer, { network });
+  const clientTransport = new MemoryTransport(client, { network });
+  const listener = await sharerTransport.listen('sharer:0');
+  void server.serveListener(listener);
+  const s: Setup = {
+    sharer, server, listener, store, regionId, address: listener.address, network, sharerTransport, clientTransport, logs,
+    async open(o = {}) {
+      const grant = o.grant ?? (await signGrant(sharer, { regionId, transport: 'tcp', addresses: [listener.address], rights: o.rights ?? 'rw', expiresAt: o.expiresAt ?? 0 })).bytes;
+      return RemoteRegion.open({
+        connect: () => clientTransport.dial(s.address, sharer.publicKey),
+        grant,
+        sharer: sharer.publicKey,
+        regionId,
+        readOnlyGrant: false,
+        livenessMs: 600,
+        waitForLinkMs: 300,
+        backoff: { minMs: 20, maxMs: 100 },
+        ...o,
+      });
+    },
+    async close() {
+      await server.close();
+      await sharerTransport.close();
+      await clientTransport.close();
+    },
+  };
+  return s;
+}
+
+const code = (c: string) => (e: unknown) => e instanceof QuicmapError && e.code === c;
+async function rejects(p: Promise<unknown>, check: (e: unknown) => boolean, what: string): Promise<Error> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(check(e), `${what}: unexpected ${(e as Error).message}`);
+    return e as Error;
+  }
+  throw new Error(`${what}: did not reject`);
+}
+
+test('a remote region reads and writes the sharer store, splitting large requests', () =>
+  withTimeout(10_000, 'test', async () => {
+    const s = await setup({ limits: { maxFrame: 64 * 1024, maxInFlight: 4 } });
+    try {
+      const r = await s.open();
+      assert.is(await r.size(), 4 << 20);
+      assert.equal(r.limits, { maxFrame: 64 * 1024, maxInFlight: 4 });
+      const data = new Uint8Array(1 << 20).map((_, i) => (i * 7) & 255);
+      await r.writeAt(data, 12345, { fua: true });
+      const back = new Uint8Array(1 << 20);
+      await s.store.readAt(back, 12345);
+      assert.ok(Buffer.compare(back, data) === 0, 'sharer store has the bytes');
+      const viaRemote = new Uint8Array(1 << 20);
+      await r.readAt(viaRemote, 12345);
+      assert.ok(Buffer.compare(viaRemote, data) === 0, 'remote read matches');
+      await r.flush();
+      await r.writeZeroes(12345, 4096);
+      await r.trim(1 << 20, 1 << 20);
+      const z = new Uint8Array(4096);
+      await r.readAt(z, 12345);
+      assert.ok(z.every((b) => b === 0));
+      assert.ok(s.logs.some((l) => l.includes('read-write')), 'sharer logged the session');
+      await r.close();
+      await rejects(r.readAt(new Uint8Array(1), 0), code('ESHUTDOWN'), 'after close');
+    } finally {
+      await s.close();
+    }
+  }));
+
+test('many requests in flight, bounded by the negotiated maximum', () =>
+  withTimeout(10_000, 'test', async () => {
+    let inFlight = 0;
+    let peak = 0;
+    const inner = new MemoryBackend(1 << 20);
+    const slow: ReadWriterAt = Object.assign(Object.create(inner), {
+      caps: inner.caps,
+      async readAt(buf: Uint8Array, off: number) {
+        inFlight++;
+        peak = Math.max(peak, inFlight);
+        await new Promise((r) => setTimeout(r, 5));
+        inFlight--;
+        return inner.readAt(buf, off);
+      },
+      size: () => inner.size(),
+    });
+    const s = await setup({ store: slow, limits: { maxInFlight: 8 } });
+    try {
+      const r = await s.open();
+      await Promise.all(Array.from({ length: 100 }, (_, i) => r.readAt(new Uint8Array(4096), i * 4096)));
+      assert.is(peak, 8, `peak in flight ${peak}`);
+      await r.close();
+    } finally {
+      await s.close();
+    }
+  }));
+
+test('a read-only grant gets EPERM from the sharer on write, trim and zero', () =>
+  withTimeout(10_000, 'test', async () => {
+    const s = await setup();
+    try {
+      // readOnlyGrant: false so the client does not refuse locally: the sharer must.
+      const r = await s.open({ rights: 'ro' });
+      const e = await rejects(r.writeAt(new Uint8Array(10), 0), code('EPERM'), 'write');
+      assert.match(e.message, /read-only/);
+      await rejects(r.writeZeroes(0, 10), code('EPERM'), 'zero');
+      await rejects(r.trim(0, 4096), code('EPERM'), 'trim');
+      await r.readAt(new Uint8Array(10), 0);
+      await r.close();
+      const local = await s.open({ rights: 'ro', readOnlyGrant: true });
+      assert.ok(local.caps.readOnly);
+      await rejects(local.writeAt(new Uint8Array(1), 0), code('EPERM'), 'local');
+      await local.close();
+    } finally {
+      await s.close();
+    }
+  }));
+
+test('missing, foreign, expired and wrong-region grants are refused with clear errors', () =>
+  withTimeout(10_000, 'test', async () => {
+    const s = await setup();
+    try {
+      let e = await rejects(s.open({ grant: new Uint8Array(0) }), code('EACCES'), 'none');
+      assert.match(e.message, /sharer refused: no grant presented/);
+      const stranger = await generateIdentity();
+      const foreign = await signGrant(stranger, { regionId: s.regionId, transport: 'tcp', addresses: [], rights: 'rw', expiresAt: 0 });
+      e = await rejects(s.open({ grant: foreign.bytes }), code('EACCES'), 'foreign');
+      assert.match(e.message, /not by this sharer/);
+      e = await rejects(s.open({ expiresAt: Math.floor(Date.now() / 1000) - 1 }), code('EACCES'), 'expired');
+      assert.match(e.message, /expired/);
+      const other = await signGrant(s.sharer, { regionId: newRegionId(), transport: 'tcp', addresses: [], rights: 'rw', expiresAt: 0 });
+      e = await rejects(s.open({ grant: other.bytes }), code('EACCES'), 'region');
+      assert.match(e.message, /does not serve/);
+      // Dialing with the wrong expected key never reaches the sharer.
+      await rejects(
+        RemoteRegion.open({ connect: () => s.clientTransport.dial(s.address, stranger.publicKey), grant: foreign.bytes, sharer: stranger.publicKey, regionId: s.regionId }),
+        code('EACCES'),
+        'wrong key',
+      );
+      assert.is(s.server.stats.refused, 4);
+    } finally {
+      await s.close();
+    }
+  }));
+
+test('when the link drops, pending requests fail with EIO at once and the region recovers', () =>
+  withTimeout(15_000, 'test', async () => {
+    let hold = false;
+    const inner = new MemoryBackend(1 << 20);
+    const gated: ReadWriterAt = Object.assign(Object.create(inner), {
+      caps: inner.caps,
+      size: () => inner.size(),
+      async readAt(buf: Uint8Array, off: number) {
+        while (hold) await new Promise((r) => setTimeout(r, 10));
+        return inner.readAt(buf, off);
+      },
+    });
+    const s = await setup({ store: gated });
+    try {
+      const r = await s.open();
+      await r.writeAt(new Uint8Array([1, 2, 3]), 0);
+      hold = true;
+      const pending = r.readAt(new Uint8Array(3), 0);
+      await new Promise((res) => setTimeout(res, 30));
+      // The sharer goes away: its connections close.
+      await s.listener.close();
+      await s.server.close();
+      const t0 = Date.now();
+      await rejects(pending, code('EIO'), 'pending');
+      assert.ok(Date.now() - t0 < 500, 'failed promptly');
+      // While nothing listens, requests fail (bounded wait), never hang.
+      await rejects(r.readAt(new Uint8Array(3), 0), code('EIO'), 'while down');
+      // The sharer returns on the same address with the same identity and region.
+      hold = false;
+      const server2 = new RegionServer({ identity: s.sharer, store: gated, regionId: s.regionId });
+      const l2 = await s.sharerTransport.listen(s.address);
+      void server2.serveListener(l2);
+      const buf = new Uint8Array(3);
+      await withTimeout(3000, 'recover', async () => {
+        for (;;) {
+          try {
+            await r.readAt(buf, 0);
+            return;
+          } catch {
+            await new Promise((res) => setTimeout(res, 50));
+          }
+        }
+      });
+      assert.equal(Array.from(buf), [1, 2, 3]);
+      assert.ok(r.stats.connects >= 2);
+      await r.close();
+      await server2.close();
+    } finally {
+      await s.close();
+    }
+  }));
+
+test('a hung store fails its request with ETIMEDOUT, not a hang', () =>
+  withTimeout(10_000, 'test', async () => {
+    const inner = new MemoryBackend(1 << 20);
+    const s = await setup({ store: inner });
+    try {
+      const r = await s.open({ requestTimeoutMs: 300 });
+      (inner as unknown as { readAt: unknown }).readAt = () => new Promise(() => {});
+      const e = await rejects(r.readAt(new Uint8Array(1), 0), code('ETIMEDOUT'), 'hung store');
+      assert.match(e.message, /did not answer within 300 ms/);
+      await r.close();
+    } finally {
+      await s.close();
+    }
+  }));
+
+test('a sharer that goes silent (no close, no data) is detected by liveness pings', () =>
+  withTimeout(10_000, 'test', async () => {
+    const s = await setup();
+    // Streams opened so far can be silenced; streams opened later work (the sharer "returns").
+    const streams: Array<{ silent: boolean }> = [];
+    const silenceAll = () => streams.forEach((x) => (x.silent = true));
+    const wrap = (c: Connection): Connection => ({
+      remotePublicKey: c.remotePublicKey,
+      remoteAddress: c.remoteAddress,
+      closed: c.closed,
+      close: (r) => c.close(r),
+      acceptStream: () => c.acceptStream(),
+      async openStream() {
+        const st = await c.openStream();
+        const me = { silent: false };
+        streams.push(me);
+        return {
+          async read() {
+            const chunk = await st.read();
+            return me.silent ? new Promise<never>(() => {}) : chunk;
+          },
+          write: (d) => (me.silent ? Promise.resolve() : st.write(d)),
+          closeWrite: () => st.closeWrite(),
+          reset: (e) => st.reset(e),
+        };
+      },
+    });
+    try {
+      const r = await s.open({ livenessMs: 400, idlePingMs: 200, connect: async () => wrap(await s.clientTransport.dial(s.address, s.sharer.publicKey)) });
+      await r.readAt(new Uint8Array(1), 0);
+      silenceAll();
+      const t0 = Date.now();
+      const e = await rejects(r.readAt(new Uint8Array(1), 0), code('EIO'), 'silent sharer');
+      assert.match(e.message, /stopped answering/);
+      assert.ok(Date.now() - t0 < 1500, `detected after ${Date.now() - t0} ms`);
+      // Idle now: the background idle ping must notice a silent link by itself.
+      await withTimeout(3000, 'reconnected', async () => {
+        while (!r.connected) await new Promise((res) => setTimeout(res, 20));
+      });
+      const failures = r.stats.linkFailures;
+      silenceAll();
+      await withTimeout(3000, 'idle detection', async () => {
+        while (r.stats.linkFailures === failures) await new Promise((res) => setTimeout(res, 20));
+      });
+      await withTimeout(3000, 'recover', async () => {
+        for (;;) {
+          try {
+            return await r.readAt(new Uint8Array(1), 0);
+          } catch {
+            await new Promise((res) => setTimeout(res, 50));
+          }
+        }
+      });
+      await r.close();
+    } finally {
+      await s.close();
+    }
+  }));
+
+test('a sharer that returns with another size or refuses the grant ends the mount with a clear error', () =>
+  withTimeout(10_000, 'test', async () => {
+    const s = await setup({ size: 1 << 20 });
+    try {
+      const r = await s.open();
+      await s.listener.close();
+      await s.server.close();
+      const server2 = new RegionServer({ identity: s.sharer, store: new MemoryBackend(2 << 20), regionId: s.regionId });
+      void server2.serveListener(await s.sharerTransport.listen(s.address));
+      const e = await withTimeout(3000, 'final', async () => {
+        for (;;) {
+          try {
+            await r.readAt(new Uint8Array(1), 0);
+          } catch (err) {
+            if (/changed size/.test((err as Error).message)) return err as QuicmapError;
+          }
+          await new Promise((res) => setTimeout(res, 30));
+        }
+      });
+      assert.is(e.code, 'EIO');
+      await r.close();
+      await server2.close();
+
+      // Same address, same sharer, but the region is gone (a new one took its place): refused, final.
+      const s2 = await setup();
+      const r2 = await s2.open();
+      await s2.listener.close();
+      await s2.server.close();
+      const server3 = new RegionServer({ identity: s2.sharer, store: new MemoryBackend(4 << 20), regionId: newRegionId() });
+      void server3.serveListener(await s2.sharerTransport.listen(s2.address));
+      const e2 = await withTimeout(3000, 'refused', async () => {
+        for (;;) {
+          try {
+            await r2.readAt(new Uint8Array(1), 0);
+          } catch (err) {
+            if ((err as QuicmapError).code === 'EACCES') return err as QuicmapError;
+          }
+          await new Promise((res) => setTimeout(res, 30));
+        }
+      });
+      assert.match(e2.message, /does not serve/);
+      await r2.close();
+      await server3.close();
+      await s2.close();
+    } finally {
+      await s.close();
+    }
+  }));
+
+test.run();
