@@ -181,9 +181,34 @@ class MuxStream implements ByteStream {
     return this.inbound.read();
   }
 
-  async write(data: Uint8Array | readonly Uint8Array[]): Promise<void> {
+  /**
+   * Writes leave in call order even when they overlap: a write that has to
+   * wait (for credit or a congested link) holds back the ones after it, so a
+   * small write can never overtake a large one and only one writer ever waits
+   * for credit. With nothing queued, a small write still goes out at once.
+   */
+  private writeTail: Promise<void> | undefined;
+  private queuedWrites = 0;
+
+  write(data: Uint8Array | readonly Uint8Array[]): Promise<void> {
+    if (this.error) return Promise.reject(this.error);
+    if (this.writeClosed) return Promise.reject(new QuicmapError('EINVAL', 'write after closeWrite'));
+    return this.inOrder(() => this.writeNow(data));
+  }
+
+  private inOrder(op: () => Promise<void>): Promise<void> {
+    const run = this.queuedWrites === 0 ? op() : this.writeTail!.then(op);
+    this.queuedWrites++;
+    const settled = run.then(
+      () => void this.queuedWrites--,
+      () => void this.queuedWrites--,
+    );
+    this.writeTail = settled;
+    return run;
+  }
+
+  private async writeNow(data: Uint8Array | readonly Uint8Array[]): Promise<void> {
     if (this.error) throw this.error;
-    if (this.writeClosed) throw new QuicmapError('EINVAL', 'write after closeWrite');
     const link = this.session.link;
     const list = data instanceof Uint8Array ? [data] : data;
     let total = 0;
@@ -233,9 +258,13 @@ class MuxStream implements ByteStream {
     if (this.error) throw this.error;
     if (this.writeClosed) return;
     this.writeClosed = true;
-    this.localEnd = true;
-    this.session.send(header(Frame.FIN, this.id, 0));
-    this.session.maybeFree(this);
+    // FIN goes after every write already asked for.
+    await this.inOrder(async () => {
+      if (this.error) throw this.error;
+      this.localEnd = true;
+      this.session.send(header(Frame.FIN, this.id, 0));
+      this.session.maybeFree(this);
+    });
   }
 
   reset(reason?: Error): void {

@@ -120,6 +120,26 @@ export function defineConformance(suite: Test, f: TransportFactory): void {
       }
     });
 
+  run('overlapping writes on one stream arrive in call order; every waiting writer finishes', async (s) => {
+    const p = await makePair(s, f);
+    const st = await p.conn.openStream();
+    // Large writes that must wait for credit, interleaved with small ones that
+    // could go out at once: none may overtake another.
+    const pieces: Buffer[] = [];
+    for (let i = 0; i < 24; i++) pieces.push(Buffer.alloc(i % 3 === 0 ? 3 * 1024 * 1024 + i : 100 + i, i + 1));
+    const writes = pieces.map((b) => background(st.write(b)));
+    const closed = background(st.closeWrite());
+    const inbound = (await p.peer.acceptStream())!;
+    const got = await readAll(inbound);
+    await Promise.all([...writes, closed]);
+    assert.is(got.length, pieces.reduce((n, b) => n + b.length, 0));
+    let at = 0;
+    for (const [i, b] of pieces.entries()) {
+      assert.ok(got.subarray(at, at + b.length).equals(b), `write ${i} arrived in place`);
+      at += b.length;
+    }
+  });
+
   run('echo on many concurrent streams', async (s) => {
     const p = await makePair(s, f);
     void serveEcho(p.peer);
