@@ -245,7 +245,7 @@ export class NbdConnection {
   }
 
   /**
-   * Replies finishing in the same turn go out in one writev instead of one
+   * Replies finishing in the same loop iteration go out in one writev instead of one
    * syscall (and one wake-up of the client) each: small WRITE/FLUSH replies
    * otherwise dominate the server's CPU time.
    */
@@ -254,7 +254,10 @@ export class NbdConnection {
     if (this.corked) return;
     this.corked = true;
     this.socket.cork();
-    process.nextTick(() => {
+    // After this loop iteration's I/O callbacks: every reply finished while
+    // handling the chunks read in this wake-up leaves in one writev.
+    setImmediate(() => {
+      if (!this.corked) return;
       this.corked = false;
       this.socket.uncork();
     });
