@@ -37,6 +37,7 @@
 import fs from 'node:fs';
 import { join } from 'node:path';
 import { ClosedError, QuicmapError, ReadOnlyError } from '../errors.ts';
+import { chunkPieces } from '../chunk-pieces.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import {
   InFlight,
@@ -189,27 +190,19 @@ export class DirectoryBackend implements ReadWriterAt {
     if (this.closed) throw new ClosedError('directory backend');
     this.inflight.enter();
     try {
-      const cs = this.chunkSize;
-      const n = buf.length;
-      let done = 0;
-      while (done < n) {
-        const pos = offset + done;
-        const idx = Math.floor(pos / cs);
-        const within = pos - idx * cs;
-        const take = Math.min(cs - within, n - done);
-        const piece = take === n ? buf : buf.subarray(done, done + take);
-        const h = await this.acquire(idx, false);
+      for (const { index, within, at, length } of chunkPieces(offset, buf.length, this.chunkSize)) {
+        const piece = length === buf.length ? buf : buf.subarray(at, at + length);
+        const h = await this.acquire(index, false);
         if (h === null) {
           piece.fill(0);
         } else {
           try {
             const got = await preadFull(h.fd, piece, within);
-            if (got < take) piece.fill(0, got); // past the end of a short chunk file
+            if (got < length) piece.fill(0, got); // past the end of a short chunk file
           } finally {
             this.release(h);
           }
         }
-        done += take;
       }
     } finally {
       this.inflight.leave();
@@ -220,25 +213,17 @@ export class DirectoryBackend implements ReadWriterAt {
     this.checkWritable();
     this.inflight.enter();
     try {
-      const cs = this.chunkSize;
-      const n = data.length;
-      let done = 0;
       const written: number[] = [];
-      while (done < n) {
-        const pos = offset + done;
-        const idx = Math.floor(pos / cs);
-        const within = pos - idx * cs;
-        const take = Math.min(cs - within, n - done);
-        const h = (await this.acquire(idx, true))!;
+      for (const { index, within, at, length } of chunkPieces(offset, data.length, this.chunkSize)) {
+        const h = (await this.acquire(index, true))!;
         try {
-          await pwriteFull(h.fd, take === n ? data : data.subarray(done, done + take), within);
+          await pwriteFull(h.fd, length === data.length ? data : data.subarray(at, at + length), within);
         } finally {
           this.release(h);
         }
         // Marked after the write: a flush that starts later must see it.
-        this.dirty.add(idx);
-        written.push(idx);
-        done += take;
+        this.dirty.add(index);
+        written.push(index);
       }
       if (opts?.fua) await this.makeDurable(written);
     } finally {

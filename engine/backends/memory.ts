@@ -21,6 +21,7 @@
  */
 import { ClosedError, ReadOnlyError } from '../errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+import { chunkPieces } from '../chunk-pieces.ts';
 
 export const DEFAULT_MEMORY_CHUNK_SIZE = 256 * 1024;
 
@@ -66,18 +67,10 @@ export class MemoryBackend implements ReadWriterAt {
 
   async readAt(buf: Uint8Array, offset: number): Promise<void> {
     if (this.closed) throw new ClosedError('memory backend');
-    const cs = this.chunkSize;
-    const n = buf.length;
-    let done = 0;
-    while (done < n) {
-      const pos = offset + done;
-      const idx = Math.floor(pos / cs);
-      const within = pos - idx * cs;
-      const take = Math.min(cs - within, n - done);
-      const chunk = this.chunks.get(idx);
-      if (chunk === undefined) buf.fill(0, done, done + take);
-      else buf.set(within === 0 && take === chunk.length ? chunk : chunk.subarray(within, within + take), done);
-      done += take;
+    for (const { index, within, at, length } of chunkPieces(offset, buf.length, this.chunkSize)) {
+      const chunk = this.chunks.get(index);
+      if (chunk === undefined) buf.fill(0, at, at + length);
+      else buf.set(within === 0 && length === chunk.length ? chunk : chunk.subarray(within, within + length), at);
     }
   }
 
@@ -97,17 +90,9 @@ export class MemoryBackend implements ReadWriterAt {
   }
 
   private copyIn(data: Uint8Array, offset: number): void {
-    const cs = this.chunkSize;
-    const n = data.length;
-    let done = 0;
-    while (done < n) {
-      const pos = offset + done;
-      const idx = Math.floor(pos / cs);
-      const within = pos - idx * cs;
-      const take = Math.min(cs - within, n - done);
-      const chunk = this.chunks.get(idx) ?? this.allocate(idx);
-      chunk.set(take === n ? data : data.subarray(done, done + take), within);
-      done += take;
+    for (const { index, within, at, length } of chunkPieces(offset, data.length, this.chunkSize)) {
+      const chunk = this.chunks.get(index) ?? this.allocate(index);
+      chunk.set(length === data.length ? data : data.subarray(at, at + length), within);
     }
   }
 
