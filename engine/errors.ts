@@ -13,6 +13,7 @@ export type ErrorCode =
   | 'ENOTSUP' // operation not supported by this store
   | 'ESHUTDOWN' // the store or connection is closed
   | 'ETIMEDOUT' // a deadline passed
+  | 'EBUSY' // held by someone else (a region directory another process has open)
   | 'EPROTO'; // the peer broke the protocol
 
 export class QuicmapError extends Error {

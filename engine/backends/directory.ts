@@ -38,6 +38,7 @@ import fs from 'node:fs';
 import { join } from 'node:path';
 import { ClosedError, QuicmapError, ReadOnlyError } from '../errors.ts';
 import { chunkPieces } from '../chunk-pieces.ts';
+import { lockRegionDir } from './owner-lock.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import {
   InFlight,
@@ -143,38 +144,55 @@ export class DirectoryBackend implements ReadWriterAt {
     if (cs !== undefined && !(Number.isSafeInteger(cs) && cs >= 4096 && (cs & (cs - 1)) === 0 && cs <= 2 ** 30)) {
       throw new RangeError(`chunk size must be a power of two from 4 KiB to 1 GiB, not ${cs}`);
     }
-    const metaPath = join(dir, METADATA_FILE);
+    // Writers are exclusive (a second writer would corrupt chunk files and
+    // metadata), and the lock is taken before the metadata is read or made.
+    let unlock: (() => Promise<void>) | undefined;
+    if (!readOnly && (opts.create || fs.existsSync(dir))) {
+      if (opts.create) await fs.promises.mkdir(dir, { recursive: true });
+      unlock = await lockRegionDir(dir);
+    }
     let meta: RegionMetadata;
-    let text: string | undefined;
+    let present: Set<number>;
     try {
-      text = await fs.promises.readFile(metaPath, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-    }
-    if (text !== undefined) {
-      meta = parseMetadata(metaPath, text);
-      if (opts.size !== undefined && opts.size !== meta.size) {
-        throw new RegionMetadataError(`${dir} holds a region of ${meta.size} bytes, not ${opts.size}`);
+      const metaPath = join(dir, METADATA_FILE);
+      let text: string | undefined;
+      try {
+        text = await fs.promises.readFile(metaPath, 'utf8');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       }
-      if (cs !== undefined && cs !== meta.chunkSize) {
-        throw new RegionMetadataError(`${dir} uses ${meta.chunkSize}-byte chunks, not ${cs}`);
+      if (text !== undefined) {
+        meta = parseMetadata(metaPath, text);
+        if (opts.size !== undefined && opts.size !== meta.size) {
+          throw new RegionMetadataError(`${dir} holds a region of ${meta.size} bytes, not ${opts.size}`);
+        }
+        if (cs !== undefined && cs !== meta.chunkSize) {
+          throw new RegionMetadataError(`${dir} uses ${meta.chunkSize}-byte chunks, not ${cs}`);
+        }
+      } else {
+        if (!opts.create || readOnly) {
+          throw new RegionMetadataError(`${dir} has no ${METADATA_FILE}: not a region directory (create it with a size)`);
+        }
+        if (opts.size === undefined) throw new MissingSizeError(`directory backend ${dir}`);
+        meta = { format: FORMAT, version: 1, size: opts.size, chunkSize: cs ?? DEFAULT_DIRECTORY_CHUNK_SIZE };
+        await writeMetadata(dir, meta);
       }
-    } else {
-      if (!opts.create || readOnly) {
-        throw new RegionMetadataError(`${dir} has no ${METADATA_FILE}: not a region directory (create it with a size)`);
+      present = new Set<number>();
+      for (const name of await fs.promises.readdir(dir)) {
+        const m = CHUNK_NAME.exec(name);
+        if (m) present.add(parseInt(m[1]!, 16));
       }
-      if (opts.size === undefined) throw new MissingSizeError(`directory backend ${dir}`);
-      meta = { format: FORMAT, version: 1, size: opts.size, chunkSize: cs ?? DEFAULT_DIRECTORY_CHUNK_SIZE };
-      await fs.promises.mkdir(dir, { recursive: true });
-      await writeMetadata(dir, meta);
+    } catch (e) {
+      await unlock?.();
+      throw e;
     }
-    const present = new Set<number>();
-    for (const name of await fs.promises.readdir(dir)) {
-      const m = CHUNK_NAME.exec(name);
-      if (m) present.add(parseInt(m[1]!, 16));
-    }
-    return new DirectoryBackend(dir, meta, present, readOnly, maxOpen);
+    const backend = new DirectoryBackend(dir, meta, present, readOnly, maxOpen);
+    backend.unlock = unlock;
+    return backend;
   }
+
+  /** Releases the owner lock at close (writable opens only). */
+  private unlock: (() => Promise<void>) | undefined;
 
   /** Chunk files on disk (for tests and stats). */
   chunkFiles(): number[] {
@@ -281,6 +299,7 @@ export class DirectoryBackend implements ReadWriterAt {
         const fds = [...this.handles.values()].map((h) => h.fd);
         this.handles.clear();
         await Promise.all(fds.map((fd) => closeFd(fd)));
+        await this.unlock?.();
       })();
     }
     return this.closing;

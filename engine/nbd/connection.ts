@@ -54,6 +54,7 @@ const WIRE_ERRNO: Record<ErrorCode, number> = {
   ESHUTDOWN: NBD_ERRNO.ESHUTDOWN,
   ETIMEDOUT: NBD_ERRNO.EIO,
   EPROTO: NBD_ERRNO.EIO,
+  EBUSY: NBD_ERRNO.EIO,
 };
 
 /** Command flags each command may carry (anything else is answered EINVAL). */

@@ -120,6 +120,7 @@ const STATUS_OF: Record<ErrorCode, number> = {
   ESHUTDOWN: 8,
   ETIMEDOUT: 9,
   EPROTO: 10,
+  EBUSY: 11,
 };
 const CODE_OF = new Map<number, ErrorCode>(Object.entries(STATUS_OF).map(([k, v]) => [v, k as ErrorCode]));
 

@@ -21,6 +21,21 @@ const SIZE = 4 * 1024 * 1024;
  * the store and the flush path works end to end across processes; the
  * fsync calls themselves are reviewed in the code.)
  */
+/**
+ * The killed writer (a grandchild when strace runs it) may take a moment to
+ * die; until then its lock rightly refuses a second writer (EBUSY).
+ */
+async function reopenWhenReleased(path: string): Promise<DirectoryBackend> {
+  for (let i = 0; ; i++) {
+    try {
+      return await DirectoryBackend.open(path, { size: SIZE });
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'EBUSY' || i >= 100) throw e;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
 async function killAfterFlush(kind: 'file' | 'dir', mode: 'flush' | 'fua', traceTo?: string): Promise<string> {
   const s = new Scope();
   try {
@@ -42,7 +57,7 @@ async function killAfterFlush(kind: 'file' | 'dir', mode: 'flush' | 'fua', trace
     await killTree(child, 'SIGKILL');
     assert.is(child.signalCode, 'SIGKILL');
 
-    const store: ReadWriterAt = kind === 'dir' ? await DirectoryBackend.open(path, { size: SIZE }) : await FileBackend.open(path, { size: SIZE });
+    const store: ReadWriterAt = kind === 'dir' ? await reopenWhenReleased(path) : await FileBackend.open(path, { size: SIZE });
     try {
       const all = new Uint8Array(SIZE);
       await store.readAt(all, 0);
