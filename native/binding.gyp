@@ -7,7 +7,8 @@
         "src/mmap.cc",
         "src/copy.cc",
         "src/uffd.cc",
-        "src/nbd.cc"
+        "src/nbd.cc",
+        "src/fallocate.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -13,9 +13,11 @@
  * counting requests in flight and closing only when they have drained.
  *
  * Durability: `flush` is fdatasync; a FUA write is the write then fdatasync.
- * Trim is a no-op (caps.canTrim false): punching holes needs fallocate(2),
- * which Node does not expose without a native addon; writeZeroes writes
- * zeros. The size comes from the file, or for a block device from sysfs
+ * Trim and writeZeroes punch holes with fallocate(2) through the native
+ * addon, where it loads and the filesystem supports it (probed at open;
+ * caps.canTrim/fastZero say which); otherwise trim is a no-op (it is
+ * advisory) and writeZeroes writes zeros. NO_HOLE zeroing uses
+ * FALLOC_FL_ZERO_RANGE, falling back to writing zeros. The size comes from the file, or for a block device from sysfs
  * (checked by probing reads at the end, which is also the fallback: Node
  * has no lseek, so "seek to the end" is a binary search over pread).
  */
@@ -148,15 +150,15 @@ export class FileBackend implements ReadWriterAt {
   private closed = false;
   private closing: Promise<void> | undefined;
 
-  private constructor(path: string, fd: number, size: number, readOnly: boolean, isBlockDevice: boolean) {
+  private constructor(path: string, fd: number, size: number, readOnly: boolean, isBlockDevice: boolean, private readonly holes?: HolePuncher) {
     this.path = path;
     this.fd = fd;
     this.regionSize = size;
     this.isBlockDevice = isBlockDevice;
     this.caps = {
       readOnly,
-      canTrim: false,
-      fastZero: false,
+      canTrim: holes !== undefined,
+      fastZero: holes !== undefined,
       // One file: a flush (fdatasync) covers writes from every client.
       multiConn: true,
       preferredBlockSize: 4096,
@@ -195,7 +197,8 @@ export class FileBackend implements ReadWriterAt {
       } else {
         throw new QuicmapError('EINVAL', `${path} is neither a regular file nor a block device`);
       }
-      return new FileBackend(path, fd, size, readOnly, st.isBlockDevice());
+      const holes = st.isFile() && !readOnly ? await probeHolePunching(fd, size) : undefined;
+      return new FileBackend(path, fd, size, readOnly, st.isBlockDevice(), holes);
     } catch (err) {
       fs.closeSync(fd);
       if (created) fs.rmSync(path, { force: true });
@@ -266,14 +269,36 @@ export class FileBackend implements ReadWriterAt {
     }
   }
 
-  /** Advisory and not supported without fallocate: a no-op. */
-  async trim(_offset: number, _length: number, opts?: WriteOptions): Promise<void> {
+  /** Punches a hole where the filesystem can; otherwise a no-op (trim is advisory). */
+  async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
     this.checkWritable();
+    if (this.holes && length > 0) {
+      this.inflight.enter();
+      try {
+        await this.holes.punch(this.fd, offset, length);
+      } finally {
+        this.inflight.leave();
+      }
+    }
     if (opts?.fua) await this.flush();
   }
 
   async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     this.checkWritable();
+    if (this.holes && length > 0) {
+      this.inflight.enter();
+      let done = false;
+      try {
+        // A punched hole reads back as zeros; NO_HOLE asks for allocated zeros.
+        done = opts?.noHole ? await this.holes.zeroRange(this.fd, offset, length) : (await this.holes.punch(this.fd, offset, length), true);
+      } finally {
+        this.inflight.leave();
+      }
+      if (done) {
+        if (opts?.fua) await this.flush();
+        return;
+      }
+    }
     // zeroFallback puts FUA on the last piece only; our FUA is an fdatasync
     // of the whole file, which covers the earlier pieces too.
     await zeroFallback(this, offset, length, opts?.fua ? { fua: true } : undefined);
@@ -291,4 +316,43 @@ export class FileBackend implements ReadWriterAt {
     if (this.closed) throw new ClosedError('file backend');
     if (this.caps.readOnly) throw new ReadOnlyError(this.path);
   }
+}
+
+/** fallocate-based hole punching and range zeroing (native addon). */
+interface HolePuncher {
+  punch(fd: number, offset: number, length: number): Promise<void>;
+  /** Allocated zeros; false if the filesystem lacks ZERO_RANGE (the caller writes zeros). */
+  zeroRange(fd: number, offset: number, length: number): Promise<boolean>;
+}
+
+/**
+ * Hole punching is available if the addon loads and the filesystem accepts
+ * PUNCH_HOLE: probed with a one-byte punch past the end of the file, which
+ * changes nothing (KEEP_SIZE) but fails with EOPNOTSUPP where unsupported.
+ */
+async function probeHolePunching(fd: number, size: number): Promise<HolePuncher | undefined> {
+  const { nativeAvailable, loadNative } = await import('../../native/index.ts');
+  if (!nativeAvailable()) return undefined;
+  const native = loadNative();
+  const { FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE } = native.fallocateFlags;
+  try {
+    await native.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, size, 1);
+  } catch {
+    return undefined;
+  }
+  let zeroRangeWorks = true;
+  return {
+    punch: (f, offset, length) => native.fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
+    async zeroRange(f, offset, length) {
+      if (!zeroRangeWorks) return false;
+      try {
+        await native.fallocate(f, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
+        return true;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EOPNOTSUPP') throw e;
+        zeroRangeWorks = false;
+        return false;
+      }
+    },
+  };
 }

@@ -115,6 +115,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   qm::CopyPoolInit(env, exports);
   qm::UffdInit(env, exports);
   qm::NbdInit(env, exports);
+  qm::FallocateInit(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

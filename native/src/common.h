@@ -54,6 +54,7 @@ void CopyPoolInit(Napi::Env env, Napi::Object exports);
 void MmapInit(Napi::Env env, Napi::Object exports);
 void UffdInit(Napi::Env env, Napi::Object exports);
 void NbdInit(Napi::Env env, Napi::Object exports);
+void FallocateInit(Napi::Env env, Napi::Object exports);
 
 inline uint64_t ToU64(const Napi::Value& v) {
   if (v.IsBigInt()) {

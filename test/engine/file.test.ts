@@ -18,7 +18,7 @@ test('create with a size, random unaligned I/O matches the model, reopen keeps i
     const f = await FileBackend.open(path, { size, create: true });
     assert.is(statSync(path).size, size);
     assert.is(await f.size(), size);
-    assert.is(f.caps.canTrim, false);
+    assert.is(f.caps.canTrim, f.caps.fastZero, 'trim and fast zero come together (hole punching)');
     const model = await fuzzStore(f, { seed: 11, ops: 500, unit: 256 * KiB, trim: 'either', maxLen: 2 * MiB });
     await f.close();
     const again = await FileBackend.open(path, { size });
@@ -53,19 +53,34 @@ test('size comes from an existing file; a different size or missing size is refu
   }
 });
 
-test('writeZeroes zeroes, FUA writes land, trim is a harmless no-op', async () => {
+test('writeZeroes zeroes (punching holes or allocated with NO_HOLE), FUA writes land, trim frees blocks where it can', async () => {
   const s = new Scope();
   try {
     const path = join(s.tmpdir(), 'z.img');
     const f = await FileBackend.open(path, { size: 3 * MiB, create: true });
     await f.writeAt(new Uint8Array(3 * MiB).fill(7), 0, { fua: true });
+    const full = statSync(path).blocks;
     await f.writeZeroes(100, 2 * MiB + 5, { fua: true });
-    await f.trim(0, 3 * MiB);
     const all = new Uint8Array(3 * MiB);
     await f.readAt(all, 0);
     assert.is(all[99], 7);
     assert.ok(all.subarray(100, 100 + 2 * MiB + 5).every((x) => x === 0));
     assert.is(all[100 + 2 * MiB + 5], 7);
+    if (f.caps.fastZero) assert.ok(statSync(path).blocks < full, 'zeroing punched a hole');
+    // NO_HOLE: zeros, and the range stays allocated.
+    await f.writeAt(new Uint8Array(3 * MiB).fill(9), 0);
+    await f.flush();
+    await f.writeZeroes(MiB, MiB, { noHole: true });
+    await f.readAt(all, 0);
+    assert.ok(all.subarray(MiB, 2 * MiB).every((x) => x === 0) && all[MiB - 1] === 9 && all[2 * MiB] === 9);
+    assert.is(statSync(path).blocks, full, 'NO_HOLE kept the blocks');
+    await f.trim(0, 3 * MiB);
+    if (f.caps.canTrim) {
+      assert.ok(statSync(path).blocks < full / 4, `trim freed the blocks (${statSync(path).blocks} of ${full} left)`);
+    } else {
+      await f.readAt(all, 0);
+      assert.is(all[0], 9, 'without hole punching trim is a no-op');
+    }
     await f.flush();
     await f.close();
   } finally {
