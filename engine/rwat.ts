@@ -47,10 +47,31 @@ export interface ReadWriterAt {
   flush(): Promise<void>;
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void>;
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void>;
+  /**
+   * Optional: how [offset, offset + length) is allocated, as consecutive
+   * extents covering it in order. Lets NBD clients skip holes (block status);
+   * stores that cannot tell leave it out and everything reads as data.
+   */
+  extents?(offset: number, length: number): Promise<Extent[]>;
   /** Release resources. Further calls fail with ClosedError. Idempotent. */
   close(): Promise<void>;
   /** Static facts a frontend advertises (NBD flags, block sizes). */
   readonly caps: StoreCaps;
+}
+
+export interface Extent {
+  length: number;
+  /** Not allocated (reads as zeros and costs no space). */
+  hole: boolean;
+  /** Known to read as zeros. */
+  zero: boolean;
+}
+
+/** Append an extent, merging it into the last one when their kind matches. */
+export function pushExtent(list: Extent[], e: Extent): void {
+  const last = list[list.length - 1];
+  if (last && last.hole === e.hole && last.zero === e.zero) last.length += e.length;
+  else list.push({ ...e });
 }
 
 export interface StoreCaps {

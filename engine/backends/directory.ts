@@ -39,7 +39,7 @@ import { join } from 'node:path';
 import { ClosedError, QuicmapError, ReadOnlyError } from '../errors.ts';
 import { chunkPieces } from '../chunk-pieces.ts';
 import { lockRegionDir } from './owner-lock.ts';
-import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+import { pushExtent, type Extent, type ReadWriterAt, type StoreCaps, type WriteOptions, type ZeroOptions } from '../rwat.ts';
 import {
   InFlight,
   MissingSizeError,
@@ -193,6 +193,17 @@ export class DirectoryBackend implements ReadWriterAt {
 
   /** Releases the owner lock at close (writable opens only). */
   private unlock: (() => Promise<void>) | undefined;
+
+  /** Chunks without a file are holes that read as zeros. */
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    if (this.closed) throw new ClosedError('directory backend');
+    const out: Extent[] = [];
+    for (const { index, length: n } of chunkPieces(offset, length, this.chunkSize)) {
+      const hole = !this.present.has(index);
+      pushExtent(out, { length: n, hole, zero: hole });
+    }
+    return out;
+  }
 
   /** Chunk files on disk (for tests and stats). */
   chunkFiles(): number[] {

@@ -20,7 +20,7 @@
  * keeps the chunk map short (4 Ki entries per GiB written).
  */
 import { ClosedError, ReadOnlyError } from '../errors.ts';
-import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+import { pushExtent, type Extent, type ReadWriterAt, type StoreCaps, type WriteOptions, type ZeroOptions } from '../rwat.ts';
 import { chunkPieces } from '../chunk-pieces.ts';
 
 export const DEFAULT_MEMORY_CHUNK_SIZE = 256 * 1024;
@@ -94,6 +94,17 @@ export class MemoryBackend implements ReadWriterAt {
       const chunk = this.chunks.get(index) ?? this.allocate(index);
       chunk.set(length === data.length ? data : data.subarray(at, at + length), within);
     }
+  }
+
+  /** Untouched (or trimmed) chunks are holes that read as zeros. */
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    if (this.closed) throw new ClosedError('memory backend');
+    const out: Extent[] = [];
+    for (const { index, length: n } of chunkPieces(offset, length, this.chunkSize)) {
+      const hole = !this.chunks.has(index);
+      pushExtent(out, { length: n, hole, zero: hole });
+    }
+    return out;
   }
 
   /** Memory is as durable as it gets: nothing to do. */

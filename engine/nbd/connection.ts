@@ -7,24 +7,28 @@
 import type { Socket } from 'node:net';
 import { errorCode, type ErrorCode } from '../errors.ts';
 import {
+  CMD_BLOCK_STATUS,
   CMD_CACHE,
   CMD_DISC,
   CMD_FLAG_FAST_ZERO,
   CMD_FLAG_FUA,
   CMD_FLAG_NO_HOLE,
+  CMD_FLAG_REQ_ONE,
   CMD_FLUSH,
   CMD_READ,
   CMD_TRIM,
   CMD_WRITE,
   CMD_WRITE_ZEROES,
+  META_BASE_ALLOCATION_ID,
   NBD_ERRNO,
-  SIMPLE_REPLY_MAGIC,
-  SIMPLE_REPLY_SIZE,
+  STATE_HOLE,
+  STATE_ZERO,
   commandName,
 } from './constants.ts';
 import type { ExportEntry } from './export.ts';
 import { NbdHandshake } from './handshake.ts';
 import { RequestDecoder, type NbdRequest } from './requests.ts';
+import { blockStatusReply, errorReply, okReply, readReplyHeaderSize, writeReadReplyHeader } from './replies.ts';
 import type { BufferPool } from './buffer-pool.ts';
 import { writeParts } from '../rwat.ts';
 
@@ -65,6 +69,7 @@ const KNOWN_FLAGS: Record<number, number> = {
   [CMD_TRIM]: CMD_FLAG_FUA,
   [CMD_WRITE_ZEROES]: CMD_FLAG_FUA | CMD_FLAG_NO_HOLE | CMD_FLAG_FAST_ZERO,
   [CMD_CACHE]: 0,
+  [CMD_BLOCK_STATUS]: CMD_FLAG_REQ_ONE,
 };
 
 export class NbdConnection {
@@ -163,7 +168,7 @@ export class NbdConnection {
           this.socket.destroy();
           return;
         }
-        this.startTransmission(entry);
+        this.startTransmission(entry, outcome.structured, outcome.blockStatus);
         if (outcome.rest.length) this.feed(outcome.rest);
       }
       return;
@@ -171,8 +176,14 @@ export class NbdConnection {
     this.feed(chunk);
   }
 
-  private startTransmission(entry: ExportEntry): void {
+  /** Structured replies negotiated; base:allocation selected. */
+  private structured = false;
+  private blockStatus = false;
+
+  private startTransmission(entry: ExportEntry, structured = false, blockStatus = false): void {
     this.entry = entry;
+    this.structured = structured;
+    this.blockStatus = blockStatus;
     const pool = this.host.buffers;
     // Stores with writev take a split payload as the socket chunks it arrived in.
     const vectored = typeof entry.store.writev === 'function';
@@ -298,15 +309,16 @@ export class NbdConnection {
       }
       switch (req.type) {
         case CMD_READ: {
-          const pooled = this.host.buffers.take(SIMPLE_REPLY_SIZE + req.length);
-          const reply = pooled.subarray(0, SIMPLE_REPLY_SIZE + req.length);
+          const head = readReplyHeaderSize(this.structured);
+          const pooled = this.host.buffers.take(head + req.length);
+          const reply = pooled.subarray(0, head + req.length);
           try {
-            if (req.length) await store.readAt(reply.subarray(SIMPLE_REPLY_SIZE), req.offset);
+            if (req.length) await store.readAt(reply.subarray(head), req.offset);
           } catch (e) {
             this.host.buffers.give(pooled);
             throw e;
           }
-          this.header(reply, req, 0);
+          writeReadReplyHeader(reply, req, this.structured, req.offset, req.length);
           this.host.stats.reads++;
           this.host.stats.bytesRead += req.length;
           return { reply, pooled };
@@ -332,6 +344,8 @@ export class NbdConnection {
           return this.okReply(req);
         case CMD_CACHE:
           return this.okReply(req);
+        case CMD_BLOCK_STATUS:
+          return await this.blockStatusOf(req);
         default:
           return this.errorReply(req, NBD_ERRNO.EINVAL, `unsupported command ${commandName(req.type)}`);
       }
@@ -341,23 +355,32 @@ export class NbdConnection {
     }
   }
 
-  private header(buf: Buffer, req: NbdRequest, errno: number): void {
-    buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, 0);
-    buf.writeUInt32BE(errno, 4);
-    buf.writeUInt32BE(req.handleHi, 8);
-    buf.writeUInt32BE(req.handleLo, 12);
+  /** BLOCK_STATUS for base:allocation: the store's extents, or all data if it cannot tell. */
+  private async blockStatusOf(req: NbdRequest): Promise<Buffer> {
+    if (!this.blockStatus) return this.errorReply(req, NBD_ERRNO.EINVAL, 'BLOCK_STATUS without a negotiated base:allocation context');
+    if (req.length === 0) return this.errorReply(req, NBD_ERRNO.EINVAL, 'BLOCK_STATUS of length 0');
+    const store = this.entry!.store;
+    const found = store.extents ? await store.extents(req.offset, req.length) : [{ length: req.length, hole: false, zero: false }];
+    // Descriptors are 32-bit: split longer runs; REQ_ONE asks for the first only.
+    const out: Array<{ length: number; flags: number }> = [];
+    for (const e of found) {
+      const flags = (e.hole ? STATE_HOLE : 0) | (e.zero ? STATE_ZERO : 0);
+      for (let left = e.length; left > 0; ) {
+        const n = Math.min(left, 0x80000000);
+        out.push({ length: n, flags });
+        left -= n;
+      }
+    }
+    return blockStatusReply(req, META_BASE_ALLOCATION_ID, req.flags & CMD_FLAG_REQ_ONE ? out.slice(0, 1) : out);
   }
 
   private okReply(req: NbdRequest): Buffer {
-    const b = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
-    this.header(b, req, 0);
-    return b;
+    return okReply(req, this.structured);
   }
 
   private errorReply(req: NbdRequest, errno: number, why: string): Buffer {
     this.host.log(`nbd: ${this.entry?.name ?? '?'}: ${why}`);
-    const b = Buffer.allocUnsafe(SIMPLE_REPLY_SIZE);
-    this.header(b, req, errno);
-    return b;
+    return errorReply(req, this.structured, errno, why);
   }
+
 }

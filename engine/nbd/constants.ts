@@ -7,6 +7,7 @@ export const IHAVEOPT = 0x49484156454f5054n; // "IHAVEOPT"
 export const OPTION_REPLY_MAGIC = 0x3e889045565a9n;
 export const REQUEST_MAGIC = 0x25609513;
 export const SIMPLE_REPLY_MAGIC = 0x67446698;
+export const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
 
 // Handshake flags (server) and client flags.
 export const FLAG_FIXED_NEWSTYLE = 1 << 0;
@@ -30,6 +31,7 @@ export const OPT_EXTENDED_HEADERS = 11;
 export const REP_ACK = 1;
 export const REP_SERVER = 2;
 export const REP_INFO = 3;
+export const REP_META_CONTEXT = 4;
 const ERR = 0x80000000;
 export const REP_ERR_UNSUP = ERR + 1;
 export const REP_ERR_POLICY = ERR + 2;
@@ -46,6 +48,21 @@ export const INFO_EXPORT = 0;
 export const INFO_NAME = 1;
 export const INFO_DESCRIPTION = 2;
 export const INFO_BLOCK_SIZE = 3;
+
+// Structured reply chunks (after OPT_STRUCTURED_REPLY).
+export const REPLY_FLAG_DONE = 1 << 0;
+export const REPLY_TYPE_NONE = 0;
+export const REPLY_TYPE_OFFSET_DATA = 1;
+export const REPLY_TYPE_OFFSET_HOLE = 2;
+export const REPLY_TYPE_BLOCK_STATUS = 5;
+export const REPLY_TYPE_ERROR = (1 << 15) + 1;
+export const STRUCTURED_REPLY_HEADER_SIZE = 20;
+
+// The one metadata context we offer: which ranges hold data (NBD_CMD_BLOCK_STATUS).
+export const META_BASE_ALLOCATION = 'base:allocation';
+export const META_BASE_ALLOCATION_ID = 1;
+export const STATE_HOLE = 1 << 0;
+export const STATE_ZERO = 1 << 1;
 
 // Transmission flags.
 export const TFLAG_HAS_FLAGS = 1 << 0;

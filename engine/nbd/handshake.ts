@@ -26,8 +26,14 @@ import {
   OPT_GO,
   OPT_INFO,
   OPT_LIST,
+  OPT_LIST_META_CONTEXT,
+  OPT_SET_META_CONTEXT,
   OPT_STARTTLS,
+  OPT_STRUCTURED_REPLY,
+  META_BASE_ALLOCATION,
+  META_BASE_ALLOCATION_ID,
   REP_ACK,
+  REP_META_CONTEXT,
   REP_ERR_INVALID,
   REP_ERR_TOO_BIG,
   REP_ERR_UNKNOWN,
@@ -42,7 +48,15 @@ export const MAX_OPTION_LENGTH = 16 * 1024;
 
 export type HandshakeOutcome =
   | { kind: 'continue' }
-  | { kind: 'transmission'; export: ExportInfo; rest: Buffer }
+  | {
+      kind: 'transmission';
+      export: ExportInfo;
+      rest: Buffer;
+      /** The client negotiated structured replies (OPT_STRUCTURED_REPLY). */
+      structured: boolean;
+      /** base:allocation was selected for this export: BLOCK_STATUS is allowed. */
+      blockStatus: boolean;
+    }
   | { kind: 'close'; reason: string };
 
 type State = 'clientFlags' | 'optionHeader' | 'optionData' | 'skipping' | 'done';
@@ -57,6 +71,9 @@ export class NbdHandshake {
   private option = 0;
   private optionLength = 0;
   private skipRemaining = 0;
+  private structured = false;
+  /** Export for which base:allocation was selected by SET_META_CONTEXT. */
+  private metaExport: string | undefined;
 
   constructor(private readonly catalog: ExportCatalog) {}
 
@@ -189,11 +206,18 @@ export class NbdHandshake {
       case OPT_INFO:
       case OPT_GO:
         return this.infoOrGo(option, data);
+      case OPT_STRUCTURED_REPLY:
+        if (data.length) return this.error(option, REP_ERR_INVALID, 'STRUCTURED_REPLY takes no data');
+        this.structured = true;
+        this.reply(option, REP_ACK);
+        return { kind: 'continue' };
+      case OPT_LIST_META_CONTEXT:
+      case OPT_SET_META_CONTEXT:
+        return this.metaContext(option, data);
       case OPT_STARTTLS:
         return this.error(option, REP_ERR_UNSUP, 'TLS is not offered; quicmap encrypts between peers, NBD stays local');
       default:
-        // STRUCTURED_REPLY, META_CONTEXT, EXTENDED_HEADERS and anything unknown:
-        // simple replies serve every client we target.
+        // EXTENDED_HEADERS and anything unknown.
         return this.error(option, REP_ERR_UNSUP, `option ${option} is not supported`);
     }
   }
@@ -233,11 +257,50 @@ export class NbdHandshake {
     return option === OPT_GO ? this.enter(exp) : { kind: 'continue' };
   }
 
+  /**
+   * LIST/SET_META_CONTEXT: we offer one context, base:allocation. SET needs
+   * structured replies first and selects it for the named export (a later GO
+   * on another export starts with none).
+   */
+  private metaContext(option: number, data: Buffer): HandshakeOutcome {
+    const set = option === OPT_SET_META_CONTEXT;
+    if (set && !this.structured) return this.error(option, REP_ERR_INVALID, 'negotiate STRUCTURED_REPLY before SET_META_CONTEXT');
+    if (data.length < 8) return this.error(option, REP_ERR_INVALID, 'meta context data too short');
+    const nameLen = data.readUInt32BE(0);
+    if (nameLen > MAX_STRING || 4 + nameLen + 4 > data.length) return this.error(option, REP_ERR_INVALID, 'bad export name length');
+    const name = data.toString('utf8', 4, 4 + nameLen);
+    const count = data.readUInt32BE(4 + nameLen);
+    const queries: string[] = [];
+    let at = 8 + nameLen;
+    for (let i = 0; i < count; i++) {
+      if (at + 4 > data.length) return this.error(option, REP_ERR_INVALID, 'truncated meta context query');
+      const len = data.readUInt32BE(at);
+      if (len > MAX_STRING || at + 4 + len > data.length) return this.error(option, REP_ERR_INVALID, 'bad meta context query length');
+      queries.push(data.toString('utf8', at + 4, at + 4 + len));
+      at += 4 + len;
+    }
+    if (at !== data.length) return this.error(option, REP_ERR_INVALID, 'trailing bytes after meta context queries');
+    const exp = this.resolve(name);
+    if (!exp) return this.error(option, REP_ERR_UNKNOWN, `no export named "${name}"`);
+    const matches = set
+      ? queries.includes(META_BASE_ALLOCATION)
+      : queries.length === 0 || queries.some((q) => q === 'base:' || q === META_BASE_ALLOCATION);
+    if (set) this.metaExport = matches ? exp.name : undefined;
+    if (matches) {
+      const body = Buffer.allocUnsafe(4 + META_BASE_ALLOCATION.length);
+      body.writeUInt32BE(set ? META_BASE_ALLOCATION_ID : 0, 0);
+      body.write(META_BASE_ALLOCATION, 4);
+      this.reply(option, REP_META_CONTEXT, body);
+    }
+    this.reply(option, REP_ACK);
+    return { kind: 'continue' };
+  }
+
   private enter(exp: ExportInfo): HandshakeOutcome {
     this.state = 'done';
     const rest = this.buf;
     this.buf = EMPTY;
-    return { kind: 'transmission', export: exp, rest };
+    return { kind: 'transmission', export: exp, rest, structured: this.structured, blockStatus: this.structured && this.metaExport === exp.name };
   }
 }
 

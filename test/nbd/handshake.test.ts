@@ -11,6 +11,9 @@ import { BufferStore } from '../helpers/buffer-store.ts';
 import { OPTION_REPLY_MAGIC, OPT, REP, goData, optionHeader, requestHeader } from '../helpers/nbd-raw.ts';
 
 const test = suite('nbd/handshake');
+const OPT_LIST_META = 9;
+const OPT_SET_META = 10;
+const REP_META = 4;
 
 function info(name: string, size: number, description = '', flags = 0b1_0110_1101): ExportInfo {
   return { name, description, size, readOnly: false, flags, minBlock: 1, preferredBlock: 4096, maxBlock: 32 << 20 };
@@ -245,14 +248,56 @@ test('INFO/GO with malformed data are ERR_INVALID, not a crash', () => {
   assert.is(drive(h, option(OPT.GO, goData('disk'))).outcome.kind, 'transmission');
 });
 
-test('STRUCTURED_REPLY, STARTTLS, meta contexts and unknown options are ERR_UNSUP; negotiation continues', () => {
+test('STARTTLS, EXTENDED_HEADERS and unknown options are ERR_UNSUP; negotiation continues', () => {
   const h = started();
-  for (const opt of [OPT.STRUCTURED_REPLY, OPT.STARTTLS, 9, 10, 11, 4, 12345, 0xffffffff]) {
-    const r = drive(h, option(opt, opt === 10 ? Buffer.alloc(8) : Buffer.alloc(0)));
+  for (const opt of [OPT.STARTTLS, 11, 4, 12345, 0xffffffff]) {
+    const r = drive(h, option(opt));
     assert.is(r.outcome.kind, 'continue', `option ${opt}`);
     assert.equal(parseReplies(r.out).map((x) => [x.option, x.type]), [[opt >>> 0, REP.ERR_UNSUP]], `option ${opt}`);
   }
-  assert.is(drive(h, option(OPT.GO, goData('disk'))).outcome.kind, 'transmission');
+  const go = drive(h, option(OPT.GO, goData('disk'))).outcome;
+  assert.is(go.kind, 'transmission');
+  assert.ok(go.kind === 'transmission' && !go.structured && !go.blockStatus, 'simple replies unless negotiated');
+});
+
+/** LIST/SET_META_CONTEXT data: export name, then queries. */
+function metaData(name: string, queries: string[]): Buffer {
+  const parts = [u32(Buffer.byteLength(name)), Buffer.from(name), u32(queries.length)];
+  for (const q of queries) parts.push(u32(Buffer.byteLength(q)), Buffer.from(q));
+  return Buffer.concat(parts);
+}
+
+test('STRUCTURED_REPLY is acknowledged; base:allocation can be listed and selected; GO reports both', () => {
+  const h = started();
+  // SET before STRUCTURED_REPLY is refused.
+  let r = drive(h, option(OPT_SET_META, metaData('disk', ['base:allocation'])));
+  assert.equal(parseReplies(r.out).map((x) => x.type), [REP.ERR_INVALID]);
+  r = drive(h, option(OPT.STRUCTURED_REPLY, Buffer.from('x')));
+  assert.equal(parseReplies(r.out).map((x) => x.type), [REP.ERR_INVALID], 'STRUCTURED_REPLY with data');
+  r = drive(h, option(OPT.STRUCTURED_REPLY));
+  assert.equal(parseReplies(r.out).map((x) => x.type), [REP.ACK]);
+  // LIST with no query lists every context; "base:" matches ours; others do not.
+  for (const [queries, listed] of [[[], true], [['base:'], true], [['qemu:dirty-bitmap:x'], false]] as const) {
+    const reps = parseReplies(drive(h, option(OPT_LIST_META, metaData('disk', [...queries]))).out);
+    assert.equal(reps.map((x) => x.type), listed ? [REP_META, REP.ACK] : [REP.ACK], `list ${queries.join(',')}`);
+    if (listed) assert.is(reps[0]!.data.subarray(4).toString(), 'base:allocation');
+  }
+  assert.equal(parseReplies(drive(h, option(OPT_LIST_META, metaData('nope', []))).out).map((x) => x.type), [REP.ERR_UNKNOWN]);
+  assert.equal(parseReplies(drive(h, option(OPT_SET_META, Buffer.from([0, 0, 0, 9]))).out).map((x) => x.type), [REP.ERR_INVALID], 'truncated');
+  // SET selects it with a non-zero id; GO on that export reports it.
+  const reps = parseReplies(drive(h, option(OPT_SET_META, metaData('disk', ['base:allocation', 'other:thing']))).out);
+  assert.equal(reps.map((x) => x.type), [REP_META, REP.ACK]);
+  assert.is(reps[0]!.data.readUInt32BE(0), 1);
+  const go = drive(h, option(OPT.GO, goData('disk'))).outcome;
+  assert.ok(go.kind === 'transmission' && go.structured && go.blockStatus);
+});
+
+test('a context selected for one export does not carry over to GO on another', () => {
+  const h = started();
+  drive(h, option(OPT.STRUCTURED_REPLY));
+  drive(h, option(OPT_SET_META, metaData('disk', ['base:allocation'])));
+  const go = drive(h, option(OPT.GO, goData('small'))).outcome;
+  assert.ok(go.kind === 'transmission' && go.structured && !go.blockStatus);
 });
 
 test('ABORT: ACK, then close', () => {
