@@ -130,6 +130,9 @@ export interface NativeBinding {
   /** fallocate(2) on a worker thread; rejects with an errno-coded error (EOPNOTSUPP: the filesystem lacks the mode). */
   fallocate(fd: number, mode: number, offset: number, length: number): Promise<void>;
   fallocateFlags: Record<'FALLOC_FL_KEEP_SIZE' | 'FALLOC_FL_PUNCH_HOLE' | 'FALLOC_FL_ZERO_RANGE', number>;
+  /** lseek(2); -1 where the kernel says ENXIO (no data/hole at or after offset). */
+  lseek(fd: number, offset: number, whence: number): number;
+  seekWhence: Record<'SEEK_DATA' | 'SEEK_HOLE', number>;
   nbdIoctls: Record<'NBD_SET_SOCK' | 'NBD_SET_BLKSIZE' | 'NBD_SET_SIZE' | 'NBD_DO_IT' | 'NBD_CLEAR_SOCK' | 'NBD_CLEAR_QUE' | 'NBD_SET_SIZE_BLOCKS' | 'NBD_DISCONNECT' | 'NBD_SET_TIMEOUT' | 'NBD_SET_FLAGS', number>;
 }
 

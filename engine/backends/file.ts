@@ -23,8 +23,8 @@
  */
 import fs from 'node:fs';
 import { ClosedError, QuicmapError, ReadOnlyError } from '../errors.ts';
-import { zeroFallback } from '../rwat.ts';
-import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+import { pushExtent, zeroFallback } from '../rwat.ts';
+import type { Extent, ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 
 /** The region size asked for does not match the file that is there. */
 export class SizeMismatchError extends QuicmapError {
@@ -150,7 +150,7 @@ export class FileBackend implements ReadWriterAt {
   private closed = false;
   private closing: Promise<void> | undefined;
 
-  private constructor(path: string, fd: number, size: number, readOnly: boolean, isBlockDevice: boolean, private readonly holes?: HolePuncher) {
+  private constructor(path: string, fd: number, size: number, readOnly: boolean, isBlockDevice: boolean, private readonly holes?: SparseFile) {
     this.path = path;
     this.fd = fd;
     this.regionSize = size;
@@ -269,6 +269,18 @@ export class FileBackend implements ReadWriterAt {
     }
   }
 
+  /** Holes of a sparse file (where the filesystem reports them); otherwise all data. */
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    if (this.closed) throw new ClosedError('file backend');
+    if (!this.holes) return [{ length, hole: false, zero: false }];
+    this.inflight.enter();
+    try {
+      return this.holes.extents(this.fd, offset, length);
+    } finally {
+      this.inflight.leave();
+    }
+  }
+
   /** Punches a hole where the filesystem can; otherwise a no-op (trim is advisory). */
   async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
     this.checkWritable();
@@ -318,9 +330,11 @@ export class FileBackend implements ReadWriterAt {
   }
 }
 
-/** fallocate-based hole punching and range zeroing (native addon). */
-interface HolePuncher {
+/** Sparse-file operations through the native addon: fallocate and SEEK_DATA/SEEK_HOLE. */
+interface SparseFile {
   punch(fd: number, offset: number, length: number): Promise<void>;
+  /** Holes and data in [offset, offset + length), in order. */
+  extents(fd: number, offset: number, length: number): Extent[];
   /** Allocated zeros; false if the filesystem lacks ZERO_RANGE (the caller writes zeros). */
   zeroRange(fd: number, offset: number, length: number): Promise<boolean>;
 }
@@ -330,7 +344,7 @@ interface HolePuncher {
  * PUNCH_HOLE: probed with a one-byte punch past the end of the file, which
  * changes nothing (KEEP_SIZE) but fails with EOPNOTSUPP where unsupported.
  */
-async function probeHolePunching(fd: number, size: number): Promise<HolePuncher | undefined> {
+async function probeHolePunching(fd: number, size: number): Promise<SparseFile | undefined> {
   const { nativeAvailable, loadNative } = await import('../../native/index.ts');
   if (!nativeAvailable()) return undefined;
   const native = loadNative();
@@ -341,7 +355,26 @@ async function probeHolePunching(fd: number, size: number): Promise<HolePuncher 
     return undefined;
   }
   let zeroRangeWorks = true;
+  const { SEEK_DATA, SEEK_HOLE } = native.seekWhence;
   return {
+    extents(f, offset, length) {
+      const end = offset + length;
+      const out: Extent[] = [];
+      let pos = offset;
+      while (pos < end) {
+        const data = native.lseek(f, pos, SEEK_DATA);
+        if (data < 0 || data >= end) {
+          pushExtent(out, { length: end - pos, hole: true, zero: true });
+          break;
+        }
+        if (data > pos) pushExtent(out, { length: data - pos, hole: true, zero: true });
+        const next = native.lseek(f, data, SEEK_HOLE);
+        const hole = next < 0 ? end : Math.min(end, next);
+        pushExtent(out, { length: hole - data, hole: false, zero: false });
+        pos = hole;
+      }
+      return out;
+    },
     punch: (f, offset, length) => native.fallocate(f, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length),
     async zeroRange(f, offset, length) {
       if (!zeroRangeWorks) return false;

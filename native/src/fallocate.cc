@@ -1,10 +1,13 @@
-// fallocate(2) on a libuv-style worker (Napi::AsyncWorker): hole punching and
-// range zeroing can take a while on large ranges and must not stall the JS
-// thread. Used by FileBackend for real trim and cheap write-zeroes.
+// Sparse-file support for FileBackend. fallocate(2) runs on a worker
+// (Napi::AsyncWorker): hole punching and range zeroing can take a while on
+// large ranges and must not stall the JS thread. lseek(2) with
+// SEEK_DATA/SEEK_HOLE is a quick metadata lookup and runs inline; it lets
+// block status report a file's holes.
 #include "common.h"
 
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <unistd.h>
 
 namespace qm {
 
@@ -53,9 +56,30 @@ Napi::Value Fallocate(const Napi::CallbackInfo& info) {
   return p;
 }
 
+// lseek(fd, offset, whence) -> number; -1 for ENXIO (no data/hole at or
+// after offset: past the end), otherwise throws an errno-coded error.
+Napi::Value Lseek(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    throw Napi::TypeError::New(env, "lseek(fd, offset, whence)");
+  }
+  off_t r = lseek(info[0].As<Napi::Number>().Int32Value(), static_cast<off_t>(info[1].As<Napi::Number>().Int64Value()),
+                  info[2].As<Napi::Number>().Int32Value());
+  if (r < 0) {
+    if (errno == ENXIO) return Napi::Number::New(env, -1);
+    ThrowErrno(env, errno, "lseek");
+  }
+  return Napi::Number::New(env, static_cast<double>(r));
+}
+
 }  // namespace
 
 void FallocateInit(Napi::Env env, Napi::Object exports) {
+  exports.Set("lseek", Napi::Function::New(env, Lseek, "lseek"));
+  Napi::Object w = Napi::Object::New(env);
+  w.Set("SEEK_DATA", Napi::Number::New(env, SEEK_DATA));
+  w.Set("SEEK_HOLE", Napi::Number::New(env, SEEK_HOLE));
+  exports.Set("seekWhence", w);
   exports.Set("fallocate", Napi::Function::New(env, Fallocate, "fallocate"));
   Napi::Object c = Napi::Object::New(env);
   c.Set("FALLOC_FL_KEEP_SIZE", Napi::Number::New(env, FALLOC_FL_KEEP_SIZE));

@@ -158,4 +158,26 @@ asRoot('block device: size found without fstat, I/O works', async () => {
   }
 });
 
+test('extents report the holes of a sparse file (SEEK_DATA/SEEK_HOLE), and trimmed ranges become holes', async () => {
+  const s = new Scope();
+  try {
+    const f = await FileBackend.open(join(s.tmpdir(), 'sparse.img'), { size: 8 * MiB, create: true });
+    await f.writeAt(new Uint8Array(MiB).fill(5), MiB);
+    await f.writeAt(new Uint8Array(64 * KiB).fill(6), 6 * MiB);
+    const kinds = (await f.extents!(0, 8 * MiB)).map((e) => [e.length, e.hole]);
+    if (!f.caps.canTrim) {
+      assert.equal(kinds, [[8 * MiB, false]], 'without the addon everything reads as data');
+    } else {
+      assert.equal(kinds, [[MiB, true], [MiB, false], [4 * MiB, true], [64 * KiB, false], [2 * MiB - 64 * KiB, true]]);
+      // A sub-range starting inside data, and a trim that makes a hole.
+      assert.equal((await f.extents!(MiB + 4096, 8192)).map((e) => [e.length, e.hole]), [[8192, false]]);
+      await f.trim(MiB, MiB);
+      assert.equal((await f.extents!(0, 6 * MiB)).map((e) => [e.length, e.hole]), [[6 * MiB, true]]);
+    }
+    await f.close();
+  } finally {
+    await s.close();
+  }
+});
+
 test.run();
