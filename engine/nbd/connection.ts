@@ -205,7 +205,9 @@ export class NbdConnection {
 
   private canAcceptMore(): boolean {
     const { maxInFlight, maxInFlightBytes } = this.host.limits;
-    return !this.writeBlocked && this.inFlight < maxInFlight && this.inFlightBytes < maxInFlightBytes;
+    // Bytes being worked on plus reply bytes the client has not read yet.
+    const unsent = this.writeBlocked ? this.socket.writableLength : 0;
+    return this.inFlight < maxInFlight && this.inFlightBytes + unsent < maxInFlightBytes;
   }
 
   private updateFlow(): void {
@@ -244,6 +246,9 @@ export class NbdConnection {
       if (!this.closed && !this.socket.destroyed) {
         if (!pooled) this.corkForThisTurn();
         const written = pooled ? this.socket.write(reply, () => pool.give(pooled)) : this.socket.write(reply);
+        // write() says false past Node's 16 KiB high-water mark, i.e. after
+        // every large READ reply; pausing on that would stall the pipeline.
+        // Unsent reply bytes count against the in-flight budget instead.
         if (!written) this.writeBlocked = true;
       }
       if (this.inFlight === 0 && this.idle) {

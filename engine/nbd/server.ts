@@ -17,7 +17,7 @@ export interface NbdServerOptions {
   maxPayload?: number;
   /** Requests one connection may have in flight before its socket is paused. Default 128. */
   maxInFlight?: number;
-  /** Payload bytes one connection may have in flight. Default 256 MiB. */
+  /** Payload bytes one connection may have in flight, unsent replies included. Default 64 MiB. */
   maxInFlightBytes?: number;
   /** Where diagnostics go (refusals, dropped clients). Default: nowhere. */
   log?: (message: string) => void;
@@ -59,7 +59,7 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
     this.limits = {
       maxPayload: opts.maxPayload ?? 32 * 1024 * 1024,
       maxInFlight: opts.maxInFlight ?? 128,
-      maxInFlightBytes: opts.maxInFlightBytes ?? 256 * 1024 * 1024,
+      maxInFlightBytes: opts.maxInFlightBytes ?? 64 * 1024 * 1024,
     };
     this.logFn = opts.log ?? (() => {});
   }

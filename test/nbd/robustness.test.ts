@@ -533,4 +533,35 @@ withServer('serveConnection with preNegotiated: the socket starts in transmissio
   }
 });
 
+withServer('a client that stops reading replies is throttled (bounded memory), then gets every reply', async (fx) => {
+  const store = new MemoryBackend(SIZE);
+  await fx.server.addExport({ name: 'd', store });
+  await store.writeAt(pattern(SIZE, 5), 0);
+  const { c } = await RawNbd.open(fx.unixTarget, 'd');
+  try {
+    c.socket.pause(); // read nothing from now on
+    const N = 200;
+    const lengths = new Map<bigint, number>();
+    for (let i = 0; i < N; i++) lengths.set(c.send({ type: CMD.READ, offset: (i % 4) * MiB, length: MiB }), MiB);
+    await new Promise((r) => setTimeout(r, 1000));
+    const served = fx.server.stats.reads;
+    // In-flight plus unsent reply bytes are bounded by maxInFlightBytes (64 MiB by default).
+    const budget = fx.server.limits.maxInFlightBytes / MiB;
+    assert.ok(served <= budget + 2, `served ${served} of ${N} 1 MiB reads to a client that reads nothing (budget ${budget})`);
+    assert.ok(served < N, 'intake stopped');
+    c.socket.resume();
+    const seen = new Set<bigint>();
+    for (let i = 0; i < N; i++) {
+      const r = await c.reply(lengths, 10_000);
+      assert.is(r.error, 0);
+      assert.is(r.data.length, MiB);
+      seen.add(r.handle);
+    }
+    assert.is(seen.size, N, 'every request answered once');
+    await c.disconnect();
+  } finally {
+    c.destroy();
+  }
+}, 40_000);
+
 test.run();
