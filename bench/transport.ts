@@ -435,7 +435,14 @@ export async function spawnServer(subject: SubjectName): Promise<{ info: ServerI
   const extra = process.env.QUICMAP_BENCH_SERVER_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
   const child: ChildProcess = spawn(process.execPath, [...extra, '--import', 'tsx', self, '--serve', subject], { stdio: ['pipe', 'pipe', 'inherit'] });
   const line = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout! }).once('line', resolve);
+    // The first JSON line; anything else the child prints (e.g. --trace-gc) goes to our stderr.
+    let got = false;
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      if (!got && l.startsWith('{')) {
+        got = true;
+        resolve(l);
+      } else process.stderr.write(`[${subject} server] ${l}\n`);
+    });
     child.once('exit', (c) => reject(new Error(`${subject} server exited (${c})`)));
   });
   return {

@@ -121,17 +121,34 @@ function deadline<T>(p: Promise<T>, ms: number, onTimeout: () => Error, late?: (
   });
 }
 
+/**
+ * `new Promise(capture)` leaves the promise's resolving functions here: one
+ * shared executor instead of a closure per call (the executor runs
+ * synchronously inside the constructor, so nothing can interleave).
+ */
+let capturedResolve: ((v?: any) => void) | undefined; // typed at each use
+let capturedReject: ((e: unknown) => void) | undefined;
+function capture(resolve: (v?: any) => void, reject: (e: unknown) => void): void {
+  capturedResolve = resolve;
+  capturedReject = reject;
+}
+
 interface WriteOp {
   /** Buffers to write; null marks the FIN (closeWrite). */
   bufs: readonly Uint8Array[] | null;
   resolve: () => void;
   reject: (e: unknown) => void;
+  next: WriteOp | undefined;
 }
 
 /**
- * One QUIC stream. Hot paths avoid per-call closures (callbacks are bound
- * once per stream): with small requests the adapter's own cost is what the
- * benchmark against the raw library measures.
+ * One QUIC stream. Hot paths allocate little: with small requests the
+ * adapter's own cost (CPU, and the garbage collections its garbage causes,
+ * which take CPU from quinn's threads) is what the benchmark against the raw
+ * library measures. So: no closure per call (callbacks are bound once per
+ * stream, with bind() rather than arrow-function fields, which tsx's
+ * keepNames wraps in a defineProperty each), no async functions, and queued
+ * writes form a linked list.
  */
 class QuicByteStream implements ByteStream {
   private error: QuicmapError | undefined;
@@ -139,22 +156,30 @@ class QuicByteStream implements ByteStream {
   private writeClosed = false;
   private readResolve: ((v: Uint8Array | null) => void) | undefined;
   private readReject: ((e: unknown) => void) | undefined;
-  /** Native writes must not overlap: they are queued and sent one by one. */
-  private readonly writes: WriteOp[] = [];
+  /** Native writes must not overlap: queued oldest first; `head` is the one being sent. */
+  private head: WriteOp | undefined;
+  private tail: WriteOp | undefined;
+  /** Next native call of `head`: index into its bufs (a FIN op has one call). */
+  private nextCall = 0;
+  /** A native write/finishWrite is in flight. */
   private writing = false;
+  private readonly onChunk: (chunk: Uint8Array | null) => void;
+  private readonly onReadError: (e: unknown) => void;
+  private readonly onWritten: () => void;
+  private readonly onWriteError: (e: unknown) => void;
 
   constructor(
     private readonly native: NativeStream,
     private readonly readChunk: number,
     private readonly onDone: (s: QuicByteStream) => void,
-  ) {}
+  ) {
+    this.onChunk = this.chunkArrived.bind(this);
+    this.onReadError = this.readFailed.bind(this);
+    this.onWritten = this.written.bind(this);
+    this.onWriteError = this.writeFailed.bind(this);
+  }
 
-  private readonly readExecutor = (resolve: (v: Uint8Array | null) => void, reject: (e: unknown) => void): void => {
-    this.readResolve = resolve;
-    this.readReject = reject;
-  };
-
-  private readonly onChunk = (chunk: Uint8Array | null): void => {
+  private chunkArrived(chunk: Uint8Array | null): void {
     const r = this.readResolve;
     this.readResolve = this.readReject = undefined;
     if (!r) return; // the stream failed meanwhile and the reader was rejected
@@ -163,21 +188,23 @@ class QuicByteStream implements ByteStream {
       this.maybeDone();
     }
     r(chunk);
-  };
+  }
 
-  private readonly onReadError = (e: unknown): void => {
+  private readFailed(e: unknown): void {
     const err = mapError(e, 'read');
     const r = this.readReject;
     this.readResolve = this.readReject = undefined;
     this.fail(err);
     r?.(err);
-  };
+  }
 
   read(): Promise<Uint8Array | null> {
     if (this.error) return Promise.reject(this.error);
     if (this.ended) return Promise.resolve(null);
     if (this.readResolve) return Promise.reject(new Error('read() called while another read() is pending'));
-    const p = new Promise<Uint8Array | null>(this.readExecutor);
+    const p = new Promise<Uint8Array | null>(capture);
+    this.readResolve = capturedResolve;
+    this.readReject = capturedReject;
     this.native.read(this.readChunk).then(this.onChunk, this.onReadError);
     return p;
   }
@@ -196,35 +223,54 @@ class QuicByteStream implements ByteStream {
   }
 
   private enqueue(bufs: readonly Uint8Array[] | null): Promise<void> {
-    let op!: WriteOp;
-    const p = new Promise<void>((resolve, reject) => {
-      op = { bufs, resolve, reject };
-    });
-    this.writes.push(op);
-    if (!this.writing) void this.pump();
+    const p = new Promise<void>(capture);
+    const op: WriteOp = { bufs, resolve: capturedResolve!, reject: capturedReject!, next: undefined };
+    if (this.tail) this.tail.next = op;
+    else this.head = op;
+    this.tail = op;
+    if (!this.writing) this.pump();
     return p;
   }
 
-  /** Send queued writes in order; a failure fails the stream (and so every queued write). */
-  private async pump(): Promise<void> {
-    this.writing = true;
+  /**
+   * Send queued writes in order: issue the next native call, or finish the
+   * head op once its last call completed. A failure fails the stream (and so
+   * every queued write).
+   */
+  private pump(): void {
     try {
-      while (this.writes.length && !this.error) {
-        const op = this.writes[0]!;
-        if (op.bufs === null) await this.native.finishWrite();
-        else for (const b of op.bufs) if (b.length) await this.native.write(b);
-        // A reset while the native call was pending already rejected op.
-        if (this.writes[0] === op) {
-          this.writes.shift();
-          op.resolve();
-          if (op.bufs === null) this.maybeDone();
+      for (let op = this.head; op && !this.error; op = this.head) {
+        const bufs = op.bufs;
+        if (bufs === null ? this.nextCall === 0 : this.nextCall < bufs.length) {
+          const i = this.nextCall++;
+          if (bufs !== null && bufs[i]!.length === 0) continue;
+          const r = bufs === null ? this.native.finishWrite() : this.native.write(bufs[i]!);
+          if (r && typeof (r as Promise<void>).then === 'function') {
+            this.writing = true;
+            (r as Promise<void>).then(this.onWritten, this.onWriteError);
+            return;
+          }
+          continue;
         }
+        this.head = op.next;
+        if (!this.head) this.tail = undefined;
+        this.nextCall = 0;
+        op.resolve();
+        if (bufs === null) this.maybeDone();
       }
     } catch (e) {
       this.fail(mapError(e, 'write'));
-    } finally {
-      this.writing = false;
     }
+  }
+
+  private written(): void {
+    this.writing = false;
+    this.pump();
+  }
+
+  private writeFailed(e: unknown): void {
+    this.writing = false;
+    this.fail(mapError(e, 'write'));
   }
 
   closeWrite(): Promise<void> {
@@ -251,12 +297,15 @@ class QuicByteStream implements ByteStream {
     const r = this.readReject;
     this.readResolve = this.readReject = undefined;
     r?.(err);
-    for (const op of this.writes.splice(0)) op.reject(err);
+    let op = this.head;
+    this.head = this.tail = undefined;
+    this.nextCall = 0;
+    for (; op; op = op.next) op.reject(err);
     this.onDone(this);
   }
 
   private maybeDone(): void {
-    if (this.ended && this.writeClosed && this.writes.length === 0) this.onDone(this);
+    if (this.ended && this.writeClosed && !this.head) this.onDone(this);
   }
 }
 
@@ -265,7 +314,7 @@ interface OpenOp {
   reject: (e: unknown) => void;
   /** Date.now() after which the open fails with ETIMEDOUT. */
   deadline: number;
-  /** Settled (timed out, connection closed): a stream arriving later is released. */
+  /** Settled (timed out, connection closed). */
   done: boolean;
 }
 
@@ -274,9 +323,22 @@ class QuicConnection implements Connection {
   private readonly streams = new Set<QuicByteStream>();
   private isClosed = false;
   private closeError: QuicmapError = new ClosedError('connection');
-  private readonly opens = new Set<OpenOp>();
-  private readonly accepts = new Set<(s: ByteStream | null) => void>();
+  /**
+   * openStream calls in call order, each with one native outboundStream call
+   * in flight. Whichever native call settles serves the oldest open still
+   * waiting (any stream does for any caller); settled (timed-out) entries are
+   * dropped on the way, and a stream that finds nobody waiting is released.
+   */
+  private opens: OpenOp[] = [];
+  private waitingOpens = 0;
+  /** acceptStream callers, oldest first, each with one native inboundStream call in flight (same scheme). */
+  private accepts: Array<(s: ByteStream | null) => void> = [];
   private readonly onStreamDone = (s: QuicByteStream): void => void this.streams.delete(s);
+  // Bound once per connection: no closure per call on these hot paths.
+  private readonly onOutbound = this.outbound.bind(this);
+  private readonly onOutboundError = this.outboundFailed.bind(this);
+  private readonly onInbound = this.inbound.bind(this);
+  private readonly onInboundError = this.inboundFailed.bind(this);
 
   constructor(
     private readonly native: NativeConnection,
@@ -306,12 +368,12 @@ class QuicConnection implements Connection {
   private readonly sweepOpens = (): void => {
     const now = Date.now();
     for (const op of this.opens) {
-      if (now < op.deadline) continue;
+      if (op.done || now < op.deadline) continue;
       op.done = true;
-      this.opens.delete(op);
+      this.waitingOpens--;
       op.reject(new QuicmapError('ETIMEDOUT', `peer granted no stream within ${this.opts.streamOpenTimeoutMs} ms`));
     }
-    if (this.opens.size === 0) {
+    if (this.waitingOpens === 0) {
       clearInterval(this.sweepTimer);
       this.sweepTimer = undefined;
     }
@@ -319,46 +381,51 @@ class QuicConnection implements Connection {
 
   openStream(): Promise<ByteStream> {
     if (this.isClosed) return Promise.reject(this.closeError);
-    return new Promise<ByteStream>((resolve, reject) => {
-      const op: OpenOp = { resolve, reject, deadline: Date.now() + this.opts.streamOpenTimeoutMs, done: false };
-      this.opens.add(op);
-      this.sweepTimer ??= setInterval(this.sweepOpens, Math.max(10, Math.min(250, this.opts.streamOpenTimeoutMs >> 2)));
-      this.native.outboundStream().then(
-        (s) => {
-          if (op.done) return release(s);
-          op.done = true;
-          this.opens.delete(op);
-          resolve(this.wrap(s));
-        },
-        (e) => {
-          if (op.done) return;
-          op.done = true;
-          this.opens.delete(op);
-          reject(this.isClosed ? this.closeError : mapError(e, 'openStream'));
-        },
-      );
-    });
+    const p = new Promise<ByteStream>(capture);
+    this.opens.push({ resolve: capturedResolve!, reject: capturedReject!, deadline: Date.now() + this.opts.streamOpenTimeoutMs, done: false });
+    this.waitingOpens++;
+    this.sweepTimer ??= setInterval(this.sweepOpens, Math.max(10, Math.min(250, this.opts.streamOpenTimeoutMs >> 2)));
+    this.native.outboundStream().then(this.onOutbound, this.onOutboundError);
+    return p;
+  }
+
+  /** The oldest open still waiting, now settled; undefined if none. */
+  private takeOpen(): OpenOp | undefined {
+    for (let op = this.opens.shift(); op; op = this.opens.shift()) {
+      if (op.done) continue;
+      op.done = true;
+      this.waitingOpens--;
+      return op;
+    }
+    return undefined;
+  }
+
+  private outbound(s: NativeStream): void {
+    const op = this.takeOpen();
+    if (!op) return release(s);
+    op.resolve(this.wrap(s));
+  }
+
+  private outboundFailed(e: unknown): void {
+    this.takeOpen()?.reject(this.isClosed ? this.closeError : mapError(e, 'openStream'));
   }
 
   acceptStream(): Promise<ByteStream | null> {
     if (this.isClosed) return Promise.resolve(null);
-    return new Promise<ByteStream | null>((resolve) => {
-      let done = false;
-      const settle = (s: ByteStream | null) => {
-        if (done) return;
-        done = true;
-        this.accepts.delete(settle);
-        resolve(s);
-      };
-      this.accepts.add(settle);
-      this.native.inboundStream().then(
-        (s) => {
-          if (done || this.isClosed) return release(s);
-          settle(this.wrap(s));
-        },
-        () => settle(null),
-      );
-    });
+    const p = new Promise<ByteStream | null>(capture);
+    this.accepts.push(capturedResolve!);
+    this.native.inboundStream().then(this.onInbound, this.onInboundError);
+    return p;
+  }
+
+  private inbound(s: NativeStream): void {
+    const settle = this.accepts.shift();
+    if (!settle || this.isClosed) return release(s);
+    settle(this.wrap(s));
+  }
+
+  private inboundFailed(): void {
+    this.accepts.shift()?.(null);
   }
 
   async close(reason?: Error): Promise<void> {
@@ -374,14 +441,19 @@ class QuicConnection implements Connection {
     this.isClosed = true;
     this.closeError = err;
     for (const s of [...this.streams]) s.fail(err);
-    for (const op of [...this.opens]) {
+    const opens = this.opens;
+    this.opens = [];
+    this.waitingOpens = 0;
+    for (const op of opens) {
+      if (op.done) continue;
       op.done = true;
       op.reject(err);
     }
-    this.opens.clear();
     clearInterval(this.sweepTimer);
     this.sweepTimer = undefined;
-    for (const settle of [...this.accepts]) settle(null);
+    const accepts = this.accepts;
+    this.accepts = [];
+    for (const settle of accepts) settle(null);
     this.onClose(this);
   }
 }

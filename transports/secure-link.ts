@@ -25,6 +25,39 @@ const SEAL_SLICE = 64 * 1024;
 /** Largest plaintext in one record: a 256 KiB data frame plus room for small frames. */
 export const MAX_RECORD_PLAINTEXT = 256 * 1024 + 4096;
 
+/** Size of the reusable socket read buffer (what libuv reads at most per call, as Node's default). */
+const READ_BUFFER = 64 * 1024;
+
+/**
+ * Make `socket` read into `buf` over and over and call `onBytes(buf, n)` for
+ * each read, instead of allocating a fresh buffer per read and emitting
+ * 'data'. That is what `net.connect({ onread })` does; accepted sockets and
+ * sockets that already did a handshake cannot be given that option, so this
+ * switches the socket over through the same internals (the `kBuffer` /
+ * `kBufferCb` slots that `onread` fills, and the handle's `useUserBuffer`).
+ * Returns false, changing nothing, if this Node.js lacks them.
+ *
+ * Why: at high rates the per-read allocations (64 KiB each) were a third of
+ * the external memory the link churned through, and drove the garbage
+ * collector. The socket must be paused, with nothing left in its readable
+ * buffer; 'end', 'close' and 'error' are emitted as usual.
+ */
+export function readIntoStaticBuffer(socket: Socket, buf: Buffer, onBytes: (buf: Buffer, n: number) => void): boolean {
+  const internals = socket as unknown as Record<symbol, unknown> & { _handle?: { useUserBuffer?: (b: Uint8Array) => void } | null };
+  const symbols = Object.getOwnPropertySymbols(socket);
+  const kBuffer = symbols.find((x) => x.description === 'kBuffer');
+  const kBufferCb = symbols.find((x) => x.description === 'kBufferCb');
+  const kBufferGen = symbols.find((x) => x.description === 'kBufferGen');
+  const handle = internals._handle;
+  if (!kBuffer || !kBufferCb || !kBufferGen || internals[kBuffer] || internals[kBufferGen] !== null) return false;
+  if (!handle || typeof handle.useUserBuffer !== 'function') return false;
+  if (socket.readableLength !== 0) return false;
+  internals[kBuffer] = buf;
+  internals[kBufferCb] = (n: number, b: Buffer): void => onBytes(b, n);
+  handle.useUserBuffer(buf);
+  return true;
+}
+
 export interface LinkHandlers {
   /**
    * One decrypted, authenticated record (whole frames only), as the pieces
@@ -55,6 +88,8 @@ export class SecureLink {
   private drainWaiters: Array<() => void> = [];
   private dead = false;
   private handlers: LinkHandlers | undefined;
+  /** True when socket reads land in one reusable buffer (see readIntoStaticBuffer); false on the 'data' fallback. */
+  staticReads = false;
   lastReceiveAt = Date.now();
   lastSendAt = Date.now();
 
@@ -74,29 +109,38 @@ export class SecureLink {
   /** Begin delivering records. Separate from the constructor so handlers can refer to the link. */
   start(handlers: LinkHandlers): void {
     this.handlers = handlers;
-    this.socket.on('data', (chunk: Buffer) => {
+    const onBytes = (buf: Buffer, n: number): void => {
       this.lastReceiveAt = Date.now();
-      this.receive(chunk);
-    });
+      this.receive(buf, n);
+    };
+    // Bytes the socket buffered while it was paused come after the handshake leftovers.
+    for (let b: Buffer | null; (b = this.socket.read() as Buffer | null) !== null; ) this.leftover.push(b);
+    this.staticReads = readIntoStaticBuffer(this.socket, Buffer.allocUnsafe(READ_BUFFER), onBytes);
+    if (!this.staticReads) this.socket.on('data', (chunk: Buffer) => onBytes(chunk, chunk.length));
     this.socket.on('drain', () => this.releaseDrain());
     this.socket.on('error', (e) => this.kill(new QuicmapError('EIO', `socket error: ${e.message}`, { cause: e })));
     this.socket.on('close', () => this.kill(new QuicmapError('ESHUTDOWN', 'connection lost')));
     this.socket.on('end', () => this.kill(undefined));
     // The handshake paused the socket so no byte was lost in between.
     this.socket.resume();
-    for (const b of this.leftover.splice(0)) this.receive(b);
+    for (const b of this.leftover.splice(0)) this.receive(b, b.length);
   }
 
   get isDead(): boolean {
     return this.dead;
   }
 
-  private receive(chunk: Buffer): void {
+  /**
+   * Consume `chunk[0, end)`. The chunk may be the link's reusable read
+   * buffer: nothing here keeps a reference to it (header and tag are copied,
+   * the cipher writes plaintext to fresh buffers).
+   */
+  private receive(chunk: Buffer, end: number): void {
     try {
       let off = 0;
-      while (off < chunk.length && !this.dead) {
+      while (off < end && !this.dead) {
         if (!this.inBody) {
-          const n = Math.min(4 - this.headerGot, chunk.length - off);
+          const n = Math.min(4 - this.headerGot, end - off);
           chunk.copy(this.header, this.headerGot, off, off + n);
           this.headerGot += n;
           off += n;
@@ -111,13 +155,13 @@ export class SecureLink {
           this.tagGot = 0;
           this.pieces = [];
         } else if (this.ctLeft > 0) {
-          const n = Math.min(this.ctLeft, chunk.length - off);
+          const n = Math.min(this.ctLeft, end - off);
           const pt = this.opener.update(chunk.subarray(off, off + n));
           if (pt.length) this.pieces.push(pt);
           this.ctLeft -= n;
           off += n;
         } else {
-          const n = Math.min(TAG_BYTES - this.tagGot, chunk.length - off);
+          const n = Math.min(TAG_BYTES - this.tagGot, end - off);
           chunk.copy(this.tag, this.tagGot, off, off + n);
           this.tagGot += n;
           off += n;

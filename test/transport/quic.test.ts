@@ -65,6 +65,66 @@ run('openStream fails with ETIMEDOUT when the peer grants no more streams, and r
   assert.ok(again, 'a stream slot came back');
 });
 
+run('opens that timed out hand their late slots to later opens; concurrent accepts each get their own stream', async (s) => {
+  const serverId = await generateIdentity();
+  const server = new QuicTransport(serverId, { maxStreams: 4, idleTimeoutMs: 5000, keepAliveMs: 1000 });
+  s.defer(() => server.close());
+  const client = new QuicTransport(await generateIdentity(), { streamOpenTimeoutMs: 1500, idleTimeoutMs: 5000, keepAliveMs: 1000 });
+  s.defer(() => client.close());
+  const l = await server.listen('127.0.0.1:0');
+  const [conn, peer] = await Promise.all([client.dial(l.address, serverId.publicKey), l.accept()]);
+  // Three accept loops, so several accepts wait at once; each answers its
+  // stream's own payload. (Streams the client released after their open
+  // timed out arrive reset: skipped.)
+  const served: string[] = [];
+  const acceptLoop = async (): Promise<void> => {
+    for (let st; (st = await peer!.acceptStream()); ) {
+      try {
+        const got = (await readAll(st)).toString();
+        served.push(got);
+        await st.write(Buffer.from(`re:${got}`));
+        await st.closeWrite();
+      } catch {}
+    }
+  };
+  const acceptors = [acceptLoop(), acceptLoop(), acceptLoop()];
+  const held = [];
+  for (let i = 0; i < 4; i++) {
+    const st = await conn.openStream();
+    await st.write(Buffer.from(`held${i}`));
+    held.push(st);
+  }
+  // Three opens time out while the peer grants nothing.
+  await Promise.all([0, 1, 2].map(() => expectCode(conn.openStream(), ['ETIMEDOUT'], 'open beyond the limit')));
+  // Two more wait; finishing two held streams frees two slots.
+  const waiting = [conn.openStream(), conn.openStream()];
+  for (const st of held.slice(0, 2)) {
+    await st.closeWrite();
+    assert.match((await readAll(st)).toString(), /^re:held[01]$/);
+  }
+  const late = await Promise.all(waiting);
+  assert.is.not(late[0], late[1], 'each waiting open got its own stream');
+  await Promise.all(
+    late.map(async (st, i) => {
+      await st.write(Buffer.from(`late${i}`));
+      await st.closeWrite();
+      assert.is((await readAll(st)).toString(), `re:late${i}`);
+    }),
+  );
+  for (const st of held.slice(2)) {
+    await st.closeWrite();
+    assert.match((await readAll(st)).toString(), /^re:held[23]$/);
+  }
+  // The connection still opens streams normally afterwards.
+  const again = await conn.openStream();
+  await again.write(Buffer.from('again'));
+  await again.closeWrite();
+  assert.is((await readAll(again)).toString(), 're:again');
+  assert.equal(served.sort(), ['again', 'held0', 'held1', 'held2', 'held3', 'late0', 'late1'], 'every stream served once');
+  await conn.close();
+  await Promise.all(acceptors);
+});
+
 run('IPv6 loopback works', async (s) => {
   const serverId = await generateIdentity();
   const server = new QuicTransport(serverId, { idleTimeoutMs: 5000, keepAliveMs: 1000 });
