@@ -217,8 +217,7 @@ export class DirectoryBackend implements ReadWriterAt {
 
   async readAt(buf: Uint8Array, offset: number): Promise<void> {
     if (this.closed) throw new ClosedError('directory backend');
-    this.inflight.enter();
-    try {
+    await this.inflight.run(async () => {
       for (const { index, within, at, length } of chunkPieces(offset, buf.length, this.chunkSize)) {
         const piece = length === buf.length ? buf : buf.subarray(at, at + length);
         const h = await this.acquire(index, false);
@@ -233,15 +232,12 @@ export class DirectoryBackend implements ReadWriterAt {
           }
         }
       }
-    } finally {
-      this.inflight.leave();
-    }
+    });
   }
 
   async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
     this.checkWritable();
-    this.inflight.enter();
-    try {
+    await this.inflight.run(async () => {
       const written: number[] = [];
       for (const { index, within, at, length } of chunkPieces(offset, data.length, this.chunkSize)) {
         const h = (await this.acquire(index, true))!;
@@ -255,16 +251,13 @@ export class DirectoryBackend implements ReadWriterAt {
         written.push(index);
       }
       if (opts?.fua) await this.makeDurable(written);
-    } finally {
-      this.inflight.leave();
-    }
+    });
   }
 
   async flush(): Promise<void> {
     if (this.closed) throw new ClosedError('directory backend');
     if (this.caps.readOnly) return;
-    this.inflight.enter();
-    try {
+    await this.inflight.run(async () => {
       // Everything acknowledged so far: the dirty chunks and the directory
       // entries changed up to now.
       const chunks = [...this.dirty];
@@ -287,9 +280,7 @@ export class DirectoryBackend implements ReadWriterAt {
       } finally {
         this.syncing.delete(mine);
       }
-    } finally {
-      this.inflight.leave();
-    }
+    });
   }
 
   async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
@@ -435,8 +426,7 @@ export class DirectoryBackend implements ReadWriterAt {
 
   private async zeroOrTrim(offset: number, length: number, zero: boolean, noHole: boolean, fua: boolean): Promise<void> {
     if (length === 0) return;
-    this.inflight.enter();
-    try {
+    await this.inflight.run(async () => {
       const cs = this.chunkSize;
       const end = offset + length;
       const first = Math.floor(offset / cs);
@@ -454,9 +444,7 @@ export class DirectoryBackend implements ReadWriterAt {
         for (let idx = first; idx <= last; idx++) if (await this.zeroIn(idx, offset, end, zero, noHole)) written.push(idx);
       }
       if (fua) await this.makeDurable(written);
-    } finally {
-      this.inflight.leave();
-    }
+    });
   }
 
   /**

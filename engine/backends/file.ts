@@ -98,6 +98,15 @@ export class InFlight {
   leave(): void {
     if (--this.count === 0 && this.drained) this.drained();
   }
+  /** Run `op` counted as in flight: close() waits for it. */
+  async run<T>(op: () => Promise<T>): Promise<T> {
+    this.enter();
+    try {
+      return await op();
+    } finally {
+      this.leave();
+    }
+  }
   wait(): Promise<void> {
     if (this.count === 0) return Promise.resolve();
     return new Promise((resolve) => (this.drained = resolve));
@@ -213,33 +222,26 @@ export class FileBackend implements ReadWriterAt {
 
   async readAt(buf: Uint8Array, offset: number): Promise<void> {
     if (this.closed) throw new ClosedError('file backend');
-    this.inflight.enter();
-    try {
+    await this.inflight.run(async () => {
       const n = await preadFull(this.fd, buf, offset);
       if (n < buf.length) {
         throw new QuicmapError('EIO', `${this.path}: unexpected end of file at ${offset + n} (was it truncated?)`);
       }
-    } finally {
-      this.inflight.leave();
-    }
+    });
   }
 
   async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
     this.checkWritable();
-    this.inflight.enter();
-    try {
+    await this.inflight.run(async () => {
       await pwriteFull(this.fd, data, offset);
       if (opts?.fua) await fdatasyncFd(this.fd);
-    } finally {
-      this.inflight.leave();
-    }
+    });
   }
 
   /** One pwritev for the pieces (short writes finished piece by piece). */
   async writev(parts: readonly Uint8Array[], offset: number, opts?: WriteOptions): Promise<void> {
     this.checkWritable();
-    this.inflight.enter();
-    try {
+    await this.inflight.run(async () => {
       let written = await new Promise<number>((resolve, reject) =>
         fs.writev(this.fd, parts as NodeJS.ArrayBufferView[], offset, (err, n) => (err ? reject(err) : resolve(n))),
       );
@@ -253,59 +255,41 @@ export class FileBackend implements ReadWriterAt {
         at += p.length;
       }
       if (opts?.fua) await fdatasyncFd(this.fd);
-    } finally {
-      this.inflight.leave();
-    }
+    });
   }
 
   async flush(): Promise<void> {
     if (this.closed) throw new ClosedError('file backend');
     if (this.caps.readOnly) return;
-    this.inflight.enter();
-    try {
+    await this.inflight.run(async () => {
       await fdatasyncFd(this.fd);
-    } finally {
-      this.inflight.leave();
-    }
+    });
   }
 
   /** Holes of a sparse file (where the filesystem reports them); otherwise all data. */
   async extents(offset: number, length: number): Promise<Extent[]> {
     if (this.closed) throw new ClosedError('file backend');
-    if (!this.holes) return [{ length, hole: false, zero: false }];
-    this.inflight.enter();
-    try {
-      return this.holes.extents(this.fd, offset, length);
-    } finally {
-      this.inflight.leave();
-    }
+    const holes = this.holes;
+    if (!holes) return [{ length, hole: false, zero: false }];
+    return this.inflight.run(async () => holes.extents(this.fd, offset, length));
   }
 
   /** Punches a hole where the filesystem can; otherwise a no-op (trim is advisory). */
   async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
     this.checkWritable();
-    if (this.holes && length > 0) {
-      this.inflight.enter();
-      try {
-        await this.holes.punch(this.fd, offset, length);
-      } finally {
-        this.inflight.leave();
-      }
-    }
+    const holes = this.holes;
+    if (holes && length > 0) await this.inflight.run(() => holes.punch(this.fd, offset, length));
     if (opts?.fua) await this.flush();
   }
 
   async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     this.checkWritable();
-    if (this.holes && length > 0) {
-      this.inflight.enter();
-      let done = false;
-      try {
-        // A punched hole reads back as zeros; NO_HOLE asks for allocated zeros.
-        done = opts?.noHole ? await this.holes.zeroRange(this.fd, offset, length) : (await this.holes.punch(this.fd, offset, length), true);
-      } finally {
-        this.inflight.leave();
-      }
+    const holes = this.holes;
+    if (holes && length > 0) {
+      // A punched hole reads back as zeros; NO_HOLE asks for allocated zeros.
+      const done = await this.inflight.run(async () =>
+        opts?.noHole ? holes.zeroRange(this.fd, offset, length) : (await holes.punch(this.fd, offset, length), true),
+      );
       if (done) {
         if (opts?.fua) await this.flush();
         return;
