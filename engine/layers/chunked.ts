@@ -21,6 +21,7 @@
  * racing a write of the same bytes may see either).
  */
 import { ClosedError } from '../errors.ts';
+import { chunkPieces } from '../chunk-pieces.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 
 interface Held {
@@ -63,18 +64,13 @@ export class ChunkedLayer implements ReadWriterAt {
     const n = buf.length;
     if (n === 0) return;
     const cs = this.chunkSize;
-    const end = offset + n;
     const jobs: Promise<void>[] = [];
-    for (let c = Math.floor(offset / cs); c * cs < end; c++) {
-      const cStart = c * cs;
-      const cEnd = Math.min(cStart + cs, size);
-      const s = Math.max(offset, cStart);
-      const e = Math.min(end, cEnd);
-      if (s === cStart && e === cEnd) {
-        jobs.push(this.inner.readAt(n === e - s ? buf : buf.subarray(s - offset, e - offset), cStart));
-      } else {
-        jobs.push(this.readPartial(buf.subarray(s - offset, e - offset), cStart, cEnd - cStart, s - cStart));
-      }
+    for (const { index, within, at, length } of chunkPieces(offset, n, cs)) {
+      const cStart = index * cs;
+      const cLen = Math.min(cs, size - cStart); // the last chunk may be short
+      const piece = length === n ? buf : buf.subarray(at, at + length);
+      if (within === 0 && length === cLen) jobs.push(this.inner.readAt(piece, cStart));
+      else jobs.push(this.readPartial(piece, cStart, cLen, within));
     }
     await settle(jobs);
   }
@@ -88,14 +84,12 @@ export class ChunkedLayer implements ReadWriterAt {
     const unlock = await this.lock(Math.floor(offset / cs), Math.floor((end - 1) / cs));
     try {
       const jobs: Promise<void>[] = [];
-      for (let c = Math.floor(offset / cs); c * cs < end; c++) {
-        const cStart = c * cs;
-        const cEnd = Math.min(cStart + cs, size);
-        const s = Math.max(offset, cStart);
-        const e = Math.min(end, cEnd);
-        const piece = n === e - s ? data : data.subarray(s - offset, e - offset);
-        if (s === cStart && e === cEnd) jobs.push(this.inner.writeAt(piece, cStart, opts));
-        else jobs.push(this.modify(cStart, cEnd - cStart, (chunk) => chunk.set(piece, s - cStart), opts));
+      for (const { index, within, at, length } of chunkPieces(offset, n, cs)) {
+        const cStart = index * cs;
+        const cLen = Math.min(cs, size - cStart);
+        const piece = length === n ? data : data.subarray(at, at + length);
+        if (within === 0 && length === cLen) jobs.push(this.inner.writeAt(piece, cStart, opts));
+        else jobs.push(this.modify(cStart, cLen, (chunk) => chunk.set(piece, within), opts));
       }
       await settle(jobs);
     } finally {

@@ -123,16 +123,19 @@ export class HashTracker implements ChangeTracker {
     return this.hasher!(chunk);
   }
 
+  /** Re-hash chunk i; record it in `changed` if its digest moved. */
+  private check(i: number, changed: number[]): void {
+    const d = this.hashChunk(i);
+    if (d !== this.digests[i]) {
+      this.digests[i] = d;
+      changed.push(i);
+    }
+  }
+
   /** Hash everything now (synchronously) and return the chunks changed since the last poll. */
   pollSync(): number[] {
     const changed: number[] = [];
-    for (let i = 0; i < this.chunks; i++) {
-      const d = this.hashChunk(i);
-      if (d !== this.digests[i]) {
-        this.digests[i] = d;
-        changed.push(i);
-      }
-    }
+    for (let i = 0; i < this.chunks; i++) this.check(i, changed);
     return changed;
   }
 
@@ -142,11 +145,7 @@ export class HashTracker implements ChangeTracker {
     const run = async (): Promise<number[]> => {
       const changed: number[] = [];
       for (let i = 0; i < this.chunks; i++) {
-        const d = this.hashChunk(i);
-        if (d !== this.digests[i]) {
-          this.digests[i] = d;
-          changed.push(i);
-        }
+        this.check(i, changed);
         if ((i + 1) % this.sliceChunks === 0) await new Promise<void>((r) => setImmediate(r));
       }
       return changed;
