@@ -2,24 +2,19 @@
 import { UsageError, type Command } from './command.ts';
 import { QuicmapError } from '../engine/errors.ts';
 
-// One entry per subcommand; each module is loaded only when its command runs.
-const loaders: Record<string, () => Promise<Command>> = {
-  demo: async () => (await import('./commands/demo.ts')).demo,
-  nbd: async () => (await import('./commands/nbd.ts')).nbd,
-  share: async () => (await import('./commands/share.ts')).share,
-  mount: async () => (await import('./commands/mount.ts')).mount,
-};
-
-const SUMMARIES: Record<string, string> = {
-  demo: 'run a local demo swarm on loopback and print a summary (npm start)',
-  nbd: 'serve a local region over NBD (and optionally mount it for mmap)',
-  share: 'share a region with peers; prints a ticket for `quicmap mount`',
-  mount: "mount a peer's shared region from its ticket, as a local NBD export",
+// One entry per subcommand: its line in the top-level help, and the module
+// behind it, loaded only when the command runs (so `--help` stays fast and
+// does not load the QUIC native library).
+const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }> = {
+  demo: { summary: 'run a local demo swarm on loopback and print a summary (npm start)', load: async () => (await import('./commands/demo.ts')).demo },
+  nbd: { summary: 'serve a local region over NBD (and optionally mount it for mmap)', load: async () => (await import('./commands/nbd.ts')).nbd },
+  share: { summary: 'share a region with peers; prints a ticket for `quicmap mount`', load: async () => (await import('./commands/share.ts')).share },
+  mount: { summary: "mount a peer's shared region from its ticket, as a local NBD export", load: async () => (await import('./commands/mount.ts')).mount },
 };
 
 function topHelp(): string {
-  const width = Math.max(...Object.keys(SUMMARIES).map((n) => n.length));
-  const lines = Object.entries(SUMMARIES).map(([n, s]) => `  ${n.padEnd(width)}  ${s}`);
+  const width = Math.max(...Object.keys(COMMANDS).map((n) => n.length));
+  const lines = Object.entries(COMMANDS).map(([n, c]) => `  ${n.padEnd(width)}  ${c.summary}`);
   return `quicmap — share Linux memory regions and block devices peer to peer
 
 Usage: quicmap <command> [options]
@@ -42,12 +37,12 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(`${pkg.default.version}\n`);
     return 0;
   }
-  const load = loaders[name];
-  if (!load) {
+  const entry = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+  if (!entry) {
     process.stderr.write(`quicmap: unknown command "${name}"\n\n${topHelp()}`);
     return 2;
   }
-  const cmd = await load();
+  const cmd = await entry.load();
   if (rest.includes('--help') || rest.includes('-h')) {
     process.stdout.write(cmd.usage.endsWith('\n') ? cmd.usage : `${cmd.usage}\n`);
     return 0;

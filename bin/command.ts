@@ -7,8 +7,6 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 
 export interface Command {
   name: string;
-  /** One line for the command list. */
-  summary: string;
   /** Full help text, printed for --help. */
   usage: string;
   /** Runs the command; resolves to the process exit code. */

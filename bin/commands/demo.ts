@@ -49,7 +49,6 @@ interface Step {
 
 export const demo: Command = {
   name: 'demo',
-  summary: 'run a local demo swarm on loopback and print a summary',
   usage,
   async run(argv) {
     const { values } = parseFlags('demo', argv, {

@@ -41,7 +41,6 @@ Examples:
 
 export const mount: Command = {
   name: 'mount',
-  summary: "mount a peer's shared region from its ticket, as a local NBD export",
   usage,
   async run(argv) {
     const { values, positionals } = parseFlags(

@@ -34,7 +34,6 @@ Examples:
 
 export const nbd: Command = {
   name: 'nbd',
-  summary: 'serve a local region over NBD (and optionally mount it for mmap)',
   usage,
   async run(argv) {
     const { values } = parseFlags('nbd', argv, {

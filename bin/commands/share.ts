@@ -69,7 +69,6 @@ function regionIdFor(spec: string, sharerKey: Uint8Array, flag: string | undefin
 
 export const share: Command = {
   name: 'share',
-  summary: 'share a region with peers; prints a ticket for `quicmap mount`',
   usage,
   async run(argv) {
     const { values } = parseFlags('share', argv, {
