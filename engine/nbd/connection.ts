@@ -78,7 +78,6 @@ export class NbdConnection {
   private entry: ExportEntry | undefined;
   private inFlight = 0;
   private inFlightBytes = 0;
-  private writeBlocked = false;
   private disconnecting = false;
   private closed = false;
   private idle: (() => void) | undefined;
@@ -93,10 +92,8 @@ export class NbdConnection {
     this.done = new Promise((r) => (this.resolveDone = r));
     socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
-    socket.on('drain', () => {
-      this.writeBlocked = false;
-      this.updateFlow();
-    });
+    // Unsent reply bytes count against the budget; draining frees it.
+    socket.on('drain', () => this.updateFlow());
     socket.on('error', (err: NodeJS.ErrnoException) => {
       // A client that simply goes away is not worth a log line.
       if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.host.log(`nbd: connection error: ${err.message}`);
@@ -206,8 +203,7 @@ export class NbdConnection {
   private canAcceptMore(): boolean {
     const { maxInFlight, maxInFlightBytes } = this.host.limits;
     // Bytes being worked on plus reply bytes the client has not read yet.
-    const unsent = this.writeBlocked ? this.socket.writableLength : 0;
-    return this.inFlight < maxInFlight && this.inFlightBytes + unsent < maxInFlightBytes;
+    return this.inFlight < maxInFlight && this.inFlightBytes + this.socket.writableLength < maxInFlightBytes;
   }
 
   private updateFlow(): void {
@@ -245,11 +241,11 @@ export class NbdConnection {
       if (req.gathered) pool.give(req.gathered);
       if (!this.closed && !this.socket.destroyed) {
         if (!pooled) this.corkForThisTurn();
-        const written = pooled ? this.socket.write(reply, () => pool.give(pooled)) : this.socket.write(reply);
-        // write() says false past Node's 16 KiB high-water mark, i.e. after
-        // every large READ reply; pausing on that would stall the pipeline.
-        // Unsent reply bytes count against the in-flight budget instead.
-        if (!written) this.writeBlocked = true;
+        // write()'s false (past Node's 16 KiB high-water mark, i.e. after every
+        // large READ reply) is not a reason to pause: canAcceptMore counts the
+        // unsent bytes against the in-flight budget instead.
+        if (pooled) this.socket.write(reply, () => pool.give(pooled));
+        else this.socket.write(reply);
       }
       if (this.inFlight === 0 && this.idle) {
         const r = this.idle;
