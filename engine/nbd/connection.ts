@@ -233,7 +233,9 @@ export class NbdConnection {
     const bytes = req.type === CMD_READ || req.type === CMD_WRITE ? Math.min(req.length, this.host.limits.maxPayload) : 0;
     this.inFlight++;
     this.inFlightBytes += bytes;
-    void this.execute(req).then(({ reply, pooled }) => {
+    void this.run(req).then((r) => {
+      const reply = Buffer.isBuffer(r) ? r : r.reply;
+      const pooled = Buffer.isBuffer(r) ? undefined : r.pooled;
       this.inFlight--;
       this.inFlightBytes -= bytes;
       const pool = this.host.buffers;
@@ -287,12 +289,7 @@ export class NbdConnection {
     this.socket.end(() => this.socket.destroy());
   }
 
-  /** Run one request; always resolves to the complete reply bytes (and the pool buffer behind them, if any). */
-  private async execute(req: NbdRequest): Promise<{ reply: Buffer; pooled?: Buffer }> {
-    const r = await this.run(req);
-    return Buffer.isBuffer(r) ? { reply: r } : r;
-  }
-
+  /** Run one request; always resolves to the complete reply (a READ's comes with the pool buffer behind it). */
   private async run(req: NbdRequest): Promise<Buffer | { reply: Buffer; pooled: Buffer }> {
     const entry = this.entry!;
     const { store } = entry;
