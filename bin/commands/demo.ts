@@ -6,7 +6,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,6 +16,7 @@ import { MemoryBackend } from '../../engine/backends/memory.ts';
 import { NbdClient } from '../../engine/nbd/client.ts';
 import { NbdServer } from '../../engine/nbd/server.ts';
 import { mountExport } from '../../engine/mount/mount.ts';
+import { nbdfuseAvailable } from '../../engine/mount/nbdfuse.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
 import { formatRate, formatSize, parseSize } from '../../engine/size.ts';
 import { shareRegion } from '../../p2p/share.ts';
@@ -212,8 +213,9 @@ async function realClients(uri: string, size: number, record: (s: Step) => void)
 }
 
 async function fuseStep(server: NbdServer, work: string, seed: Uint8Array, record: (s: Step) => void): Promise<void> {
-  if (!has('nbdfuse') || !existsSync('/dev/fuse')) {
-    record({ step: 'mmap-able file on B (nbdfuse)', ok: false, detail: '', skipped: 'needs nbdfuse and /dev/fuse (apt-get install libnbd-bin fuse3)' });
+  const fuse = nbdfuseAvailable();
+  if (!fuse.ok) {
+    record({ step: 'mmap-able file on B (nbdfuse)', ok: false, detail: '', skipped: fuse.reason ?? 'nbdfuse unavailable' });
     return;
   }
   try {
