@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MiB, median, requireTools, socketReady, startServer, stopServer, table, timeCommand, waitExit } from './_lib.ts';
-import { parseSize } from '../engine/size.ts';
+import { parseSize } from '../base/size.ts';
 
 const QUICMAP = join(import.meta.dirname, '..', 'bin', 'quicmap.js');
 

@@ -1,6 +1,6 @@
 /** Entry point of the `quicmap` command: dispatches to bin/commands/*. */
 import { UsageError, type Command } from './command.ts';
-import { QuicmapError } from '../engine/errors.ts';
+import { QuicmapError } from '../base/errors.ts';
 
 // One entry per subcommand: its line in the top-level help, and the module
 // behind it, loaded only when the command runs (so `--help` stays fast and

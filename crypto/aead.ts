@@ -13,7 +13,7 @@
  * clear-text length prefix that way).
  */
 import { createCipheriv, createDecipheriv, hkdfSync, type CipherGCM, type DecipherGCM } from 'node:crypto';
-import { QuicmapError } from '../engine/errors.ts';
+import { QuicmapError } from '../base/errors.ts';
 
 export const AEAD_ALGORITHM = 'aes-256-gcm';
 export const TAG_BYTES = 16;

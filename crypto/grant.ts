@@ -13,7 +13,7 @@
 import sodium from 'libsodium-wrappers';
 import { Packr } from 'msgpackr';
 import { randomBytes } from 'node:crypto';
-import { QuicmapError } from '../engine/errors.ts';
+import { QuicmapError } from '../base/errors.ts';
 import type { Identity } from './identity.ts';
 import { base32Encode } from './identity.ts';
 

@@ -25,7 +25,7 @@
 import sodium from 'libsodium-wrappers';
 import { createCipheriv, createDecipheriv, createHash, hkdfSync, timingSafeEqual } from 'node:crypto';
 import type { Identity } from './identity.ts';
-import { QuicmapError } from '../engine/errors.ts';
+import { QuicmapError } from '../base/errors.ts';
 
 /** Protocol name and version; a peer speaking anything else is refused at the first message. */
 export const MAGIC = Buffer.from('QMTCP\x00\x00\x01', 'latin1');

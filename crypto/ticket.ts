@@ -6,7 +6,7 @@
  * so a double-click selects the whole ticket in a terminal, and case
  * mangling cannot damage it. ~260 characters for one address.
  */
-import { QuicmapError } from '../engine/errors.ts';
+import { QuicmapError } from '../base/errors.ts';
 import { base32Decode, base32Encode } from './identity.ts';
 import { checkGrantTime, openGrant, type GrantClaims, type SignedGrant } from './grant.ts';
 

@@ -10,7 +10,7 @@ import type { Identity } from '../crypto/identity.ts';
 import { base32Encode } from '../crypto/identity.ts';
 import { regionIdText } from '../crypto/grant.ts';
 import { parseTicket, type Ticket } from '../crypto/ticket.ts';
-import { QuicmapError } from '../engine/errors.ts';
+import { QuicmapError } from '../base/errors.ts';
 import { RemoteRegion, type RemoteRegionOptions } from '../engine/remote/region.ts';
 import type { Connection, Transport } from '../transports/transport.ts';
 import { openTransport } from './transports.ts';

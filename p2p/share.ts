@@ -7,7 +7,7 @@
 import type { Identity } from '../crypto/identity.ts';
 import { newRegionId, regionIdText, signGrant, type Rights, type TransportName } from '../crypto/grant.ts';
 import { encodeTicket } from '../crypto/ticket.ts';
-import { QuicmapError } from '../engine/errors.ts';
+import { QuicmapError } from '../base/errors.ts';
 import type { ReadWriterAt } from '../engine/rwat.ts';
 import type { Limits } from '../engine/protocol/messages.ts';
 import { RegionServer } from '../engine/remote/server.ts';

@@ -4,7 +4,7 @@
  * judged by RemoteRegion's pings (seconds), not by QUIC's idle timer.
  */
 import type { Identity } from '../crypto/identity.ts';
-import { QuicmapError } from '../engine/errors.ts';
+import { QuicmapError } from '../base/errors.ts';
 import type { Transport } from '../transports/transport.ts';
 
 export type TransportChoice = 'quic' | 'tcp' | Transport;

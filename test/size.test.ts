@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { formatSize, parseSize } from '../engine/size.ts';
+import { formatSize, parseSize } from '../base/size.ts';
 
 test('parseSize reads binary and decimal units', () => {
   assert.is(parseSize('4096'), 4096);

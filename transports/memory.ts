@@ -19,8 +19,8 @@
  */
 import type { ByteStream, Connection, Listener, Transport } from './transport.ts';
 import type { Identity } from '../crypto/identity.ts';
-import { ClosedError, QuicmapError } from '../engine/errors.ts';
-import { AsyncQueue } from './async-queue.ts';
+import { ClosedError, QuicmapError } from '../base/errors.ts';
+import { AsyncQueue } from '../base/async-queue.ts';
 import { InboundBuffer } from './inbound.ts';
 import { equalBytes } from './util.ts';
 

@@ -28,8 +28,8 @@
  * so an OPEN beyond the advertised limit is a protocol violation.
  */
 import type { ByteStream, Connection } from './transport.ts';
-import { ClosedError, ProtocolError, QuicmapError } from '../engine/errors.ts';
-import { AsyncQueue } from './async-queue.ts';
+import { ClosedError, ProtocolError, QuicmapError } from '../base/errors.ts';
+import { AsyncQueue } from '../base/async-queue.ts';
 import { InboundBuffer } from './inbound.ts';
 import type { SecureLink } from './secure-link.ts';
 

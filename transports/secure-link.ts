@@ -17,7 +17,7 @@
 import type { Socket } from 'node:net';
 import { RecordOpener, RecordSealer, TAG_BYTES } from '../crypto/aead.ts';
 import type { SessionKeys } from '../crypto/handshake.ts';
-import { QuicmapError } from '../engine/errors.ts';
+import { QuicmapError } from '../base/errors.ts';
 
 /** Large records are encrypted and written in slices of this size (pipelining with the peer's decryption). */
 const SEAL_SLICE = 64 * 1024;

@@ -14,7 +14,7 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import type { Connection, Listener, Transport } from './transport.ts';
 import type { Identity } from '../crypto/identity.ts';
-import { ClosedError, QuicmapError } from '../engine/errors.ts';
+import { ClosedError, QuicmapError } from '../base/errors.ts';
 import {
   FINISH_BYTES,
   HELLO_BYTES,
@@ -24,7 +24,7 @@ import {
   handshakeReady,
   type SessionKeys,
 } from '../crypto/handshake.ts';
-import { AsyncQueue } from './async-queue.ts';
+import { AsyncQueue } from '../base/async-queue.ts';
 import { ByteAccumulator } from './byte-accumulator.ts';
 import { MuxSession, type MuxOptions } from './mux.ts';
 import { SecureLink } from './secure-link.ts';

@@ -1,6 +1,6 @@
 /** Small helpers shared by the transports. */
 import { timingSafeEqual } from 'node:crypto';
-import { QuicmapError } from '../engine/errors.ts';
+import { QuicmapError } from '../base/errors.ts';
 
 /** Constant-time comparison of two keys (lengths are public). */
 export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {

@@ -18,7 +18,7 @@ import { NbdServer } from '../../engine/nbd/server.ts';
 import { mountExport } from '../../engine/mount/mount.ts';
 import { nbdfuseAvailable } from '../../engine/mount/nbdfuse.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
-import { formatRate, formatSize, parseSize } from '../../engine/size.ts';
+import { formatRate, formatSize, parseSize } from '../../base/size.ts';
 import { shareRegion } from '../../p2p/share.ts';
 import { mountTicket } from '../../p2p/mount.ts';
 

@@ -6,7 +6,7 @@ import { regionIdText } from '../../crypto/grant.ts';
 import { GuardLayer } from '../../engine/layers/guard.ts';
 import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
 import { mountExport, type Mounted } from '../../engine/mount/mount.ts';
-import { formatSize } from '../../engine/size.ts';
+import { formatSize } from '../../base/size.ts';
 import { mountTicket, type MountedTicket } from '../../p2p/mount.ts';
 import { parseDuration } from './share.ts';
 

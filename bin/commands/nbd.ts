@@ -3,7 +3,7 @@ import { type Command, UsageError, log, parseFlags, parseHostPort, untilSignal }
 import { openBackend } from '../../engine/backends/open.ts';
 import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
 import { mountExport, type Mounted } from '../../engine/mount/mount.ts';
-import { formatSize, parseSize } from '../../engine/size.ts';
+import { formatSize, parseSize } from '../../base/size.ts';
 
 const usage = `Usage: quicmap nbd --size SIZE [options]
 

@@ -5,7 +5,7 @@ import { type Command, UsageError, log, parseFlags, untilSignal } from '../comma
 import { base32Decode, loadOrCreateIdentity, defaultIdentityPath } from '../../crypto/identity.ts';
 import { regionIdText } from '../../crypto/grant.ts';
 import { openBackend, parseBackendSpec } from '../../engine/backends/open.ts';
-import { formatSize, parseSize } from '../../engine/size.ts';
+import { formatSize, parseSize } from '../../base/size.ts';
 import { shareRegion } from '../../p2p/share.ts';
 
 const usage = `Usage: quicmap share --size SIZE --listen HOST:PORT [options]

@@ -36,8 +36,8 @@
  */
 import fs from 'node:fs';
 import { join } from 'node:path';
-import { ClosedError, QuicmapError, ReadOnlyError } from '../errors.ts';
-import { chunkPieces } from '../chunk-pieces.ts';
+import { ClosedError, QuicmapError, ReadOnlyError } from '../../base/errors.ts';
+import { chunkPieces } from '../../base/chunk-pieces.ts';
 import { lockRegionDir } from './owner-lock.ts';
 import { pushExtent, type Extent, type ReadWriterAt, type StoreCaps, type WriteOptions, type ZeroOptions } from '../rwat.ts';
 import {

@@ -22,7 +22,7 @@
  * has no lseek, so "seek to the end" is a binary search over pread).
  */
 import fs from 'node:fs';
-import { ClosedError, QuicmapError, ReadOnlyError } from '../errors.ts';
+import { ClosedError, QuicmapError, ReadOnlyError } from '../../base/errors.ts';
 import { pushExtent, zeroFallback } from '../rwat.ts';
 import type { Extent, ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 

@@ -19,9 +19,9 @@
  * nbdcopy's default request size (a typical request touches one chunk), and
  * keeps the chunk map short (4 Ki entries per GiB written).
  */
-import { ClosedError, ReadOnlyError } from '../errors.ts';
+import { ClosedError, ReadOnlyError } from '../../base/errors.ts';
 import { pushExtent, type Extent, type ReadWriterAt, type StoreCaps, type WriteOptions, type ZeroOptions } from '../rwat.ts';
-import { chunkPieces } from '../chunk-pieces.ts';
+import { chunkPieces } from '../../base/chunk-pieces.ts';
 
 export const DEFAULT_MEMORY_CHUNK_SIZE = 256 * 1024;
 

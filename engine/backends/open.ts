@@ -3,7 +3,7 @@
  * store, so every command opens backends the same way and fails the same way
  * (a typed EINVAL error naming the accepted forms, or the missing size).
  */
-import { QuicmapError } from '../errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 import type { ReadWriterAt } from '../rwat.ts';
 import { DirectoryBackend } from './directory.ts';
 import { FileBackend, MissingSizeError } from './file.ts';

@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs';
 import { join } from 'node:path';
-import { QuicmapError } from '../errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 
 export const LOCK_FILE = 'quicmap-region.lock';
 

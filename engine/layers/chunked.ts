@@ -20,8 +20,8 @@
  * disjoint ones run in parallel. Reads take no lock (as on a disk, a read
  * racing a write of the same bytes may see either).
  */
-import { ClosedError } from '../errors.ts';
-import { chunkPieces } from '../chunk-pieces.ts';
+import { ClosedError } from '../../base/errors.ts';
+import { chunkPieces } from '../../base/chunk-pieces.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 
 interface Held {

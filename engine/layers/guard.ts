@@ -10,7 +10,7 @@
  * `maxRequest` bounds read/write payloads only: trim and writeZeroes carry
  * no payload, and NBD clients send them over large ranges.
  */
-import { ClosedError, OutOfRangeError, QuicmapError, ReadOnlyError, RequestTooLargeError } from '../errors.ts';
+import { ClosedError, OutOfRangeError, QuicmapError, ReadOnlyError, RequestTooLargeError } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 
 /** An offset or length that is not a non-negative safe integer. */

@@ -20,7 +20,7 @@
  */
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { QuicmapError } from '../errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 import type { ChangeTracker } from './tracker.ts';
 
 export type HashName = 'xxh64' | 'xxh3-64' | 'xxh3-128' | 'xxh128' | 'sha1' | 'md5' | 'sha256' | 'blake3';

@@ -32,7 +32,7 @@
  * racing with `takeDirty()` is reported now or by the next call, never lost.
  * Writes stay local; `writeBack()` pushes the dirty chunks to the source.
  */
-import { ClosedError, OutOfRangeError, QuicmapError } from '../errors.ts';
+import { ClosedError, OutOfRangeError, QuicmapError } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import { zeroFallback } from '../rwat.ts';
 import { GRANULE_FAILED, GRANULE_PRESENT, PREFETCH_BIT, loadNative, type NativeBinding, type UffdRegion, type UffdRegionStats } from '../../native/index.ts';

@@ -10,7 +10,7 @@
  * to answer. Touch such mappings from a worker (`MemoryMapping.attach(id)`).
  */
 import { closeSync, fstatSync, openSync } from 'node:fs';
-import { QuicmapError } from '../errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 import { loadNative, type NativeBinding } from '../../native/index.ts';
 
 export interface MapOptions {

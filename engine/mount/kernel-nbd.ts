@@ -20,7 +20,7 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
-import { QuicmapError } from '../errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 import { loadNative, nativeUnavailableReason } from '../../native/index.ts';
 
 /** _IO(0xab, n): the kernel NBD ioctls (include/uapi/linux/nbd.h). */

@@ -6,7 +6,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QuicmapError } from '../errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 import type { NbdServer } from '../nbd/server.ts';
 import { mountWithNbdfuse, nbdfuseAvailable } from './nbdfuse.ts';
 import { kernelNbdAvailable, mountKernelNbd } from './kernel-nbd.ts';

@@ -8,7 +8,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QuicmapError } from '../errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 
 export interface FuseMountOptions {
   /** NBD URI of the export (a unix-socket URI is fastest). */

@@ -7,7 +7,7 @@
  * target supports GO). Many requests in flight, matched by handle.
  */
 import { connect, type Socket } from 'node:net';
-import { ClosedError, ProtocolError, QuicmapError, type ErrorCode } from '../errors.ts';
+import { ClosedError, ProtocolError, QuicmapError, type ErrorCode } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import {
   CMD_DISC,

@@ -5,7 +5,7 @@
  * and unsent replies are bounded by pausing the socket.
  */
 import type { Socket } from 'node:net';
-import { errorCode, type ErrorCode } from '../errors.ts';
+import { errorCode, type ErrorCode } from '../../base/errors.ts';
 import {
   CMD_BLOCK_STATUS,
   CMD_CACHE,

@@ -8,7 +8,7 @@
  * Request-id allocation and timers live in the adapter (engine/remote/link.ts);
  * this file only knows frames and states.
  */
-import { ProtocolError, QuicmapError, type ErrorCode } from '../errors.ts';
+import { ProtocolError, QuicmapError, type ErrorCode } from '../../base/errors.ts';
 import { FrameDecoder } from './decoder.ts';
 import { FrameType, frameTypeName, type FrameHeader } from './frame.ts';
 import {

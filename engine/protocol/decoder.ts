@@ -14,7 +14,7 @@
  * that chunk. A `sink` may supply the destination for a payload (the client
  * points READ replies straight into the caller's buffer).
  */
-import { ProtocolError, RequestTooLargeError } from '../errors.ts';
+import { ProtocolError, RequestTooLargeError } from '../../base/errors.ts';
 import {
   CONTROL_TYPES,
   FrameType,

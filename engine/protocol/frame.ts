@@ -15,7 +15,7 @@
  * Keeping `length` apart from `payloadLength` lets the decoder judge the
  * payload size before it buffers anything, whatever the frame type.
  */
-import type { ErrorCode } from '../errors.ts';
+import type { ErrorCode } from '../../base/errors.ts';
 
 export const HEADER_SIZE = 24;
 

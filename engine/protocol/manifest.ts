@@ -10,7 +10,7 @@
  */
 import sodium from 'libsodium-wrappers';
 import { Packr } from 'msgpackr';
-import { ProtocolError } from '../errors.ts';
+import { ProtocolError } from '../../base/errors.ts';
 import type { Identity } from '../../crypto/identity.ts';
 
 const packr = new Packr({ useRecords: false, int64AsType: 'number', mapsAsObjects: true, moreTypes: false });

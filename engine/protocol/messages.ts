@@ -10,7 +10,7 @@
  * them without concatenating (no copy of bulk data).
  */
 import { Packr } from 'msgpackr';
-import { ProtocolError, type ErrorCode } from '../errors.ts';
+import { ProtocolError, type ErrorCode } from '../../base/errors.ts';
 import { Flag, FrameType, codeOfStatus, encodeHeader, statusOf, type Frame } from './frame.ts';
 
 // Records (msgpackr's shared structures) are off: bodies are small, rare and

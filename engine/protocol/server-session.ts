@@ -10,7 +10,7 @@
  * writing (EPERM otherwise — enforced by the sharer, not trusted to the
  * client), the id is not already in flight, in-flight stays bounded.
  */
-import { ProtocolError, errorCode, type ErrorCode } from '../errors.ts';
+import { ProtocolError, errorCode, type ErrorCode } from '../../base/errors.ts';
 import { FrameDecoder, type DecodedItem } from './decoder.ts';
 import { Flag, FrameType, frameTypeName, type Frame } from './frame.ts';
 import {

@@ -21,7 +21,7 @@
  * measurements under loss call for it.
  */
 import type { ByteStream, Connection } from '../../transports/transport.ts';
-import { QuicmapError, type ErrorCode } from '../errors.ts';
+import { QuicmapError, type ErrorCode } from '../../base/errors.ts';
 import { ClientSession } from '../protocol/client-session.ts';
 import { FrameWriter } from './frame-writer.ts';
 import { verifyManifest, type Manifest } from '../protocol/manifest.ts';

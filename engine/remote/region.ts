@@ -23,13 +23,13 @@
  *   with that error instead of retrying forever.
  */
 import type { Connection } from '../../transports/transport.ts';
-import { ClosedError, QuicmapError } from '../errors.ts';
+import { ClosedError, QuicmapError } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import type { Manifest } from '../protocol/manifest.ts';
 import type { Limits } from '../protocol/messages.ts';
 import { ClientLink, isRefusal } from './link.ts';
 import { DEFAULT_LIMITS } from './server.ts';
-import { Semaphore } from './semaphore.ts';
+import { Semaphore } from '../../base/semaphore.ts';
 
 export interface RemoteRegionOptions {
   /** Dial the sharer (transport + address + expected key); called again on reconnect. */

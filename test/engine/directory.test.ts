@@ -4,7 +4,7 @@ import { readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DirectoryBackend, METADATA_FILE, RegionMetadataError, chunkFileName } from '../../engine/backends/directory.ts';
 import { MissingSizeError } from '../../engine/backends/file.ts';
-import { ClosedError, ReadOnlyError } from '../../engine/errors.ts';
+import { ClosedError, ReadOnlyError } from '../../base/errors.ts';
 import { Scope } from '../helpers/env.ts';
 import { assertBytes, fuzzStore, randomBytes, rejectsWith, rng } from './model.ts';
 

@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert';
 import { existsSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { FileBackend, MissingSizeError, SizeMismatchError } from '../../engine/backends/file.ts';
-import { ClosedError, QuicmapError, ReadOnlyError } from '../../engine/errors.ts';
+import { ClosedError, QuicmapError, ReadOnlyError } from '../../base/errors.ts';
 import { Scope, hasTool, needCondition, run } from '../helpers/env.ts';
 import { assertBytes, fuzzStore, randomBytes, rejectsWith, rng } from './model.ts';
 

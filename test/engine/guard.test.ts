@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MemoryBackend } from '../../engine/backends/memory.ts';
-import { ClosedError, OutOfRangeError, QuicmapError, ReadOnlyError, RequestTooLargeError } from '../../engine/errors.ts';
+import { ClosedError, OutOfRangeError, QuicmapError, ReadOnlyError, RequestTooLargeError } from '../../base/errors.ts';
 import { GuardLayer, InvalidRequestError } from '../../engine/layers/guard.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
 import { rejectsWith } from './model.ts';

@@ -1,7 +1,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MemoryBackend } from '../../engine/backends/memory.ts';
-import { ClosedError, ReadOnlyError } from '../../engine/errors.ts';
+import { ClosedError, ReadOnlyError } from '../../base/errors.ts';
 import { fuzzStore, rejectsWith } from './model.ts';
 
 const KiB = 1024;

@@ -9,7 +9,7 @@
  * `RecordingStore` wraps any ReadWriterAt and records the same events, for
  * tests that want a real backend underneath.
  */
-import { ClosedError, ReadOnlyError } from '../../engine/errors.ts';
+import { ClosedError, ReadOnlyError } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../../engine/rwat.ts';
 
 export type StoreEvent =

@@ -1,6 +1,6 @@
 /** Helpers for the native tests: a worker that touches mappings, patterns, a tiny store. */
 import { Worker } from 'node:worker_threads';
-import { ClosedError } from '../../engine/errors.ts';
+import { ClosedError } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps } from '../../engine/rwat.ts';
 import { nativeAvailable, nativeUnavailableReason, loadNative } from '../../native/index.ts';
 

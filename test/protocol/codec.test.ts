@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert';
 import { FrameDecoder, type DecodedItem } from '../../engine/protocol/decoder.ts';
 import { FrameType, HEADER_SIZE, encodeHeader, readHeader, codeOfStatus, statusOf } from '../../engine/protocol/frame.ts';
 import { encodeError, encodeHello, encodeOk, encodeRead, encodeWrite, decodeError, decodeHello, MAX_CONTROL_BODY } from '../../engine/protocol/messages.ts';
-import { ProtocolError } from '../../engine/errors.ts';
+import { ProtocolError } from '../../base/errors.ts';
 
 const isProto = (e: unknown) => e instanceof ProtocolError;
 const LIMITS = { maxPayload: 64 * 1024, maxControl: MAX_CONTROL_BODY };

@@ -13,7 +13,7 @@ import { ClientSession } from '../../engine/protocol/client-session.ts';
 import { FrameDecoder } from '../../engine/protocol/decoder.ts';
 import { FrameType, encodeHeader } from '../../engine/protocol/frame.ts';
 import { encodeFlush, encodeHello, encodeOk, encodeRead, encodeTrim, encodeWrite, encodeZero, encodeError, encodeWelcome } from '../../engine/protocol/messages.ts';
-import { QuicmapError } from '../../engine/errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 
 const SEED = Number(process.env.QUICMAP_FUZZ_SEED ?? 1234567);
 const ITER = Number(process.env.QUICMAP_FUZZ_ITER ?? 3000);

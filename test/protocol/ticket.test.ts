@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert';
 import { generateIdentity } from '../../crypto/identity.ts';
 import { newRegionId, signGrant, verifyGrantFor } from '../../crypto/grant.ts';
 import { encodeTicket, parseTicket, TICKET_PREFIX } from '../../crypto/ticket.ts';
-import { QuicmapError } from '../../engine/errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 
 const code = (c: string) => (e: unknown) => e instanceof QuicmapError && e.code === c;
 

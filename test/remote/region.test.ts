@@ -7,7 +7,7 @@ import type { Connection, Listener } from '../../transports/transport.ts';
 import { MemoryBackend } from '../../engine/backends/memory.ts';
 import { RegionServer } from '../../engine/remote/server.ts';
 import { RemoteRegion, type RemoteRegionOptions } from '../../engine/remote/region.ts';
-import { QuicmapError } from '../../engine/errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
 import { withTimeout } from '../helpers/env.ts';
 

@@ -8,7 +8,7 @@ import type { Test } from 'uvu';
 import { createHash, randomBytes } from 'node:crypto';
 import type { ByteStream, Connection, Listener, Transport } from '../../transports/transport.ts';
 import { generateIdentity, type Identity } from '../../crypto/identity.ts';
-import { QuicmapError } from '../../engine/errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 import { Scope, withTimeout } from '../helpers/env.ts';
 
 export interface TransportFactory {

@@ -5,7 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { RecordOpener, RecordSealer } from '../../crypto/aead.ts';
 import { FINISH_BYTES, HandshakeInitiator, HandshakeResponder, handshakeReady } from '../../crypto/handshake.ts';
 import { generateIdentity } from '../../crypto/identity.ts';
-import { QuicmapError } from '../../engine/errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 import { Scope, withTimeout } from '../helpers/env.ts';
 
 const suiteTest = suite('transport/crypto');

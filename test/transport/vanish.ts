@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { Transport } from '../../transports/transport.ts';
 import { generateIdentity, type Identity } from '../../crypto/identity.ts';
 import { Scope, killTree, withTimeout } from '../helpers/env.ts';
-import { QuicmapError } from '../../engine/errors.ts';
+import { QuicmapError } from '../../base/errors.ts';
 
 const child = fileURLToPath(new URL('./peer-child.ts', import.meta.url));
 
