@@ -11,7 +11,7 @@ import { base32Encode } from '../crypto/identity.ts';
 import { regionIdText } from '../crypto/grant.ts';
 import { parseTicket, type Ticket } from '../crypto/ticket.ts';
 import { QuicmapError } from '../base/errors.ts';
-import { RemoteRegion, type RemoteRegionOptions } from '../engine/remote/region.ts';
+import { RemoteRegion, type RemoteRegionOptions } from './remote/region.ts';
 import type { Connection, Transport } from '../transports/transport.ts';
 import { openTransport } from './transports.ts';
 

@@ -9,8 +9,8 @@ import { newRegionId, regionIdText, signGrant, type Rights, type TransportName }
 import { encodeTicket } from '../crypto/ticket.ts';
 import { QuicmapError } from '../base/errors.ts';
 import type { ReadWriterAt } from '../engine/rwat.ts';
-import type { Limits } from '../engine/protocol/messages.ts';
-import { RegionServer } from '../engine/remote/server.ts';
+import type { Limits } from './protocol/messages.ts';
+import { RegionServer } from './remote/server.ts';
 import type { Transport } from '../transports/transport.ts';
 import { openTransport, type TransportChoice } from './transports.ts';
 

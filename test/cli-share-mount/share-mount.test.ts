@@ -213,7 +213,7 @@ for (const transport of TRANSPORTS) {
         const { parseTicket } = await import('../../crypto/ticket.ts');
         const { generateIdentity } = await import('../../crypto/identity.ts');
         const { openTransport } = await import('../../p2p/transports.ts');
-        const { encodeHello } = await import('../../engine/protocol/messages.ts');
+        const { encodeHello } = await import('../../p2p/protocol/messages.ts');
         const t = await parseTicket(share.first);
         const me = await generateIdentity();
         const tr = await openTransport(transport, me);

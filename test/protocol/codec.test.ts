@@ -1,8 +1,8 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { FrameDecoder, type DecodedItem } from '../../engine/protocol/decoder.ts';
-import { FrameType, HEADER_SIZE, encodeHeader, readHeader, codeOfStatus, statusOf } from '../../engine/protocol/frame.ts';
-import { encodeError, encodeHello, encodeOk, encodeRead, encodeWrite, decodeError, decodeHello, MAX_CONTROL_BODY } from '../../engine/protocol/messages.ts';
+import { FrameDecoder, type DecodedItem } from '../../p2p/protocol/decoder.ts';
+import { FrameType, HEADER_SIZE, encodeHeader, readHeader, codeOfStatus, statusOf } from '../../p2p/protocol/frame.ts';
+import { encodeError, encodeHello, encodeOk, encodeRead, encodeWrite, decodeError, decodeHello, MAX_CONTROL_BODY } from '../../p2p/protocol/messages.ts';
 import { ProtocolError } from '../../base/errors.ts';
 
 const isProto = (e: unknown) => e instanceof ProtocolError;

@@ -8,11 +8,11 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { Packr } from 'msgpackr';
-import { ServerSession } from '../../engine/protocol/server-session.ts';
-import { ClientSession } from '../../engine/protocol/client-session.ts';
-import { FrameDecoder } from '../../engine/protocol/decoder.ts';
-import { FrameType, encodeHeader } from '../../engine/protocol/frame.ts';
-import { encodeFlush, encodeHello, encodeOk, encodeRead, encodeTrim, encodeWrite, encodeZero, encodeError, encodeWelcome } from '../../engine/protocol/messages.ts';
+import { ServerSession } from '../../p2p/protocol/server-session.ts';
+import { ClientSession } from '../../p2p/protocol/client-session.ts';
+import { FrameDecoder } from '../../p2p/protocol/decoder.ts';
+import { FrameType, encodeHeader } from '../../p2p/protocol/frame.ts';
+import { encodeFlush, encodeHello, encodeOk, encodeRead, encodeTrim, encodeWrite, encodeZero, encodeError, encodeWelcome } from '../../p2p/protocol/messages.ts';
 import { QuicmapError } from '../../base/errors.ts';
 
 const SEED = Number(process.env.QUICMAP_FUZZ_SEED ?? 1234567);

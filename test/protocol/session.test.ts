@@ -1,9 +1,9 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { ServerSession, type ServerEvent } from '../../engine/protocol/server-session.ts';
-import { ClientSession, type ClientEvent } from '../../engine/protocol/client-session.ts';
-import { encodeRead, encodeWrite, encodeTrim, encodeHello, encodeFlush } from '../../engine/protocol/messages.ts';
-import { FrameType, encodeHeader } from '../../engine/protocol/frame.ts';
+import { ServerSession, type ServerEvent } from '../../p2p/protocol/server-session.ts';
+import { ClientSession, type ClientEvent } from '../../p2p/protocol/client-session.ts';
+import { encodeRead, encodeWrite, encodeTrim, encodeHello, encodeFlush } from '../../p2p/protocol/messages.ts';
+import { FrameType, encodeHeader } from '../../p2p/protocol/frame.ts';
 
 const cat = (parts: Uint8Array[]) => Buffer.concat(parts);
 const info = (readOnly = false) => ({ size: 1 << 20, readOnly, manifest: new Uint8Array([1]), manifestSig: new Uint8Array(64) });

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { FrameWriter } from '../../engine/remote/frame-writer.ts';
+import { FrameWriter } from '../../p2p/remote/frame-writer.ts';
 import type { ByteStream } from '../../transports/transport.ts';
 
 /** A stream whose write takes a while and records overlapping calls. */

@@ -7,7 +7,7 @@ import { MemoryBackend } from '../../engine/backends/memory.ts';
 import { shareRegion } from '../../p2p/share.ts';
 import { mountTicket } from '../../p2p/mount.ts';
 import { QuicmapError } from '../../base/errors.ts';
-import { RegionServer } from '../../engine/remote/server.ts';
+import { RegionServer } from '../../p2p/remote/server.ts';
 import { newRegionId } from '../../crypto/grant.ts';
 import { withTimeout } from '../helpers/env.ts';
 

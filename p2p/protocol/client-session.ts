@@ -5,7 +5,7 @@
  * registered for their id (`expectRead`), so a remote read costs no copy
  * beyond the one out of the transport.
  *
- * Request-id allocation and timers live in the adapter (engine/remote/link.ts);
+ * Request-id allocation and timers live in the adapter (p2p/remote/link.ts);
  * this file only knows frames and states.
  */
 import { ProtocolError, QuicmapError, type ErrorCode } from '../../base/errors.ts';

@@ -16,7 +16,7 @@ import { base32Encode } from '../../crypto/identity.ts';
 import { regionIdText, verifyGrantFor } from '../../crypto/grant.ts';
 import type { ByteStream, Connection, Listener } from '../../transports/transport.ts';
 import { QuicmapError, errorCode } from '../../base/errors.ts';
-import type { ReadWriterAt } from '../rwat.ts';
+import type { ReadWriterAt } from '../../engine/rwat.ts';
 import { signManifest } from '../protocol/manifest.ts';
 import type { Capability, HelloBody, Limits } from '../protocol/messages.ts';
 import { ServerSession, type ServerRequest } from '../protocol/server-session.ts';

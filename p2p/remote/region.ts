@@ -24,7 +24,7 @@
  */
 import type { Connection } from '../../transports/transport.ts';
 import { ClosedError, QuicmapError } from '../../base/errors.ts';
-import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../../engine/rwat.ts';
 import type { Manifest } from '../protocol/manifest.ts';
 import type { Limits } from '../protocol/messages.ts';
 import { ClientLink, isRefusal } from './link.ts';

@@ -1,6 +1,6 @@
 /**
  * The serving side of one protocol session, sans-IO: bytes in, events out.
- * The I/O adapter (engine/remote/server.ts) feeds it what the stream reads,
+ * The I/O adapter (p2p/remote/server.ts) feeds it what the stream reads,
  * performs the store operations it asks for and writes the frames it returns.
  *
  * States: awaiting-hello → authorizing (the adapter checks the grant, which
