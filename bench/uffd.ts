@@ -16,8 +16,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { MemoryBackend } from '../engine/backends/memory.ts';
-import { HASH_NAMES, HashTracker } from '../engine/memory/hash-tracker.ts';
-import { LazyRegion } from '../engine/memory/lazy-region.ts';
+import { HASH_NAMES, HashTracker } from '../engine/tracking/hash-tracker.ts';
+import { LazyRegion } from '../engine/mmap/lazy-region.ts';
 import { nativeUnavailableReason } from '../native/index.ts';
 
 const MB = 1e6;
@@ -122,7 +122,7 @@ export default async function (args: string[]): Promise<void> {
     if (!args.includes('--skip-fuse')) {
       try {
         const { NbdServer } = await import('../engine/nbd/server.ts');
-        const { mountWithNbdfuse } = await import('../engine/mount/nbdfuse.ts');
+        const { mountWithNbdfuse } = await import('../engine/attach/nbdfuse.ts');
         const work = mkdtempSync(join(tmpdir(), 'quicmap-uffd-bench-'));
         const server = new NbdServer();
         await server.addExport({ name: 'bench', store: mem });

@@ -68,7 +68,7 @@ export const GRANULE_FAILED = 3;
 export const PREFETCH_BIT = 0x80000000;
 
 /**
- * The raw userfaultfd region (engine/memory/lazy-region.ts wraps it).
+ * The raw userfaultfd region (engine/mmap/lazy-region.ts wraps it).
  * `onFaults` runs on the JS thread that created the region with a batch of
  * granule indices (demanded first, then prefetch ones with PREFETCH_BIT set);
  * each must be answered with `fill` or `fail`.

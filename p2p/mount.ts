@@ -18,7 +18,7 @@ import { openTransport } from './transports.ts';
 export interface MountTicketOptions {
   identity: Identity;
   ticket: string;
-  /** Override the ticket's transport with an instance (tests: memory transport). */
+  /** Override the ticket's transport with an instance (tests: the loopback transport). */
   transport?: Transport;
   dialTimeoutMs?: number;
   /** Tuning passed to RemoteRegion (timeouts, liveness, backoff, limits). */

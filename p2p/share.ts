@@ -17,7 +17,7 @@ import { openTransport, type TransportChoice } from './transports.ts';
 export interface ShareOptions {
   identity: Identity;
   store: ReadWriterAt;
-  /** 'quic' (default) or 'tcp', or a transport instance (tests use the memory transport). */
+  /** 'quic' (default) or 'tcp', or a transport instance (tests use the loopback transport). */
   transport?: TransportChoice;
   /** "host:port" to listen on; port 0 picks a free one. */
   listen: string;
@@ -60,7 +60,7 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
   const transport = await openTransport(opts.transport ?? 'quic', opts.identity);
   const ownsTransport = typeof opts.transport === 'string' || opts.transport === undefined;
   const transportName: TransportName = transport.name === 'tcp' ? 'tcp' : 'quic';
-  if (transport.name !== 'quic' && transport.name !== 'tcp' && transport.name !== 'memory') {
+  if (transport.name !== 'quic' && transport.name !== 'tcp' && transport.name !== 'loopback') {
     throw new QuicmapError('EINVAL', `cannot share over the ${transport.name} transport yet`);
   }
   const regionId = opts.regionId ?? newRegionId();

@@ -1,6 +1,6 @@
 /**
  * The one small interface every transport implements (QUIC, TCP, relay, an
- * in-memory pair for tests). The engine talks only to this; it never imports
+ * in-process loopback pair for tests). The engine talks only to this; it never imports
  * a transport library.
  *
  * Identity: every endpoint has an Ed25519 key. `dial` names the public key it
@@ -48,7 +48,7 @@ export interface Listener {
 }
 
 export interface Transport {
-  readonly name: 'quic' | 'tcp' | 'memory' | 'relay';
+  readonly name: 'quic' | 'tcp' | 'loopback' | 'relay';
   listen(address: string): Promise<Listener>;
   dial(address: string, expectedPublicKey: Uint8Array, opts?: { timeoutMs?: number }): Promise<Connection>;
   close(): Promise<void>;

@@ -15,8 +15,8 @@ import { generateIdentity } from '../../crypto/identity.ts';
 import { MemoryBackend } from '../../engine/backends/memory.ts';
 import { NbdClient } from '../../engine/nbd/client.ts';
 import { NbdServer } from '../../engine/nbd/server.ts';
-import { mountExport } from '../../engine/mount/mount.ts';
-import { nbdfuseAvailable } from '../../engine/mount/nbdfuse.ts';
+import { attachExport } from '../../engine/attach/attach.ts';
+import { nbdfuseAvailable } from '../../engine/attach/nbdfuse.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
 import { formatRate, formatSize, parseSize } from '../../base/size.ts';
 import { shareRegion } from '../../p2p/share.ts';
@@ -219,7 +219,7 @@ async function fuseStep(server: NbdServer, work: string, seed: Uint8Array, recor
     return;
   }
   try {
-    const m = await mountExport({ server, exportName: 'remote', dir: join(work, 'mnt') });
+    const m = await attachExport({ server, exportName: 'remote', dir: join(work, 'mnt') });
     try {
       // Async I/O only: a blocking read would stall the event loop that serves this very file.
       const fh = await open(m.path, 'r');
@@ -243,7 +243,7 @@ async function lazyStep(remote: ReadWriterAt, seed: Uint8Array, record: (s: Step
     return;
   }
   try {
-    const { LazyRegion } = await import('../../engine/memory/lazy-region.ts');
+    const { LazyRegion } = await import('../../engine/mmap/lazy-region.ts');
     const lazy = await LazyRegion.open(remote, { granule: 64 * 1024 });
     try {
       const buf = new Uint8Array(seed.length);

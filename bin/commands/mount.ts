@@ -5,7 +5,7 @@ import { defaultIdentityPath, loadOrCreateIdentity } from '../../crypto/identity
 import { regionIdText } from '../../crypto/grant.ts';
 import { GuardLayer } from '../../engine/layers/guard.ts';
 import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
-import { mountExport, type Mounted } from '../../engine/mount/mount.ts';
+import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { formatSize } from '../../base/size.ts';
 import { mountTicket, type MountedTicket } from '../../p2p/mount.ts';
 import { parseDuration } from './share.ts';
@@ -69,7 +69,7 @@ export const mount: Command = {
     const mounted: MountedTicket = await mountTicket({ identity, ticket: ticketText, region: { requestTimeoutMs }, log });
     const server = new NbdServer({ log });
     let endpoint: NbdEndpoint | undefined;
-    let fuse: Mounted | undefined;
+    let fuse: Attached | undefined;
     try {
       const region = mounted.region;
       const readOnly = region.caps.readOnly;
@@ -82,7 +82,7 @@ export const mount: Command = {
       });
       endpoint = await server.listen(values.socket ? { path: values.socket } : listen!);
       const uri = endpoint.uri(values.name);
-      if (values.mount) fuse = await mountExport({ server, exportName: values.name, dir: values.mount, readOnly, log });
+      if (values.mount) fuse = await attachExport({ server, exportName: values.name, dir: values.mount, readOnly, log });
       if (values.json) {
         process.stdout.write(
           `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly, sharer: mounted.sharerId, regionId: regionIdText(mounted.ticket.claims.regionId), transport: mounted.ticket.claims.transport, mount: fuse ? { method: fuse.method, path: fuse.path } : null })}\n`,

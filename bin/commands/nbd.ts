@@ -2,7 +2,7 @@
 import { type Command, UsageError, log, parseFlags, parseHostPort, untilSignal } from '../command.ts';
 import { openBackend } from '../../engine/backends/open.ts';
 import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
-import { mountExport, type Mounted } from '../../engine/mount/mount.ts';
+import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { formatSize, parseSize } from '../../base/size.ts';
 
 const usage = `Usage: quicmap nbd --size SIZE [options]
@@ -53,7 +53,7 @@ export const nbd: Command = {
     const store = await openBackend(values.backend, { size, readOnly, create: true });
     const server = new NbdServer({ log });
     let endpoint: NbdEndpoint | undefined;
-    let mounted: Mounted | undefined;
+    let mounted: Attached | undefined;
     try {
       const info = await server.addExport({
         name: values.name,
@@ -63,7 +63,7 @@ export const nbd: Command = {
       });
       endpoint = await server.listen(values.socket ? { path: values.socket } : parseHostPort(values.listen ?? '127.0.0.1:10809'));
       const uri = endpoint.uri(values.name);
-      if (values.mount) mounted = await mountExport({ server, exportName: values.name, dir: values.mount, readOnly, log });
+      if (values.mount) mounted = await attachExport({ server, exportName: values.name, dir: values.mount, readOnly, log });
       if (values.json) {
         process.stdout.write(
           `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly: info.readOnly, backend: values.backend, mount: mounted ? { method: mounted.method, path: mounted.path } : null })}\n`,

@@ -1,6 +1,6 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { HASH_NAMES, HashTracker } from '../../engine/memory/hash-tracker.ts';
+import { HASH_NAMES, HashTracker } from '../../engine/tracking/hash-tracker.ts';
 import { withTimeout } from '../helpers/env.ts';
 
 for (const hash of HASH_NAMES) {

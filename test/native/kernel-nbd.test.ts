@@ -14,7 +14,7 @@ import {
   listNbdDevices,
   nbdDeviceInUse,
   waitNbdReady,
-} from '../../engine/mount/kernel-nbd.ts';
+} from '../../engine/attach/kernel-nbd.ts';
 import { loadNative } from '../../native/index.ts';
 import { needCondition, Scope, withTimeout } from '../helpers/env.ts';
 import { NATIVE_OK, NATIVE_REASON } from './helpers.ts';
@@ -145,7 +145,7 @@ test('attachKernelNbd on something that is not an NBD device fails cleanly (no f
     return;
   }
   const { readdirSync } = await import('node:fs');
-  const { attachKernelNbd } = await import('../../engine/mount/kernel-nbd.ts');
+  const { attachKernelNbd } = await import('../../engine/attach/kernel-nbd.ts');
   const s = new Scope();
   try {
     const dir = s.tmpdir();
@@ -193,7 +193,7 @@ kernelTest('attach an export to /dev/nbdX, read and write through the device, de
   const { openSync, readSync, writeSync, closeSync, fsyncSync } = await import('node:fs');
   const { MemoryBackend } = await import('../../engine/backends/memory.ts');
   const { NbdServer } = await import('../../engine/nbd/server.ts');
-  const { mountKernelNbd } = await import('../../engine/mount/kernel-nbd.ts');
+  const { mountKernelNbd } = await import('../../engine/attach/kernel-nbd.ts');
   await withTimeout(60_000, 'kernel nbd', async () => {
     const server = new NbdServer();
     const mem = new MemoryBackend(16 << 20);

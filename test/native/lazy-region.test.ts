@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MemoryBackend } from '../../engine/backends/memory.ts';
-import { LazyRegion } from '../../engine/memory/lazy-region.ts';
+import { LazyRegion } from '../../engine/mmap/lazy-region.ts';
 import { needCondition, withTimeout } from '../helpers/env.ts';
 import { fillPattern, patternByte, RegionWorker, TestStore, UFFD_OK, UFFD_REASON, UFFD_WP_OK } from './helpers.ts';
 

@@ -3,8 +3,8 @@ import { closeSync, openSync, readSync, writeSync, ftruncateSync } from 'node:fs
 import { join } from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { HashTracker } from '../../engine/memory/hash-tracker.ts';
-import { MemoryMapping } from '../../engine/memory/mapping.ts';
+import { HashTracker } from '../../engine/tracking/hash-tracker.ts';
+import { MemoryMapping } from '../../engine/mmap/mapping.ts';
 import { loadNative } from '../../native/index.ts';
 import { needCondition, Scope, withTimeout } from '../helpers/env.ts';
 import { NATIVE_OK, NATIVE_REASON, RegionWorker } from './helpers.ts';

@@ -1,7 +1,7 @@
 // Child process for lazy-region.test.ts: a worker touches a granule whose
 // source read fails; the process must die by SIGBUS (not hang).
 import { Worker } from 'node:worker_threads';
-import { LazyRegion } from '../../engine/memory/lazy-region.ts';
+import { LazyRegion } from '../../engine/mmap/lazy-region.ts';
 import { TestStore } from './helpers.ts';
 
 const store = new TestStore(1 << 20);

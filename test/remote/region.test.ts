@@ -2,7 +2,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { generateIdentity, type Identity } from '../../crypto/identity.ts';
 import { newRegionId, signGrant } from '../../crypto/grant.ts';
-import { MemoryNetwork, MemoryTransport } from '../../transports/memory.ts';
+import { LoopbackNetwork, LoopbackTransport } from '../../transports/loopback.ts';
 import type { Connection, Listener } from '../../transports/transport.ts';
 import { MemoryBackend } from '../../engine/backends/memory.ts';
 import { RegionServer } from '../../p2p/remote/server.ts';
@@ -18,24 +18,24 @@ interface Setup {
   store: ReadWriterAt;
   regionId: Uint8Array;
   address: string;
-  network: MemoryNetwork;
-  sharerTransport: MemoryTransport;
-  clientTransport: MemoryTransport;
+  network: LoopbackNetwork;
+  sharerTransport: LoopbackTransport;
+  clientTransport: LoopbackTransport;
   logs: string[];
   open(opts?: Partial<RemoteRegionOptions> & { rights?: 'ro' | 'rw'; expiresAt?: number; grant?: Uint8Array }): Promise<RemoteRegion>;
   close(): Promise<void>;
 }
 
 async function setup(opts: { size?: number; store?: ReadWriterAt; limits?: { maxFrame?: number; maxInFlight?: number } } = {}): Promise<Setup> {
-  const network = new MemoryNetwork();
+  const network = new LoopbackNetwork();
   const sharer = await generateIdentity();
   const client = await generateIdentity();
   const store = opts.store ?? new MemoryBackend(opts.size ?? 4 << 20);
   const regionId = newRegionId();
   const logs: string[] = [];
   const server = new RegionServer({ identity: sharer, store, regionId, limits: opts.limits, log: (m) => logs.push(m) });
-  const sharerTransport = new MemoryTransport(sharer, { network });
-  const clientTransport = new MemoryTransport(client, { network });
+  const sharerTransport = new LoopbackTransport(sharer, { network });
+  const clientTransport = new LoopbackTransport(client, { network });
   const listener = await sharerTransport.listen('sharer:0');
   void server.serveListener(listener);
   const s: Setup = {

@@ -1,11 +1,11 @@
 import { suite } from 'uvu';
-import { MemoryNetwork, MemoryTransport } from '../../transports/memory.ts';
+import { LoopbackNetwork, LoopbackTransport } from '../../transports/loopback.ts';
 import { defineConformance } from './conformance.ts';
 
 const test = suite('transport/memory');
-const network = new MemoryNetwork();
+const network = new LoopbackNetwork();
 defineConformance(test, {
-  make: (id) => new MemoryTransport(id, { network, streamWindow: 256 * 1024 }),
+  make: (id) => new LoopbackTransport(id, { network, streamWindow: 256 * 1024 }),
   listenAddress: 'mem:0',
   backpressureLimit: 1024 * 1024,
 });

@@ -275,7 +275,7 @@ export interface NbdServerLike {
 }
 
 /**
- * Mount an export as /dev/nbdX: what engine/mount/mount.ts calls.
+ * Mount an export as /dev/nbdX: what engine/attach/attach.ts calls.
  * Returns { method: 'kernel-nbd', path: '/dev/nbdX', unmount() }.
  */
 export async function mountKernelNbd(opts: {

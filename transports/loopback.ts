@@ -13,7 +13,7 @@
  * Data is copied on write, as a socket would: the caller may reuse its buffer
  * as soon as write() returns.
  *
- * Addresses are free-form "name:port" strings within one MemoryNetwork;
+ * Addresses are free-form "name:port" strings within one LoopbackNetwork;
  * listening on "name:0" picks an unused port. Closing a listener closes the
  * connections it accepted, as with QUIC and TCP.
  */
@@ -24,15 +24,15 @@ import { AsyncQueue } from '../base/async-queue.ts';
 import { InboundBuffer } from './inbound.ts';
 import { equalBytes } from './util.ts';
 
-export interface MemoryTransportOptions {
+export interface LoopbackTransportOptions {
   /** The address space listeners live in; defaults to one shared by the whole process. */
-  network?: MemoryNetwork;
+  network?: LoopbackNetwork;
   /** Bytes one stream direction may hold unread before write() waits. Default 256 KiB. */
   streamWindow?: number;
 }
 
 /** A namespace of in-memory listeners; tests that want isolation make their own. */
-export class MemoryNetwork {
+export class LoopbackNetwork {
   readonly listeners = new Map<string, MemoryListener>();
   private nextPort = 1;
 
@@ -41,7 +41,7 @@ export class MemoryNetwork {
     const colon = address.lastIndexOf(':');
     const host = colon >= 0 ? address.slice(0, colon) : address;
     if (colon < 0 || address.slice(colon + 1) === '0') {
-      do addr = `${host || 'memory'}:${this.nextPort++}`;
+      do addr = `${host || 'loopback'}:${this.nextPort++}`;
       while (this.listeners.has(addr));
     }
     if (this.listeners.has(addr)) throw new QuicmapError('EINVAL', `memory address ${addr} is in use`);
@@ -54,7 +54,7 @@ export class MemoryNetwork {
   }
 }
 
-const defaultNetwork = new MemoryNetwork();
+const defaultNetwork = new LoopbackNetwork();
 const DEFAULT_WINDOW = 256 * 1024;
 
 function copyOf(b: Uint8Array): Uint8Array {
@@ -176,8 +176,8 @@ class MemoryListener implements Listener {
   readonly accepted = new Set<MemoryConnection>();
 
   constructor(
-    readonly transport: MemoryTransport,
-    private readonly network: MemoryNetwork,
+    readonly transport: LoopbackTransport,
+    private readonly network: LoopbackNetwork,
   ) {}
 
   accept(): Promise<Connection | null> {
@@ -191,9 +191,9 @@ class MemoryListener implements Listener {
   }
 }
 
-export class MemoryTransport implements Transport {
-  readonly name = 'memory' as const;
-  private readonly network: MemoryNetwork;
+export class LoopbackTransport implements Transport {
+  readonly name = 'loopback' as const;
+  private readonly network: LoopbackNetwork;
   private readonly window: number;
   private readonly listeners = new Set<MemoryListener>();
   private readonly connections = new Set<MemoryConnection>();
@@ -201,7 +201,7 @@ export class MemoryTransport implements Transport {
 
   constructor(
     readonly identity: Identity,
-    opts: MemoryTransportOptions = {},
+    opts: LoopbackTransportOptions = {},
   ) {
     this.network = opts.network ?? defaultNetwork;
     this.window = opts.streamWindow ?? DEFAULT_WINDOW;

@@ -11,27 +11,27 @@ import type { NbdServer } from '../nbd/server.ts';
 import { mountWithNbdfuse, nbdfuseAvailable } from './nbdfuse.ts';
 import { kernelNbdAvailable, mountKernelNbd } from './kernel-nbd.ts';
 
-export type MountMethod = 'kernel-nbd' | 'nbdfuse';
+export type AttachMethod = 'kernel-nbd' | 'nbdfuse';
 
-export interface MountOptions {
+export interface AttachOptions {
   server: NbdServer;
   exportName: string;
   /** Mount point for nbdfuse (created if missing). Ignored by kernel NBD, whose path is /dev/nbdX. */
   dir: string;
   /** 'auto' picks kernel NBD when present, else nbdfuse. */
-  method?: 'auto' | MountMethod;
+  method?: 'auto' | AttachMethod;
   readOnly?: boolean;
   log?: (message: string) => void;
 }
 
-export interface Mounted {
-  method: MountMethod;
+export interface Attached {
+  method: AttachMethod;
   /** The mmap-able path: /dev/nbdX or DIR/region. */
   path: string;
   unmount(): Promise<void>;
 }
 
-export async function mountExport(opts: MountOptions): Promise<Mounted> {
+export async function attachExport(opts: AttachOptions): Promise<Attached> {
   const method = opts.method ?? 'auto';
   if (!opts.server.exportInfo(opts.exportName)) throw new QuicmapError('EINVAL', `no export named "${opts.exportName}"`);
   if (method !== 'nbdfuse') {

@@ -36,7 +36,7 @@ import { ClosedError, OutOfRangeError, QuicmapError } from '../../base/errors.ts
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import { zeroFallback } from '../rwat.ts';
 import { GRANULE_FAILED, GRANULE_PRESENT, PREFETCH_BIT, loadNative, type NativeBinding, type UffdRegion, type UffdRegionStats } from '../../native/index.ts';
-import type { ChangeTracker } from './tracker.ts';
+import type { ChangeTracker } from '../tracking/tracker.ts';
 
 export const DEFAULT_GRANULE = 64 * 1024;
 
