@@ -20,8 +20,14 @@
  *   `zeroFallback` writes zero buffers.
  * - Offsets and lengths are plain numbers (exact up to 2^53 bytes).
  * - Implementations validate nothing they do not need to: the `GuardLayer`
- *   checks ranges and sizes once at the top of a stack.
+ *   checks ranges and sizes once at the top of a stack (engine/stack.ts puts
+ *   one on every stack), and the wire frontends check each request once at
+ *   the trust boundary before it reaches the stack.
+ * - Anything beyond this core (extents, vectored writes, dirty tracking) is
+ *   a capability queried with `capability(KEY)`.
  */
+import { VECTORED, type Capability } from './capability.ts';
+
 export interface WriteOptions {
   /** Force unit access: durable before the promise resolves. */
   fua?: boolean;
@@ -37,22 +43,15 @@ export interface ReadWriterAt {
   size(): Promise<number>;
   readAt(buf: Uint8Array, offset: number): Promise<void>;
   writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void>;
-  /**
-   * Optional vectored write: `parts` laid end to end from `offset`, as one
-   * write (same semantics and FUA as writeAt). Stores that can take pieces
-   * without joining them (a memory copy per piece, pwritev) implement it so
-   * callers holding scattered buffers — socket chunks — skip a gather copy.
-   */
-  writev?(parts: readonly Uint8Array[], offset: number, opts?: WriteOptions): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void>;
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void>;
   /**
-   * Optional: how [offset, offset + length) is allocated, as consecutive
-   * extents covering it in order. Lets NBD clients skip holes (block status);
-   * stores that cannot tell leave it out and everything reads as data.
+   * The store's answer to a capability query (block status, vectored
+   * writes, dirty tracking: engine/capability.ts), or undefined when it has
+   * none. Layers pass queries they do not change down to the store below.
    */
-  extents?(offset: number, length: number): Promise<Extent[]>;
+  capability<T>(key: Capability<T>): T | undefined;
   /** Release resources. Further calls fail with ClosedError. Idempotent. */
   close(): Promise<void>;
   /** Static facts a frontend advertises (NBD flags, block sizes). */
@@ -109,9 +108,10 @@ export async function zeroFallback(
   // flush, which the FUA path of every backend performs.
 }
 
-/** Write scattered pieces as one write: the store's writev if it has one, else one gathered buffer. */
+/** Write scattered pieces as one write: the store's VectoredStore if it has one, else one gathered buffer. */
 export function writeParts(store: ReadWriterAt, parts: readonly Uint8Array[], offset: number, opts?: WriteOptions): Promise<void> {
   if (parts.length === 1) return store.writeAt(parts[0]!, offset, opts);
-  if (store.writev) return store.writev(parts, offset, opts);
+  const v = store.capability(VECTORED);
+  if (v) return v.writev(parts, offset, opts);
   return store.writeAt(Buffer.concat(parts), offset, opts);
 }

@@ -12,6 +12,7 @@ import { regionIdText } from '../crypto/grant.ts';
 import { parseTicket, type Ticket } from '../crypto/ticket.ts';
 import { QuicmapError } from '../base/errors.ts';
 import { RemoteRegion, type RemoteRegionOptions } from './remote/region.ts';
+import { buildStack, type Stack } from '../engine/stack.ts';
 import type { Connection, Transport } from '../transports/transport.ts';
 import { openTransport } from './transports.ts';
 
@@ -23,10 +24,15 @@ export interface MountTicketOptions {
   dialTimeoutMs?: number;
   /** Tuning passed to RemoteRegion (timeouts, liveness, backoff, limits). */
   region?: Partial<Pick<RemoteRegionOptions, 'limits' | 'requestTimeoutMs' | 'livenessMs' | 'idlePingMs' | 'waitForLinkMs' | 'backoff'>>;
+  /** Largest read or write the stack's guard lets through (the serving frontend's maximum). Default 32 MiB. */
+  maxRequest?: number;
   log?: (message: string) => void;
 }
 
 export interface MountedTicket {
+  /** The region as a stack (a guard over the RemoteRegion): what a frontend serves. */
+  store: Stack;
+  /** The RemoteRegion at the bottom of `store` (connection state, stats, manifest). */
   region: RemoteRegion;
   ticket: Ticket;
   /** base32 id of the sharer. */
@@ -79,14 +85,17 @@ export async function mountTicket(opts: MountTicketOptions): Promise<MountedTick
     if (ownsTransport) await transport.close().catch(() => {});
     throw e;
   }
+  const store = await buildStack({ backend: region, maxRequest: opts.maxRequest ?? 32 * 1024 * 1024 });
+  await store.start();
   let closing: Promise<void> | undefined;
   return {
+    store,
     region,
     ticket,
     sharerId,
     close() {
       closing ??= (async () => {
-        await region.close();
+        await store.close();
         if (ownsTransport) await transport.close().catch(() => {});
       })();
       return closing;

@@ -9,13 +9,19 @@ import { newRegionId, regionIdText, signGrant, type Rights, type TransportName }
 import { encodeTicket } from '../crypto/ticket.ts';
 import { QuicmapError } from '../base/errors.ts';
 import type { ReadWriterAt } from '../engine/rwat.ts';
+import { Stack, buildStack } from '../engine/stack.ts';
 import type { Limits } from './protocol/messages.ts';
-import { RegionServer } from './remote/server.ts';
+import { DEFAULT_LIMITS, RegionServer } from './remote/server.ts';
 import type { Transport } from '../transports/transport.ts';
 import { openTransport, type TransportChoice } from './transports.ts';
 
 export interface ShareOptions {
   identity: Identity;
+  /**
+   * What to serve: a Stack from engine/stack.ts (served as is), or any store,
+   * which gets a stack of its own (a guard on top; the store stays open
+   * after close, its owner closes it).
+   */
   store: ReadWriterAt;
   /** 'quic' (default) or 'tcp', or a transport instance (tests use the loopback transport). */
   transport?: TransportChoice;
@@ -64,14 +70,20 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
     throw new QuicmapError('EINVAL', `cannot share over the ${transport.name} transport yet`);
   }
   const regionId = opts.regionId ?? newRegionId();
-  const server = new RegionServer({ identity: opts.identity, store: opts.store, regionId, limits: opts.limits, log });
+  const limits = { ...DEFAULT_LIMITS, ...opts.limits };
+  let stack: Stack | undefined;
   let listener;
   try {
+    stack = opts.store instanceof Stack ? undefined : await buildStack({ backend: opts.store, ownsBackend: false, maxRequest: limits.maxFrame });
+    await stack?.start();
     listener = await transport.listen(opts.listen);
   } catch (e) {
+    await stack?.close().catch(() => {});
     if (ownsTransport) await transport.close().catch(() => {});
     throw e;
   }
+  const store = stack ?? opts.store;
+  const server = new RegionServer({ identity: opts.identity, store, regionId, limits: opts.limits, log });
   void server.serveListener(listener);
   const addresses = opts.advertise ?? [advertised(listener.address)];
   let lastExpiry = 0;
@@ -105,6 +117,7 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
       closing ??= (async () => {
         await listener.close().catch(() => {});
         await server.close();
+        await stack?.close().catch(() => {});
         if (ownsTransport) await transport.close().catch(() => {});
       })();
       return closing;

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Command, UsageError, log, parseFlags } from '../command.ts';
 import { generateIdentity } from '../../crypto/identity.ts';
-import { MemoryBackend } from '../../engine/backends/memory.ts';
+import { buildStack } from '../../engine/stack.ts';
 import { NbdClient } from '../../engine/nbd/client.ts';
 import { NbdServer } from '../../engine/nbd/server.ts';
 import { attachExport } from '../../engine/attach/attach.ts';
@@ -21,6 +21,7 @@ import type { ReadWriterAt } from '../../engine/rwat.ts';
 import { formatRate, formatSize, parseSize } from '../../base/size.ts';
 import { shareRegion } from '../../p2p/share.ts';
 import { mountTicket } from '../../p2p/mount.ts';
+import { DEFAULT_LIMITS } from '../../p2p/remote/server.ts';
 
 const usage = `Usage: quicmap demo [--size SIZE] [--transport quic|tcp] [--json]
 
@@ -70,8 +71,9 @@ export const demo: Command = {
     try {
       // 1. Local block path.
       {
-        const store = new MemoryBackend(size);
         const server = new NbdServer();
+        const store = await buildStack({ backend: 'memory', backendOptions: { size }, maxRequest: server.limits.maxPayload });
+        cleanups.push(() => store.close());
         cleanups.push(() => server.close());
         await server.addExport({ name: 'local', store, description: 'demo memory region' });
         const ep = await server.listen({ path: join(work, 'local.sock') });
@@ -83,18 +85,19 @@ export const demo: Command = {
 
       // 2. Two nodes over the secure transport.
       const [idA, idB] = await Promise.all([generateIdentity(), generateIdentity()]);
-      const storeA = new MemoryBackend(size);
+      const storeA = await buildStack({ backend: 'memory', backendOptions: { size }, maxRequest: DEFAULT_LIMITS.maxFrame });
+      cleanups.push(() => storeA.close());
       const seed = randomBytes(1024 * 1024);
       await storeA.writeAt(seed, 0);
       const t0 = performance.now();
       const shared = await shareRegion({ identity: idA, store: storeA, transport, listen: '127.0.0.1:0' });
       cleanups.push(() => shared.close());
-      const mounted = await mountTicket({ identity: idB, ticket: shared.ticket });
+      const nodeB = new NbdServer();
+      const mounted = await mountTicket({ identity: idB, ticket: shared.ticket, maxRequest: nodeB.limits.maxPayload });
       cleanups.push(() => mounted.close());
       const connectMs = performance.now() - t0;
-      const nodeB = new NbdServer();
       cleanups.push(() => nodeB.close());
-      await nodeB.addExport({ name: 'remote', store: mounted.region, description: `region of ${mounted.sharerId.slice(0, 12)}…` });
+      await nodeB.addExport({ name: 'remote', store: mounted.store, description: `region of ${mounted.sharerId.slice(0, 12)}…` });
       const epB = await nodeB.listen({ path: join(work, 'b.sock') });
       const uriB = epB.uri('remote');
       record({ step: `node A shares over ${transport}`, ok: true, detail: `A=${idA.id.slice(0, 12)}… listening at ${shared.address}; ticket ${shared.ticket.slice(0, 24)}… (${shared.ticket.length} chars)` });
@@ -117,7 +120,7 @@ export const demo: Command = {
       await fuseStep(nodeB, work, seed, record);
 
       // 4. userfaultfd LazyRegion over the remote region.
-      await lazyStep(mounted.region, seed, record);
+      await lazyStep(mounted.store, seed, record);
     } finally {
       for (const c of cleanups.reverse()) await c().catch((e) => log(`cleanup: ${(e as Error).message}`));
       rmSync(work, { recursive: true, force: true });

@@ -3,7 +3,6 @@ import { readFileSync } from 'node:fs';
 import { type Command, UsageError, log, parseFlags, parseHostPort, untilSignal } from '../command.ts';
 import { defaultIdentityPath, loadOrCreateIdentity } from '../../crypto/identity.ts';
 import { regionIdText } from '../../crypto/grant.ts';
-import { GuardLayer } from '../../engine/layers/guard.ts';
 import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
 import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { formatSize } from '../../base/size.ts';
@@ -66,14 +65,13 @@ export const mount: Command = {
     const listen = values.socket ? undefined : parseHostPort(values.listen ?? '127.0.0.1:10809');
     const identity = await loadOrCreateIdentity(values.identity ?? defaultIdentityPath());
     log(`this node is ${identity.id}`);
-    const mounted: MountedTicket = await mountTicket({ identity, ticket: ticketText, region: { requestTimeoutMs }, log });
     const server = new NbdServer({ log });
+    const mounted: MountedTicket = await mountTicket({ identity, ticket: ticketText, region: { requestTimeoutMs }, maxRequest: server.limits.maxPayload, log });
     let endpoint: NbdEndpoint | undefined;
     let fuse: Attached | undefined;
     try {
-      const region = mounted.region;
-      const readOnly = region.caps.readOnly;
-      const store = await GuardLayer.open(region, { maxRequest: server.limits.maxPayload, readOnly });
+      const store = mounted.store;
+      const readOnly = store.caps.readOnly;
       const info = await server.addExport({
         name: values.name,
         store,
@@ -98,7 +96,7 @@ export const mount: Command = {
     } finally {
       if (fuse) await fuse.unmount().catch((e) => log(`unmount failed: ${(e as Error).message}`));
       await server.close();
-      await mounted.region.flush().catch(() => {});
+      await mounted.store.flush().catch(() => {});
       await mounted.close();
     }
   },

@@ -1,6 +1,6 @@
 /** `quicmap nbd`: serve one local region over NBD, optionally mounted for mmap. */
 import { type Command, UsageError, log, parseFlags, parseHostPort, untilSignal } from '../command.ts';
-import { openBackend } from '../../engine/backends/open.ts';
+import { buildStack } from '../../engine/stack.ts';
 import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
 import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { formatSize, parseSize } from '../../base/size.ts';
@@ -50,11 +50,17 @@ export const nbd: Command = {
     if (values.listen && values.socket) throw new UsageError('nbd: use --listen or --socket, not both');
     const size = values.size !== undefined ? parseSizeFlag(values.size) : undefined;
     const readOnly = values['read-only'];
-    const store = await openBackend(values.backend, { size, readOnly, create: true });
     const server = new NbdServer({ log });
+    const store = await buildStack({
+      backend: values.backend,
+      backendOptions: { size, readOnly, create: true },
+      maxRequest: server.limits.maxPayload,
+      readOnly,
+    });
     let endpoint: NbdEndpoint | undefined;
     let mounted: Attached | undefined;
     try {
+      await store.start();
       const info = await server.addExport({
         name: values.name,
         store,
@@ -72,7 +78,7 @@ export const nbd: Command = {
         process.stdout.write(`${uri}\n`);
         if (mounted) process.stdout.write(`${mounted.path}\n`);
       }
-      log(`serving ${formatSize(info.size)} (${values.backend}${info.readOnly ? ', read-only' : ''}) at ${uri}`);
+      log(`serving ${formatSize(info.size)} (${values.backend}${info.readOnly ? ', read-only' : ''}) at ${uri}: ${store.describe()}`);
       if (mounted) log(`mounted through ${mounted.method} at ${mounted.path}`);
       const sig = await untilSignal();
       log(`${sig}: shutting down`);

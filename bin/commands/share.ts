@@ -4,9 +4,11 @@ import { realpathSync } from 'node:fs';
 import { type Command, UsageError, log, parseFlags, untilSignal } from '../command.ts';
 import { base32Decode, loadOrCreateIdentity, defaultIdentityPath } from '../../crypto/identity.ts';
 import { regionIdText } from '../../crypto/grant.ts';
-import { openBackend, parseBackendSpec } from '../../engine/backends/open.ts';
+import { parseBackendSpec } from '../../engine/backends/open.ts';
+import { buildStack } from '../../engine/stack.ts';
 import { formatSize, parseSize } from '../../base/size.ts';
 import { shareRegion } from '../../p2p/share.ts';
+import { DEFAULT_LIMITS } from '../../p2p/remote/server.ts';
 
 const usage = `Usage: quicmap share --size SIZE --listen HOST:PORT [options]
 
@@ -106,7 +108,8 @@ export const share: Command = {
     parseBackendSpec(values.backend);
     const identity = await loadOrCreateIdentity(values.identity ?? defaultIdentityPath());
     const regionId = regionIdFor(values.backend, identity.publicKey, values['region-id']);
-    const store = await openBackend(values.backend, { size, readOnly, create: true });
+    // The region server's frame limit bounds a single request: the guard allows no more.
+    const store = await buildStack({ backend: values.backend, backendOptions: { size, readOnly, create: true }, maxRequest: DEFAULT_LIMITS.maxFrame });
     let shared: Awaited<ReturnType<typeof shareRegion>> | undefined;
     try {
       const bytes = await store.size();

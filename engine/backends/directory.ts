@@ -39,6 +39,7 @@ import { join } from 'node:path';
 import { ClosedError, QuicmapError, ReadOnlyError } from '../../base/errors.ts';
 import { chunkPieces } from '../../base/chunk-pieces.ts';
 import { lockRegionDir } from './owner-lock.ts';
+import { EXTENTS, offer, type Capability } from '../capability.ts';
 import { pushExtent, type Extent, type ReadWriterAt, type StoreCaps, type WriteOptions, type ZeroOptions } from '../rwat.ts';
 import {
   InFlight,
@@ -291,6 +292,11 @@ export class DirectoryBackend implements ReadWriterAt {
   async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     this.checkWritable();
     await this.zeroOrTrim(offset, length, true, opts?.noHole ?? false, opts?.fua ?? false);
+  }
+
+  /** Block status: absent chunk files are holes. */
+  capability<T>(key: Capability<T>): T | undefined {
+    return offer(key, this, EXTENTS);
   }
 
   close(): Promise<void> {

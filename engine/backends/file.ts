@@ -25,6 +25,7 @@ import fs from 'node:fs';
 import { ClosedError, QuicmapError, ReadOnlyError } from '../../base/errors.ts';
 import { pushExtent, zeroFallback } from '../rwat.ts';
 import type { Extent, ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+import { EXTENTS, VECTORED, offer, type Capability } from '../capability.ts';
 
 /** The region size asked for does not match the file that is there. */
 export class SizeMismatchError extends QuicmapError {
@@ -298,6 +299,11 @@ export class FileBackend implements ReadWriterAt {
     // zeroFallback puts FUA on the last piece only; our FUA is an fdatasync
     // of the whole file, which covers the earlier pieces too.
     await zeroFallback(this, offset, length, opts?.fua ? { fua: true } : undefined);
+  }
+
+  /** Block status (SEEK_HOLE/SEEK_DATA) and vectored writes (pwritev). */
+  capability<T>(key: Capability<T>): T | undefined {
+    return offer(key, this, EXTENTS, VECTORED);
   }
 
   close(): Promise<void> {

@@ -22,6 +22,7 @@
 import { ClosedError, ReadOnlyError } from '../../base/errors.ts';
 import { pushExtent, type Extent, type ReadWriterAt, type StoreCaps, type WriteOptions, type ZeroOptions } from '../rwat.ts';
 import { chunkPieces } from '../../base/chunk-pieces.ts';
+import { EXTENTS, VECTORED, offer, type Capability } from '../capability.ts';
 
 export const DEFAULT_MEMORY_CHUNK_SIZE = 256 * 1024;
 
@@ -120,6 +121,11 @@ export class MemoryBackend implements ReadWriterAt {
   async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     this.checkWritable();
     this.zeroRange(offset, length, opts?.noHole ?? false);
+  }
+
+  /** Block status and vectored writes are native here. */
+  capability<T>(key: Capability<T>): T | undefined {
+    return offer(key, this, EXTENTS, VECTORED);
   }
 
   async close(): Promise<void> {

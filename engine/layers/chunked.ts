@@ -22,7 +22,9 @@
  */
 import { ClosedError } from '../../base/errors.ts';
 import { chunkPieces } from '../../base/chunk-pieces.ts';
+import { VECTORED, type Capability } from '../capability.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+import { PassThroughLayer } from './pass-through.ts';
 
 interface Held {
   first: number;
@@ -33,33 +35,41 @@ interface Held {
 /** Scratch chunk buffers kept for reuse (RMW and partial reads). */
 const POOL_MAX = 8;
 
-export class ChunkedLayer implements ReadWriterAt {
-  readonly caps: StoreCaps;
+export class ChunkedLayer extends PassThroughLayer {
+  private readonly ownCaps: StoreCaps;
   readonly chunkSize: number;
-  private readonly inner: ReadWriterAt;
   private sizeP: Promise<number> | undefined;
   private readonly held: Held[] = [];
   private readonly pool: Uint8Array[] = [];
   private closed = false;
 
   constructor(inner: ReadWriterAt, chunkSize: number) {
+    super(inner);
     if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) throw new RangeError(`bad chunk size ${chunkSize}`);
-    this.inner = inner;
     this.chunkSize = chunkSize;
     const pow2 = (chunkSize & (chunkSize - 1)) === 0 && chunkSize <= 2 ** 30;
-    this.caps = {
+    this.ownCaps = {
       ...inner.caps,
       // Requests aligned to whole chunks avoid read-modify-write.
       preferredBlockSize: pow2 ? Math.max(chunkSize, inner.caps.preferredBlockSize) : inner.caps.preferredBlockSize,
     };
   }
 
-  size(): Promise<number> {
+  override get caps(): StoreCaps {
+    return this.ownCaps;
+  }
+
+  /** Extents and tracking keep their offsets through this layer; vectored writes would skip the chunking. */
+  override capability<T>(key: Capability<T>): T | undefined {
+    return key === (VECTORED as Capability<unknown>) ? undefined : this.inner.capability(key);
+  }
+
+  override size(): Promise<number> {
     if (this.closed) return Promise.reject(new ClosedError('chunked layer'));
     return (this.sizeP ??= this.inner.size());
   }
 
-  async readAt(buf: Uint8Array, offset: number): Promise<void> {
+  override async readAt(buf: Uint8Array, offset: number): Promise<void> {
     const size = await this.size();
     const n = buf.length;
     if (n === 0) return;
@@ -75,7 +85,7 @@ export class ChunkedLayer implements ReadWriterAt {
     await settle(jobs);
   }
 
-  async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
+  override async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
     const size = await this.size();
     const n = data.length;
     if (n === 0) return;
@@ -97,12 +107,12 @@ export class ChunkedLayer implements ReadWriterAt {
     }
   }
 
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     if (this.closed) throw new ClosedError('chunked layer');
     await this.inner.flush();
   }
 
-  async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
+  override async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
     const size = await this.size();
     const [a, b] = this.wholeChunks(offset, offset + length, size);
     if (b <= a) return; // only partial chunks: trim is advisory, drop it
@@ -114,7 +124,7 @@ export class ChunkedLayer implements ReadWriterAt {
     }
   }
 
-  async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+  override async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     const size = await this.size();
     if (length === 0) return;
     const cs = this.chunkSize;
@@ -144,7 +154,7 @@ export class ChunkedLayer implements ReadWriterAt {
     }
   }
 
-  async close(): Promise<void> {
+  override async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.pool.length = 0;

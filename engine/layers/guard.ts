@@ -9,9 +9,21 @@
  *
  * `maxRequest` bounds read/write payloads only: trim and writeZeroes carry
  * no payload, and NBD clients send them over large ranges.
+ *
+ * Capabilities that take ranges (extents, vectored writes) are answered
+ * with checked wrappers, so nothing reaches the store below unchecked;
+ * the rest (tracking) pass through.
+ *
+ * Where it sits: engine/stack.ts puts a guard on top of every stack it
+ * builds. The wire frontends (NBD connection, quicmap server session) check
+ * requests themselves at the trust boundary, to answer with their own wire
+ * errors; the guard is the same check for in-process callers and the
+ * assertion that holds for everything below it.
  */
 import { ClosedError, OutOfRangeError, QuicmapError, ReadOnlyError, RequestTooLargeError } from '../../base/errors.ts';
-import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+import { EXTENTS, VECTORED, type Capability, type ExtentStore, type VectoredStore } from '../capability.ts';
+import type { Extent, ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+import { PassThroughLayer } from './pass-through.ts';
 
 /** An offset or length that is not a non-negative safe integer. */
 export class InvalidRequestError extends QuicmapError {
@@ -27,9 +39,8 @@ export interface GuardOptions {
   readOnly?: boolean;
 }
 
-export class GuardLayer implements ReadWriterAt {
-  readonly caps: StoreCaps;
-  private readonly inner: ReadWriterAt;
+export class GuardLayer extends PassThroughLayer {
+  private readonly ownCaps: StoreCaps;
   private readonly regionSize: number;
   private readonly maxRequest: number;
   private closed = false;
@@ -41,47 +52,80 @@ export class GuardLayer implements ReadWriterAt {
 
   /** With the size already known; prefer `GuardLayer.open`. */
   constructor(inner: ReadWriterAt, size: number, opts: GuardOptions) {
+    super(inner);
     if (!Number.isSafeInteger(opts.maxRequest) || opts.maxRequest <= 0) {
       throw new RangeError(`maxRequest must be a positive integer, not ${opts.maxRequest}`);
     }
-    this.inner = inner;
     this.regionSize = size;
     this.maxRequest = opts.maxRequest;
-    this.caps = { ...inner.caps, readOnly: inner.caps.readOnly || (opts.readOnly ?? false) };
+    this.ownCaps = { ...inner.caps, readOnly: inner.caps.readOnly || (opts.readOnly ?? false) };
   }
 
-  async size(): Promise<number> {
+  override get caps(): StoreCaps {
+    return this.ownCaps;
+  }
+
+  override async size(): Promise<number> {
     if (this.closed) throw new ClosedError();
     return this.regionSize;
   }
 
-  async readAt(buf: Uint8Array, offset: number): Promise<void> {
+  override async readAt(buf: Uint8Array, offset: number): Promise<void> {
     this.check(offset, buf.length, false, true);
     if (buf.length > 0) await this.inner.readAt(buf, offset);
   }
 
-  async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
+  override async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
     this.check(offset, data.length, true, true);
     if (data.length > 0) await this.inner.writeAt(data, offset, opts);
     else if (opts?.fua) await this.inner.flush();
   }
 
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     if (this.closed) throw new ClosedError();
     await this.inner.flush();
   }
 
-  async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
+  override async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
     this.check(offset, length, true, false);
     if (length > 0) await this.inner.trim(offset, length, opts);
   }
 
-  async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+  override async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     this.check(offset, length, true, false);
     if (length > 0) await this.inner.writeZeroes(offset, length, opts);
   }
 
-  async close(): Promise<void> {
+  override capability<T>(key: Capability<T>): T | undefined {
+    const below = this.inner.capability(key);
+    if (below === undefined) return undefined;
+    if (key === (EXTENTS as Capability<unknown>)) {
+      const e = below as ExtentStore;
+      const checked: ExtentStore = {
+        extents: async (offset: number, length: number): Promise<Extent[]> => {
+          this.check(offset, length, false, false);
+          return length > 0 ? e.extents(offset, length) : [];
+        },
+      };
+      return checked as T;
+    }
+    if (key === (VECTORED as Capability<unknown>)) {
+      const v = below as VectoredStore;
+      const checked: VectoredStore = {
+        writev: async (parts: readonly Uint8Array[], offset: number, opts?: WriteOptions): Promise<void> => {
+          let n = 0;
+          for (const p of parts) n += p.length;
+          this.check(offset, n, true, true);
+          if (n > 0) await v.writev(parts, offset, opts);
+          else if (opts?.fua) await this.inner.flush();
+        },
+      };
+      return checked as T;
+    }
+    return below;
+  }
+
+  override async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.inner.close();
@@ -89,7 +133,7 @@ export class GuardLayer implements ReadWriterAt {
 
   private check(offset: number, length: number, writes: boolean, payload: boolean): void {
     if (this.closed) throw new ClosedError();
-    if (writes && this.caps.readOnly) throw new ReadOnlyError();
+    if (writes && this.ownCaps.readOnly) throw new ReadOnlyError();
     if (!Number.isSafeInteger(offset) || offset < 0) throw new InvalidRequestError('offset', offset);
     if (!Number.isSafeInteger(length) || length < 0) throw new InvalidRequestError('length', length);
     if (payload && length > this.maxRequest) throw new RequestTooLargeError(length, this.maxRequest);

@@ -35,6 +35,8 @@
 import { ClosedError, OutOfRangeError, QuicmapError } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import { zeroFallback } from '../rwat.ts';
+import { TRACKING, type Capability, type TrackingStore } from '../capability.ts';
+import { trackChanges } from '../tracking/tracking-store.ts';
 import { GRANULE_FAILED, GRANULE_PRESENT, PREFETCH_BIT, loadNative, type NativeBinding, type UffdRegion, type UffdRegionStats } from '../../native/index.ts';
 import type { ChangeTracker } from '../tracking/tracker.ts';
 
@@ -94,6 +96,7 @@ export class LazyRegion implements ReadWriterAt, ChangeTracker {
   private fetches = 0;
   private fetchErrors = 0;
   private timeouts = 0;
+  private tracking: TrackingStore | undefined;
 
   private constructor(source: ReadWriterAt, size: number, opts: LazyRegionOptions) {
     this.native = loadNative();
@@ -354,6 +357,12 @@ export class LazyRegion implements ReadWriterAt, ChangeTracker {
   }
 
   /** Safe with faults pending (see the file comment). Does not close the source. */
+  /** TRACKING when opened with trackWrites: writes through the mapping, by write-protect faults. */
+  capability<T>(key: Capability<T>): T | undefined {
+    if (key !== (TRACKING as Capability<unknown>) || !this.trackWrites) return undefined;
+    return (this.tracking ??= trackChanges(this)) as T;
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

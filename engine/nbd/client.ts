@@ -9,6 +9,7 @@
 import { connect, type Socket } from 'node:net';
 import { ClosedError, ProtocolError, QuicmapError, type ErrorCode } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+import type { Capability } from '../capability.ts';
 import {
   CMD_DISC,
   CMD_FLAG_FUA,
@@ -212,6 +213,11 @@ export class NbdClient implements ReadWriterAt {
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     const flags = (opts?.fua ? CMD_FLAG_FUA : 0) | (opts?.noHole ? CMD_FLAG_NO_HOLE : 0);
     return this.splitting(offset, length, (o, n) => this.request(CMD_WRITE_ZEROES, flags, offset + o, n));
+  }
+
+  /** No capabilities beyond the core. */
+  capability<T>(_key: Capability<T>): T | undefined {
+    return undefined;
   }
 
   /** Send DISC after in-flight requests finish, then close. */

@@ -31,6 +31,7 @@ import { RequestDecoder, type NbdRequest } from './requests.ts';
 import { blockStatusReply, errorReply, okReply, readReplyHeaderSize, writeReadReplyHeader } from './replies.ts';
 import type { BufferPool } from './buffer-pool.ts';
 import { writeParts } from '../rwat.ts';
+import { EXTENTS, VECTORED } from '../capability.ts';
 
 export interface ConnectionLimits {
   maxPayload: number;
@@ -183,7 +184,7 @@ export class NbdConnection {
     this.blockStatus = blockStatus;
     const pool = this.host.buffers;
     // Stores with writev take a split payload as the socket chunks it arrived in.
-    const vectored = typeof entry.store.writev === 'function';
+    const vectored = entry.store.capability(VECTORED) !== undefined;
     this.decoder = new RequestDecoder(this.host.limits.maxPayload, (req) => this.onRequest(req), (n) => pool.take(n), vectored);
   }
 
@@ -358,7 +359,8 @@ export class NbdConnection {
     if (!this.blockStatus) return this.errorReply(req, NBD_ERRNO.EINVAL, 'BLOCK_STATUS without a negotiated base:allocation context');
     if (req.length === 0) return this.errorReply(req, NBD_ERRNO.EINVAL, 'BLOCK_STATUS of length 0');
     const store = this.entry!.store;
-    const found = store.extents ? await store.extents(req.offset, req.length) : [{ length: req.length, hole: false, zero: false }];
+    const ext = store.capability(EXTENTS);
+    const found = ext ? await ext.extents(req.offset, req.length) : [{ length: req.length, hole: false, zero: false }];
     // Descriptors are 32-bit: split longer runs; REQ_ONE asks for the first only.
     const out: Array<{ length: number; flags: number }> = [];
     for (const e of found) {

@@ -25,6 +25,7 @@
 import type { Connection } from '../../transports/transport.ts';
 import { ClosedError, QuicmapError } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../../engine/rwat.ts';
+import type { Capability } from '../../engine/capability.ts';
 import type { Manifest } from '../protocol/manifest.ts';
 import type { Limits } from '../protocol/messages.ts';
 import { ClientLink, isRefusal } from './link.ts';
@@ -287,7 +288,6 @@ export class RemoteRegion implements ReadWriterAt {
   }
 
   async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
-    if (this.caps.readOnly) throw new QuicmapError('EPERM', 'remote region is read-only (the grant allows reading only)');
     const fua = opts?.fua === true;
     await this.pieces(offset, data.length, this.limits.maxFrame, (off, len) =>
       this.request((l) => l.write(data.subarray(off - offset, off - offset + len), off, fua)),
@@ -300,17 +300,20 @@ export class RemoteRegion implements ReadWriterAt {
   }
 
   async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
-    if (this.caps.readOnly) throw new QuicmapError('EPERM', 'remote region is read-only (the grant allows reading only)');
     if (!this.caps.canTrim) return; // advisory: a store that cannot trim ignores it
     const fua = opts?.fua === true;
     await this.pieces(offset, length, MAX_RANGE_PIECE, (off, len) => this.request((l) => l.trim(off, len, fua)));
   }
 
   async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
-    if (this.caps.readOnly) throw new QuicmapError('EPERM', 'remote region is read-only (the grant allows reading only)');
     const fua = opts?.fua === true;
     const noHole = opts?.noHole === true;
     await this.pieces(offset, length, MAX_RANGE_PIECE, (off, len) => this.request((l) => l.zero(off, len, fua, noHole)));
+  }
+
+  /** No capabilities beyond the core. */
+  capability<T>(_key: Capability<T>): T | undefined {
+    return undefined;
   }
 
   async close(): Promise<void> {

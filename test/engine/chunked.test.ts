@@ -50,6 +50,7 @@ class ChunkShapeCheck implements ReadWriterAt {
   flush() { return this.inner.flush(); }
   async trim(off: number, len: number, opts?: WriteOptions) { this.aligned('trim', off, len); await this.inner.trim(off, len, opts); }
   async writeZeroes(off: number, len: number, opts?: ZeroOptions) { this.aligned('zero', off, len); await this.inner.writeZeroes(off, len, opts); }
+  capability() { return undefined; }
   close() { return this.inner.close(); }
 }
 

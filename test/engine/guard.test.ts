@@ -17,6 +17,7 @@ function counting(inner: ReadWriterAt): ReadWriterAt & { calls: number } {
     flush: () => inner.flush(),
     trim: (o: number, l: number) => (c.calls++, inner.trim(o, l)),
     writeZeroes: (o: number, l: number) => (c.calls++, inner.writeZeroes(o, l)),
+    capability: inner.capability.bind(inner),
     close: () => inner.close(),
   };
   return c;

@@ -11,6 +11,7 @@
  */
 import { ClosedError, ReadOnlyError } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../../engine/rwat.ts';
+import type { Capability } from '../../engine/capability.ts';
 
 export type StoreEvent =
   | { op: 'write'; offset: number; length: number; fua: boolean }
@@ -96,6 +97,11 @@ export class BufferStore implements ReadWriterAt {
     this.events.push({ op: 'zero', offset, length, fua: opts?.fua === true, noHole: opts?.noHole === true });
   }
 
+  /** No capabilities beyond the core. */
+  capability<T>(_key: Capability<T>): T | undefined {
+    return undefined;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
   }
@@ -130,6 +136,11 @@ export class RecordingStore implements ReadWriterAt {
     await this.inner.writeZeroes(offset, length, opts);
     this.events.push({ op: 'zero', offset, length, fua: opts?.fua === true, noHole: opts?.noHole === true });
   }
+  /** No capabilities beyond the core. */
+  capability<T>(_key: Capability<T>): T | undefined {
+    return undefined;
+  }
+
   close(): Promise<void> {
     return this.inner.close();
   }

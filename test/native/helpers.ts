@@ -2,6 +2,7 @@
 import { Worker } from 'node:worker_threads';
 import { ClosedError } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps } from '../../engine/rwat.ts';
+import type { Capability } from '../../engine/capability.ts';
 import { nativeAvailable, nativeUnavailableReason, loadNative } from '../../native/index.ts';
 
 export const NATIVE_OK = nativeAvailable();
@@ -78,6 +79,11 @@ export class TestStore implements ReadWriterAt {
   async writeZeroes(offset: number, length: number): Promise<void> {
     this.bytes.fill(0, offset, offset + length);
   }
+  /** No capabilities beyond the core. */
+  capability<T>(_key: Capability<T>): T | undefined {
+    return undefined;
+  }
+
   async close(): Promise<void> {
     this.closed = true;
   }

@@ -3,6 +3,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MemoryBackend } from '../../engine/backends/memory.ts';
 import { LazyRegion } from '../../engine/mmap/lazy-region.ts';
+import { TRACKING } from '../../engine/capability.ts';
 import { needCondition, withTimeout } from '../helpers/env.ts';
 import { fillPattern, patternByte, RegionWorker, TestStore, UFFD_OK, UFFD_REASON, UFFD_WP_OK } from './helpers.ts';
 
@@ -289,6 +290,35 @@ uffdTest('writeBack pushes written chunks to the source', async () => {
       await region.close();
     }
   });
+});
+
+wpTest('TRACKING capability: writes through the mapping since a mark, kept until cleared', async () => {
+  const granule = 4 * KiB;
+  const region = await LazyRegion.open(new TestStore(256 * KiB), { granule, trackWrites: true });
+  const worker = new RegionWorker();
+  try {
+    await withTimeout(20_000, 'tracking capability', async () => {
+      const t = region.capability(TRACKING)!;
+      assert.ok(t, 'a tracking lazy region offers TRACKING');
+      assert.is(t.trackChunkSize, granule);
+      await region.writeAt(new Uint8Array([1]), 2 * granule);
+      await t.mark();
+      assert.equal(await t.dirty(), [], 'the mark forgets earlier writes');
+      await worker.request({ op: 'write', id: region.mappingId, length: region.length, offsets: [5 * granule + 7, 9 * granule], values: [3, 4] });
+      assert.equal(await t.dirty(), [5, 9]);
+      t.clear([5]);
+      assert.equal(await t.dirty(), [9], 'a cleared chunk is gone, the rest stays');
+    });
+  } finally {
+    await worker.close();
+    await region.close();
+  }
+  const untracked = await LazyRegion.open(new TestStore(64 * KiB), { granule });
+  try {
+    assert.is(untracked.capability(TRACKING), undefined, 'no tracking without trackWrites');
+  } finally {
+    await untracked.close();
+  }
 });
 
 test.run();

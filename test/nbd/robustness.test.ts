@@ -310,6 +310,9 @@ class JitterStore implements ReadWriterAt {
   writeZeroes(o: number, l: number, opts?: ZeroOptions) {
     return this.inner.writeZeroes(o, l, opts);
   }
+  capability() {
+    return undefined;
+  }
   close() {
     return this.inner.close();
   }
