@@ -23,6 +23,7 @@ import { GuardLayer } from './layers/guard.ts';
 import { PassThroughLayer } from './layers/pass-through.ts';
 import { TrackingLayer } from './layers/tracking.ts';
 import type { ReadWriterAt } from './rwat.ts';
+import { threadDescriptor, type SharedStoreDescriptor, type ThreadShareable } from './shared-store.ts';
 
 /** One layer of a description: how to wrap the store below. */
 export interface LayerSpec {
@@ -60,11 +61,15 @@ export function tracking(chunkSize: number): LayerSpec {
 }
 
 /** Keeps a store open when the stack above it closes (a store the caller goes on using). */
-class Borrowed extends PassThroughLayer {
+class Borrowed extends PassThroughLayer implements ThreadShareable {
   override async close(): Promise<void> {}
+  /** Borrowing changes nothing a worker thread would do. */
+  threadDescriptor(): SharedStoreDescriptor | undefined {
+    return threadDescriptor(this.inner);
+  }
 }
 
-export class Stack extends PassThroughLayer {
+export class Stack extends PassThroughLayer implements ThreadShareable {
   /** Every store of the stack, bottom (the backend) to top (the guard). */
   readonly layers: readonly ReadWriterAt[];
   private readonly names: readonly string[];
@@ -80,6 +85,11 @@ export class Stack extends PassThroughLayer {
   /** The guard on top. */
   get guard(): GuardLayer {
     return this.inner as GuardLayer;
+  }
+
+  /** Shareable with other threads when its guard (and so every layer under it) says so. */
+  threadDescriptor(): SharedStoreDescriptor | undefined {
+    return threadDescriptor(this.inner);
   }
 
   /** The stack top to bottom, for logs. */

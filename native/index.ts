@@ -120,6 +120,8 @@ export interface NativeBinding {
   uffdFeatures(): UffdFeatures;
   socketPair(): [number, number];
   closeFd(fd: number): void;
+  /** dup(2) with close-on-exec: another descriptor for the same open file or socket. */
+  dupFd(fd: number): number;
   /**
    * Configure /dev/nbdX (blksize, size, flags, timeout, sockets) and run
    * NBD_DO_IT on a native thread; `onExit(errno)` when it returns. The socket

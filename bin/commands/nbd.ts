@@ -4,6 +4,7 @@ import { buildStack } from '../../engine/stack.ts';
 import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
 import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { formatSize, parseSize } from '../../base/size.ts';
+import { availableParallelism } from 'node:os';
 
 const usage = `Usage: quicmap nbd --size SIZE [options]
 
@@ -23,6 +24,10 @@ Options:
   --read-only          refuse writes, trims and zeroes
   --mount DIR          also make the region mmap-able: kernel NBD where the
                        kernel has it, else DIR/region through nbdfuse
+  --workers N          threads serving connections' requests (default: one
+                       per core; 0 serves everything on the main thread).
+                       memory and file regions are served on workers; the
+                       handshake always runs on the main thread
   --json               print one JSON object instead of plain lines
   -h, --help           this help
 
@@ -45,15 +50,18 @@ export const nbd: Command = {
       description: { type: 'string' },
       'read-only': { type: 'boolean', default: false },
       mount: { type: 'string' },
+      workers: { type: 'string' },
       json: { type: 'boolean', default: false },
     });
+    const workers = values.workers === undefined ? availableParallelism() : Number(values.workers);
+    if (!Number.isInteger(workers) || workers < 0 || workers > 256) throw new UsageError(`nbd: --workers: expected a whole number from 0 to 256, got "${values.workers}"`);
     if (values.listen && values.socket) throw new UsageError('nbd: use --listen or --socket, not both');
     const size = values.size !== undefined ? parseSizeFlag(values.size) : undefined;
     const readOnly = values['read-only'];
-    const server = new NbdServer({ log });
+    const server = new NbdServer({ log, workers });
     const store = await buildStack({
       backend: values.backend,
-      backendOptions: { size, readOnly, create: true },
+      backendOptions: { size, readOnly, create: true, shareable: workers > 0 },
       maxRequest: server.limits.maxPayload,
       readOnly,
     });

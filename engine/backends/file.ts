@@ -23,6 +23,7 @@
  */
 import fs from 'node:fs';
 import { ClosedError, QuicmapError, ReadOnlyError } from '../../base/errors.ts';
+import type { SharedStoreDescriptor, ThreadShareable } from '../shared-store.ts';
 import { pushExtent, zeroFallback } from '../rwat.ts';
 import type { Extent, ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import { EXTENTS, VECTORED, offer, type Capability } from '../capability.ts';
@@ -150,7 +151,7 @@ async function blockDeviceSize(fd: number, st: fs.Stats): Promise<number> {
   return lo + 1;
 }
 
-export class FileBackend implements ReadWriterAt {
+export class FileBackend implements ReadWriterAt, ThreadShareable {
   readonly caps: StoreCaps;
   readonly path: string;
   readonly isBlockDevice: boolean;
@@ -214,6 +215,17 @@ export class FileBackend implements ReadWriterAt {
       if (created) fs.rmSync(path, { force: true });
       throw err;
     }
+  }
+
+  /**
+   * Another thread opens the same file through this process's descriptor
+   * (/proc/self/fd), so a rename or unlink of the path meanwhile does not
+   * make it open another file. Its flush (fdatasync) covers the whole file,
+   * writes from every descriptor included.
+   */
+  threadDescriptor(): SharedStoreDescriptor | undefined {
+    if (this.closed) return undefined;
+    return { kind: 'file', path: `/proc/self/fd/${this.fd}`, readOnly: this.caps.readOnly };
   }
 
   async size(): Promise<number> {
@@ -321,7 +333,7 @@ export class FileBackend implements ReadWriterAt {
 }
 
 /** Sparse-file operations through the native addon: fallocate and SEEK_DATA/SEEK_HOLE. */
-interface SparseFile {
+export interface SparseFile {
   punch(fd: number, offset: number, length: number): Promise<void>;
   /** Holes and data in [offset, offset + length), in order. */
   extents(fd: number, offset: number, length: number): Extent[];
@@ -334,7 +346,7 @@ interface SparseFile {
  * PUNCH_HOLE: probed with a one-byte punch past the end of the file, which
  * changes nothing (KEEP_SIZE) but fails with EOPNOTSUPP where unsupported.
  */
-async function probeHolePunching(fd: number, size: number): Promise<SparseFile | undefined> {
+export async function probeHolePunching(fd: number, size: number): Promise<SparseFile | undefined> {
   const { nativeAvailable, loadNative } = await import('../../native/index.ts');
   if (!nativeAvailable()) return undefined;
   const native = loadNative();

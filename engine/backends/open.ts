@@ -8,6 +8,7 @@ import type { ReadWriterAt } from '../rwat.ts';
 import { DirectoryBackend } from './directory.ts';
 import { FileBackend, MissingSizeError } from './file.ts';
 import { MemoryBackend } from './memory.ts';
+import { SharedMemoryBackend } from './shared-memory.ts';
 
 export interface OpenBackendOptions {
   /** Region size in bytes: required for memory and to create a file or directory. */
@@ -17,6 +18,11 @@ export interface OpenBackendOptions {
   create?: boolean;
   /** Chunk size for memory (allocation unit) or a new directory. */
   chunkSize?: number;
+  /**
+   * The store will be served from several threads: `memory` then lives in
+   * shared memory (SharedMemoryBackend) where the native addon is present.
+   */
+  shareable?: boolean;
 }
 
 export type BackendSpec = { kind: 'memory' } | { kind: 'file'; path: string } | { kind: 'dir'; path: string };
@@ -46,6 +52,7 @@ export async function openBackend(spec: string, opts: OpenBackendOptions = {}): 
   switch (parsed.kind) {
     case 'memory':
       if (opts.size === undefined) throw new MissingSizeError('memory backend');
+      if (opts.shareable && SharedMemoryBackend.available()) return SharedMemoryBackend.create(opts.size, { readOnly: opts.readOnly });
       return new MemoryBackend(opts.size, { readOnly: opts.readOnly, chunkSize: opts.chunkSize });
     case 'file':
       return FileBackend.open(parsed.path, { size: opts.size, readOnly: opts.readOnly, create: opts.create });

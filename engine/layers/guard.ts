@@ -23,6 +23,7 @@
 import { ClosedError, OutOfRangeError, QuicmapError, ReadOnlyError, RequestTooLargeError } from '../../base/errors.ts';
 import { EXTENTS, VECTORED, type Capability, type ExtentStore, type VectoredStore } from '../capability.ts';
 import type { Extent, ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+import { threadDescriptor, type SharedStoreDescriptor, type ThreadShareable } from '../shared-store.ts';
 import { PassThroughLayer } from './pass-through.ts';
 
 /** An offset or length that is not a non-negative safe integer. */
@@ -39,7 +40,7 @@ export interface GuardOptions {
   readOnly?: boolean;
 }
 
-export class GuardLayer extends PassThroughLayer {
+export class GuardLayer extends PassThroughLayer implements ThreadShareable {
   private readonly ownCaps: StoreCaps;
   private readonly regionSize: number;
   private readonly maxRequest: number;
@@ -63,6 +64,12 @@ export class GuardLayer extends PassThroughLayer {
 
   override get caps(): StoreCaps {
     return this.ownCaps;
+  }
+
+  /** The guard keeps no state between requests: it is shareable when what it wraps is. */
+  threadDescriptor(): SharedStoreDescriptor | undefined {
+    const inner = threadDescriptor(this.inner);
+    return inner && { kind: 'guard', maxRequest: this.maxRequest, readOnly: this.caps.readOnly, inner };
   }
 
   override async size(): Promise<number> {

@@ -46,6 +46,20 @@ export interface ConnectionHost {
   entry(name: string): ExportEntry | undefined;
   log(message: string): void;
   stats: { reads: number; writes: number; bytesRead: number; bytesWritten: number };
+  /**
+   * Offered every connection that has just negotiated an export: true when
+   * the host has taken the socket over (to serve it on a worker thread) and
+   * this connection must not touch it again.
+   */
+  handOff?(socket: Socket, entry: ExportEntry, negotiated: Negotiated): boolean;
+}
+
+/** What the handshake settled, for a connection that goes on elsewhere. */
+export interface Negotiated {
+  structured: boolean;
+  blockStatus: boolean;
+  /** Bytes read past the end of the handshake. */
+  rest: Uint8Array;
 }
 
 const WIRE_ERRNO: Record<ErrorCode, number> = {
@@ -88,7 +102,7 @@ export class NbdConnection {
   constructor(
     private readonly host: ConnectionHost,
     readonly socket: Socket,
-    preNegotiated?: string,
+    preNegotiated?: string | { name: string; structured: boolean; blockStatus: boolean },
   ) {
     this.done = new Promise((r) => (this.resolveDone = r));
     socket.setNoDelay?.(true);
@@ -101,9 +115,10 @@ export class NbdConnection {
     });
     socket.on('close', () => this.finish());
     if (preNegotiated !== undefined) {
-      const entry = host.entry(preNegotiated);
-      if (!entry) throw new Error(`no export named "${preNegotiated}"`);
-      this.startTransmission(entry);
+      const pre = typeof preNegotiated === 'string' ? { name: preNegotiated, structured: false, blockStatus: false } : preNegotiated;
+      const entry = host.entry(pre.name);
+      if (!entry) throw new Error(`no export named "${pre.name}"`);
+      this.startTransmission(entry, pre.structured, pre.blockStatus);
     } else {
       this.handshake = host.handshake();
       socket.write(NbdHandshake.greeting());
@@ -164,6 +179,11 @@ export class NbdConnection {
         const entry = this.host.entry(outcome.export.name);
         if (!entry) {
           this.socket.destroy();
+          return;
+        }
+        if (this.host.handOff?.(this.socket, entry, { structured: outcome.structured, blockStatus: outcome.blockStatus, rest: outcome.rest })) {
+          this.closed = true; // the socket is someone else's now
+          this.resolveDone();
           return;
         }
         this.startTransmission(entry, outcome.structured, outcome.blockStatus);

@@ -8,7 +8,9 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { lstatSync, rmSync } from 'node:fs';
 import type { ReadWriterAt } from '../rwat.ts';
 import { transmissionFlags, type ExportCatalog, type ExportEntry, type ExportInfo } from './export.ts';
-import { NbdConnection, type ConnectionHost, type ConnectionLimits } from './connection.ts';
+import { NbdConnection, type ConnectionHost, type ConnectionLimits, type Negotiated } from './connection.ts';
+import { NbdWorkerPool } from './workers.ts';
+import { threadDescriptor, type SharedStoreDescriptor } from '../shared-store.ts';
 import { NbdHandshake } from './handshake.ts';
 import { BufferPool } from './buffer-pool.ts';
 
@@ -21,7 +23,16 @@ export interface NbdServerOptions {
   maxInFlightBytes?: number;
   /** Where diagnostics go (refusals, dropped clients). Default: nowhere. */
   log?: (message: string) => void;
+  /**
+   * Worker threads that serve connections in transmission, for exports whose
+   * stack can be shared between threads (engine/nbd/workers.ts). 0 (the
+   * default) serves everything on the calling thread.
+   */
+  workers?: number;
 }
+
+/** An export entry, with what a worker needs to serve it when it can be shared. */
+type ServerEntry = ExportEntry & { shared?: { key: string; store: SharedStoreDescriptor } };
 
 export interface AddExportOptions {
   name: string;
@@ -49,7 +60,9 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
   readonly limits: ConnectionLimits;
   readonly buffers = new BufferPool();
   readonly stats = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, connections: 0 };
-  private readonly exports = new Map<string, ExportEntry>();
+  private readonly exports = new Map<string, ServerEntry>();
+  private readonly pool: NbdWorkerPool | undefined;
+  private exportSerial = 0;
   private readonly listeners: Array<{ server: Server; path?: string }> = [];
   private readonly connections = new Set<NbdConnection>();
   private readonly logFn: (message: string) => void;
@@ -62,6 +75,9 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
       maxInFlightBytes: opts.maxInFlightBytes ?? 64 * 1024 * 1024,
     };
     this.logFn = opts.log ?? (() => {});
+    const workers = opts.workers ?? 0;
+    if (!Number.isInteger(workers) || workers < 0) throw new RangeError(`workers must be a whole number ≥ 0, not ${workers}`);
+    if (workers > 0) this.pool = new NbdWorkerPool(this, workers);
   }
 
   log(message: string): void {
@@ -74,7 +90,8 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
     const size = await opts.store.size();
     const readOnly = opts.readOnly === true || opts.store.caps.readOnly;
     const preferred = Math.max(512, opts.store.caps.preferredBlockSize);
-    const entry: ExportEntry = {
+    const descriptor = this.pool ? threadDescriptor(opts.store) : undefined;
+    const entry: ServerEntry = {
       name: opts.name,
       description: opts.description ?? '',
       size,
@@ -85,6 +102,7 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
       preferredBlock: Math.min(preferred, this.limits.maxPayload),
       maxBlock: this.limits.maxPayload,
       store: opts.store,
+      shared: descriptor && { key: `${opts.name}#${++this.exportSerial}`, store: { ...descriptor, readOnly: descriptor.readOnly || readOnly } },
     };
     this.exports.set(opts.name, entry);
     return entry;
@@ -92,8 +110,19 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
 
   /** Remove an export; its clients are disconnected once their requests finish. */
   async removeExport(name: string): Promise<void> {
-    if (!this.exports.delete(name)) return;
-    await Promise.all([...this.connections].filter((c) => c.exportName === name).map((c) => c.shutdown()));
+    const entry = this.exports.get(name);
+    if (!entry) return;
+    this.exports.delete(name);
+    await Promise.all([
+      ...[...this.connections].filter((c) => c.exportName === name).map((c) => c.shutdown()),
+      this.pool?.shutdown(name),
+    ]);
+    if (entry.shared) this.pool?.dropStore(entry.shared.key);
+  }
+
+  /** ConnectionHost: a connection that negotiated a shareable export moves to a worker thread. */
+  handOff(socket: Socket, entry: ExportEntry, negotiated: Negotiated): boolean {
+    return this.pool?.handOff(socket, entry, negotiated) ?? false;
   }
 
   exportInfo(name: string): ExportInfo | undefined {
@@ -117,8 +146,9 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
     return new NbdHandshake(this);
   }
 
+  /** Clients connected now, on this thread and on workers. */
   get connectionCount(): number {
-    return this.connections.size;
+    return this.connections.size + (this.pool?.connectionCount ?? 0);
   }
 
   /** Listen on TCP ({host, port}; port 0 picks one) or a unix socket ({path}, replaced if stale). */
@@ -132,6 +162,7 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
       else server.listen(spec.port, spec.host ?? '127.0.0.1', resolve);
     });
     server.on('error', (e) => this.log(`nbd: listener error: ${e.message}`));
+    if ([...this.exports.values()].some((e) => e.shared)) this.pool?.warm();
     const listener = { server, path: isUnix ? spec.path : undefined };
     this.listeners.push(listener);
     const close = () => {
@@ -177,7 +208,7 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
     if (this.closing) return;
     this.closing = true;
     await Promise.all(this.listeners.splice(0).map(closeListener));
-    await Promise.all([...this.connections].map((c) => c.shutdown()));
+    await Promise.all([...[...this.connections].map((c) => c.shutdown()), this.pool?.close()]);
     for (const e of this.exports.values()) {
       try {
         await e.store.flush();

@@ -34,6 +34,16 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// dup(fd) with close-on-exec: a second descriptor for the same open socket,
+// so one thread can hand a connection to another and close its own handle
+// without ending the connection.
+Napi::Value DupFd(const Napi::CallbackInfo& info) {
+  int fd = info[0].As<Napi::Number>().Int32Value();
+  int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (nfd < 0) ThrowErrno(info.Env(), errno, "dup");
+  return Napi::Number::New(info.Env(), nfd);
+}
+
 struct DoItResult {
   int err;
 };
@@ -116,6 +126,7 @@ Napi::Value NbdDisconnect(const Napi::CallbackInfo& info) {
 void NbdInit(Napi::Env env, Napi::Object exports) {
   exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd, "closeFd"));
+  exports.Set("dupFd", Napi::Function::New(env, DupFd, "dupFd"));
   exports.Set("nbdAttach", Napi::Function::New(env, NbdAttach, "nbdAttach"));
   exports.Set("nbdDisconnect", Napi::Function::New(env, NbdDisconnect, "nbdDisconnect"));
   auto io = Napi::Object::New(env);

@@ -1,0 +1,254 @@
+/**
+ * The NBD server on every core. The main thread accepts clients and runs
+ * the handshake (it has the export table); once a client has negotiated an
+ * export whose stack can be shared between threads (engine/shared-store.ts),
+ * the connection moves to one of N worker threads, which serve its
+ * requests against their own copy of the stack over the same bytes. So
+ * nbdcopy's four connections run on two cores, as they do on nbdkit's
+ * threads; a stack that cannot be shared (a remote region, the chunked
+ * layer's locks) keeps being served on the main thread.
+ *
+ * The move: the main thread stops reading, waits until its last handshake
+ * bytes are with the kernel, dups the socket's descriptor, hands the
+ * duplicate to the worker and closes its own handle (a close of one of two
+ * descriptors ends nothing). The worker wraps the descriptor in a
+ * net.Socket, gives back the bytes read past the handshake, and serves the
+ * connection in transmission as the main thread would have.
+ *
+ * Shutdown and removeExport ask the workers to drain the affected
+ * connections (in-flight requests answered, then closed) and wait for them.
+ */
+import type { Socket } from 'node:net';
+import { Worker } from 'node:worker_threads';
+import { loadNative } from '../../native/index.ts';
+import type { ExportEntry } from './export.ts';
+import type { ConnectionLimits, Negotiated } from './connection.ts';
+import type { SharedStoreDescriptor } from '../shared-store.ts';
+import type { ExportInfo } from './export.ts';
+
+/** Main → worker. */
+export type ToWorker =
+  | {
+      type: 'serve';
+      id: number;
+      fd: number;
+      storeKey: string;
+      store: SharedStoreDescriptor;
+      info: ExportInfo;
+      structured: boolean;
+      blockStatus: boolean;
+      rest: Uint8Array;
+      limits: ConnectionLimits;
+    }
+  | { type: 'shutdown'; ids: number[]; graceMs: number; token: number }
+  | { type: 'drop-store'; storeKey: string };
+
+/** Worker → main. */
+export type FromWorker =
+  | { type: 'closed'; id: number; stats: WorkerStats }
+  | { type: 'log'; message: string }
+  | { type: 'shutdown-done'; token: number };
+
+export interface WorkerStats {
+  reads: number;
+  writes: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+interface Served {
+  worker: PoolWorker;
+  exportName: string;
+}
+
+interface PoolWorker {
+  thread: Worker;
+  active: number;
+}
+
+/** What the pool needs from the server it belongs to. */
+export interface WorkerHost {
+  readonly limits: ConnectionLimits;
+  readonly stats: WorkerStats;
+  log(message: string): void;
+}
+
+export class NbdWorkerPool {
+  private readonly size: number;
+  private readonly host: WorkerHost;
+  private readonly workers: PoolWorker[] = [];
+  private readonly served = new Map<number, Served>();
+  private readonly waiters = new Map<number, () => void>();
+  private nextId = 1;
+  private nextToken = 1;
+  private closed = false;
+
+  constructor(host: WorkerHost, size: number) {
+    this.host = host;
+    this.size = size;
+  }
+
+  /** Start the threads now, so the first client does not wait for one to boot. */
+  warm(): void {
+    while (!this.closed && this.workers.length < this.size) this.spawn();
+  }
+
+  /** Connections being served on workers now. */
+  get connectionCount(): number {
+    return this.served.size;
+  }
+
+  /**
+   * Take over a socket that has negotiated `entry`. False (and the socket
+   * untouched) when the export cannot be served off the main thread.
+   */
+  handOff(socket: Socket, entry: ExportEntry & { shared?: { key: string; store: SharedStoreDescriptor } }, neg: Negotiated): boolean {
+    if (this.closed || !entry.shared) return false;
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd !== 'number' || fd < 0) return false;
+    const shared = entry.shared;
+    socket.pause();
+    // Anything the stream has buffered beyond the handshake goes along.
+    const extra: Uint8Array[] = [neg.rest];
+    for (let b; (b = socket.read() as Buffer | null) !== null; ) extra.push(b);
+    const id = this.nextId++;
+    const worker = this.pick();
+    worker.active++;
+    this.served.set(id, { worker, exportName: entry.name });
+    const move = () => {
+      let dup: number;
+      try {
+        dup = loadNative().dupFd(fd);
+      } catch (e) {
+        this.host.log(`nbd: cannot move a connection to a worker: ${(e as Error).message}`);
+        this.forget(id);
+        socket.destroy();
+        return;
+      }
+      socket.destroy();
+      const msg: ToWorker = {
+        type: 'serve',
+        id,
+        fd: dup,
+        storeKey: shared.key,
+        store: shared.store,
+        info: {
+          name: entry.name,
+          description: entry.description,
+          size: entry.size,
+          readOnly: entry.readOnly,
+          flags: entry.flags,
+          minBlock: entry.minBlock,
+          preferredBlock: entry.preferredBlock,
+          maxBlock: entry.maxBlock,
+        },
+        structured: neg.structured,
+        blockStatus: neg.blockStatus,
+        rest: Buffer.concat(extra),
+        limits: this.host.limits,
+      };
+      worker.thread.postMessage(msg);
+    };
+    // The handshake's last reply must be with the kernel before the descriptor moves.
+    const flushed = () => socket.writableLength === 0 && ((socket as unknown as { _handle?: { writeQueueSize?: number } })._handle?.writeQueueSize ?? 0) === 0;
+    const whenFlushed = (tries: number) => {
+      if (socket.destroyed) return this.forget(id);
+      if (flushed()) return move();
+      if (tries > 2000) {
+        this.host.log('nbd: client does not read its handshake reply; dropping it');
+        this.forget(id);
+        return socket.destroy();
+      }
+      setTimeout(() => whenFlushed(tries + 1), 1);
+    };
+    whenFlushed(0);
+    return true;
+  }
+
+  /** Drain and close the worker connections on `exportName` (all when undefined). */
+  async shutdown(exportName?: string, graceMs = 5000): Promise<void> {
+    const byWorker = new Map<PoolWorker, number[]>();
+    for (const [id, s] of this.served) {
+      if (exportName !== undefined && s.exportName !== exportName) continue;
+      const list = byWorker.get(s.worker) ?? [];
+      list.push(id);
+      byWorker.set(s.worker, list);
+    }
+    await Promise.all(
+      [...byWorker].map(
+        ([w, ids]) =>
+          new Promise<void>((resolve) => {
+            const token = this.nextToken++;
+            this.waiters.set(token, resolve);
+            w.thread.postMessage({ type: 'shutdown', ids, graceMs, token } satisfies ToWorker);
+          }),
+      ),
+    );
+  }
+
+  /** The export's stack is gone: workers drop their copies of it. */
+  dropStore(storeKey: string): void {
+    for (const w of this.workers) w.thread.postMessage({ type: 'drop-store', storeKey } satisfies ToWorker);
+  }
+
+  async close(graceMs = 5000): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.shutdown(undefined, graceMs);
+    await Promise.all(this.workers.map((w) => w.thread.terminate()));
+    this.workers.length = 0;
+  }
+
+  private pick(): PoolWorker {
+    const idle = this.workers.find((w) => w.active === 0);
+    if (idle) return idle;
+    if (this.workers.length < this.size) return this.spawn();
+    return this.workers.reduce((a, b) => (b.active < a.active ? b : a));
+  }
+
+  private spawn(): PoolWorker {
+    const thread = new Worker(new URL('./worker-boot.mjs', import.meta.url));
+    const w: PoolWorker = { thread, active: 0 };
+    // The pool does not keep a process alive; listeners and sockets do.
+    thread.unref();
+    thread.on('message', (m: FromWorker) => this.onMessage(m));
+    thread.on('error', (e) => this.host.log(`nbd: worker thread failed: ${e.message}`));
+    thread.on('exit', () => {
+      const i = this.workers.indexOf(w);
+      if (i >= 0) this.workers.splice(i, 1);
+      for (const [id, s] of this.served) if (s.worker === w) this.forget(id);
+    });
+    this.workers.push(w);
+    return w;
+  }
+
+  private onMessage(m: FromWorker): void {
+    switch (m.type) {
+      case 'closed': {
+        const s = this.host.stats;
+        s.reads += m.stats.reads;
+        s.writes += m.stats.writes;
+        s.bytesRead += m.stats.bytesRead;
+        s.bytesWritten += m.stats.bytesWritten;
+        this.forget(m.id);
+        break;
+      }
+      case 'log':
+        this.host.log(m.message);
+        break;
+      case 'shutdown-done': {
+        const r = this.waiters.get(m.token);
+        this.waiters.delete(m.token);
+        r?.();
+        break;
+      }
+    }
+  }
+
+  private forget(id: number): void {
+    const s = this.served.get(id);
+    if (!s) return;
+    this.served.delete(id);
+    s.worker.active--;
+  }
+}
