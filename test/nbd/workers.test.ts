@@ -14,6 +14,8 @@ import { SharedMemoryBackend } from '../../engine/backends/shared-memory.ts';
 import { FileBackend } from '../../engine/backends/file.ts';
 import { GuardLayer } from '../../engine/layers/guard.ts';
 import { threadDescriptor } from '../../engine/shared-store.ts';
+import { buildStack, tracking } from '../../engine/stack.ts';
+import { TRACKING } from '../../engine/capability.ts';
 import { nativeAvailable } from '../../native/index.ts';
 import { needCondition, needTools, Scope, withTimeout } from '../helpers/env.ts';
 import { ok, qemuIo, startServer, tool } from './fixture.ts';
@@ -135,6 +137,20 @@ tools(['qemu-io'])('a store that cannot be shared is still served, on the main t
     const b = new Uint8Array(4);
     await store.readAt(b, 100);
     assert.equal([...b], [9, 9, 9, 9]);
+  });
+});
+
+tools(['qemu-io'])('a stack with a layer that keeps state (tracking) stays on the main thread, so the layer sees every write', async () => {
+  await inScope('tracking stack on a server with workers', 30_000, async (s) => {
+    const shm = await SharedMemoryBackend.create(4 * MiB);
+    const stack = await buildStack({ backend: shm, layers: [tracking(64 * 1024)], maxRequest: 32 * MiB });
+    s.defer(() => stack.close());
+    assert.is(threadDescriptor(stack), undefined, 'tracking does not vouch for sharing');
+    const fx = await startServer(s, [{ name: 't', store: stack }], { workers: 2 });
+    const t = stack.capability(TRACKING)!;
+    await t.mark();
+    await qemuIo(fx.unix.uri('t'), ['write -P 3 1M 64k']);
+    assert.equal(await t.dirty(), [16]);
   });
 });
 
