@@ -106,6 +106,9 @@ export class NbdWorkerPool {
     if (this.closed || !entry.shared) return false;
     const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     if (typeof fd !== 'number' || fd < 0) return false;
+    // An addon built before dupFd existed: serve here rather than fail the client.
+    const native = loadNative();
+    if (typeof native.dupFd !== 'function') return false;
     const shared = entry.shared;
     socket.pause();
     // Anything the stream has buffered beyond the handshake goes along.
@@ -118,7 +121,7 @@ export class NbdWorkerPool {
     const move = () => {
       let dup: number;
       try {
-        dup = loadNative().dupFd(fd);
+        dup = native.dupFd(fd);
       } catch (e) {
         this.host.log(`nbd: cannot move a connection to a worker: ${(e as Error).message}`);
         this.forget(id);
