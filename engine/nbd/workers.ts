@@ -20,7 +20,7 @@
  */
 import type { Socket } from 'node:net';
 import { Worker } from 'node:worker_threads';
-import { loadNative } from '../../native/index.ts';
+import { loadNative, nativeAvailable } from '../../native/index.ts';
 import type { ExportEntry } from './export.ts';
 import type { ConnectionLimits, Negotiated } from './connection.ts';
 import type { SharedStoreDescriptor } from '../shared-store.ts';
@@ -106,7 +106,8 @@ export class NbdWorkerPool {
     if (this.closed || !entry.shared) return false;
     const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     if (typeof fd !== 'number' || fd < 0) return false;
-    // An addon built before dupFd existed: serve here rather than fail the client.
+    // No addon, or one built before dupFd existed: serve here rather than fail the client.
+    if (!nativeAvailable()) return false;
     const native = loadNative();
     if (typeof native.dupFd !== 'function') return false;
     const shared = entry.shared;
