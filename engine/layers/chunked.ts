@@ -22,6 +22,7 @@
  */
 import { ClosedError } from '../../base/errors.ts';
 import { chunkPieces } from '../../base/chunk-pieces.ts';
+import { settleAll } from '../../base/split-range.ts';
 import { VECTORED, type Capability } from '../capability.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import { PassThroughLayer } from './pass-through.ts';
@@ -82,7 +83,7 @@ export class ChunkedLayer extends PassThroughLayer {
       if (within === 0 && length === cLen) jobs.push(this.inner.readAt(piece, cStart));
       else jobs.push(this.readPartial(piece, cStart, cLen, within));
     }
-    await settle(jobs);
+    await settleAll(jobs); // never leave a job running behind a released lock
   }
 
   override async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
@@ -101,7 +102,7 @@ export class ChunkedLayer extends PassThroughLayer {
         if (within === 0 && length === cLen) jobs.push(this.inner.writeAt(piece, cStart, opts));
         else jobs.push(this.modify(cStart, cLen, (chunk) => chunk.set(piece, within), opts));
       }
-      await settle(jobs);
+      await settleAll(jobs); // never leave a job running behind a released lock
     } finally {
       unlock();
     }
@@ -148,7 +149,7 @@ export class ChunkedLayer extends PassThroughLayer {
         edge(offset, mid);
         if (mid < end) edge(mid, end);
       }
-      await settle(jobs);
+      await settleAll(jobs); // never leave a job running behind a released lock
     } finally {
       unlock();
     }
@@ -224,11 +225,4 @@ export class ChunkedLayer extends PassThroughLayer {
       release();
     };
   }
-}
-
-/** Wait for all jobs (never leave one running behind a released lock); throw the first error. */
-async function settle(jobs: Promise<void>[]): Promise<void> {
-  if (jobs.length === 1) return jobs[0];
-  const results = await Promise.allSettled(jobs);
-  for (const r of results) if (r.status === 'rejected') throw r.reason;
 }

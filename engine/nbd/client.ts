@@ -10,6 +10,7 @@ import { connect, type Socket } from 'node:net';
 import { ClosedError, ProtocolError, QuicmapError, type ErrorCode } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import type { Capability } from '../capability.ts';
+import { splitRange } from '../../base/split-range.ts';
 import {
   CMD_DISC,
   CMD_FLAG_FUA,
@@ -193,12 +194,12 @@ export class NbdClient implements ReadWriterAt {
   }
 
   readAt(buf: Uint8Array, offset: number): Promise<void> {
-    return this.splitting(offset, buf.length, (o, n) => this.request(CMD_READ, 0, offset + o, n, undefined, buf.subarray(o, o + n)));
+    return this.splitting(buf.length, (o, n) => this.request(CMD_READ, 0, offset + o, n, undefined, buf.subarray(o, o + n)));
   }
 
   writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
     const flags = opts?.fua ? CMD_FLAG_FUA : 0;
-    return this.splitting(offset, data.length, (o, n) => this.request(CMD_WRITE, flags, offset + o, n, data.subarray(o, o + n)));
+    return this.splitting(data.length, (o, n) => this.request(CMD_WRITE, flags, offset + o, n, data.subarray(o, o + n)));
   }
 
   flush(): Promise<void> {
@@ -207,12 +208,12 @@ export class NbdClient implements ReadWriterAt {
 
   trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
     if (!this.caps.canTrim) return Promise.resolve();
-    return this.splitting(offset, length, (o, n) => this.request(CMD_TRIM, opts?.fua ? CMD_FLAG_FUA : 0, offset + o, n));
+    return this.splitting(length, (o, n) => this.request(CMD_TRIM, opts?.fua ? CMD_FLAG_FUA : 0, offset + o, n));
   }
 
   writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     const flags = (opts?.fua ? CMD_FLAG_FUA : 0) | (opts?.noHole ? CMD_FLAG_NO_HOLE : 0);
-    return this.splitting(offset, length, (o, n) => this.request(CMD_WRITE_ZEROES, flags, offset + o, n));
+    return this.splitting(length, (o, n) => this.request(CMD_WRITE_ZEROES, flags, offset + o, n));
   }
 
   /** No capabilities beyond the core. */
@@ -229,11 +230,9 @@ export class NbdClient implements ReadWriterAt {
     this.socket.destroy();
   }
 
-  private async splitting(offset: number, length: number, one: (at: number, n: number) => Promise<void>): Promise<void> {
-    if (length <= this.maxBlock) return one(0, length);
-    const parts: Promise<void>[] = [];
-    for (let at = 0; at < length; at += this.maxBlock) parts.push(one(at, Math.min(this.maxBlock, length - at)));
-    await Promise.all(parts);
+  /** Pieces of at most the server's maximum block, all-settled (base/split-range.ts). */
+  private splitting(length: number, one: (at: number, n: number) => Promise<void>): Promise<void> {
+    return splitRange(length, this.maxBlock, one);
   }
 
   private requestHeader(type: number, flags: number, handle: number, offset: number, length: number): Buffer {

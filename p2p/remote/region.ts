@@ -31,6 +31,7 @@ import type { Limits } from '../protocol/messages.ts';
 import { ClientLink, isRefusal } from './link.ts';
 import { DEFAULT_LIMITS } from './server.ts';
 import { Semaphore } from '../../base/semaphore.ts';
+import { splitRange } from '../../base/split-range.ts';
 
 export interface RemoteRegionOptions {
   /** Dial the sharer (transport + address + expected key); called again on reconnect. */
@@ -260,38 +261,19 @@ export class RemoteRegion implements ReadWriterAt {
     }
   }
 
-  private pieces(offset: number, length: number, max: number, fn: (off: number, len: number, last: boolean) => Promise<void>): Promise<void> {
-    if (length <= max) return fn(offset, length, true);
-    const all: Promise<void>[] = [];
-    for (let at = 0; at < length; at += max) {
-      const n = Math.min(max, length - at);
-      all.push(fn(offset + at, n, at + n >= length));
-    }
-    // Wait for every piece before failing: a caller must not see its buffer
-    // written to after its call has already rejected.
-    return Promise.allSettled(all).then((rs) => {
-      const bad = rs.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      if (bad) throw bad.reason;
-    });
-  }
-
   async size(): Promise<number> {
     if (this.closed) throw new ClosedError('remote region');
     return this.manifest.size;
   }
 
   async readAt(buf: Uint8Array, offset: number): Promise<void> {
-    await this.pieces(offset, buf.length, this.limits.maxFrame, (off, len) =>
-      this.request((l) => l.read(buf.subarray(off - offset, off - offset + len), off)),
-    );
+    await splitRange(buf.length, this.limits.maxFrame, (at, len) => this.request((l) => l.read(buf.subarray(at, at + len), offset + at)));
     this.stats.bytesRead += buf.length;
   }
 
   async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
     const fua = opts?.fua === true;
-    await this.pieces(offset, data.length, this.limits.maxFrame, (off, len) =>
-      this.request((l) => l.write(data.subarray(off - offset, off - offset + len), off, fua)),
-    );
+    await splitRange(data.length, this.limits.maxFrame, (at, len) => this.request((l) => l.write(data.subarray(at, at + len), offset + at, fua)));
     this.stats.bytesWritten += data.length;
   }
 
@@ -302,13 +284,13 @@ export class RemoteRegion implements ReadWriterAt {
   async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
     if (!this.caps.canTrim) return; // advisory: a store that cannot trim ignores it
     const fua = opts?.fua === true;
-    await this.pieces(offset, length, MAX_RANGE_PIECE, (off, len) => this.request((l) => l.trim(off, len, fua)));
+    await splitRange(length, MAX_RANGE_PIECE, (at, len) => this.request((l) => l.trim(offset + at, len, fua)));
   }
 
   async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     const fua = opts?.fua === true;
     const noHole = opts?.noHole === true;
-    await this.pieces(offset, length, MAX_RANGE_PIECE, (off, len) => this.request((l) => l.zero(off, len, fua, noHole)));
+    await splitRange(length, MAX_RANGE_PIECE, (at, len) => this.request((l) => l.zero(offset + at, len, fua, noHole)));
   }
 
   /** No capabilities beyond the core. */
