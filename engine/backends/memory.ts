@@ -10,12 +10,11 @@
  * straight from the chunk into the caller's buffer (one memcpy, no
  * allocation), writes copy once into the chunk.
  *
- * Chunk size (default 256 KiB): measured sequentially over 1 GiB with 256 KiB
- * and 2 MiB requests (2-core VM, 2026-11), 64 KiB–4 MiB chunks all give
- * ~11-12 GiB/s overwrite and ~13-14 GiB/s read — the cost is the memcpy, not
- * the per-chunk loop, and all of it is far above what an NBD socket carries
- * (~2-3 GiB/s). So the choice is about sparseness: 256 KiB is fine-grained
- * enough that scattered small writes and trims cost little memory, matches
+ * Chunk size (default 256 KiB): any chunk size from 64 KiB to 4 MiB copies
+ * at memory speed, far above what an NBD socket carries (bench/RESULTS.md,
+ * "memory backend chunk size"). So the choice is about sparseness: 256 KiB
+ * is fine-grained enough that scattered small writes and trims cost little
+ * memory, matches
  * nbdcopy's default request size (a typical request touches one chunk), and
  * keeps the chunk map short (4 Ki entries per GiB written).
  */
