@@ -1,39 +1,29 @@
 /**
  * ClientLink: one live protocol session with a sharer — one connection, one
  * stream, many requests multiplexed on it by request id. The I/O adapter
- * around ClientSession: it pumps the stream into the session, resolves the
- * promise of each request when its reply arrives, and fails every pending
- * request at once with EIO when the link dies (no request outlives its link).
+ * around ClientSession: it pumps the stream into the session and reports
+ * replies, received bytes and its death to its owner. It keeps no request
+ * state and no timers: request ids, deadlines and the callers' promises live
+ * in the RequestTable, which outlives a link; liveness and reconnect in the
+ * LinkSupervisor (both sans-IO, p2p/remote/).
  *
- * Why one stream per connection and not a stream per request or a pool:
- * opening a QUIC stream costs ~200 µs (FACTS.md), more than a 4 KiB request
- * itself on loopback. A single ordered stream with request ids gives the
- * same pipelining (many requests in flight, replies in any order) at 24
- * bytes per request. Measured on loopback (2-core VM, both ends in one
- * process, 16 requests in flight, median of 3; 2026-11), one stream vs a
- * pool of 4 sessions on one connection, round-robin:
- *   QUIC 256 KiB reads 278 vs 279 MB/s, 4 KiB reads 79 vs 66 MB/s;
- *   TCP  256 KiB reads 267 vs 286 MB/s, 4 KiB reads 62 vs 69 MB/s —
- * no gain worth the extra sessions. What a pool would buy is freedom from
- * head-of-line blocking under packet loss (QUIC only), which loopback cannot
- * show; several ClientLinks on one Connection already work (the server runs
- * one session per stream), so a pool can be added above this class if
- * measurements under loss call for it.
+ * One stream per connection, not a stream per request or a pool: opening a
+ * stream costs more than a small request on loopback, and one ordered stream
+ * with request ids gives the same pipelining (many requests in flight,
+ * replies in any order) at 24 bytes per request; measured in
+ * bench/RESULTS.md ("one stream vs a pool"). What a pool would buy is
+ * freedom from head-of-line blocking under packet loss (QUIC only); several
+ * ClientLinks on one Connection already work (the server runs one session
+ * per stream), so a pool can be added above this class if measurements
+ * under loss call for it.
  */
 import type { ByteStream, Connection } from '../../transports/transport.ts';
 import { QuicmapError, type ErrorCode } from '../../base/errors.ts';
+import { withDeadline } from '../../base/deadline.ts';
 import { ClientSession } from '../protocol/client-session.ts';
 import { FrameWriter } from './frame-writer.ts';
 import { verifyManifest, type Manifest } from '../protocol/manifest.ts';
-import {
-  encodeFlush,
-  encodePing,
-  encodeRead,
-  encodeTrim,
-  encodeWrite,
-  encodeZero,
-  type Limits,
-} from '../protocol/messages.ts';
+import { encodeFlush, encodePing, encodeRead, encodeTrim, encodeWrite, encodeZero, type Limits } from '../protocol/messages.ts';
 
 export interface LinkOptions {
   grant: Uint8Array;
@@ -47,36 +37,43 @@ export interface LinkOptions {
   helloTimeoutMs?: number;
 }
 
-interface Pending {
-  resolve: () => void;
-  reject: (e: Error) => void;
+/** What a link tells its owner. */
+export interface LinkHandlers {
+  /** The reply to request `id`: success, or the sharer's error. */
+  reply(id: number, err?: QuicmapError): void;
+  /** Bytes arrived (the liveness signal). */
+  received(): void;
+  /** The link died; called once. */
+  dead(reason: QuicmapError): void;
 }
+
+/** One operation, as sent on the wire (each is one frame: the caller splits by limits.maxFrame). */
+export type LinkOp =
+  | { op: 'read'; buf: Uint8Array; offset: number }
+  | { op: 'write'; data: Uint8Array; offset: number; fua: boolean }
+  | { op: 'flush' }
+  | { op: 'trim'; offset: number; length: number; fua: boolean }
+  | { op: 'zero'; offset: number; length: number; fua: boolean; noHole: boolean }
+  | { op: 'ping' };
 
 export class ClientLink {
   readonly manifest: Manifest;
   readonly limits: Limits;
   readonly caps: ReadonlySet<string>;
-  /** Time (performance.now) anything was last received: the liveness signal. */
-  lastReceived = performance.now();
-  /** Resolves with the reason once the link is dead. */
-  readonly dead: Promise<Error>;
-  private markDead!: (e: Error) => void;
-  private deathReason: Error | undefined;
-  private readonly pending = new Map<number, Pending>();
-  private nextId = 1;
+  private readonly conn: Connection;
+  private readonly stream: ByteStream;
+  private readonly session: ClientSession;
   private readonly writer: FrameWriter;
+  private handlers: LinkHandlers | undefined;
+  private deathReason: QuicmapError | undefined;
 
-  private constructor(
-    private readonly conn: Connection,
-    private readonly stream: ByteStream,
-    private readonly session: ClientSession,
-    manifest: Manifest,
-    caps: string[],
-  ) {
+  private constructor(conn: Connection, stream: ByteStream, session: ClientSession, manifest: Manifest, caps: string[]) {
+    this.conn = conn;
+    this.stream = stream;
+    this.session = session;
     this.manifest = manifest;
     this.limits = { ...session.limits };
     this.caps = new Set(caps);
-    this.dead = new Promise((r) => (this.markDead = r));
     this.writer = new FrameWriter(stream);
   }
 
@@ -88,38 +85,32 @@ export class ClientLink {
   static async open(conn: Connection, opts: LinkOptions): Promise<ClientLink> {
     const session = new ClientSession(opts.limits);
     let stream: ByteStream | undefined;
-    let timer: NodeJS.Timeout | undefined;
+    const helloMs = opts.helloTimeoutMs ?? 5_000;
     try {
       stream = await conn.openStream();
       const s = stream;
-      const welcome = await new Promise<{ manifest: Manifest; caps: string[] }>((resolve, reject) => {
-        timer = setTimeout(() => reject(new QuicmapError('ETIMEDOUT', `sharer did not answer HELLO within ${opts.helloTimeoutMs ?? 5_000} ms`)), opts.helloTimeoutMs ?? 5_000);
-        s.write(session.hello(opts.grant, opts.caps, opts.agent)).catch(reject);
-        void (async () => {
-          for (;;) {
-            const chunk = await s.read();
-            if (chunk === null) throw new QuicmapError('EIO', 'sharer closed the connection during the handshake');
-            const events = session.receive(chunk);
-            for (const ev of events) {
-              if (ev.kind === 'refused') throw new QuicmapError(ev.code, `sharer refused: ${ev.message}`);
-              if (ev.kind === 'welcome') {
-                const m = await verifyManifest(ev.welcome.manifest, ev.welcome.manifestSig, opts.sharer);
-                if (Buffer.compare(m.regionId, opts.regionId) !== 0) throw new QuicmapError('EPROTO', 'sharer answered with a manifest for another region');
-                // The sharer sends nothing unasked after WELCOME, so no bytes are left over for pump().
-                resolve({ manifest: m, caps: ev.welcome.caps });
-                return;
-              }
+      const handshake = (async () => {
+        await s.write(session.hello(opts.grant, opts.caps, opts.agent));
+        for (;;) {
+          const chunk = await s.read();
+          if (chunk === null) throw new QuicmapError('EIO', 'sharer closed the connection during the handshake');
+          for (const ev of session.receive(chunk)) {
+            if (ev.kind === 'refused') throw new QuicmapError(ev.code, `sharer refused: ${ev.message}`);
+            if (ev.kind === 'welcome') {
+              const m = await verifyManifest(ev.welcome.manifest, ev.welcome.manifestSig, opts.sharer);
+              if (Buffer.compare(m.regionId, opts.regionId) !== 0) throw new QuicmapError('EPROTO', 'sharer answered with a manifest for another region');
+              // The sharer sends nothing unasked after WELCOME, so no bytes are left over for pump().
+              return { manifest: m, caps: ev.welcome.caps };
             }
           }
-        })().catch(reject);
+        }
+      })();
+      handshake.catch(() => {}); // a late failure after the deadline is moot
+      const welcome = await withDeadline(handshake, helloMs, 'HELLO', {
+        error: () => new QuicmapError('ETIMEDOUT', `sharer did not answer HELLO within ${helloMs} ms`),
       });
-      clearTimeout(timer);
-      const link = new ClientLink(conn, s, session, welcome.manifest, welcome.caps);
-      void link.pump();
-      void conn.closed.then(() => link.kill(new QuicmapError('EIO', 'connection to the sharer closed')));
-      return link;
+      return new ClientLink(conn, s, session, welcome.manifest, welcome.caps);
     } catch (e) {
-      clearTimeout(timer);
       stream?.reset();
       await conn.close().catch(() => {});
       if (e instanceof QuicmapError) throw e;
@@ -127,12 +118,15 @@ export class ClientLink {
     }
   }
 
-  get isDead(): boolean {
-    return this.deathReason !== undefined;
+  /** Start pumping replies to `handlers`. Call once. */
+  start(handlers: LinkHandlers): void {
+    this.handlers = handlers;
+    void this.pump();
+    void this.conn.closed.then(() => this.kill(new QuicmapError('EIO', 'connection to the sharer closed')));
   }
 
-  get pendingCount(): number {
-    return this.pending.size;
+  get isDead(): boolean {
+    return this.deathReason !== undefined;
   }
 
   private async pump(): Promise<void> {
@@ -140,10 +134,11 @@ export class ClientLink {
       for (;;) {
         const chunk = await this.stream.read();
         if (chunk === null) throw new QuicmapError('EIO', 'sharer closed the stream');
-        this.lastReceived = performance.now();
+        if (this.deathReason) return;
+        this.handlers!.received();
         for (const ev of this.session.receive(chunk)) {
-          if (ev.kind === 'ok') this.settle(ev.id);
-          else if (ev.kind === 'error') this.settle(ev.id, new QuicmapError(ev.code, `sharer: ${ev.message}`));
+          if (ev.kind === 'ok') this.handlers!.reply(ev.id);
+          else if (ev.kind === 'error') this.handlers!.reply(ev.id, new QuicmapError(ev.code, `sharer: ${ev.message}`));
         }
       }
     } catch (e) {
@@ -152,74 +147,48 @@ export class ClientLink {
     }
   }
 
-  private settle(id: number, err?: Error): void {
-    const p = this.pending.get(id);
-    if (!p) return; // a late reply to a request given up on
-    this.pending.delete(id);
-    if (err) p.reject(err);
-    else p.resolve();
-  }
-
-  /** Kill the link: every pending request fails now with `reason` (EIO for the caller). */
+  /** Kill the link: the owner hears `dead(reason)` once; late replies are dropped. */
   kill(reason: Error): void {
     if (this.deathReason) return;
-    this.deathReason = reason;
-    this.session.close();
     const err = reason instanceof QuicmapError ? reason : new QuicmapError('EIO', reason.message, { cause: reason });
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
+    this.deathReason = err;
+    this.session.close();
     this.stream.reset(reason);
     void this.conn.close(reason).catch(() => {});
-    this.markDead(err);
+    this.handlers?.dead(err);
   }
 
-  private allocateId(): number {
-    // u32 ids, 0 reserved; skip any still in flight after a wrap.
-    do {
-      this.nextId = this.nextId >= 0xffff_ffff ? 1 : this.nextId + 1;
-    } while (this.pending.has(this.nextId));
-    return this.nextId;
-  }
-
-  private call(build: (id: number) => Uint8Array[], readInto?: Uint8Array): { id: number; done: Promise<void> } {
-    if (this.deathReason) {
-      const e = this.deathReason;
-      return { id: 0, done: Promise.reject(e instanceof QuicmapError ? e : new QuicmapError('EIO', e.message)) };
+  /** Send request `id` (the caller allocated it); a READ reply lands in `op.buf`. */
+  send(id: number, op: LinkOp): void {
+    if (this.deathReason) return;
+    let frames: Uint8Array[];
+    switch (op.op) {
+      case 'read':
+        this.session.expectRead(id, op.buf);
+        frames = encodeRead(id, op.offset, op.buf.length);
+        break;
+      case 'write':
+        frames = encodeWrite(id, op.offset, op.data, op.fua);
+        break;
+      case 'flush':
+        frames = encodeFlush(id);
+        break;
+      case 'trim':
+        frames = encodeTrim(id, op.offset, op.length, op.fua);
+        break;
+      case 'zero':
+        frames = encodeZero(id, op.offset, op.length, { fua: op.fua, noHole: op.noHole });
+        break;
+      case 'ping':
+        frames = encodePing(id);
+        break;
     }
-    const id = this.allocateId();
-    const done = new Promise<void>((resolve, reject) => this.pending.set(id, { resolve, reject }));
-    if (readInto) this.session.expectRead(id, readInto);
-    this.writer.write(build(id)).catch((e: Error) => this.kill(new QuicmapError('EIO', `sending to the sharer failed: ${e.message}`, { cause: e })));
-    return { id, done };
+    this.writer.write(frames).catch((e: Error) => this.kill(new QuicmapError('EIO', `sending to the sharer failed: ${e.message}`, { cause: e })));
   }
 
-  /** Give up on a request (timeout): it fails with `err`; a late reply is dropped. */
-  abandon(id: number, err: Error): void {
+  /** Give up on a request (timed out): a late reply is dropped, never written into its buffer. */
+  forget(id: number): void {
     this.session.forget(id);
-    const p = this.pending.get(id);
-    if (!p) return;
-    this.pending.delete(id);
-    p.reject(err);
-  }
-
-  // Each operation is one frame: the caller splits by limits.maxFrame.
-  read(buf: Uint8Array, offset: number) {
-    return this.call((id) => encodeRead(id, offset, buf.length), buf);
-  }
-  write(data: Uint8Array, offset: number, fua: boolean) {
-    return this.call((id) => encodeWrite(id, offset, data, fua));
-  }
-  flush() {
-    return this.call((id) => encodeFlush(id));
-  }
-  trim(offset: number, length: number, fua: boolean) {
-    return this.call((id) => encodeTrim(id, offset, length, fua));
-  }
-  zero(offset: number, length: number, fua: boolean, noHole: boolean) {
-    return this.call((id) => encodeZero(id, offset, length, { fua, noHole }));
-  }
-  ping() {
-    return this.call((id) => encodePing(id));
   }
 
   async close(): Promise<void> {

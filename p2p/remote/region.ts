@@ -1,37 +1,42 @@
 /**
  * RemoteRegion: a ReadWriterAt whose bytes live on a sharer, reached over a
- * transport. What a direct mount serves through NBD.
+ * transport. What a direct mount serves through NBD. A thin facade over
+ * three parts:
  *
- * - Many requests in flight on one link, bounded by the negotiated
- *   max-in-flight; callers beyond it queue here (FIFO), not on the wire.
- *   Requests above the negotiated max frame are split.
- * - When the link dies (sharer killed, network gone) every pending request
- *   fails at once with EIO — an NBD client sees an I/O error, never a hang —
- *   and a reconnect loop with exponential backoff runs in the background.
- *   Requests made while there is no link wait at most `waitForLinkMs` for
- *   one, then fail with EIO; once the sharer is back, requests succeed again.
- * - Liveness: while requests are pending, silence for `livenessMs/2` sends a
- *   PING and silence for `livenessMs` declares the link dead. This catches a
- *   sharer that vanished without closing (SIGKILL under QUIC sends no close)
- *   much sooner than the transport's idle timeout would. An idle region
- *   pings every `idlePingMs`, so a dead link is found (and replaced) before
- *   the next request needs it.
- * - Each request also has a deadline (`requestTimeoutMs`) for a sharer that
- *   answers pings but whose store hangs; it fails with ETIMEDOUT.
- * - A refusal on reconnect (grant now expired, region gone) or a manifest
- *   that no longer matches (the region changed size) is final: requests fail
- *   with that error instead of retrying forever.
+ * - the RequestTable (request-table.ts): every accepted request with its
+ *   deadline, independent of any link — a request made while there is no
+ *   link waits at most `waitForLinkMs` for one (then EIO); a sent request
+ *   must be answered within `requestTimeoutMs` (then ETIMEDOUT, and the link
+ *   that left it unanswered is replaced); requests on a link that dies fail
+ *   at once with EIO, an I/O error for the NBD client, never a hang;
+ * - the LinkSupervisor (link-supervisor.ts): liveness pings, dead-link
+ *   detection, reconnect with backoff, and the final errors (a refusal, or
+ *   a sharer whose region is no longer the one mounted);
+ * - the current ClientLink (link.ts): the wire.
+ *
+ * The table and the supervisor are sans-IO; this file owns their one timer
+ * (a `Wakeup` on a `Clock`, the system clock unless a test passes a
+ * VirtualClock). Many requests in flight on one link, bounded by the
+ * negotiated max-in-flight; callers beyond it queue here (FIFO), not on the
+ * wire. Requests above the negotiated max frame are split (all-settled).
+ *
+ * Arguments are not checked here: the stack's guard above this store checks
+ * ranges and rights for local callers, and the sharer checks every request
+ * at its trust boundary.
  */
 import type { Connection } from '../../transports/transport.ts';
 import { ClosedError, QuicmapError } from '../../base/errors.ts';
-import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../../engine/rwat.ts';
-import type { Capability } from '../../engine/capability.ts';
-import type { Manifest } from '../protocol/manifest.ts';
-import type { Limits } from '../protocol/messages.ts';
-import { ClientLink, isRefusal } from './link.ts';
-import { DEFAULT_LIMITS } from './server.ts';
+import { systemClock, Wakeup, type Clock } from '../../base/clock.ts';
 import { Semaphore } from '../../base/semaphore.ts';
 import { splitRange } from '../../base/split-range.ts';
+import type { Capability } from '../../engine/capability.ts';
+import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../../engine/rwat.ts';
+import type { Manifest } from '../protocol/manifest.ts';
+import type { Limits } from '../protocol/messages.ts';
+import { ClientLink, type LinkOp } from './link.ts';
+import { LinkSupervisor, type SupervisorAction } from './link-supervisor.ts';
+import { RequestTable } from './request-table.ts';
+import { DEFAULT_LIMITS } from './server.ts';
 
 export interface RemoteRegionOptions {
   /** Dial the sharer (transport + address + expected key); called again on reconnect. */
@@ -39,7 +44,7 @@ export interface RemoteRegionOptions {
   grant: Uint8Array;
   sharer: Uint8Array;
   regionId: Uint8Array;
-  /** True when the grant is read-only: refuse writes locally too (the sharer enforces it anyway). */
+  /** True when the grant is read-only: advertise the region read-only (the sharer enforces it anyway). */
   readOnlyGrant?: boolean;
   limits?: Partial<Limits>;
   requestTimeoutMs?: number;
@@ -50,6 +55,8 @@ export interface RemoteRegionOptions {
   backoff?: { minMs?: number; maxMs?: number };
   agent?: string;
   log?: (message: string) => void;
+  /** Time source for deadlines, liveness and backoff (tests: a VirtualClock). */
+  clock?: Clock;
 }
 
 export interface RemoteRegionStats {
@@ -65,31 +72,26 @@ const MAX_RANGE_PIECE = 1 << 30;
 
 export class RemoteRegion implements ReadWriterAt {
   readonly caps: StoreCaps;
-  private current: Manifest;
   readonly limits: Limits;
   readonly stats: RemoteRegionStats = { connects: 0, linkFailures: 0, requests: 0, bytesRead: 0, bytesWritten: 0 };
+  private current: Manifest;
   private link: ClientLink | undefined;
-  private reconnecting: Promise<void> | undefined;
-  private linkWaiters: Array<() => void> = [];
-  private finalError: QuicmapError | undefined;
+  /** Generation of `link` (request table entries name the link they were sent on). */
+  private linkNo = 0;
   private closed = false;
-  private readonly slots: Semaphore;
   private readonly opts: RemoteRegionOptions;
-  private readonly timing: { requestTimeoutMs: number; livenessMs: number; idlePingMs: number; waitForLinkMs: number; minMs: number; maxMs: number };
   private readonly log: (m: string) => void;
-  private livenessTimer: NodeJS.Timeout | undefined;
+  private readonly clock: Clock;
+  private readonly table: RequestTable<LinkOp>;
+  private readonly supervisor: LinkSupervisor;
+  private readonly slots: Semaphore;
+  private readonly wakeup: Wakeup;
+  private armedAt: number | undefined;
 
   private constructor(opts: RemoteRegionOptions, first: ClientLink) {
     this.opts = opts;
     this.log = opts.log ?? (() => {});
-    this.timing = {
-      requestTimeoutMs: opts.requestTimeoutMs ?? 30_000,
-      livenessMs: opts.livenessMs ?? 3_000,
-      idlePingMs: opts.idlePingMs ?? 5_000,
-      waitForLinkMs: opts.waitForLinkMs ?? 2_000,
-      minMs: opts.backoff?.minMs ?? 100,
-      maxMs: opts.backoff?.maxMs ?? 2_000,
-    };
+    this.clock = opts.clock ?? systemClock;
     this.current = first.manifest;
     this.limits = { ...first.limits };
     this.slots = new Semaphore(this.limits.maxInFlight);
@@ -101,9 +103,21 @@ export class RemoteRegion implements ReadWriterAt {
       multiConn: m.multiConn,
       preferredBlockSize: m.preferredBlockSize,
     };
+    this.table = new RequestTable({ waitMs: opts.waitForLinkMs ?? 2_000, requestMs: opts.requestTimeoutMs ?? 30_000 });
+    const now = this.clock.now();
+    this.supervisor = new LinkSupervisor(
+      {
+        livenessMs: opts.livenessMs ?? 3_000,
+        idlePingMs: opts.idlePingMs ?? 5_000,
+        minBackoffMs: opts.backoff?.minMs ?? 100,
+        maxBackoffMs: opts.backoff?.maxMs ?? 2_000,
+      },
+      { manifest: first.manifest, limits: first.limits, caps: first.caps },
+      now,
+    );
+    this.wakeup = new Wakeup(this.clock, (t) => this.onTimeout(t));
     this.adopt(first);
-    this.livenessTimer = setInterval(() => this.checkLiveness(), Math.max(50, this.timing.livenessMs / 4));
-    this.livenessTimer.unref();
+    this.rearm();
   }
 
   /** Connect, present the grant, learn the manifest. A refusal throws the sharer's error (EACCES, EPERM). */
@@ -136,126 +150,128 @@ export class RemoteRegion implements ReadWriterAt {
     return this.link !== undefined && !this.link.isDead;
   }
 
+  // ---- link lifecycle ------------------------------------------------------
+
   private adopt(link: ClientLink): void {
+    const no = ++this.linkNo;
     this.link = link;
-    void link.dead.then((reason) => {
-      if (this.link !== link) return;
-      this.link = undefined;
-      if (this.closed) return;
-      this.stats.linkFailures++;
-      this.log(`link to sharer lost: ${reason.message}; reconnecting`);
-      this.startReconnect();
+    link.start({
+      reply: (id, err) => this.table.settle(id, err),
+      received: () => this.supervisor.received(this.clock.now()),
+      dead: (reason) => this.onLinkDead(no, reason),
     });
-    const waiters = this.linkWaiters;
-    this.linkWaiters = [];
-    for (const w of waiters) w();
+    this.table.dispatch(no, this.clock.now(), (id, op) => link.send(id, op));
   }
 
-  private startReconnect(): void {
-    if (this.reconnecting || this.closed || this.finalError) return;
-    this.reconnecting = (async () => {
-      let delay = this.timing.minMs;
-      while (!this.closed && !this.link && !this.finalError) {
-        try {
-          const link = await RemoteRegion.dial(this.opts);
-          if (this.closed) {
-            await link.close();
-            return;
+  private onLinkDead(no: number, reason: QuicmapError): void {
+    this.table.linkLost(no, reason);
+    if (no !== this.linkNo || this.closed) return;
+    this.link = undefined;
+    this.stats.linkFailures++;
+    this.log(`link to sharer lost: ${reason.message}; reconnecting`);
+    this.act(this.supervisor.linkDown());
+  }
+
+  private act(action: SupervisorAction | undefined): void {
+    if (action) {
+      switch (action.kind) {
+        case 'dial':
+          void this.redial();
+          break;
+        case 'ping': {
+          const link = this.link;
+          if (link) {
+            const { id, done } = this.table.add({ op: 'ping' }, this.clock.now());
+            done.catch(() => {}); // its answer (or absence) is all that matters
+            this.table.dispatch(this.linkNo, this.clock.now(), (i, op) => link.send(i, op));
+            void id;
           }
-          const m = link.manifest;
-          if (m.size !== this.manifest.size) {
-            await link.close();
-            this.fail(new QuicmapError('EIO', `the shared region changed size (${this.manifest.size} → ${m.size} bytes); remount it`));
-            return;
-          }
-          if (m.generation !== this.current.generation) this.log('sharer restarted (new region generation); resuming');
-          this.current = m;
-          this.stats.connects++;
-          this.log('reconnected to sharer');
-          this.adopt(link);
-          return;
-        } catch (e) {
-          const code = e instanceof QuicmapError ? e.code : 'EIO';
-          if (isRefusal(code)) {
-            this.fail(e as QuicmapError);
-            return;
-          }
-          await new Promise((r) => setTimeout(r, delay));
-          delay = Math.min(delay * 2, this.timing.maxMs);
+          break;
         }
+        case 'kill':
+          this.link?.kill(action.reason);
+          break;
       }
-    })().finally(() => {
-      this.reconnecting = undefined;
-    });
+    }
+    this.rearm();
   }
 
-  private fail(err: QuicmapError): void {
-    this.finalError = err;
-    this.log(`giving up on the sharer: ${err.message}`);
-    const waiters = this.linkWaiters;
-    this.linkWaiters = [];
-    for (const w of waiters) w();
-  }
-
-  private checkLiveness(): void {
-    const link = this.link;
-    if (!link || link.isDead) return;
-    const silent = performance.now() - link.lastReceived;
-    if (link.pendingCount === 0) {
-      // Idle: an occasional PING finds a vanished sharer before the next
-      // request does, so the reconnect happens in the background.
-      if (silent > this.timing.idlePingMs) link.ping().done.catch(() => {});
+  private async redial(): Promise<void> {
+    let link: ClientLink;
+    try {
+      link = await RemoteRegion.dial(this.opts);
+    } catch (e) {
+      if (this.closed) return;
+      const final = this.supervisor.dialFailed(this.clock.now(), e);
+      if (final) this.giveUp(final);
+      this.rearm();
       return;
     }
-    if (silent > this.timing.livenessMs) {
-      link.kill(new QuicmapError('EIO', `sharer stopped answering (nothing received for ${Math.round(silent)} ms)`));
-    } else if (silent > this.timing.livenessMs / 2) {
-      // The answer (or its absence) is all that matters; errors surface via kill.
-      link.ping().done.catch(() => {});
+    if (this.closed) {
+      await link.close();
+      return;
     }
+    const final = this.supervisor.linkUp(this.clock.now(), { manifest: link.manifest, limits: link.limits, caps: link.caps });
+    if (final) {
+      await link.close();
+      this.giveUp(final);
+      return;
+    }
+    if (link.manifest.generation !== this.current.generation) this.log('sharer restarted (new region generation); resuming');
+    this.current = link.manifest;
+    this.stats.connects++;
+    this.log('reconnected to sharer');
+    this.adopt(link);
+    this.rearm();
   }
 
-  /** The current link, waiting a bounded time for a reconnect. */
-  private async currentLink(): Promise<ClientLink> {
-    if (this.closed) throw new ClosedError('remote region');
-    if (this.finalError) throw this.finalError;
-    if (this.link && !this.link.isDead) return this.link;
-    this.startReconnect();
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, this.timing.waitForLinkMs);
-      this.linkWaiters.push(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
-    if (this.closed) throw new ClosedError('remote region');
-    if (this.finalError) throw this.finalError;
-    if (this.link && !this.link.isDead) return this.link;
-    throw new QuicmapError('EIO', 'sharer unreachable (reconnecting in the background)');
+  private giveUp(err: QuicmapError): void {
+    this.log(`giving up on the sharer: ${err.message}`);
+    this.table.failWaiting(err);
+    this.rearm();
   }
 
-  /** One frame-sized request: wait for a slot and a link, send, await the reply with a deadline. */
-  private async request(send: (link: ClientLink) => { id: number; done: Promise<void> }): Promise<void> {
+  // ---- time ------------------------------------------------------------------
+
+  private onTimeout(now: number): void {
+    this.armedAt = undefined;
+    for (const { id, link } of this.table.handleTimeout(now)) {
+      if (link !== this.linkNo || !this.link) continue;
+      this.link.forget(id);
+      // A sharer that stops answering one request is not trusted with the others.
+      this.link.kill(new QuicmapError('EIO', 'request timed out; reconnecting'));
+    }
+    this.act(this.supervisor.handleTimeout(now, this.table.sentCount > 0));
+  }
+
+  /** Keep the one timer at the earliest deadline of the table and the supervisor. */
+  private rearm(): void {
+    if (this.closed) return;
+    const a = this.table.nextTimeout();
+    const b = this.supervisor.nextTimeout(this.table.sentCount > 0);
+    const at = a === undefined ? b : b === undefined ? a : Math.min(a, b);
+    // Deadlines only move later with activity; an early wake-up just re-arms.
+    if (at === undefined || (this.armedAt !== undefined && this.armedAt <= at)) return;
+    this.armedAt = at;
+    this.wakeup.arm(at);
+  }
+
+  // ---- requests --------------------------------------------------------------
+
+  /** One frame-sized request: wait for a slot, enter the table, go out on the link if there is one. */
+  private async request(op: LinkOp): Promise<void> {
+    if (this.closed) throw new ClosedError('remote region');
     await this.slots.acquire();
     try {
-      const link = await this.currentLink();
+      const failure = this.supervisor.failure;
+      if (failure) throw failure;
       this.stats.requests++;
-      const { id, done } = send(link);
-      let timer: NodeJS.Timeout | undefined;
-      const deadline = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => {
-          const err = new QuicmapError('ETIMEDOUT', `sharer did not answer within ${this.timing.requestTimeoutMs} ms`);
-          link.abandon(id, err);
-          // A sharer that stops answering one request is not trusted with the others.
-          link.kill(new QuicmapError('EIO', 'request timed out; reconnecting'));
-          reject(err);
-        }, this.timing.requestTimeoutMs);
-      });
-      try {
-        await Promise.race([done, deadline]);
-      } finally {
-        clearTimeout(timer);
-      }
+      const now = this.clock.now();
+      const { done } = this.table.add(op, now);
+      const link = this.link;
+      if (link && !link.isDead) this.table.dispatch(this.linkNo, now, (id, o) => link.send(id, o));
+      this.rearm();
+      await done;
     } finally {
       this.slots.release();
     }
@@ -263,34 +279,34 @@ export class RemoteRegion implements ReadWriterAt {
 
   async size(): Promise<number> {
     if (this.closed) throw new ClosedError('remote region');
-    return this.manifest.size;
+    return this.current.size;
   }
 
   async readAt(buf: Uint8Array, offset: number): Promise<void> {
-    await splitRange(buf.length, this.limits.maxFrame, (at, len) => this.request((l) => l.read(buf.subarray(at, at + len), offset + at)));
+    await splitRange(buf.length, this.limits.maxFrame, (at, len) => this.request({ op: 'read', buf: buf.subarray(at, at + len), offset: offset + at }));
     this.stats.bytesRead += buf.length;
   }
 
   async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
     const fua = opts?.fua === true;
-    await splitRange(data.length, this.limits.maxFrame, (at, len) => this.request((l) => l.write(data.subarray(at, at + len), offset + at, fua)));
+    await splitRange(data.length, this.limits.maxFrame, (at, len) => this.request({ op: 'write', data: data.subarray(at, at + len), offset: offset + at, fua }));
     this.stats.bytesWritten += data.length;
   }
 
   async flush(): Promise<void> {
-    await this.request((l) => l.flush());
+    await this.request({ op: 'flush' });
   }
 
   async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
     if (!this.caps.canTrim) return; // advisory: a store that cannot trim ignores it
     const fua = opts?.fua === true;
-    await splitRange(length, MAX_RANGE_PIECE, (at, len) => this.request((l) => l.trim(offset + at, len, fua)));
+    await splitRange(length, MAX_RANGE_PIECE, (at, len) => this.request({ op: 'trim', offset: offset + at, length: len, fua }));
   }
 
   async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     const fua = opts?.fua === true;
     const noHole = opts?.noHole === true;
-    await splitRange(length, MAX_RANGE_PIECE, (at, len) => this.request((l) => l.zero(offset + at, len, fua, noHole)));
+    await splitRange(length, MAX_RANGE_PIECE, (at, len) => this.request({ op: 'zero', offset: offset + at, length: len, fua, noHole }));
   }
 
   /** No capabilities beyond the core. */
@@ -301,13 +317,12 @@ export class RemoteRegion implements ReadWriterAt {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    clearInterval(this.livenessTimer);
+    this.wakeup.stop();
+    this.supervisor.close();
     const link = this.link;
     this.link = undefined;
     await link?.close();
-    const waiters = this.linkWaiters;
-    this.linkWaiters = [];
-    for (const w of waiters) w();
+    this.table.failAll(new ClosedError('remote region'));
     this.slots.failAll(new ClosedError('remote region'));
   }
 }

@@ -10,6 +10,13 @@ import { RemoteRegion, type RemoteRegionOptions } from '../../p2p/remote/region.
 import { QuicmapError } from '../../base/errors.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
 import { withTimeout } from '../helpers/env.ts';
+import { VirtualClock, turn } from '../../base/clock.ts';
+import { RegionChangedError } from '../../p2p/remote/link-supervisor.ts';
+
+/** Let loopback I/O run until `cond` holds (no clock involved). */
+async function until(cond: () => boolean): Promise<void> {
+  while (!cond()) await turn();
+}
 
 interface Setup {
   sharer: Identity;
@@ -180,47 +187,50 @@ test('missing, foreign, expired and wrong-region grants are refused with clear e
 
 test('when the link drops, pending requests fail with EIO at once and the region recovers', () =>
   withTimeout(15_000, 'test', async () => {
-    let hold = false;
+    const clock = new VirtualClock();
+    let hold: Promise<void> | undefined;
+    let release = () => {};
+    let entered = false;
     const inner = new MemoryBackend(1 << 20);
     const gated: ReadWriterAt = Object.assign(Object.create(inner), {
       caps: inner.caps,
       size: () => inner.size(),
       async readAt(buf: Uint8Array, off: number) {
-        while (hold) await new Promise((r) => setTimeout(r, 10));
+        if (hold) {
+          entered = true;
+          await hold;
+        }
         return inner.readAt(buf, off);
       },
     });
     const s = await setup({ store: gated });
     try {
-      const r = await s.open();
+      const r = await s.open({ clock });
       await r.writeAt(new Uint8Array([1, 2, 3]), 0);
-      hold = true;
+      hold = new Promise((r) => (release = r));
       const pending = r.readAt(new Uint8Array(3), 0);
-      await new Promise((res) => setTimeout(res, 30));
-      // The sharer goes away: its connections close.
+      pending.catch(() => {});
+      await until(() => entered); // the sharer holds the read
+      // The sharer goes away: its connections close. No time passes: the failure is immediate.
       await s.listener.close();
       await s.server.close();
-      const t0 = Date.now();
       await rejects(pending, code('EIO'), 'pending');
-      assert.ok(Date.now() - t0 < 500, 'failed promptly');
-      // While nothing listens, requests fail (bounded wait), never hang.
-      await rejects(r.readAt(new Uint8Array(3), 0), code('EIO'), 'while down');
+      hold = undefined;
+      release();
+      // While nothing listens, requests wait for a link at most waitForLinkMs, then fail: never hang.
+      const down = r.readAt(new Uint8Array(3), 0);
+      down.catch(() => {});
+      await turn(); // the request reaches the table
+      await clock.advance(300);
+      await rejects(down, code('EIO'), 'while down');
       // The sharer returns on the same address with the same identity and region.
-      hold = false;
       const server2 = new RegionServer({ identity: s.sharer, store: gated, regionId: s.regionId });
       const l2 = await s.sharerTransport.listen(s.address);
       void server2.serveListener(l2);
+      await clock.advance(200); // past the longest backoff (100 ms)
+      await until(() => r.connected);
       const buf = new Uint8Array(3);
-      await withTimeout(3000, 'recover', async () => {
-        for (;;) {
-          try {
-            await r.readAt(buf, 0);
-            return;
-          } catch {
-            await new Promise((res) => setTimeout(res, 50));
-          }
-        }
-      });
+      await r.readAt(buf, 0);
       assert.equal(Array.from(buf), [1, 2, 3]);
       assert.ok(r.stats.connects >= 2);
       await r.close();
@@ -232,12 +242,20 @@ test('when the link drops, pending requests fail with EIO at once and the region
 
 test('a hung store fails its request with ETIMEDOUT, not a hang', () =>
   withTimeout(10_000, 'test', async () => {
+    const clock = new VirtualClock();
     const inner = new MemoryBackend(1 << 20);
     const s = await setup({ store: inner });
     try {
-      const r = await s.open({ requestTimeoutMs: 300 });
-      (inner as unknown as { readAt: unknown }).readAt = () => new Promise(() => {});
-      const e = await rejects(r.readAt(new Uint8Array(1), 0), code('ETIMEDOUT'), 'hung store');
+      const r = await s.open({ requestTimeoutMs: 300, clock });
+      let asked = false;
+      (inner as unknown as { readAt: unknown }).readAt = () => ((asked = true), new Promise(() => {}));
+      const hung = r.readAt(new Uint8Array(1), 0);
+      hung.catch(() => {});
+      await until(() => asked);
+      await clock.advance(299);
+      assert.is(r.stats.linkFailures, 0, 'nothing fails before the deadline');
+      await clock.advance(1);
+      const e = await rejects(hung, code('ETIMEDOUT'), 'hung store');
       assert.match(e.message, /did not answer within 300 ms/);
       await r.close();
     } finally {
@@ -247,6 +265,7 @@ test('a hung store fails its request with ETIMEDOUT, not a hang', () =>
 
 test('a sharer that goes silent (no close, no data) is detected by liveness pings', () =>
   withTimeout(10_000, 'test', async () => {
+    const clock = new VirtualClock();
     const s = await setup();
     // Streams opened so far can be silenced; streams opened later work (the sharer "returns").
     const streams: Array<{ silent: boolean }> = [];
@@ -273,31 +292,28 @@ test('a sharer that goes silent (no close, no data) is detected by liveness ping
       },
     });
     try {
-      const r = await s.open({ livenessMs: 400, idlePingMs: 200, connect: async () => wrap(await s.clientTransport.dial(s.address, s.sharer.publicKey)) });
+      const r = await s.open({ clock, livenessMs: 400, idlePingMs: 200, connect: async () => wrap(await s.clientTransport.dial(s.address, s.sharer.publicKey)) });
       await r.readAt(new Uint8Array(1), 0);
       silenceAll();
-      const t0 = Date.now();
-      const e = await rejects(r.readAt(new Uint8Array(1), 0), code('EIO'), 'silent sharer');
+      const stuck = r.readAt(new Uint8Array(1), 0);
+      stuck.catch(() => {});
+      await turn();
+      await clock.advance(399);
+      assert.ok(r.connected, 'still up before the liveness limit');
+      await clock.advance(1);
+      const e = await rejects(stuck, code('EIO'), 'silent sharer');
       assert.match(e.message, /stopped answering/);
-      assert.ok(Date.now() - t0 < 1500, `detected after ${Date.now() - t0} ms`);
+      // The link is replaced at once (the sharer still listens).
+      await until(() => r.connected);
       // Idle now: the background idle ping must notice a silent link by itself.
-      await withTimeout(3000, 'reconnected', async () => {
-        while (!r.connected) await new Promise((res) => setTimeout(res, 20));
-      });
       const failures = r.stats.linkFailures;
       silenceAll();
-      await withTimeout(3000, 'idle detection', async () => {
-        while (r.stats.linkFailures === failures) await new Promise((res) => setTimeout(res, 20));
-      });
-      await withTimeout(3000, 'recover', async () => {
-        for (;;) {
-          try {
-            return await r.readAt(new Uint8Array(1), 0);
-          } catch {
-            await new Promise((res) => setTimeout(res, 50));
-          }
-        }
-      });
+      await clock.advance(199);
+      assert.is(r.stats.linkFailures, failures, 'no ping before idlePingMs');
+      await clock.advance(1 + 400); // the idle ping, then its liveness limit
+      assert.is(r.stats.linkFailures, failures + 1, 'idle detection');
+      await until(() => r.connected);
+      await r.readAt(new Uint8Array(1), 0);
       await r.close();
     } finally {
       await s.close();
@@ -306,50 +322,77 @@ test('a sharer that goes silent (no close, no data) is detected by liveness ping
 
 test('a sharer that returns with another size or refuses the grant ends the mount with a clear error', () =>
   withTimeout(10_000, 'test', async () => {
+    const clock = new VirtualClock();
     const s = await setup({ size: 1 << 20 });
     try {
-      const r = await s.open();
+      const r = await s.open({ clock });
       await s.listener.close();
       await s.server.close();
+      await until(() => !r.connected);
       const server2 = new RegionServer({ identity: s.sharer, store: new MemoryBackend(2 << 20), regionId: s.regionId });
       void server2.serveListener(await s.sharerTransport.listen(s.address));
-      const e = await withTimeout(3000, 'final', async () => {
-        for (;;) {
-          try {
-            await r.readAt(new Uint8Array(1), 0);
-          } catch (err) {
-            if (/changed size/.test((err as Error).message)) return err as QuicmapError;
-          }
-          await new Promise((res) => setTimeout(res, 30));
-        }
-      });
-      assert.is(e.code, 'EIO');
+      const first = r.readAt(new Uint8Array(1), 0);
+      first.catch(() => {});
+      await turn();
+      await clock.advance(200);
+      const e = await rejects(first, (x) => x instanceof QuicmapError, 'final');
+      assert.match(e.message, /changed size/);
+      assert.is((e as QuicmapError).code, 'EIO');
       await r.close();
       await server2.close();
 
       // Same address, same sharer, but the region is gone (a new one took its place): refused, final.
       const s2 = await setup();
-      const r2 = await s2.open();
+      const r2 = await s2.open({ clock });
       await s2.listener.close();
       await s2.server.close();
+      await until(() => !r2.connected);
       const server3 = new RegionServer({ identity: s2.sharer, store: new MemoryBackend(4 << 20), regionId: newRegionId() });
       void server3.serveListener(await s2.sharerTransport.listen(s2.address));
-      const e2 = await withTimeout(3000, 'refused', async () => {
-        for (;;) {
-          try {
-            await r2.readAt(new Uint8Array(1), 0);
-          } catch (err) {
-            if ((err as QuicmapError).code === 'EACCES') return err as QuicmapError;
-          }
-          await new Promise((res) => setTimeout(res, 30));
-        }
-      });
+      const second = r2.readAt(new Uint8Array(1), 0);
+      second.catch(() => {});
+      await turn();
+      await clock.advance(200);
+      const e2 = await rejects(second, code('EACCES'), 'refused');
       assert.match(e2.message, /does not serve/);
       await r2.close();
       await server3.close();
       await s2.close();
     } finally {
       await s.close();
+    }
+  }));
+
+test('a sharer restarted read-only or with another chunk size ends the mount with a typed error', () =>
+  withTimeout(10_000, 'test', async () => {
+    for (const change of ['chunk size', 'read-only'] as const) {
+      const clock = new VirtualClock();
+      const store = new MemoryBackend(1 << 20);
+      const s = await setup({ store });
+      try {
+        const r = await s.open({ clock, waitForLinkMs: 10_000 });
+        await r.writeAt(new Uint8Array([9]), 0);
+        await s.listener.close();
+        await s.server.close();
+        await until(() => !r.connected);
+        // The same sharer, identity and region id: only the store's facts differ.
+        const server2 =
+          change === 'chunk size'
+            ? new RegionServer({ identity: s.sharer, store, regionId: s.regionId, chunkSize: 256 * 1024 })
+            : new RegionServer({ identity: s.sharer, store: new MemoryBackend(1 << 20, { readOnly: true }), regionId: s.regionId });
+        void server2.serveListener(await s.sharerTransport.listen(s.address));
+        const pending = r.readAt(new Uint8Array(1), 0);
+        pending.catch(() => {});
+        await turn();
+        await clock.advance(1_000); // past the reconnect backoff
+        const e = await rejects(pending, (x) => x instanceof RegionChangedError && (x as QuicmapError).code === 'EIO', change);
+        assert.match(e.message, change === 'chunk size' ? /chunk size 65536 → 262144/ : /now read-only/);
+        await rejects(r.readAt(new Uint8Array(1), 0), (x) => x instanceof RegionChangedError, 'final');
+        await r.close();
+        await server2.close();
+      } finally {
+        await s.close();
+      }
     }
   }));
 
