@@ -33,7 +33,7 @@ export interface LayerSpec {
 }
 
 export interface StackSpec {
-  /** A backend spec (`memory`, `file:PATH`, `dir:PATH`: engine/backends/open.ts) or an open store. */
+  /** A backend spec (`memory`, `file:PATH`, `dir:PATH`, `nbd:URI`: engine/backends/open.ts) or an open store. */
   backend: string | ReadWriterAt;
   /** How to open a backend given as a spec (size, create, read-only, chunk size). */
   backendOptions?: OpenBackendOptions;

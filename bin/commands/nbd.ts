@@ -15,7 +15,8 @@ Logs go to stderr. Ctrl-C or SIGTERM unmounts, flushes and exits.
 Options:
   --size SIZE          region size, e.g. 256MiB, 4G (required unless the
                        backend already has a size)
-  --backend SPEC       memory (default, sparse) | file:PATH | dir:PATH
+  --backend SPEC       memory (default, sparse) | file:PATH | dir:PATH |
+                       nbd:URI (any NBD server, e.g. an nbdkit plugin)
   --listen HOST:PORT   TCP address to serve on (default 127.0.0.1:10809;
                        port 0 picks a free one)
   --socket PATH        serve on a unix socket instead of TCP

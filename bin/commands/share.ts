@@ -20,7 +20,8 @@ Ctrl-C or SIGTERM stops sharing, flushes and exits.
 Options:
   --size SIZE            region size, e.g. 256MiB, 4G (required for memory
                          and for a backend that does not exist yet)
-  --backend SPEC         memory (default, sparse) | file:PATH | dir:PATH
+  --backend SPEC         memory (default, sparse) | file:PATH | dir:PATH |
+                         nbd:URI (any NBD server, e.g. an nbdkit plugin)
   --listen HOST:PORT     address to serve on (default 127.0.0.1:4433;
                          port 0 picks a free one)
   --transport NAME       quic (default) | tcp
@@ -34,8 +35,8 @@ Options:
                          this node by another address than --listen
   --region-id HEX        32 hex digits naming the region. Default: derived
                          from the identity and the path for file:/dir:
-                         backends (tickets survive a restart of the
-                         sharer), random for memory
+                         backends or the URI for nbd: (tickets survive a
+                         restart of the sharer), random for memory
   --identity PATH        identity file (default ${defaultIdentityPath()})
   --json                 print one JSON object instead of the bare ticket
   -h, --help             this help
@@ -61,7 +62,8 @@ function regionIdFor(spec: string, sharerKey: Uint8Array, flag: string | undefin
   }
   const parsed = parseBackendSpec(spec);
   if (parsed.kind === 'memory') return undefined;
-  // Same sharer + same file = same region: a restarted sharer keeps honouring its tickets.
+  // Same sharer + same file (or NBD server) = same region: a restarted sharer keeps honouring its tickets.
+  if (parsed.kind === 'nbd') return Uint8Array.from(createHash('sha256').update(sharerKey).update(`nbd:${parsed.uri}`).digest().subarray(0, 16));
   let path = parsed.path;
   try {
     path = realpathSync(path);

@@ -1,7 +1,12 @@
 /**
- * openBackend: turn the CLI's `--backend memory|file:PATH|dir:PATH` into a
- * store, so every command opens backends the same way and fails the same way
- * (a typed EINVAL error naming the accepted forms, or the missing size).
+ * openBackend: turn the CLI's `--backend memory|file:PATH|dir:PATH|nbd:URI`
+ * into a store, so every command opens backends the same way and fails the
+ * same way (a typed EINVAL error naming the accepted forms, or the missing
+ * size).
+ *
+ * `nbd:URI` (nbd://HOST[:PORT]/NAME or nbd+unix:///NAME?socket=PATH; the
+ * bare URI works too) makes any NBD server the backend — any nbdkit plugin,
+ * qemu-nbd, another quicmap — through NbdClient.
  */
 import { QuicmapError } from '../../base/errors.ts';
 import type { ReadWriterAt } from '../rwat.ts';
@@ -9,6 +14,7 @@ import { DirectoryBackend } from './directory.ts';
 import { FileBackend, MissingSizeError } from './file.ts';
 import { MemoryBackend } from './memory.ts';
 import { SharedMemoryBackend } from './shared-memory.ts';
+import { NbdClient, parseNbdUri } from '../nbd/client.ts';
 
 export interface OpenBackendOptions {
   /** Region size in bytes: required for memory and to create a file or directory. */
@@ -25,18 +31,32 @@ export interface OpenBackendOptions {
   shareable?: boolean;
 }
 
-export type BackendSpec = { kind: 'memory' } | { kind: 'file'; path: string } | { kind: 'dir'; path: string };
+export type BackendSpec =
+  | { kind: 'memory' }
+  | { kind: 'file'; path: string }
+  | { kind: 'dir'; path: string }
+  | { kind: 'nbd'; uri: string };
 
-/** The spec was not `memory`, `file:PATH` or `dir:PATH`. */
+/** The spec was not `memory`, `file:PATH`, `dir:PATH` or `nbd:URI`. */
 export class BackendSpecError extends QuicmapError {
   constructor(spec: string, why: string) {
-    super('EINVAL', `bad backend "${spec}": ${why} (use memory, file:PATH or dir:PATH)`);
+    super('EINVAL', `bad backend "${spec}": ${why} (use memory, file:PATH or dir:PATH, or nbd:URI for any NBD server)`);
   }
 }
 
 /** Parse a backend spec without opening anything (for early CLI validation). */
 export function parseBackendSpec(spec: string): BackendSpec {
   if (spec === 'memory') return { kind: 'memory' };
+  if (/^nbd(\+unix)?:\/\//.test(spec) || spec.startsWith('nbd:')) {
+    const uri = /^nbd:nbd/.test(spec) ? spec.slice(4) : spec;
+    if (!/^nbd(\+unix)?:\/\//.test(uri)) throw new BackendSpecError(spec, 'nbd needs a URI (nbd://HOST:PORT/NAME or nbd+unix:///NAME?socket=PATH)');
+    try {
+      parseNbdUri(uri);
+    } catch (e) {
+      throw new BackendSpecError(spec, (e as Error).message);
+    }
+    return { kind: 'nbd', uri };
+  }
   const colon = spec.indexOf(':');
   const kind = colon < 0 ? spec : spec.slice(0, colon);
   const path = colon < 0 ? '' : spec.slice(colon + 1);
@@ -63,5 +83,19 @@ export async function openBackend(spec: string, opts: OpenBackendOptions = {}): 
         create: opts.create,
         chunkSize: opts.chunkSize,
       });
+    case 'nbd': {
+      let client: NbdClient;
+      try {
+        client = await NbdClient.connect(parsed.uri);
+      } catch (e) {
+        if (e instanceof QuicmapError) throw e;
+        throw new QuicmapError('EIO', `backend ${parsed.uri}: ${(e as Error).message}`, { cause: e });
+      }
+      if (opts.size !== undefined && opts.size !== client.exportSize) {
+        await client.close();
+        throw new QuicmapError('EINVAL', `backend ${parsed.uri} has ${client.exportSize} bytes, not the ${opts.size} asked for`);
+      }
+      return client;
+    }
   }
 }
