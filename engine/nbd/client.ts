@@ -7,10 +7,12 @@
  * target supports GO). Many requests in flight, matched by handle.
  */
 import { connect, type Socket } from 'node:net';
-import { ClosedError, ProtocolError, QuicmapError, type ErrorCode } from '../../base/errors.ts';
+import { ClosedError, ProtocolError, QuicmapError } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import type { Capability } from '../capability.ts';
 import { splitRange } from '../../base/split-range.ts';
+import { codeOfNbdErrno } from './errno.ts';
+import { HandshakeReader } from '../../base/handshake-reader.ts';
 import {
   CMD_DISC,
   CMD_FLAG_FUA,
@@ -27,7 +29,6 @@ import {
   INFO_BLOCK_SIZE,
   INFO_EXPORT,
   NBDMAGIC,
-  NBD_ERRNO,
   OPTION_REPLY_MAGIC,
   OPT_GO,
   REP_ACK,
@@ -62,16 +63,6 @@ export function parseNbdUri(uri: string): NbdTarget {
   }
   throw new Error(`not an NBD URI: ${uri} (nbd://HOST:PORT/NAME or nbd+unix:///NAME?socket=PATH)`);
 }
-
-const ERRNO_CODE = new Map<number, ErrorCode>([
-  [NBD_ERRNO.EPERM, 'EPERM'],
-  [NBD_ERRNO.EIO, 'EIO'],
-  [NBD_ERRNO.EINVAL, 'EINVAL'],
-  [NBD_ERRNO.ENOSPC, 'ENOSPC'],
-  [NBD_ERRNO.EOVERFLOW, 'EOVERFLOW'],
-  [NBD_ERRNO.ENOTSUP, 'ENOTSUP'],
-  [NBD_ERRNO.ESHUTDOWN, 'ESHUTDOWN'],
-]);
 
 interface Pending {
   type: number;
@@ -125,7 +116,7 @@ export class NbdClient implements ReadWriterAt {
     const t = typeof target === 'string' ? parseNbdUri(target) : target;
     const socket = t.path ? connect(t.path) : connect(t.port ?? 10809, t.host ?? '127.0.0.1');
     socket.setNoDelay(true);
-    const reader = new HandshakeReader(socket);
+    const reader = new HandshakeReader(socket, 'NBD server');
     const timer = setTimeout(() => socket.destroy(new Error(`NBD handshake timed out after ${opts.timeoutMs ?? 10_000} ms`)), opts.timeoutMs ?? 10_000);
     try {
       await new Promise<void>((resolve, reject) => {
@@ -177,9 +168,10 @@ export class NbdClient implements ReadWriterAt {
         }
       }
       if (size < 0) throw new ProtocolError('server sent no export information');
-      const client = new NbdClient(socket, size, flags, maxBlock, preferred);
       const rest = reader.detach();
+      const client = new NbdClient(socket, size, flags, maxBlock, preferred);
       if (rest.length) client.onData(rest);
+      socket.resume();
       return client;
     } catch (e) {
       socket.destroy();
@@ -311,7 +303,7 @@ export class NbdClient implements ReadWriterAt {
       }
       this.pending.delete(handle);
       if (errno !== 0) {
-        const code = ERRNO_CODE.get(errno) ?? 'EIO';
+        const code = codeOfNbdErrno(errno);
         p.reject(new QuicmapError(code, `NBD server answered ${code} (errno ${errno})`));
       } else if (p.type === CMD_READ && p.into && p.into.length > 0) {
         this.current = p;
@@ -330,44 +322,5 @@ export class NbdClient implements ReadWriterAt {
     }
     for (const p of this.pending.values()) p.reject(err);
     this.pending.clear();
-  }
-}
-
-/** Reads exact byte counts from a socket during the handshake, then hands the socket over. */
-class HandshakeReader {
-  private buf = Buffer.alloc(0);
-  private waiter: (() => void) | undefined;
-  private error: Error | undefined;
-  private readonly onData = (c: Buffer) => {
-    this.buf = Buffer.concat([this.buf, c]);
-    this.waiter?.();
-  };
-  private readonly onEnd = (e?: Error) => {
-    this.error = e ?? new ProtocolError('NBD server closed the connection during the handshake');
-    this.waiter?.();
-  };
-
-  constructor(private readonly socket: Socket) {
-    socket.on('data', this.onData);
-    socket.on('close', () => this.onEnd());
-    socket.on('error', this.onEnd);
-  }
-
-  async read(n: number): Promise<Buffer> {
-    while (this.buf.length < n) {
-      if (this.error) throw this.error;
-      await new Promise<void>((r) => (this.waiter = r));
-      this.waiter = undefined;
-    }
-    const out = this.buf.subarray(0, n);
-    this.buf = this.buf.subarray(n);
-    return out;
-  }
-
-  detach(): Buffer {
-    this.socket.off('data', this.onData);
-    this.socket.off('error', this.onEnd);
-    this.socket.removeAllListeners('close');
-    return this.buf;
   }
 }

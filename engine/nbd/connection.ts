@@ -5,7 +5,7 @@
  * and unsent replies are bounded by pausing the socket.
  */
 import type { Socket } from 'node:net';
-import { errorCode, type ErrorCode } from '../../base/errors.ts';
+import { errorCode } from '../../base/errors.ts';
 import {
   CMD_BLOCK_STATUS,
   CMD_CACHE,
@@ -32,6 +32,7 @@ import { blockStatusReply, errorReply, okReply, readReplyHeaderSize, writeReadRe
 import type { BufferPool } from './buffer-pool.ts';
 import { writeParts } from '../rwat.ts';
 import { EXTENTS, VECTORED } from '../capability.ts';
+import { nbdErrnoOf } from './errno.ts';
 
 export interface ConnectionLimits {
   maxPayload: number;
@@ -61,20 +62,6 @@ export interface Negotiated {
   /** Bytes read past the end of the handshake. */
   rest: Uint8Array;
 }
-
-const WIRE_ERRNO: Record<ErrorCode, number> = {
-  EINVAL: NBD_ERRNO.EINVAL,
-  EPERM: NBD_ERRNO.EPERM,
-  EACCES: NBD_ERRNO.EPERM,
-  EIO: NBD_ERRNO.EIO,
-  ENOSPC: NBD_ERRNO.ENOSPC,
-  EOVERFLOW: NBD_ERRNO.EOVERFLOW,
-  ENOTSUP: NBD_ERRNO.ENOTSUP,
-  ESHUTDOWN: NBD_ERRNO.ESHUTDOWN,
-  ETIMEDOUT: NBD_ERRNO.EIO,
-  EPROTO: NBD_ERRNO.EIO,
-  EBUSY: NBD_ERRNO.EIO,
-};
 
 /** Command flags each command may carry (anything else is answered EINVAL). */
 const KNOWN_FLAGS: Record<number, number> = {
@@ -370,7 +357,7 @@ export class NbdConnection {
       }
     } catch (e) {
       const code = errorCode(e);
-      return this.errorReply(req, WIRE_ERRNO[code], `${commandName(req.type)} failed: ${(e as Error).message}`);
+      return this.errorReply(req, nbdErrnoOf(code), `${commandName(req.type)} failed: ${(e as Error).message}`);
     }
   }
 
