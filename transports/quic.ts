@@ -70,8 +70,26 @@ export const QUIC_DEFAULTS: Readonly<Resolved> = {
 /** Several buffers totalling at most this are gathered into one: a native call costs more than copying that little (bigger copies cost GC). */
 const GATHER_LIMIT = 16 * 1024;
 
-/** The native layer reports every failure as code "Unknown"; its message is all we have. */
-function mapError(err: unknown, what: string): QuicmapError {
+/**
+ * The one place that reads the native layer's error messages. The
+ * @chainsafe/libp2p-quic addon reports every failure with code "Unknown"
+ * and the Display text of quinn's error as the message, so the message is
+ * all there is to tell a timeout from a reset. The texts matched (quinn
+ * 0.11, as found in the addon binary):
+ *
+ * | quinn text (ConnectionError / ReadError / WriteError)           | code      |
+ * |-----------------------------------------------------------------|-----------|
+ * | "timed out" (idle timeout, handshake timeout)                    | ETIMEDOUT |
+ * | "stream reset by peer: error N", "reset by peer" (stateless)     | EIO       |
+ * | "sending stopped by peer: error N" (STOP_SENDING)                | EIO       |
+ * | "closed by peer: …", "closed", "connection lost"                 | ESHUTDOWN |
+ * | anything else ("aborted by peer: <TLS/transport error>", …)      | EIO       |
+ *
+ * Order matters: "stream reset by peer" must not be read as "closed". If an
+ * upgrade of the addon changes these texts, test/transport/quic-errors.test.ts
+ * fails here rather than the mapping silently turning everything into EIO.
+ */
+export function mapNativeError(err: unknown, what: string): QuicmapError {
   if (err instanceof QuicmapError) return err;
   const msg = err instanceof Error ? err.message : String(err);
   const m = msg.toLowerCase();
@@ -191,7 +209,7 @@ class QuicByteStream implements ByteStream {
   }
 
   private readFailed(e: unknown): void {
-    const err = mapError(e, 'read');
+    const err = mapNativeError(e, 'read');
     const r = this.readReject;
     this.readResolve = this.readReject = undefined;
     this.fail(err);
@@ -259,7 +277,7 @@ class QuicByteStream implements ByteStream {
         if (bufs === null) this.maybeDone();
       }
     } catch (e) {
-      this.fail(mapError(e, 'write'));
+      this.fail(mapNativeError(e, 'write'));
     }
   }
 
@@ -270,7 +288,7 @@ class QuicByteStream implements ByteStream {
 
   private writeFailed(e: unknown): void {
     this.writing = false;
-    this.fail(mapError(e, 'write'));
+    this.fail(mapNativeError(e, 'write'));
   }
 
   closeWrite(): Promise<void> {
@@ -349,7 +367,7 @@ class QuicConnection implements Connection {
   ) {
     this.closed = native.closed().then(
       () => this.shutdown(new QuicmapError('ESHUTDOWN', 'connection closed')),
-      (e) => this.shutdown(mapError(e, 'connection')),
+      (e) => this.shutdown(mapNativeError(e, 'connection')),
     );
   }
 
@@ -407,7 +425,7 @@ class QuicConnection implements Connection {
   }
 
   private outboundFailed(e: unknown): void {
-    this.takeOpen()?.reject(this.isClosed ? this.closeError : mapError(e, 'openStream'));
+    this.takeOpen()?.reject(this.isClosed ? this.closeError : mapNativeError(e, 'openStream'));
   }
 
   acceptStream(): Promise<ByteStream | null> {
@@ -615,7 +633,7 @@ export class QuicTransport implements Transport {
         (late) => late.abort(),
       );
     } catch (e) {
-      throw mapError(e, `dial ${address}`);
+      throw mapNativeError(e, `dial ${address}`);
     }
     let key: Uint8Array;
     try {
