@@ -22,6 +22,16 @@ export const systemClock: Clock = {
   },
 };
 
+/** The system clock on the Date.now() scale, for adapters whose timestamps come from Date.now(). */
+export const wallClock: Clock = {
+  now: () => Date.now(),
+  schedule(at, fn) {
+    const t = setTimeout(fn, Math.max(0, at - Date.now()));
+    t.unref();
+    return () => clearTimeout(t);
+  },
+};
+
 /** A clock that moves only when told to (tests). Timers fire in deadline order during `advance`. */
 export class VirtualClock implements Clock {
   private t: number;

@@ -30,6 +30,8 @@
 import type { ByteStream, Connection } from './transport.ts';
 import { ClosedError, ProtocolError, QuicmapError } from '../base/errors.ts';
 import { AsyncQueue } from '../base/async-queue.ts';
+import { Wakeup, wallClock } from '../base/clock.ts';
+import { KeepAlive } from './keepalive.ts';
 import { InboundBuffer } from './inbound.ts';
 import type { SecureLink } from './secure-link.ts';
 
@@ -314,7 +316,9 @@ export class MuxSession implements Connection {
   private isClosed = false;
   private gotSettings = false;
   private closeError: QuicmapError = new ClosedError('connection');
-  private readonly timer: NodeJS.Timeout;
+  private readonly keepAlive: KeepAlive;
+  private pingedAt = 0;
+  private readonly wakeup: Wakeup;
   private readonly o: Required<MuxOptions>;
 
   constructor(
@@ -340,9 +344,9 @@ export class MuxSession implements Connection {
     settings.writeUInt32BE(this.o.streamWindow, 4);
     settings.writeUInt32BE(this.o.connectionWindow, 8);
     this.send(header(Frame.SETTINGS, 0, SETTINGS_BYTES), settings);
-    const tick = Math.max(50, Math.min(this.o.keepAliveMs, this.o.idleTimeoutMs >> 2));
-    this.timer = setInterval(() => this.checkLiveness(), tick);
-    this.timer.unref();
+    this.keepAlive = new KeepAlive({ keepAliveMs: this.o.keepAliveMs, idleTimeoutMs: this.o.idleTimeoutMs });
+    this.wakeup = new Wakeup(wallClock, (now) => this.checkLiveness(now));
+    this.wakeup.arm(this.keepAlive.nextTimeout(this.link.lastSendAt, this.link.lastReceiveAt));
     // Last: bytes that came with the handshake may already end the session.
     link.start({
       onRecord: (r) => this.onRecord(r),
@@ -387,13 +391,24 @@ export class MuxSession implements Connection {
     else this.link.enqueue([h], FRAME_HEADER);
   }
 
-  private checkLiveness(): void {
-    const now = Date.now();
-    if (now - this.link.lastReceiveAt > this.o.idleTimeoutMs) {
+  /** The KeepAlive machine's wake-up: act, then sleep until its next deadline (activity only moves deadlines later). */
+  private checkLiveness(now: number): void {
+    if (this.isClosed) return;
+    const action = this.keepAlive.handleTimeout(now, this.lastSend(), this.link.lastReceiveAt);
+    if (action?.kind === 'dead') {
       this.link.kill(new QuicmapError('ETIMEDOUT', `peer silent for ${this.o.idleTimeoutMs} ms`));
-    } else if (now - this.link.lastSendAt >= this.o.keepAliveMs) {
+      return;
+    }
+    if (action?.kind === 'ping') {
+      this.pingedAt = now;
       this.send(header(Frame.PING, 0, now >>> 0));
     }
+    this.wakeup.arm(this.keepAlive.nextTimeout(this.lastSend(), this.link.lastReceiveAt));
+  }
+
+  /** A queued PING counts as sent even before the link writes it out. */
+  private lastSend(): number {
+    return Math.max(this.link.lastSendAt, this.pingedAt);
   }
 
   private ownsId(id: number): boolean {
@@ -568,7 +583,7 @@ export class MuxSession implements Connection {
     if (this.isClosed) return;
     this.isClosed = true;
     this.closeError = err;
-    clearInterval(this.timer);
+    this.wakeup.stop();
     for (const s of this.streams.values()) s.fail(err);
     this.streams.clear();
     this.incoming.closeAndDrain();
