@@ -21,6 +21,7 @@ import { signManifest } from '../protocol/manifest.ts';
 import type { Capability, HelloBody, Limits } from '../protocol/messages.ts';
 import { ServerSession, type ServerRequest } from '../protocol/server-session.ts';
 import { FrameWriter } from './frame-writer.ts';
+import { systemClock, type Clock } from '../../base/clock.ts';
 
 export const DEFAULT_LIMITS: Limits = { maxFrame: 1024 * 1024, maxInFlight: 64 };
 
@@ -38,6 +39,8 @@ export interface RegionServerOptions {
   helloTimeoutMs?: number;
   /** Connections served at once; more are closed at once. Default 256. */
   maxConnections?: number;
+  /** Time source for the HELLO deadline and the grace before closing (tests: a VirtualClock). */
+  clock?: Clock;
   log?: (message: string) => void;
 }
 
@@ -60,6 +63,7 @@ export class RegionServer {
   private readonly listeners = new Set<Listener>();
   private signed: { manifest: Uint8Array; manifestSig: Uint8Array; size: number } | undefined;
   private readonly opts: RegionServerOptions;
+  private readonly clock: Clock;
   private closed = false;
 
   constructor(opts: RegionServerOptions) {
@@ -69,6 +73,7 @@ export class RegionServer {
     this.regionId = opts.regionId;
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.log = opts.log ?? (() => {});
+    this.clock = opts.clock ?? systemClock;
   }
 
   private async manifest(): Promise<{ manifest: Uint8Array; manifestSig: Uint8Array; size: number }> {
@@ -122,12 +127,12 @@ export class RegionServer {
     this.log(`peer ${peer} connected from ${conn.remoteAddress}`);
     // A peer that never gets a session going (no stream, no HELLO) does not keep a slot.
     const state = { authed: false };
-    const helloTimer = setTimeout(() => {
+    const helloMs = this.opts.helloTimeoutMs ?? 10_000;
+    const cancelHello = this.clock.schedule(this.clock.now() + helloMs, () => {
       if (state.authed) return;
-      this.log(`peer ${peer} sent no valid HELLO within ${this.opts.helloTimeoutMs ?? 10_000} ms; dropping it`);
+      this.log(`peer ${peer} sent no valid HELLO within ${helloMs} ms; dropping it`);
       void conn.close().catch(() => {});
-    }, this.opts.helloTimeoutMs ?? 10_000);
-    helloTimer.unref();
+    });
     try {
       for (;;) {
         let stream: ByteStream | null;
@@ -140,7 +145,7 @@ export class RegionServer {
         void this.serveStream(conn, stream, peer, state);
       }
     } finally {
-      clearTimeout(helloTimer);
+      cancelHello();
       this.connections.delete(conn);
       this.log(`peer ${peer} disconnected`);
     }
@@ -188,7 +193,7 @@ export class RegionServer {
               else {
                 await stream.closeWrite().catch(() => {});
                 // Give the refusal a moment to reach the peer before tearing down.
-                setTimeout(() => void conn.close().catch(() => {}), 500).unref();
+                this.later(500, () => void conn.close().catch(() => {}));
                 graceful = true;
                 dead = true;
               }
@@ -208,7 +213,7 @@ export class RegionServer {
               await send(ev.frames);
               await stream.closeWrite().catch(() => {});
               // A peer that broke the protocol loses the connection, after its error frame had a moment to leave.
-              setTimeout(() => void conn.close().catch(() => {}), 200).unref();
+              this.later(200, () => void conn.close().catch(() => {}));
               graceful = true;
               dead = true;
               break;
@@ -223,6 +228,10 @@ export class RegionServer {
       finish();
       slotFreed?.();
     }
+  }
+
+  private later(ms: number, fn: () => void): void {
+    this.clock.schedule(this.clock.now() + ms, fn);
   }
 
   private capsOffered(): Capability[] {

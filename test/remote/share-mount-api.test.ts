@@ -10,6 +10,7 @@ import { QuicmapError } from '../../base/errors.ts';
 import { RegionServer } from '../../p2p/remote/server.ts';
 import { newRegionId } from '../../crypto/grant.ts';
 import { withTimeout } from '../helpers/env.ts';
+import { VirtualClock, turn } from '../../base/clock.ts';
 
 async function rejects(p: Promise<unknown>, code: string, re: RegExp): Promise<void> {
   try {
@@ -70,10 +71,17 @@ test('a peer that connects but never says HELLO is dropped', () =>
     const ta = new LoopbackTransport(a, { network: net });
     const tb = new LoopbackTransport(b, { network: net });
     const logs: string[] = [];
-    const server = new RegionServer({ identity: a, store: new MemoryBackend(1 << 20), regionId: newRegionId(), helloTimeoutMs: 150, log: (m) => logs.push(m) });
+    const clock = new VirtualClock();
+    const server = new RegionServer({ identity: a, store: new MemoryBackend(1 << 20), regionId: newRegionId(), helloTimeoutMs: 150, clock, log: (m) => logs.push(m) });
     const l = await ta.listen('x:0');
     void server.serveListener(l);
     const conn = await tb.dial(l.address, a.publicKey);
+    let dropped = false;
+    void conn.closed.then(() => (dropped = true));
+    while (server.stats.connections === 0) await turn();
+    await clock.advance(149);
+    assert.is(dropped, false, 'kept until the deadline');
+    await clock.advance(1);
     await withTimeout(2000, 'dropped', conn.closed);
     assert.ok(logs.some((m) => /no valid HELLO/.test(m)));
     await server.close();
