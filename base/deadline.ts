@@ -14,23 +14,40 @@ export class DeadlineError extends QuicmapError {
   }
 }
 
-export interface DeadlineOptions {
+export interface DeadlineOptions<T = unknown> {
   /** Called once when the deadline passes, before the returned promise rejects. */
   onTimeout?: (err: QuicmapError) => void;
   /** The error to reject with (default DeadlineError naming `what`). */
   error?: () => QuicmapError;
+  /** A value that arrives after the deadline: release it (close the connection that came too late). */
+  late?: (value: T) => void;
   clock?: Clock;
 }
 
-export function withDeadline<T>(work: Promise<T>, ms: number, what: string, opts: DeadlineOptions = {}): Promise<T> {
+export function withDeadline<T>(work: Promise<T>, ms: number, what: string, opts: DeadlineOptions<T> = {}): Promise<T> {
   const clock = opts.clock ?? systemClock;
-  let cancel: (() => void) | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    cancel = clock.schedule(clock.now() + ms, () => {
+  return new Promise<T>((resolve, reject) => {
+    let done = false;
+    const cancel = clock.schedule(clock.now() + ms, () => {
+      if (done) return;
+      done = true;
       const err = opts.error?.() ?? new DeadlineError(what, ms);
       opts.onTimeout?.(err);
       reject(err);
     });
+    work.then(
+      (v) => {
+        if (done) return opts.late?.(v);
+        done = true;
+        cancel();
+        resolve(v);
+      },
+      (e: unknown) => {
+        if (done) return;
+        done = true;
+        cancel();
+        reject(e);
+      },
+    );
   });
-  return Promise.race([work, timeout]).finally(() => cancel?.());
 }

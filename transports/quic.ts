@@ -21,6 +21,7 @@ import type { ByteStream, Connection, Listener, Transport } from './transport.ts
 import type { Identity } from '../crypto/identity.ts';
 import { ClosedError, QuicmapError } from '../base/errors.ts';
 import { AsyncQueue } from '../base/async-queue.ts';
+import { withDeadline } from '../base/deadline.ts';
 import { loadNativeQuic, type NativeClient, type NativeConnection, type NativeServer, type NativeStream } from './quic-native.ts';
 import { ed25519KeyFromPeerId } from './peer-id.ts';
 import { equalBytes, formatHostPort, parseHostPort } from './util.ts';
@@ -112,31 +113,6 @@ function concat(list: readonly Uint8Array[], total: number): Uint8Array {
     off += b.length;
   }
   return out;
-}
-
-/** Run `p` with a deadline; if it settles late, hand the value to `late` (to release it). */
-function deadline<T>(p: Promise<T>, ms: number, onTimeout: () => Error, late?: (v: T) => void): Promise<T> {
-  return new Promise<T>((resolve, reject) => {
-    let done = false;
-    const timer = setTimeout(() => {
-      done = true;
-      reject(onTimeout());
-    }, ms);
-    p.then(
-      (v) => {
-        if (done) return late?.(v);
-        done = true;
-        clearTimeout(timer);
-        resolve(v);
-      },
-      (e) => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        reject(e);
-      },
-    );
-  });
 }
 
 /**
@@ -544,7 +520,7 @@ class QuicListener implements Listener {
     this.closing ??= (async () => {
       this.queue.closeAndDrain();
       for (const c of [...this.accepted]) await c.close();
-      await deadline(this.server.abort(), 2_000, () => new Error('server abort timed out')).catch(() => {});
+      await withDeadline(this.server.abort(), 2_000, 'server abort').catch(() => {});
       this.onClose(this);
     })();
     return this.closing;
@@ -626,12 +602,10 @@ export class QuicTransport implements Transport {
     const timeoutMs = opts.timeoutMs ?? this.opts.dialTimeoutMs;
     let conn: NativeConnection;
     try {
-      conn = await deadline(
-        client.outboundConnection(ip, port),
-        timeoutMs,
-        () => new QuicmapError('ETIMEDOUT', `dial ${address}: no handshake within ${timeoutMs} ms`),
-        (late) => late.abort(),
-      );
+      conn = await withDeadline(client.outboundConnection(ip, port), timeoutMs, `dial ${address}`, {
+        error: () => new QuicmapError('ETIMEDOUT', `dial ${address}: no handshake within ${timeoutMs} ms`),
+        late: (late) => late.abort(),
+      });
     } catch (e) {
       throw mapNativeError(e, `dial ${address}`);
     }

@@ -13,6 +13,7 @@ import type { Capability } from '../capability.ts';
 import { splitRange } from '../../base/split-range.ts';
 import { codeOfNbdErrno } from './errno.ts';
 import { HandshakeReader } from '../../base/handshake-reader.ts';
+import { withDeadline } from '../../base/deadline.ts';
 import {
   CMD_DISC,
   CMD_FLAG_FUA,
@@ -117,11 +118,10 @@ export class NbdClient implements ReadWriterAt {
     const socket = t.path ? connect(t.path) : connect(t.port ?? 10809, t.host ?? '127.0.0.1');
     socket.setNoDelay(true);
     const reader = new HandshakeReader(socket, 'NBD server');
-    const timer = setTimeout(() => socket.destroy(new Error(`NBD handshake timed out after ${opts.timeoutMs ?? 10_000} ms`)), opts.timeoutMs ?? 10_000);
-    try {
+    const handshake = (async (): Promise<NbdClient> => {
       await new Promise<void>((resolve, reject) => {
         socket.once('connect', resolve);
-        socket.once('error', reject);
+        socket.once('error', (e) => reject(new QuicmapError('EIO', `cannot reach the NBD server: ${e.message}`, { cause: e })));
       });
       const greet = await reader.read(18);
       if (greet.readBigUInt64BE(0) !== NBDMAGIC || greet.readBigUInt64BE(8) !== IHAVEOPT) throw new ProtocolError('not a fixed-newstyle NBD server');
@@ -173,11 +173,18 @@ export class NbdClient implements ReadWriterAt {
       if (rest.length) client.onData(rest);
       socket.resume();
       return client;
+    })();
+    const ms = opts.timeoutMs ?? 10_000;
+    try {
+      return await withDeadline(handshake, ms, 'NBD handshake', {
+        onTimeout: (err) => {
+          reader.fail(err);
+          socket.destroy();
+        },
+      });
     } catch (e) {
       socket.destroy();
       throw e;
-    } finally {
-      clearTimeout(timer);
     }
   }
 
