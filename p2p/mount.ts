@@ -23,7 +23,7 @@ export interface MountTicketOptions {
   transport?: Transport;
   dialTimeoutMs?: number;
   /** Tuning passed to RemoteRegion (timeouts, liveness, backoff, limits). */
-  region?: Partial<Pick<RemoteRegionOptions, 'limits' | 'requestTimeoutMs' | 'livenessMs' | 'idlePingMs' | 'waitForLinkMs' | 'backoff'>>;
+  region?: Partial<Pick<RemoteRegionOptions, 'limits' | 'requestTimeoutMs' | 'livenessMs' | 'idlePingMs' | 'waitForLinkMs' | 'backoff' | 'clock'>>;
   /** Largest read or write the stack's guard lets through (the serving frontend's maximum). Default 32 MiB. */
   maxRequest?: number;
   log?: (message: string) => void;
