@@ -90,14 +90,10 @@ export class NbdClient implements ReadWriterAt {
   private current: Pending | undefined;
   private dataLeft = 0;
   private dataAt = 0;
+  private readonly socket: Socket;
 
-  private constructor(
-    private readonly socket: Socket,
-    size: number,
-    flags: number,
-    maxBlock: number,
-    preferred: number,
-  ) {
+  private constructor(socket: Socket, size: number, flags: number, maxBlock: number, preferred: number) {
+    this.socket = socket;
     this.exportSize = size;
     this.flags = flags;
     this.maxBlock = maxBlock;

@@ -5,7 +5,8 @@
  * registered for their id (`expectRead`), so a remote read costs no copy
  * beyond the one out of the transport.
  *
- * Request-id allocation and timers live in the adapter (p2p/remote/link.ts);
+ * Request ids, deadlines and liveness live in p2p/remote/ (RequestTable,
+ * LinkSupervisor; both sans-IO too);
  * this file only knows frames and states.
  */
 import { ProtocolError, QuicmapError, type ErrorCode } from '../../base/errors.ts';
@@ -38,7 +39,10 @@ export class ClientSession {
   private readonly readTargets = new Map<number, Uint8Array>();
   private negotiated: Limits;
 
-  constructor(private readonly local: Limits) {
+  private readonly local: Limits;
+
+  constructor(local: Limits) {
+    this.local = local;
     this.negotiated = { ...local };
     // Until WELCOME nothing but control frames may arrive.
     this.decoder = new FrameDecoder({ maxPayload: 0, maxControl: MAX_CONTROL_BODY }, (h) => this.sinkFor(h));

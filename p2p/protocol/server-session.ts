@@ -75,7 +75,10 @@ export class ServerSession {
   private caps = new Set<string>();
   version = 0;
 
-  constructor(private readonly opts: ServerSessionOptions) {
+  private readonly opts: ServerSessionOptions;
+
+  constructor(opts: ServerSessionOptions) {
+    this.opts = opts;
     this.negotiated = { ...opts.limits };
     this.decoder = new FrameDecoder({ maxPayload: PRE_HELLO_PAYLOAD, maxControl: MAX_CONTROL_BODY });
   }

@@ -17,7 +17,11 @@ export class FrameWriter {
   private busy = false;
   private failed: Error | undefined;
 
-  constructor(private readonly stream: ByteStream) {}
+  private readonly stream: ByteStream;
+
+  constructor(stream: ByteStream) {
+    this.stream = stream;
+  }
 
   write(frames: readonly Uint8Array[]): Promise<void> {
     if (this.failed) return Promise.reject(this.failed);
