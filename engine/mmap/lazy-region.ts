@@ -37,6 +37,7 @@ import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat
 import { zeroFallback } from '../rwat.ts';
 import { TRACKING, type Capability, type TrackingStore } from '../capability.ts';
 import { trackChanges } from '../tracking/tracking-store.ts';
+import { withDeadline } from '../../base/deadline.ts';
 import { GRANULE_FAILED, GRANULE_PRESENT, PREFETCH_BIT, loadNative, type NativeBinding, type UffdRegion, type UffdRegionStats } from '../../native/index.ts';
 import type { ChangeTracker } from '../tracking/tracker.ts';
 
@@ -202,18 +203,13 @@ export class LazyRegion implements ReadWriterAt, ChangeTracker {
     const span = Math.min(this.granule, this.mappedLength - off);
     const dataLen = Math.max(0, Math.min(span, this.length - off));
     const buf = this.takeBuffer();
-    let timer: NodeJS.Timeout | undefined;
     let timedOut = false;
     try {
       if (dataLen < span) buf.fill(0, dataLen, span);
       this.fetches++;
-      const read = this.source.readAt(buf.subarray(0, dataLen), off);
-      await new Promise<void>((resolve, reject) => {
-        timer = setTimeout(() => {
-          timedOut = true;
-          reject(new QuicmapError('ETIMEDOUT', `source read of granule ${g} (${dataLen} bytes at ${off}) took over ${this.timeoutMs} ms`));
-        }, this.timeoutMs);
-        read.then(resolve, reject);
+      await withDeadline(this.source.readAt(buf.subarray(0, dataLen), off), this.timeoutMs, `source read of granule ${g}`, {
+        error: () => new QuicmapError('ETIMEDOUT', `source read of granule ${g} (${dataLen} bytes at ${off}) took over ${this.timeoutMs} ms`),
+        onTimeout: () => (timedOut = true),
       });
       if (!this.closed) this.region.fill(g, buf.subarray(0, span));
     } catch (err) {
@@ -229,7 +225,6 @@ export class LazyRegion implements ReadWriterAt, ChangeTracker {
         } catch {}
       }
     } finally {
-      clearTimeout(timer);
       // A read that timed out may still write into buf later: do not reuse it.
       if (!timedOut && this.spare.length < 64) this.spare.push(buf);
       this.inFlight.delete(g);
