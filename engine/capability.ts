@@ -7,6 +7,9 @@
  * by default); one that does (a layer that remaps or checks writes) answers
  * with its own implementation or with `undefined`.
  *
+ * A store's answers are fixed for its life, like its caps, so a layer may
+ * ask once and keep the answer (the guard builds its checked wrappers once).
+ *
  * Why keys and not optional methods: an optional `extents?` on every store
  * had to be copied by each layer (or was silently lost under one), and a
  * layer could not tell "the store below cannot" from "nobody asked". A key

@@ -104,32 +104,38 @@ export class GuardLayer extends PassThroughLayer implements ThreadShareable {
   }
 
   override capability<T>(key: Capability<T>): T | undefined {
-    const below = this.inner.capability(key);
-    if (below === undefined) return undefined;
-    if (key === (EXTENTS as Capability<unknown>)) {
-      const e = below as ExtentStore;
-      const checked: ExtentStore = {
-        extents: async (offset: number, length: number): Promise<Extent[]> => {
-          this.check(offset, length, false, false);
-          return length > 0 ? e.extents(offset, length) : [];
-        },
-      };
-      return checked as T;
-    }
-    if (key === (VECTORED as Capability<unknown>)) {
-      const v = below as VectoredStore;
-      const checked: VectoredStore = {
-        writev: async (parts: readonly Uint8Array[], offset: number, opts?: WriteOptions): Promise<void> => {
-          let n = 0;
-          for (const p of parts) n += p.length;
-          this.check(offset, n, true, true);
-          if (n > 0) await v.writev(parts, offset, opts);
-          else if (opts?.fua) await this.inner.flush();
-        },
-      };
-      return checked as T;
-    }
-    return below;
+    if (key === (EXTENTS as Capability<unknown>)) return ((this.checkedExtents ??= this.wrapExtents()) || undefined) as T | undefined;
+    if (key === (VECTORED as Capability<unknown>)) return ((this.checkedWritev ??= this.wrapWritev()) || undefined) as T | undefined;
+    return this.inner.capability(key);
+  }
+
+  // Wrappers are built once (writeParts asks on every NBD write); false: the store below has none.
+  private checkedExtents: ExtentStore | false | undefined;
+  private checkedWritev: VectoredStore | false | undefined;
+
+  private wrapExtents(): ExtentStore | false {
+    const e = this.inner.capability(EXTENTS);
+    if (!e) return false;
+    return {
+      extents: async (offset: number, length: number): Promise<Extent[]> => {
+        this.check(offset, length, false, false);
+        return length > 0 ? e.extents(offset, length) : [];
+      },
+    };
+  }
+
+  private wrapWritev(): VectoredStore | false {
+    const v = this.inner.capability(VECTORED);
+    if (!v) return false;
+    return {
+      writev: async (parts: readonly Uint8Array[], offset: number, opts?: WriteOptions): Promise<void> => {
+        let n = 0;
+        for (const p of parts) n += p.length;
+        this.check(offset, n, true, true);
+        if (n > 0) await v.writev(parts, offset, opts);
+        else if (opts?.fua) await this.inner.flush();
+      },
+    };
   }
 
   override async close(): Promise<void> {
