@@ -9,7 +9,7 @@
 import { connect, type Socket } from 'node:net';
 import { ClosedError, ProtocolError, QuicmapError } from '../../base/errors.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
-import type { Capability } from '../capability.ts';
+import { VECTORED, offer, type Capability } from '../capability.ts';
 import { splitRange } from '../../base/split-range.ts';
 import { codeOfNbdErrno } from './errno.ts';
 import { HandshakeReader } from '../../base/handshake-reader.ts';
@@ -211,9 +211,17 @@ export class NbdClient implements ReadWriterAt {
     return this.splitting(length, (o, n) => this.request(CMD_WRITE_ZEROES, flags, offset + o, n));
   }
 
-  /** No capabilities beyond the core. */
-  capability<T>(_key: Capability<T>): T | undefined {
-    return undefined;
+  /** VECTORED: scattered pieces go out as one WRITE (header and pieces corked together), no gather copy. */
+  capability<T>(key: Capability<T>): T | undefined {
+    return offer(key, this, VECTORED);
+  }
+
+  writev(parts: readonly Uint8Array[], offset: number, opts?: WriteOptions): Promise<void> {
+    let total = 0;
+    for (const p of parts) total += p.length;
+    // Above the server's maximum block the pieces must be re-cut: split the gathered buffer.
+    if (total > this.maxBlock) return this.writeAt(Buffer.concat(parts), offset, opts);
+    return this.request(CMD_WRITE, opts?.fua ? CMD_FLAG_FUA : 0, offset, total, parts);
   }
 
   /** Send DISC after in-flight requests finish, then close. */
@@ -243,7 +251,7 @@ export class NbdClient implements ReadWriterAt {
     return h;
   }
 
-  private request(type: number, flags: number, offset: number, length: number, payload?: Uint8Array, into?: Uint8Array): Promise<void> {
+  private request(type: number, flags: number, offset: number, length: number, payload?: Uint8Array | readonly Uint8Array[], into?: Uint8Array): Promise<void> {
     if (this.failure) return Promise.reject(this.failure);
     if (this.closed) return Promise.reject(new ClosedError('NBD client'));
     const handle = this.nextHandle;
@@ -263,7 +271,8 @@ export class NbdClient implements ReadWriterAt {
       if (payload) {
         this.socket.cork();
         this.socket.write(h);
-        this.socket.write(payload);
+        if (payload instanceof Uint8Array) this.socket.write(payload);
+        else for (const p of payload) this.socket.write(p);
         this.socket.uncork();
       } else this.socket.write(h);
     });

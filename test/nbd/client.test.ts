@@ -63,4 +63,27 @@ test('a split read that fails leaves the caller\'s buffer alone once the call ha
   }),
 );
 
+test('writev: one WRITE for pieces within the maximum block, re-cut above it', () =>
+  withTimeout(20_000, 'writev', async () => {
+    const scope = new Scope();
+    try {
+      const store = new BufferStore(4 * PIECE);
+      const fx = await startServer(scope, [{ name: 'd', store }], { maxPayload: PIECE });
+      const client = await NbdClient.connect(fx.tcp.uri('d'));
+      const small = [Buffer.from('ab'), Buffer.alloc(1000, 7), Buffer.from('yz')];
+      await client.writev(small, 10);
+      assert.equal(store.events.filter((e) => e.op === 'write').map((e) => (e as { length: number }).length), [1004]);
+      const big = [Buffer.alloc(PIECE, 1), Buffer.alloc(PIECE / 2, 2), Buffer.alloc(PIECE, 3)];
+      await client.writev(big, PIECE / 4, { fua: true });
+      assert.ok(store.bytes.subarray(PIECE / 4, PIECE / 4 + 2.5 * PIECE).equals(Buffer.concat(big)));
+      assert.ok(store.events.filter((e) => e.op === 'write').slice(1).every((e) => (e as { length: number }).length <= PIECE));
+      assert.ok(store.bytes.subarray(10, 1014).equals(Buffer.concat(small)));
+      await client.close();
+      for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r));
+    } finally {
+      await scope.close();
+    }
+  }),
+);
+
 test.run();
