@@ -15,6 +15,7 @@ import { PassThroughLayer } from '../../engine/layers/pass-through.ts';
 import { buildStack, chunked, tracking, type LayerSpec } from '../../engine/stack.ts';
 import { trackChanges } from '../../engine/tracking/tracking-store.ts';
 import type { ChangeTracker } from '../../engine/tracking/tracker.ts';
+import { HashTracker } from '../../engine/tracking/hash-tracker.ts';
 import { writeParts } from '../../engine/rwat.ts';
 import { Scope } from '../helpers/env.ts';
 
@@ -150,6 +151,20 @@ test('trackChanges keeps what a ChangeTracker reported until cleared (a failed p
   assert.equal(await t.dirty(), [2], 'not cleared by reading');
   t.clear([2]);
   assert.equal(await t.dirty(), [5]);
+});
+
+test('HashTracker behind the TrackingStore interface: writes to plain memory since the mark', async () => {
+  const view = Buffer.alloc(16 * 4096);
+  const t = trackChanges(await HashTracker.create(view, { chunkSize: 4096 }));
+  assert.is(t.trackChunkSize, 4096);
+  view[5] = 1; // before the mark: forgotten
+  await t.mark();
+  assert.equal(await t.dirty(), []);
+  view[3 * 4096 + 7] = 9;
+  view[15 * 4096] = 2;
+  assert.equal(await t.dirty(), [3, 15]);
+  t.clear([15]);
+  assert.equal(await t.dirty(), [3]);
 });
 
 test.run();
