@@ -90,6 +90,7 @@ export const mount: Command = {
         if (fuse) process.stdout.write(`${fuse.path}\n`);
       }
       log(`mounted ${formatSize(info.size)}${readOnly ? ' read-only' : ''} from sharer ${mounted.sharerId} at ${uri}${fuse ? ` and ${fuse.path}` : ''}`);
+      log(`stack: NBD server → ${store.describe()}`);
       const sig = await untilSignal();
       log(`${sig}: unmounting`);
       return 0;

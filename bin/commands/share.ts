@@ -136,6 +136,7 @@ export const share: Command = {
         process.stdout.write(`${shared.ticket}\n`);
       }
       log(`sharing ${formatSize(bytes)} (${values.backend}${readOnly ? ', read-only' : ''}) as ${identity.id} on ${transport}://${shared.address}${expiresAt ? `, ticket expires ${expiresAt}` : ''}`);
+      log(`stack: ${store.describe()}`);
       const sig = await untilSignal();
       log(`${sig}: stopping`);
       return 0;
