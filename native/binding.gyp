@@ -1,4 +1,7 @@
 {
+  "variables": {
+    "quicmap_ngtcp2%": "<!(node -p \"process.env.QUICMAP_NGTCP2||0\")"
+  },
   "targets": [
     {
       "target_name": "quicmap_native",
@@ -8,7 +11,9 @@
         "src/copy.cc",
         "src/uffd.cc",
         "src/nbd.cc",
-        "src/fallocate.cc"
+        "src/fallocate.cc",
+        "src/quic.cc",
+        "src/quic_identity.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
@@ -16,7 +21,11 @@
       "cflags_cc!": ["-fno-exceptions"],
       "cflags_cc": ["-std=c++17", "-O2", "-fexceptions", "-Wall", "-Wno-unused-result"],
       "conditions": [
-        ["OS!='linux'", { "type": "none" }]
+        ["OS!='linux'", { "type": "none" }],
+        ["quicmap_ngtcp2==1", {
+          "defines": ["QM_HAVE_NGTCP2"],
+          "libraries": ["-lngtcp2_crypto_gnutls", "-lngtcp2", "-lgnutls"]
+        }]
       ]
     }
   ]
