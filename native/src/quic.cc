@@ -44,6 +44,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdarg>
 #include <atomic>
 #include <deque>
 #include <memory>
@@ -76,6 +77,18 @@ const char kPriority[] =
     "%DISABLE_TLS13_COMPAT_MODE:NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"
     "+CHACHA20-POLY1305:-GROUP-ALL:+GROUP-X25519:+GROUP-SECP256R1:+GROUP-SECP384R1";
 const char kAlpn[] = "libp2p";
+
+// QUICMAP_QUIC_DEBUG=1: connection errors and accepts on stderr; QUICMAP_QUIC_LOG=1: ngtcp2's own log.
+const bool g_debug = getenv("QUICMAP_QUIC_DEBUG") != nullptr;
+const bool g_log = getenv("QUICMAP_QUIC_LOG") != nullptr;
+
+void LogPrintf(void*, const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fputc('\n', stderr);
+}
 
 uint64_t Now() {
   timespec ts;
@@ -496,6 +509,7 @@ class Endpoint {
     s->max_tx_udp_payload_size = c->maxUdp;
     s->no_tx_udp_payload_size_shaping = 1;
     s->no_pmtud = 1;
+    if (g_log) s->log_printf = LogPrintf;
     ngtcp2_transport_params_default(p);
     p->initial_max_stream_data_bidi_local = o.streamWindow;
     p->initial_max_stream_data_bidi_remote = o.streamWindow;
@@ -581,7 +595,9 @@ class Endpoint {
 
   void Accept(const sockaddr_storage& addr, socklen_t alen, const uint8_t* pkt, size_t len) {
     ngtcp2_pkt_hd hd;
-    if (ngtcp2_accept(&hd, pkt, len) != 0) return;
+    int arv = ngtcp2_accept(&hd, pkt, len);
+    if (g_debug) fprintf(stderr, "[quic srv] accept %zu bytes: %d pending=%zu\n", len, arv, pending);
+    if (arv != 0) return;
     if (pending >= o.maxPending || conns.size() >= o.maxConns) {
       st.dropped++;
       return;
@@ -642,6 +658,7 @@ class Endpoint {
   }
 
   void HandleError(Conn* c, int rv) {
+    if (g_debug) fprintf(stderr, "[quic %s] conn %u error %s ready=%d auth=%s\n", o.server ? "srv" : "cli", c->id, ngtcp2_strerror(rv), c->ready, c->authError.c_str());
     switch (rv) {
       case NGTCP2_ERR_DRAINING: {
         ngtcp2_connection_close_error ce;
@@ -839,8 +856,9 @@ class Endpoint {
     }
   }
 
-  void WriteConn(Conn* c) {
-    if (c->dead) return;
+  // Returns the number of packets written.
+  size_t WriteConn(Conn* c) {
+    if (c->dead) return 0;
     uint64_t ts = Now();
     size_t maxUdp = ngtcp2_conn_get_max_tx_udp_payload_size(c->conn);
     size_t gsoMax = (o.gso && gsoOk) ? std::max<size_t>(1, std::min<size_t>(64, kGsoLimit / maxUdp)) : 1;
@@ -902,7 +920,7 @@ class Endpoint {
         ngtcp2_connection_close_error_set_transport_error_liberr(&ce, static_cast<int>(nwrite), nullptr, 0);
         if (pos) SendBatch(c, tx.data(), pos, count > 1 ? seg : 0);
         Kill(c, std::string("EIO ") + ngtcp2_strerror(static_cast<int>(nwrite)), true, &ce);
-        return;
+        return sentPkts;
       }
       if (nwrite == 0) break;
       size_t n = static_cast<size_t>(nwrite);
@@ -933,7 +951,12 @@ class Endpoint {
       if (sentPkts >= quantum) break;  // pacing: ngtcp2's timer says when to go on
     }
     if (pos) SendBatch(c, tx.data(), pos, count > 1 ? seg : 0);
-    ngtcp2_conn_update_pkt_tx_time(c->conn, ts);
+    // Pacing only once the handshake is done: in the handshake states ngtcp2
+    // 0.12 sends nothing but ACKs while paced, and the pacing delay of a
+    // ~64 KiB padded Initial at the initial RTT held the client's Finished
+    // back indefinitely.
+    if (c->ready) ngtcp2_conn_update_pkt_tx_time(c->conn, ts);
+    return sentPkts;
   }
 
   void TryOpens(Conn* c) {
@@ -1044,7 +1067,11 @@ class Endpoint {
         int rv = ngtcp2_conn_handle_expiry(c->conn, now);
         if (rv != 0) HandleError(c, rv);
       }
-      for (auto& [id, c] : conns) WriteConn(c);
+      // A pass can end before everything queued went out (ngtcp2 0.12 may
+      // stop after one packet of a level); go on until a pass writes nothing.
+      for (auto& [id, c] : conns)
+        for (int pass = 0; pass < 8 && WriteConn(c) > 0; pass++) {
+        }
       Reap();
       Flush();
     }
