@@ -23,6 +23,8 @@ export const EV_FIN = 6;
 export const EV_RESET = 7;
 export const EV_ACKED = 8;
 export const EV_STREAM_CLOSED = 9;
+/** n = bidirectional streams the peer allows us in total so far (cumulative). */
+export const EV_CREDIT = 10;
 export const EVENT_FIELDS = 6;
 
 export interface QuicEndpointOptions {
@@ -69,9 +71,13 @@ export interface NativeQuicEndpoint {
   port(): number;
   /** Dial; returns the connection id. EV_READY or EV_CLOSED follows for it. */
   connect(ip: string, port: number, expectedKey: Uint8Array): number;
-  /** Ask for a new stream; EV_OPENED with this token follows. */
+  /**
+   * Ask for a new stream; EV_OPENED with this token follows once ngtcp2 gave
+   * it an id. Until then (and after) the stream can be addressed as
+   * `-(token + 1)` in write/consume/resetStream.
+   */
   open(conn: number, token: number): void;
-  /** Queue bytes (copied) and/or the FIN. */
+  /** Queue bytes (copied) and/or the FIN; `stream` is an id or `-(token + 1)`. */
   write(conn: number, stream: number, data: Uint8Array | null, fin: boolean): void;
   /** The application consumed n bytes of the stream: extend stream and connection credit. */
   consume(conn: number, stream: number, n: number): void;

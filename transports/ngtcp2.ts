@@ -37,6 +37,7 @@ import {
   EV_READY,
   EV_RESET,
   EV_STREAM_CLOSED,
+  EV_CREDIT,
   loadNgtcp2,
   ngtcp2UnavailableReason,
   type NativeQuicEndpoint,
@@ -134,19 +135,34 @@ class NgStream implements ByteStream {
   /** Bytes handed to the native layer and not yet acknowledged. */
   private inflight = 0;
 
+  /**
+   * The stream's id once known, else -1: a stream opened while the peer had
+   * stream credit is usable at once and addressed by its open token until the
+   * native layer reports its id.
+   */
+  id: number;
+
   constructor(
     private readonly conn: NgConnection,
-    readonly id: number,
-  ) {}
+    id: number,
+    private readonly token = 0,
+  ) {
+    this.id = id;
+  }
+
+  /** How the native layer knows this stream: its id, or -(token + 1) before that. */
+  get ref(): number {
+    return this.id >= 0 ? this.id : -(this.token + 1);
+  }
 
   // ---- from the native layer
 
   data(buf: Uint8Array): void {
-    if (this.error) return this.conn.consume(this.id, buf.length);
+    if (this.error) return this.conn.consume(this.ref, buf.length);
     const r = this.readResolve;
     if (r) {
       this.readResolve = this.readReject = undefined;
-      this.conn.consume(this.id, buf.length);
+      this.conn.consume(this.ref, buf.length);
       r(buf);
       return;
     }
@@ -178,7 +194,7 @@ class NgStream implements ByteStream {
     if (this.chunks.length) {
       const c = this.chunks.shift()!;
       this.queued -= c.length;
-      this.conn.consume(this.id, c.length);
+      this.conn.consume(this.ref, c.length);
       return Promise.resolve(c);
     }
     if (this.error) return Promise.reject(this.error);
@@ -216,7 +232,7 @@ class NgStream implements ByteStream {
     while (this.ops.length && !this.error) {
       const op = this.ops[0]!;
       if (op.bufs === null) {
-        if (!this.conn.write(this.id, null, true)) return;
+        if (!this.conn.write(this.ref, null, true)) return;
         this.ops.shift();
         op.resolve();
         continue;
@@ -227,7 +243,7 @@ class NgStream implements ByteStream {
         const n = Math.min(b.length - op.off, SLICE);
         if (n > 0) {
           const piece = op.off === 0 && n === b.length ? b : b.subarray(op.off, op.off + n);
-          if (!this.conn.write(this.id, piece, false)) return;
+          if (!this.conn.write(this.ref, piece, false)) return;
           this.inflight += n;
           op.off += n;
         }
@@ -244,7 +260,7 @@ class NgStream implements ByteStream {
   reset(reason?: Error): void {
     if (this.error) return;
     this.fail(new QuicmapError('EIO', 'stream reset', { cause: reason }));
-    this.conn.resetStream(this.id);
+    this.conn.resetStream(this.ref);
   }
 
   /** This end is dead: pending and later calls reject; unread bytes give their credit back. */
@@ -252,7 +268,7 @@ class NgStream implements ByteStream {
     if (this.error) return;
     this.error = err;
     this.writeClosed = true;
-    if (this.queued) this.conn.consume(this.id, this.queued);
+    if (this.queued) this.conn.consume(this.ref, this.queued);
     this.chunks.length = 0;
     this.queued = 0;
     const r = this.readReject;
@@ -274,7 +290,12 @@ class NgConnection implements Connection {
   readonly streams = new Map<number, NgStream>();
   private readonly incoming = new AsyncQueue<NgStream>((s) => s.reset());
   private readonly opens = new Map<number, OpenOp>();
+  /** Streams handed out before their id was known, by open token. */
+  private readonly early = new Map<number, NgStream>();
   private nextToken = 1;
+  /** Streams the peer allows us in total (EV_CREDIT) and how many we asked for. */
+  private streamLimit = 0;
+  private opensIssued = 0;
   private sweepTimer: NodeJS.Timeout | undefined;
   isClosed = false;
   private closeError: QuicmapError = new ClosedError('connection');
@@ -308,7 +329,18 @@ class NgConnection implements Connection {
 
   // ---- events
 
+  credit(limit: number): void {
+    if (limit > this.streamLimit) this.streamLimit = limit;
+  }
+
   opened(token: number, sid: number): void {
+    const e = this.early.get(token);
+    if (e) {
+      this.early.delete(token);
+      e.id = sid;
+      this.streams.set(sid, e);
+      return;
+    }
     const op = this.opens.get(token);
     this.opens.delete(token);
     const s = new NgStream(this, sid);
@@ -328,6 +360,15 @@ class NgConnection implements Connection {
   openStream(): Promise<ByteStream> {
     if (this.isClosed) return Promise.reject(this.closeError);
     const token = this.nextToken++;
+    const fast = this.opensIssued < this.streamLimit;
+    this.opensIssued++;
+    if (fast) {
+      // The peer has a slot for it: usable now, no round trip to the native thread.
+      const s = new NgStream(this, -1, token);
+      this.early.set(token, s);
+      this.ep.call((n) => n.open(this.id, token));
+      return Promise.resolve(s);
+    }
     return new Promise<ByteStream>((resolve, reject) => {
       this.opens.set(token, { resolve, reject, deadline: Date.now() + this.opts.streamOpenTimeoutMs });
       this.sweepTimer ??= setInterval(this.sweep, Math.max(10, Math.min(250, this.opts.streamOpenTimeoutMs >> 2)));
@@ -367,6 +408,8 @@ class NgConnection implements Connection {
     this.closeError = err;
     for (const s of this.streams.values()) s.fail(err);
     this.streams.clear();
+    for (const s of this.early.values()) s.fail(err);
+    this.early.clear();
     for (const op of this.opens.values()) op.reject(err);
     this.opens.clear();
     clearInterval(this.sweepTimer);
@@ -496,6 +539,9 @@ class Endpoint {
           break;
         case EV_INCOMING:
           conn?.incomingStream(sid);
+          break;
+        case EV_CREDIT:
+          conn?.credit(n);
           break;
         case EV_READY:
           this.ready(cid, ev[i + 4] as string, ev[i + 5] as Uint8Array);

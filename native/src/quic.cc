@@ -106,6 +106,7 @@ enum EvType : uint8_t {
   kEvReset = 7,         // peer reset the stream or stopped reading; n = app error code
   kEvAcked = 8,         // n = bytes of this stream acknowledged (sent buffers freed)
   kEvStreamClosed = 9,  // ngtcp2 retired the stream
+  kEvCredit = 10,       // n = how many bidirectional streams the peer allows us in total so far
 };
 
 struct Event {
@@ -152,6 +153,7 @@ struct Cmd {
 
 struct Stream {
   int64_t id = -1;
+  uint64_t token = 0;  // the JS open that made it (local streams)
   // Data not yet acknowledged, in order; ngtcp2 keeps pointers into these
   // until it acks them, so a chunk handed to ngtcp2 never moves.
   std::deque<std::vector<uint8_t>> chunks;
@@ -180,6 +182,9 @@ struct Conn {
   std::unordered_map<int64_t, std::unique_ptr<Stream>> streams;
   std::deque<Stream*> readyq;
   std::deque<uint64_t> opens;
+  // Local streams JS already writes to (by token) before ngtcp2 gave them an id.
+  std::unordered_map<uint64_t, std::unique_ptr<Stream>> pendingByToken;
+  std::unordered_map<uint64_t, int64_t> sidByToken;
   std::vector<std::pair<int64_t, uint64_t>> toShut;  // streams to shut down after the callback
   std::vector<std::string> cids;
   size_t maxUdp = 1200;
@@ -400,6 +405,7 @@ class Endpoint {
     if (it != c->streams.end()) {
       Stream* s = it->second.get();
       if (s->inReady) c->readyq.erase(std::remove(c->readyq.begin(), c->readyq.end(), s), c->readyq.end());
+      if (s->token) c->sidByToken.erase(s->token);
       c->streams.erase(it);
     }
     // The peer may open another in its place.
@@ -423,6 +429,12 @@ class Endpoint {
       s->blocked = false;
       C(ud)->ep->MakeReady(C(ud), s);
     }
+    return 0;
+  }
+
+  static int OnExtendLocalBidi(ngtcp2_conn*, uint64_t max, void* ud) {
+    Conn* c = C(ud);
+    if (c->ready) c->ep->Push(kEvCredit, c, -1, max);
     return 0;
   }
 
@@ -493,6 +505,7 @@ class Endpoint {
     cb.update_key = ngtcp2_crypto_update_key_cb;
     cb.stream_reset = OnStreamReset;
     cb.extend_max_stream_data = OnExtendStreamData;
+    cb.extend_max_local_streams_bidi = OnExtendLocalBidi;
     cb.delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
     cb.delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
     cb.get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
@@ -653,6 +666,7 @@ class Endpoint {
       c->counted = false;
       ngtcp2_conn_set_keep_alive_timeout(c->conn, o.keepAliveNs);
       Push(kEvReady, c, -1, 0, FormatAddr(c->remote), new std::vector<uint8_t>(c->peerKey, c->peerKey + 32));
+      Push(kEvCredit, c, -1, ngtcp2_conn_get_streams_bidi_left(c->conn));
     }
     if (!c->opens.empty()) TryOpens(c);
   }
@@ -959,16 +973,26 @@ class Endpoint {
     return sentPkts;
   }
 
+  // Open streams for queued JS opens, oldest first, while the peer allows.
   void TryOpens(Conn* c) {
     while (!c->opens.empty() && c->ready && !c->dead) {
-      auto s = std::make_unique<Stream>();
+      uint64_t token = c->opens.front();
+      auto it = c->pendingByToken.find(token);
+      if (it == c->pendingByToken.end()) {  // reset before it was opened
+        c->opens.pop_front();
+        continue;
+      }
       int64_t sid;
-      int rv = ngtcp2_conn_open_bidi_stream(c->conn, &sid, s.get());
+      int rv = ngtcp2_conn_open_bidi_stream(c->conn, &sid, it->second.get());
       if (rv != 0) return;  // NGTCP2_ERR_STREAM_ID_BLOCKED: wait for MAX_STREAMS
+      Stream* s = it->second.get();
       s->id = sid;
-      c->streams[sid] = std::move(s);
-      Push(kEvOpened, c, sid, c->opens.front());
+      c->streams[sid] = std::move(it->second);
+      c->pendingByToken.erase(it);
+      c->sidByToken[token] = sid;
       c->opens.pop_front();
+      Push(kEvOpened, c, sid, token);
+      MakeReady(c, s);
     }
   }
 
@@ -977,7 +1001,17 @@ class Endpoint {
     return it == conns.end() || it->second->dead ? nullptr : it->second;
   }
 
+  // A stream by id, or (sid < 0) by the token -(sid + 1) of the JS open
+  // that made it, whether ngtcp2 has opened it yet or not.
   Stream* FindStream(Conn* c, int64_t sid) {
+    if (sid < 0) {
+      uint64_t token = static_cast<uint64_t>(-(sid + 1));
+      auto p = c->pendingByToken.find(token);
+      if (p != c->pendingByToken.end()) return p->second.get();
+      auto t = c->sidByToken.find(token);
+      if (t == c->sidByToken.end()) return nullptr;
+      sid = t->second;
+    }
     auto it = c->streams.find(sid);
     return it == c->streams.end() ? nullptr : it->second.get();
   }
@@ -996,10 +1030,14 @@ class Endpoint {
       Conn* c = Find(cmd.conn);
       if (!c) continue;
       switch (cmd.type) {
-        case Cmd::Open:
+        case Cmd::Open: {
+          auto s = std::make_unique<Stream>();
+          s->token = cmd.n;
+          c->pendingByToken[cmd.n] = std::move(s);
           c->opens.push_back(cmd.n);
           TryOpens(c);
           break;
+        }
         case Cmd::Write: {
           Stream* s = FindStream(c, cmd.stream);
           if (!s || s->shut || s->finQueued) break;
@@ -1013,18 +1051,22 @@ class Endpoint {
             s->unsent += n;
           }
           if (cmd.fin) s->finQueued = true;
-          MakeReady(c, s);
+          if (s->id >= 0) MakeReady(c, s);
           break;
         }
-        case Cmd::Consume:
+        case Cmd::Consume: {
           ngtcp2_conn_extend_max_offset(c->conn, cmd.n);
-          if (FindStream(c, cmd.stream)) ngtcp2_conn_extend_max_stream_offset(c->conn, cmd.stream, cmd.n);
+          Stream* s = FindStream(c, cmd.stream);
+          if (s && s->id >= 0) ngtcp2_conn_extend_max_stream_offset(c->conn, s->id, cmd.n);
           break;
+        }
         case Cmd::Reset: {
           Stream* s = FindStream(c, cmd.stream);
-          if (s) {
+          if (s && s->id < 0) {
+            c->pendingByToken.erase(s->token);  // never opened: nothing to tell the peer
+          } else if (s) {
             s->shut = true;
-            ngtcp2_conn_shutdown_stream(c->conn, cmd.stream, cmd.n);
+            ngtcp2_conn_shutdown_stream(c->conn, s->id, cmd.n);
           }
           break;
         }
