@@ -3,6 +3,7 @@ import * as assert from 'uvu/assert';
 import { Ngtcp2Transport } from '../../transports/ngtcp2.ts';
 import { QuicTransport } from '../../transports/quic.ts';
 import { defineConformance, expectCode, readAll, serveEcho } from './conformance.ts';
+import { vanishingPeer } from './vanish.ts';
 import { generateIdentity } from '../../crypto/identity.ts';
 import { Scope, STRICT_TOOLS, withTimeout } from '../helpers/env.ts';
 
@@ -24,6 +25,10 @@ if (why && !STRICT_TOOLS) {
     largeBytes: 32 * 1024 * 1024,
     backpressureLimit: 4 * 1024 * 1024,
   });
+
+  test('a peer that vanishes mid-transfer makes pending reads reject', () =>
+    vanishingPeer('ngtcp2', (id) => new Ngtcp2Transport(id, { idleTimeoutMs: 1500, keepAliveMs: 500 }), { idleTimeoutMs: 1500, keepAliveMs: 500 }, 4000),
+  );
 
   const run = (name: string, fn: (s: Scope) => Promise<void>) =>
     test(name, async () => {
@@ -77,11 +82,7 @@ if (why && !STRICT_TOOLS) {
     assert.ok(again, 'a stream slot came back');
   });
 
-  run('a dialer that proves no libp2p identity is refused by the listener', async (s) => {
-    // The library's QUIC dialer (quinn/rustls) presents its own libp2p
-    // certificate; ours must accept it (same scheme) or at least fail cleanly.
-    // Here: a plain wrong-key case from the listener's side — the dialer
-    // expects the right key, the listener sees the dialer's real key.
+  run('closing the dialer side ends the listener side (CONNECTION_CLOSE reaches the peer)', async (s) => {
     const serverId = await generateIdentity();
     const clientId = await generateIdentity();
     const server = new Ngtcp2Transport(serverId, opts);
