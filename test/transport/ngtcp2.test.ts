@@ -113,6 +113,25 @@ if (why && !STRICT_TOOLS) {
     assert.is((await readAll(st)).toString(), 'interop');
   });
 
+  run('the @chainsafe/libp2p-quic transport dials an ngtcp2 listener', async (s) => {
+    const serverId = await generateIdentity();
+    const server = new Ngtcp2Transport(serverId, opts);
+    s.defer(() => server.close());
+    const clientId = await generateIdentity();
+    const client = new QuicTransport(clientId, { idleTimeoutMs: 3000, keepAliveMs: 1000 });
+    s.defer(() => client.close());
+    const l = await server.listen('127.0.0.1:0');
+    const [conn, peer] = await Promise.all([client.dial(l.address, serverId.publicKey, { timeoutMs: 4000 }), l.accept()]);
+    assert.ok(Buffer.from(peer!.remotePublicKey).equals(Buffer.from(clientId.publicKey)), 'we see the library peer key');
+    assert.ok(Buffer.from(conn.remotePublicKey).equals(Buffer.from(serverId.publicKey)), 'the library sees ours');
+    void serveEcho(peer!);
+    const st = await conn.openStream();
+    const msg = Buffer.alloc(3 << 20, 7);
+    await st.write(msg);
+    await st.closeWrite();
+    assert.ok((await readAll(st)).equals(msg));
+  });
+
   run('IPv6 loopback works', async (s) => {
     const serverId = await generateIdentity();
     const server = new Ngtcp2Transport(serverId, opts);
