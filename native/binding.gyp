@@ -11,9 +11,7 @@
         "src/copy.cc",
         "src/uffd.cc",
         "src/nbd.cc",
-        "src/fallocate.cc",
-        "src/quic.cc",
-        "src/quic_identity.cc"
+        "src/fallocate.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
@@ -21,11 +19,20 @@
       "cflags_cc!": ["-fno-exceptions"],
       "cflags_cc": ["-std=c++17", "-O2", "-fexceptions", "-Wall", "-Wno-unused-result"],
       "conditions": [
-        ["OS!='linux'", { "type": "none" }],
-        ["quicmap_ngtcp2==1", {
-          "defines": ["QM_HAVE_NGTCP2"],
-          "libraries": ["-lngtcp2_crypto_gnutls", "-lngtcp2", "-lgnutls"]
-        }]
+        ["OS!='linux'", { "type": "none" }]
+      ]
+    },
+    {
+      "target_name": "quicmap_quic",
+      "sources": ["src/quic.cc", "src/quic_identity.cc"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "libraries": ["-lngtcp2_crypto_gnutls", "-lngtcp2", "-lgnutls"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags_cc": ["-std=c++17", "-O2", "-fexceptions", "-Wall", "-Wno-unused-result"],
+      "conditions": [
+        ["OS!='linux' or quicmap_ngtcp2!=1", { "type": "none" }]
       ]
     }
   ]

@@ -72,9 +72,10 @@ if (process.env.QUICMAP_NATIVE_DEBUG === '1') args.push('--debug');
 
 rmSync(failFile, { force: true });
 
-// The QUIC data path (src/quic.cc) needs Debian's ngtcp2 0.12 with GnuTLS.
-// Without them (or if that part fails to compile) the addon is built without
-// it and build/QUIC_UNAVAILABLE.txt says why; the rest is unaffected.
+// The QUIC data path (src/quic.cc: a second addon, quicmap_quic.node, so the
+// main one never links ngtcp2/GnuTLS) needs Debian's ngtcp2 0.12 with GnuTLS.
+// Without them (or if that part fails to compile) only the main addon is
+// built and build/QUIC_UNAVAILABLE.txt says why; the rest is unaffected.
 const quicFile = join(buildDir, 'QUIC_UNAVAILABLE.txt');
 const QUIC_PKGS = 'apt-get install libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev';
 function quicPrerequisites() {
@@ -115,10 +116,12 @@ if (r.status !== 0) {
 }
 const built = join(buildDir, 'Release', 'quicmap_native.node');
 if (!existsSync(built)) fail(`node-gyp succeeded but ${built} is missing`);
+const quicBuilt = join(buildDir, 'Release', 'quicmap_quic.node');
+if (!quicWhy && !existsSync(quicBuilt)) quicWhy = `node-gyp succeeded but ${quicBuilt} is missing`;
 if (quicWhy) {
   writeFileSync(quicFile, quicWhy + '\n');
   say(`built ${built} without QUIC: ${quicWhy}`);
 } else {
   rmSync(quicFile, { force: true });
-  say(`built ${built} (with the ngtcp2 QUIC data path)`);
+  say(`built ${built} and ${quicBuilt} (the ngtcp2 QUIC data path)`);
 }

@@ -1,8 +1,9 @@
 /**
- * Typed access to the ngtcp2 QUIC data path in quicmap's own addon
- * (native/src/quic.cc, `exports.quic`). It is optional: the addon is built
- * without it when Debian's libngtcp2-dev / libngtcp2-crypto-gnutls-dev /
- * libgnutls28-dev are missing, and native/build/QUIC_UNAVAILABLE.txt says why.
+ * Typed access to the ngtcp2 QUIC data path, quicmap's second addon
+ * (native/src/quic.cc → native/build/Release/quicmap_quic.node). It is
+ * optional: it is not built where Debian's libngtcp2-dev /
+ * libngtcp2-crypto-gnutls-dev / libgnutls28-dev are missing, and
+ * native/build/QUIC_UNAVAILABLE.txt says why.
  *
  * transports/ may not import native/ (the layer order), so the addon file is
  * loaded here directly, the way quic-native.ts loads the QUIC library's.
@@ -94,7 +95,8 @@ export interface NativeQuic {
   QuicEndpoint: new (opts: QuicEndpointOptions, onEvents: (ev: QuicEvents) => void) => NativeQuicEndpoint;
 }
 
-const ADDON = fileURLToPath(new URL('../native/build/Release/quicmap_native.node', import.meta.url));
+const ADDON = fileURLToPath(new URL('../native/build/Release/quicmap_quic.node', import.meta.url));
+const MAIN_ADDON = fileURLToPath(new URL('../native/build/Release/quicmap_native.node', import.meta.url));
 const WHY = fileURLToPath(new URL('../native/build/QUIC_UNAVAILABLE.txt', import.meta.url));
 const FAILED = fileURLToPath(new URL('../native/build/BUILD_FAILED.txt', import.meta.url));
 
@@ -117,18 +119,17 @@ export function loadNgtcp2(): NativeQuic | undefined {
     return undefined;
   }
   if (!existsSync(ADDON)) {
-    reason = `quicmap's native addon is not built (${readReason(FAILED) ?? 'run `node native/build.mjs`'})`;
+    if (!existsSync(MAIN_ADDON)) reason = `quicmap's native addons are not built (${readReason(FAILED) ?? 'run `node native/build.mjs`'})`;
+    else
+      reason = `the ngtcp2 QUIC data path was not built: ${
+        readReason(WHY) ?? 'apt-get install libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev, then `node native/build.mjs`'
+      }`;
     return undefined;
   }
   try {
-    const q = (createRequire(import.meta.url)(ADDON) as { quic?: NativeQuic }).quic;
-    if (q?.available) cached = q;
-    else
-      reason = `the native addon was built without the ngtcp2 QUIC data path: ${
-        readReason(WHY) ?? 'apt-get install libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev, then `node native/build.mjs`'
-      }`;
+    cached = createRequire(import.meta.url)(ADDON) as NativeQuic;
   } catch (e) {
-    reason = `quicmap's native addon failed to load: ${(e as Error).message}`;
+    reason = `the ngtcp2 QUIC addon failed to load (${(e as Error).message}); rebuild with \`node native/build.mjs\``;
   }
   return cached;
 }

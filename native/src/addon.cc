@@ -116,7 +116,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   qm::UffdInit(env, exports);
   qm::NbdInit(env, exports);
   qm::FallocateInit(env, exports);
-  qm::QuicInit(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

@@ -55,8 +55,6 @@ void MmapInit(Napi::Env env, Napi::Object exports);
 void UffdInit(Napi::Env env, Napi::Object exports);
 void NbdInit(Napi::Env env, Napi::Object exports);
 void FallocateInit(Napi::Env env, Napi::Object exports);
-// exports.quic: the ngtcp2 QUIC data path, or { available: false } (quic.cc).
-void QuicInit(Napi::Env env, Napi::Object exports);
 
 inline uint64_t ToU64(const Napi::Value& v) {
   if (v.IsBigInt()) {

@@ -26,9 +26,11 @@
 // a GnuTLS verify callback checks the peer's during the handshake (and the
 // dialer checks it is the expected key), so no stream data flows to or from
 // a peer whose key was not proven.
-#include "common.h"
+// A separate addon (quicmap_quic.node) from quicmap_native.node, so that
+// the main addon never depends on libngtcp2/libgnutls being present at load
+// time: build.mjs builds this one only where the Debian packages are.
+#include <napi.h>
 
-#ifdef QM_HAVE_NGTCP2
 #include "quic.h"
 
 #include <arpa/inet.h>
@@ -44,7 +46,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdarg>
+#include <cstring>
 #include <atomic>
 #include <deque>
 #include <memory>
@@ -65,6 +69,13 @@
 
 namespace qm {
 namespace {
+
+[[noreturn]] void ThrowErrno(Napi::Env env, int err, const std::string& what) {
+  auto e = Napi::Error::New(env, what + ": " + strerror(err));
+  e.Set("errno", Napi::Number::New(env, err));
+  e.Set("syscall", Napi::String::New(env, what));
+  throw e;
+}
 
 constexpr size_t kCidLen = 16;
 constexpr size_t kRecvSlots = 16;
@@ -1346,25 +1357,15 @@ class QuicEndpointWrap : public Napi::ObjectWrap<QuicEndpointWrap> {
 
 }  // namespace
 
-void QuicInit(Napi::Env env, Napi::Object exports) {
-  auto q = Napi::Object::New(env);
-  q.Set("available", Napi::Boolean::New(env, true));
-  q.Set("version", Napi::String::New(env, std::string("ngtcp2 ") + ngtcp2_version(0)->version_str + ", GnuTLS " + gnutls_check_version(nullptr)));
-  q.Set("QuicEndpoint", QuicEndpointWrap::Define(env));
-  exports.Set("quic", q);
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("available", Napi::Boolean::New(env, true));
+  exports.Set("version", Napi::String::New(env, std::string("ngtcp2 ") + ngtcp2_version(0)->version_str + ", GnuTLS " + gnutls_check_version(nullptr)));
+  exports.Set("QuicEndpoint", QuicEndpointWrap::Define(env));
+  return exports;
 }
 
 }  // namespace qm
 
-#else  // !QM_HAVE_NGTCP2
+static Napi::Object InitQuic(Napi::Env env, Napi::Object exports) { return qm::Init(env, exports); }
 
-namespace qm {
-// Built without the Debian QUIC packages: JS reads why from build/QUIC_UNAVAILABLE.txt.
-void QuicInit(Napi::Env env, Napi::Object exports) {
-  auto q = Napi::Object::New(env);
-  q.Set("available", Napi::Boolean::New(env, false));
-  exports.Set("quic", q);
-}
-}  // namespace qm
-
-#endif  // QM_HAVE_NGTCP2
+NODE_API_MODULE(quicmap_quic, InitQuic)

@@ -1,8 +1,8 @@
 // Shared declarations of the ngtcp2 QUIC data path (quic.cc) and its
-// libp2p-TLS identity binding (quic_identity.cc). Built only when the Debian
-// packages libngtcp2-dev, libngtcp2-crypto-gnutls-dev and libgnutls28-dev are
-// present (build.mjs sets QM_HAVE_NGTCP2); otherwise quic.cc exports only
-// `quic.available = false` and build/QUIC_UNAVAILABLE.txt says why.
+// libp2p-TLS identity binding (quic_identity.cc), the separate addon
+// quicmap_quic.node. Built only when the Debian packages libngtcp2-dev,
+// libngtcp2-crypto-gnutls-dev and libgnutls28-dev are present (build.mjs);
+// otherwise build/QUIC_UNAVAILABLE.txt says why.
 #pragma once
 #include <gnutls/gnutls.h>
 

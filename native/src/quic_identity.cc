@@ -6,7 +6,6 @@
 // PublicKey { Type = Ed25519 (1), Data = 32 bytes } and signature is the
 // Ed25519 signature of "libp2p-tls-handshake:" || the certificate's
 // SubjectPublicKeyInfo (DER).
-#ifdef QM_HAVE_NGTCP2
 #include "quic.h"
 
 #include <gnutls/abstract.h>
@@ -224,4 +223,3 @@ std::string QuicVerifyPeer(gnutls_session_t session, uint8_t* key) {
 }
 
 }  // namespace qm
-#endif  // QM_HAVE_NGTCP2
