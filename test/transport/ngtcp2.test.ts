@@ -1,4 +1,6 @@
 import { suite } from 'uvu';
+import { createSocket } from 'node:dgram';
+import { randomBytes } from 'node:crypto';
 import * as assert from 'uvu/assert';
 import { Ngtcp2Transport } from '../../transports/ngtcp2.ts';
 import { QuicTransport } from '../../transports/quic.ts';
@@ -130,6 +132,27 @@ if (why && !STRICT_TOOLS) {
     await st.write(msg);
     await st.closeWrite();
     assert.ok((await readAll(st)).equals(msg));
+  });
+
+  run('junk datagrams neither crash the listener nor stop it serving', async (s) => {
+    const serverId = await generateIdentity();
+    const server = new Ngtcp2Transport(serverId, opts);
+    s.defer(() => server.close());
+    const l = await server.listen('127.0.0.1:0');
+    const port = Number(l.address.slice(l.address.lastIndexOf(':') + 1));
+    const sock = createSocket('udp4');
+    s.defer(() => new Promise<void>((r) => sock.close(() => r())));
+    // Random bytes, truncated long headers, a fake Initial with a bogus version, empty datagrams.
+    const junk = [randomBytes(1200), randomBytes(20), Buffer.from([0xc0, 0, 0, 0, 1, 8]), Buffer.concat([Buffer.from([0xc0, 0xfa, 0xce, 0xb0, 0x0c]), randomBytes(1195)]), Buffer.alloc(0)];
+    for (let i = 0; i < 200; i++) await new Promise<void>((r) => sock.send(junk[i % junk.length]!, port, '127.0.0.1', () => r()));
+    const client = new Ngtcp2Transport(await generateIdentity(), opts);
+    s.defer(() => client.close());
+    const [conn, peer] = await Promise.all([client.dial(l.address, serverId.publicKey), l.accept()]);
+    void serveEcho(peer!);
+    const st = await conn.openStream();
+    await st.write(Buffer.from('still serving'));
+    await st.closeWrite();
+    assert.is((await readAll(st)).toString(), 'still serving');
   });
 
   run('IPv6 loopback works', async (s) => {
