@@ -237,7 +237,7 @@ size_t RoutePayload(const sockaddr_storage& a, socklen_t alen) {
 }
 
 struct Stats {
-  std::atomic<uint64_t> datagramsIn{0}, datagramsOut{0}, sendCalls{0}, recvCalls{0}, bytesOut{0}, bytesIn{0}, deliveries{0}, events{0}, dropped{0};
+  std::atomic<uint64_t> datagramsIn{0}, datagramsOut{0}, sendCalls{0}, recvCalls{0}, bytesOut{0}, bytesIn{0}, dropped{0};
   std::atomic<uint64_t> maxDatagramOut{0};
 };
 
@@ -324,8 +324,6 @@ class Endpoint {
     if (sh->events.empty() || sh->scheduled) return;
     sh->scheduled = true;
     std::shared_ptr<Shared> keep = sh;
-    Stats* stats = &st;
-    (void)stats;
     sh->tsfn.NonBlockingCall([keep](Napi::Env env, Napi::Function cb) { Deliver(env, cb, keep); });
   }
 
