@@ -11,6 +11,8 @@
  *   quicmap-tcp   TcpTransport (handshake + AES-GCM records + mux), a stream per request
  *   raw-quic      the chainsafe native layer with a trivial echo (floor), a stream per request
  *   quicmap-quic  QuicTransport, a stream per request
+ *   ngtcp2        Ngtcp2Transport (the native ngtcp2 data path prototype), a stream per request;
+ *                 skipped with a note where the addon lacks it
  * Ratios: quicmap-quic vs raw-quic, quicmap-tcp vs plain-tcp.
  *
  * Servers run in a child process (this file with --serve) so client and
@@ -31,6 +33,7 @@ import { TcpTransport } from '../transports/tcp.ts';
 import { QUIC_DEFAULTS, QuicTransport } from '../transports/quic.ts';
 import { loadNativeQuic, type NativeConnection, type NativeServer } from '../transports/quic-native.ts';
 import { ByteAccumulator } from '../transports/byte-accumulator.ts';
+import { Ngtcp2Transport } from '../transports/ngtcp2.ts';
 
 // ---------------------------------------------------------------- helpers
 
@@ -265,8 +268,8 @@ export function serveTransportEcho(l: Listener): void {
 
 // ---------------------------------------------------------------- subjects
 
-export type SubjectName = 'plain-tcp' | 'quicmap-tcp' | 'raw-quic' | 'quicmap-quic';
-export const SUBJECTS: SubjectName[] = ['plain-tcp', 'quicmap-tcp', 'raw-quic', 'quicmap-quic'];
+export type SubjectName = 'plain-tcp' | 'quicmap-tcp' | 'raw-quic' | 'quicmap-quic' | 'ngtcp2';
+export const SUBJECTS: SubjectName[] = ['plain-tcp', 'quicmap-tcp', 'raw-quic', 'quicmap-quic', 'ngtcp2'];
 
 interface ServerInfo {
   address: string;
@@ -351,9 +354,10 @@ export async function startServer(subject: SubjectName): Promise<{ info: ServerI
       };
     }
     case 'quicmap-tcp':
-    case 'quicmap-quic': {
+    case 'quicmap-quic':
+    case 'ngtcp2': {
       const id = await generateIdentity();
-      const t: Transport = subject === 'quicmap-tcp' ? new TcpTransport(id) : new QuicTransport(id);
+      const t: Transport = subject === 'quicmap-tcp' ? new TcpTransport(id) : subject === 'ngtcp2' ? new Ngtcp2Transport(id) : new QuicTransport(id);
       const l = await t.listen('127.0.0.1:0');
       serveTransportEcho(l);
       return { info: { address: l.address, publicKey: Buffer.from(id.publicKey).toString('hex') }, stop: () => t.close() };
@@ -420,8 +424,9 @@ export async function connectClient(subject: SubjectName, info: ServerInfo, iden
       };
     }
     case 'quicmap-tcp':
-    case 'quicmap-quic': {
-      const t: Transport = subject === 'quicmap-tcp' ? new TcpTransport(identity) : new QuicTransport(identity);
+    case 'quicmap-quic':
+    case 'ngtcp2': {
+      const t: Transport = subject === 'quicmap-tcp' ? new TcpTransport(identity) : subject === 'ngtcp2' ? new Ngtcp2Transport(identity) : new QuicTransport(identity);
       const conn = await t.dial(info.address, Buffer.from(info.publicKey, 'hex'));
       return connectionRoundTripper(subject, conn, () => t.close());
     }
@@ -471,7 +476,12 @@ export default async function main(args: string[]): Promise<void> {
   };
   const durationMs = Number(opt('--duration') ?? 2500);
   const sizes = (opt('--sizes')?.split(',') ?? ['4k', '64k', '1m']).map(parseSize);
-  const subjects = (opt('--subjects')?.split(',') ?? SUBJECTS) as SubjectName[];
+  let subjects = (opt('--subjects')?.split(',') ?? SUBJECTS) as SubjectName[];
+  const ngWhy = Ngtcp2Transport.unavailableReason();
+  if (ngWhy && subjects.includes('ngtcp2')) {
+    process.stdout.write(`(ngtcp2 subject skipped: ${ngWhy})\n`);
+    subjects = subjects.filter((x) => x !== 'ngtcp2');
+  }
   const log = json ? () => {} : (l: string) => process.stdout.write(`${l}\n`);
   const rounds = Number(opt('--rounds') ?? 5);
   const o: MatrixOptions = {
@@ -500,7 +510,7 @@ export default async function main(args: string[]): Promise<void> {
     for (const c of clients) await c.close().catch(() => {});
     for (const sv of servers) await sv.stop().catch(() => {});
   }
-  const rs = [...ratios(rows, 'quicmap-quic', 'raw-quic'), ...ratios(rows, 'quicmap-tcp', 'plain-tcp')];
+  const rs = [...ratios(rows, 'quicmap-quic', 'raw-quic'), ...ratios(rows, 'quicmap-tcp', 'plain-tcp'), ...ratios(rows, 'ngtcp2', 'raw-quic'), ...ratios(rows, 'ngtcp2', 'quicmap-quic')];
   if (json) {
     process.stdout.write(`${JSON.stringify({ node: process.version, durationMs, inflight: o.inflight, rows, ratios: rs }, null, 2)}\n`);
     return;

@@ -71,18 +71,57 @@ else say(`no headers under ${prefix}/include/node; node-gyp will try its own cop
 if (process.env.QUICMAP_NATIVE_DEBUG === '1') args.push('--debug');
 
 rmSync(failFile, { force: true });
-say(`building with ${gyp.where} (node ${process.version}, ${prefix})`);
+
+// The QUIC data path (src/quic.cc: a second addon, quicmap_quic.node, so the
+// main one never links ngtcp2/GnuTLS) needs Debian's ngtcp2 0.12 with GnuTLS.
+// Without them (or if that part fails to compile) only the main addon is
+// built and build/QUIC_UNAVAILABLE.txt says why; the rest is unaffected.
+const quicFile = join(buildDir, 'QUIC_UNAVAILABLE.txt');
+const QUIC_PKGS = 'apt-get install libngtcp2-dev libngtcp2-crypto-gnutls-dev libgnutls28-dev';
+function quicPrerequisites() {
+  const headers = ['/usr/include/ngtcp2/ngtcp2.h', '/usr/include/ngtcp2/ngtcp2_crypto_gnutls.h', '/usr/include/gnutls/gnutls.h'];
+  const missing = headers.filter((h) => !existsSync(h));
+  if (missing.length) return `the QUIC data path needs ngtcp2 0.12 with GnuTLS (${missing.join(', ')} missing): ${QUIC_PKGS}`;
+  const v = spawnSync('sh', ['-c', 'pkg-config --modversion libngtcp2 2>/dev/null || sed -n "s/^#define NGTCP2_VERSION \\"\\(.*\\)\\"/\\1/p" /usr/include/ngtcp2/version.h'], { encoding: 'utf8' });
+  const version = (v.stdout ?? '').trim().split('\n')[0] ?? '';
+  if (!/^0\.12\./.test(version)) return `the QUIC data path is written for ngtcp2 0.12 (Debian bookworm); found ${version || 'an unknown version'}`;
+  return undefined;
+}
+
 const env = { ...process.env };
 // A stale npmrc `nodedir` must not override ours.
 delete env.npm_config_nodedir;
-const r = spawnSync(gyp.cmd, args, { cwd: here, stdio: ['ignore', 'pipe', 'pipe'], env, encoding: 'utf8' });
-const out = `${r.stdout ?? ''}${r.stderr ?? ''}`;
+function runGyp(withQuic) {
+  say(`building with ${gyp.where} (node ${process.version}, ${prefix})${withQuic ? ' with the ngtcp2 QUIC data path' : ''}`);
+  return spawnSync(gyp.cmd, args, { cwd: here, stdio: ['ignore', 'pipe', 'pipe'], env: { ...env, QUICMAP_NGTCP2: withQuic ? '1' : '0' }, encoding: 'utf8' });
+}
+function errorLines(out) {
+  return out.split('\n').filter((l) => /error|Error|not found|No such/.test(l)).slice(0, 12);
+}
+
+let quicWhy = process.env.QUICMAP_SKIP_QUIC === '1' ? 'skipped because QUICMAP_SKIP_QUIC=1' : quicPrerequisites();
+let r = runGyp(!quicWhy);
+let out = `${r.stdout ?? ''}${r.stderr ?? ''}`;
 if (r.error) fail(`could not run node-gyp: ${r.error.message}`);
+if (r.status !== 0 && !quicWhy) {
+  // Maybe only the QUIC part is broken: keep everything else.
+  quicWhy = `the QUIC data path failed to compile: ${errorLines(out).join(' | ').slice(0, 600) || 'see the build output'}`;
+  say(`${quicWhy}; building without it`);
+  r = runGyp(false);
+  out = `${r.stdout ?? ''}${r.stderr ?? ''}`;
+}
 if (r.status !== 0) {
-  const lines = out.split('\n').filter((l) => /error|Error|not found|No such/.test(l)).slice(0, 12);
   process.stdout.write(out.split('\n').slice(-40).join('\n') + '\n');
-  fail(`node-gyp exited ${r.status}: ${lines.join(' | ').slice(0, 800) || 'see the output above'}`);
+  fail(`node-gyp exited ${r.status}: ${errorLines(out).join(' | ').slice(0, 800) || 'see the output above'}`);
 }
 const built = join(buildDir, 'Release', 'quicmap_native.node');
 if (!existsSync(built)) fail(`node-gyp succeeded but ${built} is missing`);
-say(`built ${built}`);
+const quicBuilt = join(buildDir, 'Release', 'quicmap_quic.node');
+if (!quicWhy && !existsSync(quicBuilt)) quicWhy = `node-gyp succeeded but ${quicBuilt} is missing`;
+if (quicWhy) {
+  writeFileSync(quicFile, quicWhy + '\n');
+  say(`built ${built} without QUIC: ${quicWhy}`);
+} else {
+  rmSync(quicFile, { force: true });
+  say(`built ${built} and ${quicBuilt} (the ngtcp2 QUIC data path)`);
+}
