@@ -1,0 +1,321 @@
+/**
+ * RelayServer: `quicmap relay`. One TCP port, two kinds of connection,
+ * told apart by their first 8 bytes:
+ *
+ * - control (starts with the handshake's MAGIC): an authenticated
+ *   connection from a peer (secure-socket.ts, the relay as responder), one
+ *   stream of control messages: reserve / connect (messages.ts);
+ * - circuit (starts with CIRCUIT_MAGIC + a token the relay issued): one end
+ *   of a circuit; once both ends arrived the relay splices them, counting
+ *   bytes against the circuit's quota, forwarding with backpressure.
+ *
+ * Every decision comes from the sans-IO RelayBook; refusals and closes are
+ * sent to the peers concerned (typed, messages.ts) and logged here.
+ * Bounded: connections still in setup (deadline each), control connections,
+ * control message size, circuits (per peer and in all); a circuit buffers at
+ * most one socket read per direction (the source pauses until the
+ * destination drains).
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { QuicmapError } from '../../base/errors.ts';
+import type { Identity } from '../../crypto/identity.ts';
+import { MAGIC } from '../../crypto/handshake.ts';
+import type { Connection } from '../../transports/transport.ts';
+import { formatHostPort, parseHostPort } from '../../transports/util.ts';
+import { RelayBook, type Expiry, type RelayQuotas } from './book.ts';
+import { ControlChannel } from './control-channel.ts';
+import { CIRCUIT_MAGIC, TOKEN_BYTES, decodeClientMessage, type Refusal } from './messages.ts';
+import { formatRelayAddress } from './address.ts';
+import { secureSocket } from './secure-socket.ts';
+import { SocketReader, readerDeadline } from './socket-reader.ts';
+
+export interface RelayServerOptions {
+  identity: Identity;
+  /** "host:port"; port 0 picks a free one. */
+  listen: string;
+  quotas?: Partial<RelayQuotas>;
+  /** Authenticated control connections at once. Default 1024. */
+  maxControlConnections?: number;
+  /** Connections in their first seconds (preamble / handshake) at once; more are dropped. Default 64. */
+  maxPendingSetups?: number;
+  /** Deadline for a new connection's preamble and handshake. Default 5 000 ms. */
+  setupTimeoutMs?: number;
+  log?: (message: string) => void;
+}
+
+interface CircuitEnds {
+  id: number;
+  from: Uint8Array;
+  to: Uint8Array;
+  tokens: [string, string];
+  sockets: [Socket | undefined, Socket | undefined];
+  leftovers: [Buffer[], Buffer[]];
+  channels: [ControlChannel | undefined, ControlChannel | undefined];
+  closed: boolean;
+}
+
+export interface RelayStats {
+  reservations: number;
+  circuits: number;
+  circuitsOpened: number;
+  refusals: Partial<Record<Refusal, number>>;
+  /** Bytes forwarded through circuits, both directions. */
+  bytesRelayed: number;
+}
+
+const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
+const short = (b: Uint8Array) => hex(b).slice(0, 12);
+
+export class RelayServer {
+  readonly book: RelayBook;
+  address = '';
+  /** RELAY_ID@HOST:PORT, what `share --relay` takes. */
+  relayAddress = '';
+  readonly stats: RelayStats = { reservations: 0, circuits: 0, circuitsOpened: 0, refusals: {}, bytesRelayed: 0 };
+  private readonly server: Server;
+  private readonly o: Required<Omit<RelayServerOptions, 'quotas'>>;
+  private readonly pending = new Set<Socket>();
+  private readonly controls = new Set<Connection>();
+  /** Reserved peer (hex) -> its control channel. */
+  private readonly reserved = new Map<string, ControlChannel>();
+  private readonly byToken = new Map<string, { ends: CircuitEnds; side: 0 | 1 }>();
+  private readonly circuits = new Map<number, CircuitEnds>();
+  private timer: NodeJS.Timeout | undefined;
+  private closing: Promise<void> | undefined;
+
+  private constructor(o: RelayServerOptions) {
+    this.o = {
+      identity: o.identity,
+      listen: o.listen,
+      maxControlConnections: o.maxControlConnections ?? 1024,
+      maxPendingSetups: o.maxPendingSetups ?? 64,
+      setupTimeoutMs: o.setupTimeoutMs ?? 5_000,
+      log: o.log ?? (() => {}),
+    };
+    this.book = new RelayBook(o.quotas);
+    this.server = createServer({ noDelay: true });
+    this.server.on('connection', (s) => void this.onSocket(s));
+    this.server.on('error', (e) => this.o.log(`relay: accept error: ${e.message}`));
+  }
+
+  static async start(o: RelayServerOptions): Promise<RelayServer> {
+    const r = new RelayServer(o);
+    const { host, port } = parseHostPort(o.listen);
+    await new Promise<void>((resolve, reject) => {
+      const onError = (e: Error) => reject(new QuicmapError('EIO', `relay: cannot listen on ${o.listen}: ${e.message}`, { cause: e }));
+      r.server.once('error', onError);
+      r.server.listen({ host, port }, () => {
+        r.server.off('error', onError);
+        resolve();
+      });
+    });
+    const a = r.server.address();
+    r.address = a && typeof a === 'object' ? formatHostPort(a.address, a.port) : o.listen;
+    r.relayAddress = formatRelayAddress({ key: o.identity.publicKey, address: r.address.replace(/^0\.0\.0\.0:/, '127.0.0.1:') });
+    return r;
+  }
+
+  private refuse(refusal: Refusal, message: string, who: Uint8Array): void {
+    this.stats.refusals[refusal] = (this.stats.refusals[refusal] ?? 0) + 1;
+    this.o.log(`relay: refused ${short(who)}: ${refusal}: ${message}`);
+  }
+
+  private async onSocket(socket: Socket): Promise<void> {
+    socket.on('error', () => {}); // surfaces through 'close'
+    if (this.closing || this.pending.size >= this.o.maxPendingSetups) {
+      socket.destroy();
+      return;
+    }
+    socket.setNoDelay(true);
+    this.pending.add(socket);
+    const remote = formatHostPort(socket.remoteAddress ?? '?', socket.remotePort ?? 0);
+    const reader = new SocketReader(socket);
+    try {
+      const first = await readerDeadline(reader, this.o.setupTimeoutMs, `relay preamble from ${remote}`, () => reader.peek(CIRCUIT_MAGIC.length));
+      if (first.equals(CIRCUIT_MAGIC)) {
+        const pre = await readerDeadline(reader, this.o.setupTimeoutMs, `relay circuit from ${remote}`, () => reader.read(CIRCUIT_MAGIC.length + TOKEN_BYTES));
+        this.pending.delete(socket);
+        this.onCircuitSocket(socket, hex(pre.subarray(CIRCUIT_MAGIC.length)), reader.detach());
+        return;
+      }
+      if (!first.equals(MAGIC.subarray(0, CIRCUIT_MAGIC.length))) throw new QuicmapError('EPROTO', 'not a quicmap relay client');
+      if (this.controls.size >= this.o.maxControlConnections) throw new QuicmapError('EBUSY', 'too many control connections');
+      const conn = await secureSocket(socket, this.o.identity, 'responder', { reader, timeoutMs: this.o.setupTimeoutMs, remoteAddress: remote });
+      this.pending.delete(socket);
+      void this.serveControl(conn);
+    } catch (e) {
+      this.pending.delete(socket);
+      reader.detach();
+      socket.destroy();
+      if (!(e instanceof QuicmapError && e.code === 'EPROTO')) this.o.log(`relay: dropped ${remote}: ${(e as Error).message}`);
+    }
+  }
+
+  private async serveControl(conn: Connection): Promise<void> {
+    this.controls.add(conn);
+    const peer = conn.remotePublicKey;
+    const peerHex = hex(peer);
+    let channel: ControlChannel | undefined;
+    try {
+      const stream = await Promise.race([
+        conn.acceptStream(),
+        new Promise<null>((r) => setTimeout(() => r(null), this.o.setupTimeoutMs).unref()),
+      ]);
+      if (!stream) return;
+      channel = new ControlChannel(stream);
+      for (;;) {
+        const body = await channel.next();
+        if (body === null) return;
+        const m = decodeClientMessage(body);
+        const now = Date.now();
+        if (m.t === 'reserve') {
+          const v = this.book.reserve(peerHex, now);
+          if (!v.ok) {
+            this.refuse(v.refusal, v.message, peer);
+            await channel.send({ t: 'refused', rid: m.rid, refusal: v.refusal, message: v.message });
+            continue;
+          }
+          if (!this.reserved.has(peerHex)) this.o.log(`relay: reservation for ${short(peer)} until ${new Date(v.expiresAt).toISOString()}`);
+          this.reserved.set(peerHex, channel);
+          this.stats.reservations = this.book.reservationCount;
+          await channel.send({ t: 'reserved', rid: m.rid, expiresAt: v.expiresAt, limits: this.book.limits });
+        } else {
+          const targetHex = hex(m.target);
+          const v = this.book.openCircuit(peerHex, targetHex, now);
+          const targetChannel = this.reserved.get(targetHex);
+          if (!v.ok || !targetChannel) {
+            const refusal = v.ok ? 'NO_RESERVATION' : v.refusal;
+            const message = v.ok ? 'the target is not connected' : v.message;
+            if (v.ok) this.book.closeCircuit(v.id);
+            this.refuse(refusal, message, peer);
+            await channel.send({ t: 'refused', rid: m.rid, refusal, message });
+            continue;
+          }
+          const tokens: [string, string] = [randomBytes(TOKEN_BYTES).toString('hex'), randomBytes(TOKEN_BYTES).toString('hex')];
+          const ends: CircuitEnds = { id: v.id, from: peer, to: m.target, tokens, sockets: [undefined, undefined], leftovers: [[], []], channels: [channel, targetChannel], closed: false };
+          this.circuits.set(v.id, ends);
+          this.byToken.set(tokens[0], { ends, side: 0 });
+          this.byToken.set(tokens[1], { ends, side: 1 });
+          this.stats.circuits = this.book.circuitCount;
+          this.arm();
+          void targetChannel.send({ t: 'incoming', id: v.id, token: Buffer.from(tokens[1], 'hex'), from: peer }).catch(() => this.endCircuit(ends, 'CONNECTION_FAILED', 'the target\'s control connection is gone'));
+          await channel.send({ t: 'circuit', rid: m.rid, id: v.id, token: Buffer.from(tokens[0], 'hex'), limits: this.book.limits });
+        }
+      }
+    } catch (e) {
+      this.o.log(`relay: control connection of ${short(peer)} ended: ${(e as Error).message}`);
+    } finally {
+      this.controls.delete(conn);
+      if (channel && this.reserved.get(peerHex) === channel) {
+        this.reserved.delete(peerHex);
+        this.book.release(peerHex);
+        this.stats.reservations = this.book.reservationCount;
+        this.o.log(`relay: reservation of ${short(peer)} released (its control connection closed)`);
+      }
+      await conn.close().catch(() => {});
+    }
+  }
+
+  private onCircuitSocket(socket: Socket, token: string, leftover: Buffer[]): void {
+    const entry = this.byToken.get(token);
+    if (!entry || entry.ends.closed || entry.ends.sockets[entry.side]) {
+      socket.destroy();
+      return;
+    }
+    this.byToken.delete(token);
+    const { ends, side } = entry;
+    ends.sockets[side] = socket;
+    ends.leftovers[side] = leftover;
+    socket.on('close', () => this.endCircuit(ends, undefined, 'an end closed'));
+    if (ends.sockets[0] && ends.sockets[1]) this.splice(ends);
+  }
+
+  private splice(ends: CircuitEnds): void {
+    const [a, b] = ends.sockets as [Socket, Socket];
+    this.book.spliced(ends.id, Date.now());
+    this.stats.circuitsOpened++;
+    this.arm();
+    this.o.log(`relay: circuit ${ends.id} open: ${short(ends.from)} -> ${short(ends.to)}`);
+    const forward = (src: Socket, dst: Socket, early: Buffer[]) => {
+      const push = (chunk: Buffer): boolean => {
+        if (ends.closed) return false;
+        const v = this.book.carry(ends.id, chunk.length);
+        if (!v.ok) {
+          this.endCircuit(ends, v.refusal, v.message);
+          return false;
+        }
+        this.stats.bytesRelayed += chunk.length;
+        if (!dst.write(chunk)) {
+          src.pause();
+          dst.once('drain', () => src.resume());
+        }
+        return true;
+      };
+      for (const c of early) if (!push(c)) return;
+      src.on('data', push);
+      src.on('end', () => dst.end());
+      src.resume();
+    };
+    forward(a, b, ends.leftovers[0]);
+    forward(b, a, ends.leftovers[1]);
+    ends.leftovers = [[], []];
+  }
+
+  /** Close a circuit; with a refusal, tell both peers why (typed) and log it. */
+  private endCircuit(ends: CircuitEnds, refusal: Refusal | undefined, message: string): void {
+    if (ends.closed) return;
+    ends.closed = true;
+    const entry = this.book.closeCircuit(ends.id);
+    this.circuits.delete(ends.id);
+    for (const t of ends.tokens) this.byToken.delete(t);
+    this.stats.circuits = this.book.circuitCount;
+    if (refusal) {
+      this.refuse(refusal, message, ends.from);
+      for (const ch of ends.channels) void ch?.send({ t: 'closed', id: ends.id, refusal, message }).catch(() => {});
+    } else {
+      this.o.log(`relay: circuit ${ends.id} closed (${message}; ${entry?.bytes ?? 0} bytes)`);
+    }
+    // Give the 'closed' notices a head start on the FIN, so peers see the reason first.
+    setTimeout(() => {
+      for (const s of ends.sockets) s?.destroy();
+    }, refusal ? 50 : 0).unref();
+  }
+
+  private arm(): void {
+    clearTimeout(this.timer);
+    const t = this.book.nextTimeout();
+    if (t === undefined || this.closing) return;
+    this.timer = setTimeout(() => this.onTimer(), Math.min(Math.max(0, t - Date.now()), 2 ** 31 - 1));
+    this.timer.unref();
+  }
+
+  private onTimer(): void {
+    for (const x of this.book.handleTimeout(Date.now())) this.applyExpiry(x);
+    this.stats.reservations = this.book.reservationCount;
+    this.arm();
+  }
+
+  private applyExpiry(x: Expiry): void {
+    if (x.kind === 'reservation') {
+      this.reserved.delete(x.peer);
+      this.o.log(`relay: reservation of ${x.peer.slice(0, 12)} expired`);
+      return;
+    }
+    const ends = this.circuits.get(x.id);
+    // The book already dropped it (closeCircuit in endCircuit is then a no-op).
+    if (ends) this.endCircuit(ends, x.refusal, x.message);
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      clearTimeout(this.timer);
+      for (const s of this.pending) s.destroy();
+      for (const ends of [...this.circuits.values()]) this.endCircuit(ends, undefined, 'relay shutting down');
+      const closed = new Promise<void>((r) => this.server.close(() => r()));
+      await Promise.all([...this.controls].map((c) => c.close().catch(() => {})));
+      await Promise.race([closed, new Promise((r) => setTimeout(r, 2000).unref())]);
+    })();
+    return this.closing;
+  }
+}
