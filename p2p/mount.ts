@@ -22,6 +22,8 @@ export interface MountTicketOptions {
   /** Override the ticket's transport with an instance (tests: the loopback transport). */
   transport?: Transport;
   dialTimeoutMs?: number;
+  /** Replace the ticket-address dialing (the node's PathDialer: hints, DHT, relays). */
+  connect?: () => Promise<Connection>;
   /** Tuning passed to RemoteRegion (timeouts, liveness, backoff, limits). */
   region?: Partial<Pick<RemoteRegionOptions, 'limits' | 'requestTimeoutMs' | 'livenessMs' | 'idlePingMs' | 'waitForLinkMs' | 'backoff' | 'clock'>>;
   /** Largest read or write the stack's guard lets through (the serving frontend's maximum). Default 32 MiB. */
@@ -44,18 +46,18 @@ export async function mountTicket(opts: MountTicketOptions): Promise<MountedTick
   const log = opts.log ?? (() => {});
   const ticket = await parseTicket(opts.ticket);
   const c = ticket.claims;
-  if (c.addresses.length === 0) throw new QuicmapError('EINVAL', 'ticket names no address to reach the sharer');
+  if (c.addresses.length === 0 && !opts.connect) throw new QuicmapError('EINVAL', 'ticket names no address to reach the sharer (mount it with --dht)');
   const sharerId = base32Encode(c.sharer);
-  const transport = opts.transport ?? (await openTransport(c.transport, opts.identity));
-  const ownsTransport = opts.transport === undefined;
+  const transport = opts.connect ? undefined : (opts.transport ?? (await openTransport(c.transport, opts.identity)));
+  const ownsTransport = opts.transport === undefined && transport !== undefined;
   let next = 0;
   // Try the ticket's addresses in turn, starting with the one that last worked.
-  const connect = async (): Promise<Connection> => {
+  const connect = opts.connect ?? (async (): Promise<Connection> => {
     let last: unknown;
     for (let i = 0; i < c.addresses.length; i++) {
       const idx = (next + i) % c.addresses.length;
       try {
-        const conn = await transport.dial(c.addresses[idx]!, c.sharer, { timeoutMs: opts.dialTimeoutMs ?? 5_000 });
+        const conn = await transport!.dial(c.addresses[idx]!, c.sharer, { timeoutMs: opts.dialTimeoutMs ?? 5_000 });
         next = idx;
         return conn;
       } catch (e) {
@@ -67,7 +69,7 @@ export async function mountTicket(opts: MountTicketOptions): Promise<MountedTick
     }
     const why = last instanceof Error ? last.message : String(last);
     throw new QuicmapError(last instanceof QuicmapError ? last.code : 'EIO', `cannot reach the sharer at ${c.addresses.join(', ')}: ${why}`);
-  };
+  });
   log(`mounting region ${regionIdText(c.regionId)} from sharer ${sharerId} over ${c.transport} (${c.rights === 'ro' ? 'read-only' : 'read-write'})`);
   let region: RemoteRegion;
   try {
@@ -82,7 +84,7 @@ export async function mountTicket(opts: MountTicketOptions): Promise<MountedTick
       ...opts.region,
     });
   } catch (e) {
-    if (ownsTransport) await transport.close().catch(() => {});
+    if (ownsTransport) await transport?.close().catch(() => {});
     throw e;
   }
   const store = await buildStack({ backend: region, maxRequest: opts.maxRequest ?? 32 * 1024 * 1024 });
@@ -96,7 +98,7 @@ export async function mountTicket(opts: MountTicketOptions): Promise<MountedTick
     close() {
       closing ??= (async () => {
         await store.close();
-        if (ownsTransport) await transport.close().catch(() => {});
+        if (ownsTransport) await transport?.close().catch(() => {});
       })();
       return closing;
     },

@@ -12,7 +12,7 @@ import type { ReadWriterAt } from '../engine/rwat.ts';
 import { Stack, buildStack } from '../engine/stack.ts';
 import type { Limits } from './protocol/messages.ts';
 import { DEFAULT_LIMITS, RegionServer } from './remote/server.ts';
-import type { Transport } from '../transports/transport.ts';
+import type { Listener, Transport } from '../transports/transport.ts';
 import { openTransport, type TransportChoice } from './transports.ts';
 
 export interface ShareOptions {
@@ -38,6 +38,8 @@ export interface ShareOptions {
   /** Addresses written into the ticket (default: the bound address; 0.0.0.0 becomes 127.0.0.1). */
   advertise?: string[];
   limits?: Partial<Limits>;
+  /** Wrap the listener before serving it (the node meters bytes per peer). */
+  wrapListener?: (listener: Listener) => Listener;
   log?: (message: string) => void;
 }
 
@@ -84,7 +86,7 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
   }
   const store = stack ?? opts.store;
   const server = new RegionServer({ identity: opts.identity, store, regionId, limits: opts.limits, log });
-  void server.serveListener(listener);
+  void server.serveListener(opts.wrapListener ? opts.wrapListener(listener) : listener);
   const addresses = opts.advertise ?? [advertised(listener.address)];
   let lastExpiry = 0;
   const issue = async (o: { readOnly?: boolean; expiresIn?: number; grantee?: Uint8Array } = {}) => {

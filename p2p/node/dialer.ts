@@ -1,0 +1,188 @@
+/**
+ * PathDialer: how a mount reaches its sharer, cheapest path first.
+ *
+ *   1. the ticket's address hints, direct;
+ *   2. the sharer's DHT record (signed, validated): its endpoints, direct;
+ *   3. the relays that record lists: a circuit through each in turn.
+ *
+ * Every connection is metered (per peer, per region) and its path goes into
+ * the peer table. While the path is a relay, the dialer keeps probing the
+ * direct endpoints; once one answers it waits for the relayed link to go
+ * quiet, closes it, and hands the direct connection to the reconnect that
+ * follows (the upgrade; `status` shows the path change).
+ */
+import { QuicmapError } from '../../base/errors.ts';
+import { base32Encode } from '../../crypto/identity.ts';
+import type { Ticket } from '../../crypto/ticket.ts';
+import type { Connection, Transport } from '../../transports/transport.ts';
+import type { DhtClient } from '../dht/client.ts';
+import type { Endpoint, RegionRecord } from '../dht/record.ts';
+import { formatRelayAddress } from '../relay/address.ts';
+import type { RelayTransport } from '../relay/transport.ts';
+import { meterConnection, type Meter } from './metered.ts';
+import type { PeerPath, PeerTable } from './peer-table.ts';
+
+export interface PathDialerOptions {
+  ticket: Ticket;
+  /** The node's endpoint for a transport name (opened on first use). */
+  transport: (name: 'quic' | 'tcp') => Promise<Transport>;
+  relay: RelayTransport;
+  dht: DhtClient | undefined;
+  peers: PeerTable;
+  /** Extra meters the connections feed (the mount's own). */
+  meters: Meter[];
+  /** Deadline of one direct dial. Default 3 000 ms. */
+  directTimeoutMs?: number;
+  /** Deadline of one relayed dial. Default 5 000 ms. */
+  relayTimeoutMs?: number;
+  /** How often to probe for a direct path while relayed; 0: never. Default 5 000 ms. */
+  upgradeIntervalMs?: number;
+  /** A relayed link silent for this long is idle enough to move. Default 300 ms. */
+  quietMs?: number;
+  log?: (message: string) => void;
+}
+
+export class PathDialer {
+  private readonly o: PathDialerOptions;
+  private readonly sharer: Uint8Array;
+  private readonly sharerId: string;
+  private record: RegionRecord | undefined;
+  private current: { conn: Connection; path: PeerPath } | undefined;
+  private stash: { conn: Connection; path: PeerPath; rttMs: number } | undefined;
+  private upgradeTimer: NodeJS.Timeout | undefined;
+  private probing = false;
+  private closed = false;
+  private readonly log: (m: string) => void;
+  /** Path upgrades done (relay -> direct). */
+  upgrades = 0;
+
+  constructor(o: PathDialerOptions) {
+    this.o = o;
+    this.sharer = o.ticket.claims.sharer;
+    this.sharerId = base32Encode(this.sharer);
+    this.log = o.log ?? (() => {});
+  }
+
+  get path(): PeerPath | undefined {
+    return this.current?.path;
+  }
+
+  private hints(): Endpoint[] {
+    const c = this.o.ticket.claims;
+    return c.addresses.map((address) => ({ transport: c.transport, address }));
+  }
+
+  private async lookup(): Promise<RegionRecord | undefined> {
+    if (!this.o.dht) return this.record;
+    try {
+      const v = await this.o.dht.get({ sharer: this.sharer, regionId: this.o.ticket.claims.regionId });
+      if (v?.ok) this.record = v.record;
+      else if (!v) this.log(`dht: no record for this region yet`);
+    } catch (e) {
+      this.log(`dht: lookup failed: ${(e as Error).message}`);
+    }
+    return this.record;
+  }
+
+  private async dialDirect(eps: Endpoint[], errors: string[]): Promise<{ conn: Connection; path: PeerPath; rttMs: number } | undefined> {
+    const seen = new Set<string>();
+    for (const ep of eps) {
+      const key = `${ep.transport}://${ep.address}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      const t0 = performance.now();
+      try {
+        const t = await this.o.transport(ep.transport);
+        const conn = await t.dial(ep.address, this.sharer, { timeoutMs: this.o.directTimeoutMs ?? 3_000 });
+        return { conn, path: { kind: 'direct', transport: ep.transport, address: ep.address }, rttMs: performance.now() - t0 };
+      } catch (e) {
+        if (e instanceof QuicmapError && e.code === 'EACCES') {
+          throw new QuicmapError('EACCES', `the peer at ${ep.address} is not the sharer named in the ticket (${this.sharerId}): ${e.message}`);
+        }
+        errors.push(`${key}: ${(e as Error).message}`);
+      }
+    }
+    return undefined;
+  }
+
+  /** What RemoteRegion calls to (re)connect. */
+  connect = async (): Promise<Connection> => {
+    if (this.closed) throw new QuicmapError('ESHUTDOWN', 'mount closed');
+    const stash = this.stash;
+    this.stash = undefined;
+    if (stash) return this.adopt(stash);
+    const errors: string[] = [];
+    let got = await this.dialDirect(this.hints(), errors);
+    const record = got ? this.record : await this.lookup();
+    if (!got && record) got = await this.dialDirect(record.endpoints, errors);
+    if (!got && record) {
+      for (const r of record.relays) {
+        const address = formatRelayAddress(r);
+        const t0 = performance.now();
+        try {
+          const conn = await this.o.relay.dial(address, this.sharer, { timeoutMs: this.o.relayTimeoutMs ?? 5_000 });
+          got = { conn, path: { kind: 'relay', transport: 'relay', address }, rttMs: performance.now() - t0 };
+          break;
+        } catch (e) {
+          if (e instanceof QuicmapError && e.code === 'EACCES') throw e;
+          errors.push(`relay ${r.address}: ${(e as Error).message}`);
+        }
+      }
+    }
+    if (!got) {
+      if (errors.length === 0) {
+        throw new QuicmapError('EIO', this.o.dht ? 'the ticket has no addresses and the DHT has no record of this region (is the sharer running with --dht?)' : 'ticket names no address to reach the sharer (mount with --dht to look it up)');
+      }
+      throw new QuicmapError('EIO', `cannot reach the sharer ${this.sharerId.slice(0, 12)}: ${errors.join('; ')}`);
+    }
+    return this.adopt(got);
+  };
+
+  private adopt(got: { conn: Connection; path: PeerPath; rttMs: number }): Connection {
+    const entry = this.o.peers.connected(this.sharerId, got.path, got.rttMs);
+    const conn = meterConnection(got.conn, [entry.meter, ...this.o.meters]);
+    this.current = { conn, path: got.path };
+    this.log(`path to sharer: ${got.path.kind === 'direct' ? `direct ${got.path.transport}://${got.path.address}` : `relay ${got.path.address}`} (${got.rttMs.toFixed(1)} ms to connect)`);
+    clearInterval(this.upgradeTimer);
+    if (got.path.kind === 'relay' && (this.o.upgradeIntervalMs ?? 5_000) > 0) {
+      this.upgradeTimer = setInterval(() => void this.probe(), this.o.upgradeIntervalMs ?? 5_000);
+      this.upgradeTimer.unref();
+    }
+    return conn;
+  }
+
+  /** While relayed: try the direct endpoints; on success, move over when the link is quiet. */
+  private async probe(): Promise<void> {
+    if (this.probing || this.closed || this.current?.path.kind !== 'relay') return;
+    this.probing = true;
+    try {
+      const record = await this.lookup();
+      const direct = await this.dialDirect([...this.hints(), ...(record?.endpoints ?? [])], []);
+      if (!direct) return;
+      const relayed = this.current;
+      if (this.closed || relayed?.path.kind !== 'relay') {
+        await direct.conn.close();
+        return;
+      }
+      clearInterval(this.upgradeTimer);
+      this.stash = direct;
+      const meter = this.o.peers.get(this.sharerId).meter;
+      const quiet = this.o.quietMs ?? 300;
+      while (!this.closed && performance.now() - meter.lastActivity < quiet) await new Promise((r) => setTimeout(r, quiet / 3));
+      this.upgrades++;
+      this.log(`path upgrade: a direct path to the sharer answers (${direct.path.transport}://${direct.path.address}); leaving relay ${relayed.path.address}`);
+      await relayed.conn.close();
+    } catch (e) {
+      this.log(`direct path probe: ${(e as Error).message}`);
+    } finally {
+      this.probing = false;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.upgradeTimer);
+    await this.stash?.conn.close();
+    this.stash = undefined;
+  }
+}

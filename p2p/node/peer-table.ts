@@ -1,0 +1,73 @@
+/**
+ * The node's peer table: for each peer id, the addresses it is known by,
+ * when it was last seen, the path in use (direct, or via which relay), the
+ * dial time of the current path as its round-trip estimate, and the bytes
+ * exchanged. Path changes are kept (bounded) so `status` can show an upgrade.
+ */
+import { newMeter, type Meter } from './metered.ts';
+
+export type PathKind = 'direct' | 'relay';
+
+export interface PeerPath {
+  kind: PathKind;
+  /** The transport used ("quic", "tcp", "relay"). */
+  transport: string;
+  /** The address dialled or accepted on (a relay address for relayed paths). */
+  address: string;
+}
+
+export interface PeerEntry {
+  id: string;
+  addresses: Set<string>;
+  lastSeen: number;
+  path: PeerPath | undefined;
+  /** Time the current path took to dial (connect + handshake), ms: an RTT estimate (one to two round trips). */
+  rttMs: number | undefined;
+  meter: Meter;
+  /** Path changes, newest last (at most 16). */
+  history: Array<{ at: number; from: string; to: string }>;
+}
+
+function describe(p: PeerPath | undefined): string {
+  if (!p) return 'none';
+  return p.kind === 'direct' ? `direct ${p.transport}://${p.address}` : `relay ${p.address}`;
+}
+
+export class PeerTable {
+  private readonly peers = new Map<string, PeerEntry>();
+
+  get(id: string): PeerEntry {
+    let e = this.peers.get(id);
+    if (!e) {
+      e = { id, addresses: new Set(), lastSeen: 0, path: undefined, rttMs: undefined, meter: newMeter(), history: [] };
+      this.peers.set(id, e);
+    }
+    return e;
+  }
+
+  /** A connection to `id` is up on `path`. Returns the entry; a changed path is recorded in its history. */
+  connected(id: string, path: PeerPath, rttMs: number | undefined, now = Date.now()): PeerEntry {
+    const e = this.get(id);
+    const before = describe(e.path);
+    const after = describe(path);
+    if (before !== after) {
+      e.history.push({ at: now, from: before, to: after });
+      if (e.history.length > 16) e.history.shift();
+    }
+    e.path = path;
+    e.rttMs = rttMs;
+    e.lastSeen = now;
+    e.addresses.add(path.address);
+    return e;
+  }
+
+  seen(id: string, now = Date.now()): void {
+    this.get(id).lastSeen = now;
+  }
+
+  all(): PeerEntry[] {
+    return [...this.peers.values()];
+  }
+}
+
+export { describe as describePath };

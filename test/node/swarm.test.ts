@@ -1,0 +1,118 @@
+/**
+ * Nodes on loopback with a private DHT and a relay: a ticket without
+ * addresses is found through the DHT; a direct path is preferred (the relay
+ * carries nothing); when the direct endpoints do not answer the mount goes
+ * through the relay by itself, and moves to a direct path once one appears.
+ */
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { generateIdentity } from '../../crypto/identity.ts';
+import { parseTicket } from '../../crypto/ticket.ts';
+import { MemoryBackend } from '../../engine/backends/memory.ts';
+import { DhtClient } from '../../p2p/dht/client.ts';
+import { QuicmapNode } from '../../p2p/node/node.ts';
+import { askControl } from '../../p2p/node/control.ts';
+import type { NodeStatus } from '../../p2p/node/status.ts';
+import { RelayServer } from '../../p2p/relay/server.ts';
+import { Scope, withTimeout } from '../helpers/env.ts';
+import { statSync } from 'node:fs';
+
+async function swarm(s: Scope) {
+  const boot = await DhtClient.open({ bootstrap: 'none', queryTimeoutMs: 250 });
+  s.defer(() => boot.destroy());
+  const relay = await RelayServer.start({ identity: await generateIdentity(), listen: '127.0.0.1:0' });
+  s.defer(() => relay.close());
+  const dir = s.tmpdir();
+  const node = async (name: string, relays: string[] = [], upgradeIntervalMs = 500) => {
+    const n = await QuicmapNode.open({
+      identity: await generateIdentity(),
+      dht: { bootstrap: [boot.address], queryTimeoutMs: 250 },
+      relays,
+      control: join(dir, `${name}.sock`),
+      upgradeIntervalMs,
+      role: name,
+    });
+    s.defer(() => n.close());
+    return n;
+  };
+  return { boot, relay, node };
+}
+
+const caseOf = (name: string, fn: (s: Scope) => Promise<void>) =>
+  test(name, async () => {
+    const s = new Scope();
+    try {
+      await withTimeout(40_000, name, fn(s));
+    } finally {
+      await s.close();
+    }
+  });
+
+caseOf('a ticket without addresses mounts through the DHT; direct is preferred and the relay carries nothing', async (s) => {
+  const { relay, node } = await swarm(s);
+  const a = await node('sharer', [relay.relayAddress]);
+  const b = await node('mounter');
+  const store = new MemoryBackend(4 << 20);
+  const share = await a.share({ store, listen: '127.0.0.1:0', transport: 'tcp' });
+  const ticket = await parseTicket(share.ticket);
+  assert.equal(ticket.claims.addresses, [], 'no addresses in the ticket');
+  assert.ok(share.record && share.record.relays.length === 1, 'the record lists the relay');
+  const m = await b.mount({ ticket: share.ticket });
+  const data = randomBytes(64 * 1024);
+  await m.mounted.region.writeAt(data, 8192);
+  const back = new Uint8Array(data.length);
+  await m.mounted.region.readAt(back, 8192);
+  assert.ok(Buffer.from(back).equals(data));
+  const st = (await askControl(b.control!.path, { op: 'status' })) as NodeStatus;
+  assert.match(st.mounts[0]!.path, /^direct tcp:\/\//);
+  assert.ok(st.peers[0]!.sent > 64 * 1024, 'per-peer bytes counted');
+  assert.ok(st.mounts[0]!.sent > 64 * 1024, 'per-mount bytes counted');
+  assert.is(relay.stats.bytesRelayed, 0, 'nothing went through the relay');
+  assert.is(statSync(b.control!.path).mode & 0o777, 0o600, 'control socket is 0600');
+  const sa = (await askControl(a.control!.path, { op: 'status' })) as NodeStatus;
+  assert.is(sa.regions[0]!.relays.length, 1);
+  assert.ok(sa.regions[0]!.relays[0]!.expiresAt > Date.now(), 'reservation held');
+  assert.ok(sa.regions[0]!.bytesWritten >= 64 * 1024);
+});
+
+caseOf('unreachable direct endpoints: the mount goes through the relay, then upgrades to direct when one appears', async (s) => {
+  const { relay, node } = await swarm(s);
+  const a = await node('sharer', [relay.relayAddress]);
+  const b = await node('mounter', [], 300);
+  const store = new MemoryBackend(4 << 20);
+  // Endpoints nobody listens on: direct dials fail, the relay is the way in.
+  const share = await a.share({ store, listen: '127.0.0.1:0', transport: 'tcp', advertise: ['127.0.0.1:9'] });
+  const ticket = await parseTicket(share.ticket);
+  assert.equal(ticket.claims.addresses, ['127.0.0.1:9'], 'the hint is in the ticket');
+  const m = await b.mount({ ticket: share.ticket, directTimeoutMs: 1000 });
+  assert.is(m.dialer.path?.kind, 'relay');
+  const data = randomBytes(256 * 1024);
+  await m.mounted.region.writeAt(data, 0);
+  const back = new Uint8Array(data.length);
+  await m.mounted.region.readAt(back, 0);
+  assert.ok(Buffer.from(back).equals(data));
+  assert.ok(relay.stats.bytesRelayed > 2 * data.length, `relay carried the data (${relay.stats.bytesRelayed})`);
+  const relayedBefore = relay.stats.bytesRelayed;
+  // The sharer becomes reachable directly: its record now names the real endpoint.
+  await share.publisher!.update({ ...share.record!, endpoints: [{ transport: 'tcp', address: share.shared.address }] });
+  for (let i = 0; m.dialer.path?.kind !== 'direct'; i++) {
+    assert.ok(i < 100, 'never upgraded');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await m.mounted.region.readAt(back, 0);
+  assert.ok(Buffer.from(back).equals(data), 'still the same data after the upgrade');
+  const st = (await askControl(b.control!.path, { op: 'status' })) as NodeStatus;
+  assert.match(st.mounts[0]!.path, /^direct/);
+  assert.is(st.mounts[0]!.upgrades, 1);
+  const hist = st.peers[0]!.history.map((h) => h.to);
+  assert.ok(hist.some((h) => h.startsWith('relay')) && hist.at(-1)!.startsWith('direct'), JSON.stringify(hist));
+  // After the move, reads no longer cross the relay.
+  const relayedAfterMove = relay.stats.bytesRelayed;
+  await m.mounted.region.readAt(back, 0);
+  assert.is(relay.stats.bytesRelayed, relayedAfterMove);
+  assert.ok(relayedAfterMove >= relayedBefore);
+});
+
+test.run();
