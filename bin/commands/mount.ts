@@ -6,7 +6,8 @@ import { regionIdText } from '../../crypto/grant.ts';
 import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
 import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { formatSize } from '../../base/size.ts';
-import { mountTicket, type MountedTicket } from '../../p2p/mount.ts';
+import type { MountedTicket } from '../../p2p/mount.ts';
+import { openNode, swarmOptions } from '../swarm-flags.ts';
 import { parseDuration } from './share.ts';
 
 const usage = `Usage: quicmap mount TICKET [options]
@@ -28,6 +29,17 @@ Options:
                            DIR/region through nbdfuse)
   --request-timeout DUR    fail a request the sharer leaves unanswered
                            (default 30s)
+  --dht HOST:PORT[,...]    look the sharer up in a private DHT swarm
+                           (\`quicmap dht\` nodes) when the ticket has no
+                           address or its addresses fail; "public": the
+                           public Mainline DHT (only if you mean it). The
+                           record is checked (signature, seq, region); a
+                           sharer unreachable directly is reached through
+                           a relay its record lists, and the mount moves
+                           to a direct path when one answers
+  --dht-listen HOST:PORT   this node's DHT socket (default 0.0.0.0:0)
+  --control PATH           control socket for \`quicmap status\` (default
+                           $QUICMAP_HOME/run/mount-<pid>.sock, mode 0600)
   --identity PATH          identity file (default ${defaultIdentityPath()})
   --json                   print one JSON object instead of plain lines
   -h, --help               this help
@@ -53,6 +65,7 @@ export const mount: Command = {
         'request-timeout': { type: 'string', default: '30s' },
         identity: { type: 'string' },
         json: { type: 'boolean', default: false },
+        ...swarmOptions,
       },
       true,
     );
@@ -66,7 +79,15 @@ export const mount: Command = {
     const identity = await loadOrCreateIdentity(values.identity ?? defaultIdentityPath());
     log(`this node is ${identity.id}`);
     const server = new NbdServer({ log });
-    const mounted: MountedTicket = await mountTicket({ identity, ticket: ticketText, region: { requestTimeoutMs }, maxRequest: server.limits.maxPayload, log });
+    const node = await openNode('mount', identity, values, false);
+    let mounted: MountedTicket;
+    try {
+      mounted = (await node.mount({ ticket: ticketText, region: { requestTimeoutMs }, maxRequest: server.limits.maxPayload })).mounted;
+    } catch (e) {
+      await node.close();
+      await server.close();
+      throw e;
+    }
     let endpoint: NbdEndpoint | undefined;
     let fuse: Attached | undefined;
     try {
@@ -98,7 +119,7 @@ export const mount: Command = {
       if (fuse) await fuse.unmount().catch((e) => log(`unmount failed: ${(e as Error).message}`));
       await server.close();
       await mounted.store.flush().catch(() => {});
-      await mounted.close();
+      await node.close();
     }
   },
 };

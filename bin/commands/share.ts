@@ -7,8 +7,8 @@ import { regionIdText } from '../../crypto/grant.ts';
 import { parseBackendSpec } from '../../engine/backends/open.ts';
 import { buildStack } from '../../engine/stack.ts';
 import { formatSize, parseSize } from '../../base/size.ts';
-import { shareRegion } from '../../p2p/share.ts';
 import { DEFAULT_LIMITS } from '../../p2p/remote/server.ts';
+import { openNode, swarmHelp, swarmOptions } from '../swarm-flags.ts';
 
 const usage = `Usage: quicmap share --size SIZE --listen HOST:PORT [options]
 
@@ -37,12 +37,19 @@ Options:
                          from the identity and the path for file:/dir:
                          backends or the URI for nbd: (tickets survive a
                          restart of the sharer), random for memory
+  --relay RELAY          reserve a slot on this relay (RELAY_ID@HOST:PORT,
+                         the first line \`quicmap relay\` prints; repeatable):
+                         peers that cannot reach this node directly come
+                         through it; the DHT record lists it
+${swarmHelp}
   --identity PATH        identity file (default ${defaultIdentityPath()})
   --json                 print one JSON object instead of the bare ticket
   -h, --help             this help
 
 Examples:
   quicmap share --size 256MiB --listen 127.0.0.1:4433
+  quicmap share --size 1G --listen 10.0.0.5:4433 --dht 10.0.0.1:6881 \\
+      --relay RELAY_ID@10.0.0.1:4000          # ticket without addresses
   quicmap share --backend file:/var/lib/disk.img --listen 0.0.0.0:4433 \\
       --advertise 10.0.0.5:4433 --transport tcp --read-only --expires 1h
 `;
@@ -87,6 +94,7 @@ export const share: Command = {
       grantee: { type: 'string' },
       identity: { type: 'string' },
       json: { type: 'boolean', default: false },
+      ...swarmOptions,
     });
     const transport = values.transport;
     if (transport !== 'quic' && transport !== 'tcp') throw new UsageError(`share: --transport must be quic or tcp, not "${transport}"`);
@@ -112,11 +120,12 @@ export const share: Command = {
     const regionId = regionIdFor(values.backend, identity.publicKey, values['region-id']);
     // The region server's frame limit bounds a single request: the guard allows no more.
     const store = await buildStack({ backend: values.backend, backendOptions: { size, readOnly, create: true }, maxRequest: DEFAULT_LIMITS.maxFrame });
-    let shared: Awaited<ReturnType<typeof shareRegion>> | undefined;
+    let shared: Awaited<ReturnType<Awaited<ReturnType<typeof openNode>>['share']>>['shared'] | undefined;
+    let node: Awaited<ReturnType<typeof openNode>> | undefined;
     try {
       const bytes = await store.size();
-      shared = await shareRegion({
-        identity,
+      node = await openNode('share', identity, values, true);
+      ({ shared } = await node.share({
         store,
         transport,
         listen: values.listen,
@@ -125,8 +134,7 @@ export const share: Command = {
         ...(grantee ? { grantee } : {}),
         ...(regionId ? { regionId } : {}),
         ...(values.advertise ? { advertise: values.advertise } : {}),
-        log,
-      });
+      }));
       const expiresAt = shared.expiresAt > 0 ? new Date(shared.expiresAt * 1000).toISOString() : null;
       if (values.json) {
         process.stdout.write(
@@ -141,7 +149,7 @@ export const share: Command = {
       log(`${sig}: stopping`);
       return 0;
     } finally {
-      await shared?.close();
+      await node?.close();
       await store.flush().catch(() => {});
       await store.close();
       if (shared) log(`closed (served ${formatSize(shared.server.stats.bytesRead)} read, ${formatSize(shared.server.stats.bytesWritten)} written)`);

@@ -51,6 +51,7 @@ export class PathDialer {
   private stash: { conn: Connection; path: PeerPath; rttMs: number } | undefined;
   private upgradeTimer: NodeJS.Timeout | undefined;
   private probing = false;
+  private lastCode: import('../../base/errors.ts').ErrorCode | undefined;
   private closed = false;
   private readonly log: (m: string) => void;
   /** Path upgrades done (relay -> direct). */
@@ -100,6 +101,7 @@ export class PathDialer {
           throw new QuicmapError('EACCES', `the peer at ${ep.address} is not the sharer named in the ticket (${this.sharerId}): ${e.message}`);
         }
         errors.push(`${key}: ${(e as Error).message}`);
+        if (e instanceof QuicmapError) this.lastCode = e.code;
       }
     }
     return undefined;
@@ -112,6 +114,7 @@ export class PathDialer {
     this.stash = undefined;
     if (stash) return this.adopt(stash);
     const errors: string[] = [];
+    this.lastCode = undefined;
     let got = await this.dialDirect(this.hints(), errors);
     const record = got ? this.record : await this.lookup();
     if (!got && record) got = await this.dialDirect(record.endpoints, errors);
@@ -126,6 +129,7 @@ export class PathDialer {
         } catch (e) {
           if (e instanceof QuicmapError && e.code === 'EACCES') throw e;
           errors.push(`relay ${r.address}: ${(e as Error).message}`);
+          if (e instanceof QuicmapError) this.lastCode = e.code;
         }
       }
     }
@@ -133,7 +137,7 @@ export class PathDialer {
       if (errors.length === 0) {
         throw new QuicmapError('EIO', this.o.dht ? 'the ticket has no addresses and the DHT has no record of this region (is the sharer running with --dht?)' : 'ticket names no address to reach the sharer (mount with --dht to look it up)');
       }
-      throw new QuicmapError('EIO', `cannot reach the sharer ${this.sharerId.slice(0, 12)}: ${errors.join('; ')}`);
+      throw new QuicmapError(this.lastCode ?? 'EIO', `cannot reach the sharer ${this.sharerId.slice(0, 12)}: ${errors.join('; ')}`);
     }
     return this.adopt(got);
   };
