@@ -85,7 +85,12 @@ export class PathDialer {
     return this.record;
   }
 
-  private async dialDirect(eps: Endpoint[], errors: string[]): Promise<{ conn: Connection; path: PeerPath; rttMs: number } | undefined> {
+  /**
+   * `strict`: a peer with another key at one of these addresses is an error
+   * (the ticket's hints); otherwise (addresses from the DHT, which may be
+   * private addresses meaning another host here) it is skipped.
+   */
+  private async dialDirect(eps: Endpoint[], errors: string[], strict = false): Promise<{ conn: Connection; path: PeerPath; rttMs: number } | undefined> {
     const seen = new Set<string>();
     for (const ep of eps) {
       const key = `${ep.transport}://${ep.address}`;
@@ -97,7 +102,7 @@ export class PathDialer {
         const conn = await t.dial(ep.address, this.sharer, { timeoutMs: this.o.directTimeoutMs ?? 3_000 });
         return { conn, path: { kind: 'direct', transport: ep.transport, address: ep.address }, rttMs: performance.now() - t0 };
       } catch (e) {
-        if (e instanceof QuicmapError && e.code === 'EACCES') {
+        if (strict && e instanceof QuicmapError && e.code === 'EACCES') {
           throw new QuicmapError('EACCES', `the peer at ${ep.address} is not the sharer named in the ticket (${this.sharerId}): ${e.message}`);
         }
         errors.push(`${key}: ${(e as Error).message}`);
@@ -115,7 +120,7 @@ export class PathDialer {
     if (stash) return this.adopt(stash);
     const errors: string[] = [];
     this.lastCode = undefined;
-    let got = await this.dialDirect(this.hints(), errors);
+    let got = await this.dialDirect(this.hints(), errors, true);
     const record = got ? this.record : await this.lookup();
     if (!got && record) got = await this.dialDirect(record.endpoints, errors);
     if (!got && record) {

@@ -1,7 +1,8 @@
 /**
  * The addresses a bound listener can be reached at, for the DHT record: the
- * bound address itself, or for a wildcard bind every IPv4 address of this
- * host (loopback last: it only helps peers on the same host).
+ * bound address itself, or for a wildcard bind every non-loopback IPv4
+ * address of this host (loopback only when there is nothing else: on
+ * another host it names that host).
  */
 import { networkInterfaces } from 'node:os';
 
@@ -18,5 +19,5 @@ export function reachableAddresses(bound: string): string[] {
       (a.internal ? loop : out).push(`${a.address}:${port}`);
     }
   }
-  return [...out, ...loop];
+  return out.length > 0 ? out : loop;
 }

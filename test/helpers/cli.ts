@@ -17,8 +17,10 @@ export interface CliProcess {
   exited: Promise<number | null>;
 }
 
-export function startCli(scope: Scope, args: string[], env: NodeJS.ProcessEnv = process.env): CliProcess {
-  const child = scope.spawn(process.execPath, [QUICMAP, ...args], { env });
+/** `prefix` runs it through another command, e.g. ['ip', 'netns', 'exec', NS]. */
+export function startCli(scope: Scope, args: string[], env: NodeJS.ProcessEnv = process.env, prefix: string[] = []): CliProcess {
+  const argv = [...prefix, process.execPath, QUICMAP, ...args];
+  const child = scope.spawn(argv[0]!, argv.slice(1), { env });
   const lines: string[] = [];
   const waiters: Array<() => void> = [];
   let partial = '';

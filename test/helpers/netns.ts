@@ -1,0 +1,64 @@
+/**
+ * Network namespaces a test creates and always removes (also on failure):
+ * `netns(scope, name)` makes one with loopback up; `link` joins two with a
+ * veth pair and addresses. Names carry the test's pid so parallel or
+ * leftover runs never collide. Needs root and iproute2.
+ */
+import { spawnSync } from 'node:child_process';
+import type { Scope } from './env.ts';
+
+export function sh(cmd: string, args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr || r.stdout}`);
+  return r.stdout;
+}
+
+export function canUseNetns(): boolean {
+  if (process.getuid?.() !== 0) return false;
+  const probe = `qmprobe${process.pid}`;
+  const r = spawnSync('ip', ['netns', 'add', probe]);
+  if (r.status !== 0) return false;
+  spawnSync('ip', ['netns', 'del', probe]);
+  return true;
+}
+
+export interface Ns {
+  name: string;
+  /** Run a command inside it to completion (throws on failure). */
+  run(cmd: string, args: string[]): string;
+  /** The argv prefix that runs a command inside it. */
+  prefix: string[];
+}
+
+export function netns(scope: Scope, short: string): Ns {
+  const name = `qm${process.pid}${short}`;
+  spawnSync('ip', ['netns', 'del', name]);
+  sh('ip', ['netns', 'add', name]);
+  scope.defer(() => {
+    // Processes still inside would keep the namespace's interfaces alive; the scope killed them first.
+    spawnSync('ip', ['netns', 'del', name]);
+  });
+  const ns: Ns = {
+    name,
+    prefix: ['ip', 'netns', 'exec', name],
+    run: (cmd, args) => sh('ip', ['netns', 'exec', name, cmd, ...args]),
+  };
+  ns.run('ip', ['link', 'set', 'lo', 'up']);
+  return ns;
+}
+
+let vethCount = 0;
+/** A veth pair between `a` and `b` with these addresses (CIDR); returns the interface names. */
+export function link(a: Ns, aAddr: string, b: Ns, bAddr: string): [string, string] {
+  const n = vethCount++;
+  const ia = `qa${process.pid % 100000}x${n}`;
+  const ib = `qb${process.pid % 100000}x${n}`;
+  sh('ip', ['link', 'add', ia, 'type', 'veth', 'peer', 'name', ib]);
+  sh('ip', ['link', 'set', ia, 'netns', a.name]);
+  sh('ip', ['link', 'set', ib, 'netns', b.name]);
+  a.run('ip', ['addr', 'add', aAddr, 'dev', ia]);
+  b.run('ip', ['addr', 'add', bAddr, 'dev', ib]);
+  a.run('ip', ['link', 'set', ia, 'up']);
+  b.run('ip', ['link', 'set', ib, 'up']);
+  return [ia, ib];
+}

@@ -1,0 +1,184 @@
+/**
+ * Hub topology in network namespaces the test creates: A and B each linked
+ * only to R, R does not forward. R runs `quicmap dht` and `quicmap relay` on
+ * an address both reach (10.77.0.1 on R's loopback, routed to by A and B).
+ * B mounts A's region from a ticket without addresses: the DHT names the
+ * relay, the circuit carries the data, real NBD clients (nbdcopy, qemu-io)
+ * read and write A's bytes through B's export, and a capture on R holds
+ * none of the plaintext written through B. With a direct A–B link as well,
+ * the mount goes direct and R relays nothing.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { readFileSync, writeFileSync, existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { Scope, SYSTEM_PATH, needCondition, needTools, run, withTimeout } from '../helpers/env.ts';
+import { startCli, type CliProcess } from '../helpers/cli.ts';
+import { canUseNetns, link, netns, type Ns } from '../helpers/netns.ts';
+
+const test = suite('swarm/hub');
+const tools = needTools(test, ['ip', 'tcpdump', 'nbdcopy', 'qemu-io'], 'hub topology test');
+const root = canUseNetns();
+
+const env = (home: string) => ({ ...process.env, PATH: SYSTEM_PATH, QUICMAP_HOME: home });
+const CANARY = 'QUICMAP-CANARY-plaintext-must-not-cross-the-relay-';
+
+interface Hub {
+  a: Ns;
+  b: Ns;
+  r: Ns;
+  dir: string;
+  dht: string;
+  relayAddress: string;
+  relay: CliProcess;
+}
+
+async function hub(s: Scope, directLink: boolean): Promise<Hub> {
+  const r = netns(s, 'r');
+  const a = netns(s, 'a');
+  const b = netns(s, 'b');
+  link(a, '10.77.1.2/24', r, '10.77.1.1/24');
+  link(b, '10.77.2.2/24', r, '10.77.2.1/24');
+  if (directLink) link(a, '10.77.3.1/24', b, '10.77.3.2/24');
+  r.run('sysctl', ['-qw', 'net.ipv4.ip_forward=0']);
+  r.run('ip', ['addr', 'add', '10.77.0.1/32', 'dev', 'lo']);
+  a.run('ip', ['route', 'add', '10.77.0.1/32', 'via', '10.77.1.1']);
+  b.run('ip', ['route', 'add', '10.77.0.1/32', 'via', '10.77.2.1']);
+  const dir = s.tmpdir('quicmap-hub-');
+  const dhtProc = startCli(s, ['dht', '--listen', '10.77.0.1:6881', '--query-timeout', '300ms'], env(join(dir, 'r')), r.prefix);
+  const dht = await dhtProc.line();
+  const relay = startCli(s, ['relay', '--listen', '10.77.0.1:4000', '--identity', join(dir, 'relay.id')], env(join(dir, 'r')), r.prefix);
+  const relayAddress = await relay.line();
+  assert.match(relayAddress, /^[a-z2-7]{52}@10\.77\.0\.1:4000$/);
+  return { a, b, r, dir, dht, relayAddress, relay };
+}
+
+async function status(ns: Ns, home: string, control: string): Promise<Record<string, any>> {
+  const rr = await run('ip', ['netns', 'exec', ns.name, process.execPath, join(import.meta.dirname, '../../bin/quicmap.js'), 'status', '--control', control, '--json'], { env: env(home), timeoutMs: 20_000 });
+  assert.is(rr.code, 0, rr.stderr);
+  return JSON.parse(rr.stdout);
+}
+
+function startCapture(s: Scope, r: Ns, file: string): Promise<() => Promise<void>> {
+  const child = spawn('ip', ['netns', 'exec', r.name, 'tcpdump', '-i', 'any', '-U', '-s', '0', '-w', file, 'tcp or udp'], { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    const exited = new Promise((res) => child.once('exit', res));
+    try {
+      process.kill(-child.pid!, 'SIGINT');
+    } catch {}
+    await Promise.race([exited, new Promise((res) => setTimeout(res, 3000))]);
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {}
+  };
+  s.defer(stop);
+  return withTimeout(10_000, 'tcpdump start', new Promise<() => Promise<void>>((resolve, reject) => {
+    let err = '';
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      err += d;
+      if (/listening on/.test(err)) resolve(stop);
+    });
+    child.once('exit', (code) => reject(new Error(`tcpdump exited ${code}: ${err}`)));
+  }));
+}
+
+const run1 = (name: string, fn: (s: Scope) => Promise<void>) =>
+  root
+    ? tools(name, async () => {
+        const s = new Scope();
+        try {
+          await withTimeout(90_000, name, fn(s));
+        } finally {
+          await withTimeout(20_000, `${name} cleanup`, s.close());
+        }
+      })
+    : needCondition(test, false, 'root and ip netns (network namespaces)')(name, () => {});
+
+run1('hub A—R—B: B mounts A by a ticket without addresses through the relay; NBD clients read and write A; R sees no plaintext', async (s) => {
+  const h = await hub(s, false);
+  const pcap = join(h.dir, 'r.pcap');
+  const stopCapture = await startCapture(s, h.r, pcap);
+  // A's region is a file, so the test can check A's bytes directly.
+  const aImage = join(h.dir, 'a.img');
+  const seed = Buffer.alloc(8 << 20);
+  for (let i = 0; i < seed.length; i += 4) seed.writeUInt32LE(i * 2654435761 >>> 0, i);
+  writeFileSync(aImage, seed);
+  const share = startCli(
+    s,
+    ['share', '--backend', `file:${aImage}`, '--listen', '10.77.1.2:4433', '--dht', h.dht, '--dht-listen', '10.77.1.2:0', '--relay', h.relayAddress, '--control', join(h.dir, 'a.sock'), '--json'],
+    env(join(h.dir, 'a')),
+    h.a.prefix,
+  );
+  const shared = JSON.parse(await share.line(30_000)) as { ticket: string };
+  const mount = startCli(
+    s,
+    ['mount', shared.ticket, '--dht', h.dht, '--dht-listen', '10.77.2.2:0', '--listen', '127.0.0.1:0', '--control', join(h.dir, 'b.sock')],
+    env(join(h.dir, 'b')),
+    h.b.prefix,
+  );
+  const uri = await mount.line(40_000);
+  assert.match(uri, /^nbd:\/\/127\.0\.0\.1:\d+\/region$/);
+  // Read A's data through B.
+  const out = join(h.dir, 'read.bin');
+  const rd = await run('ip', ['netns', 'exec', h.b.name, 'nbdcopy', uri, out], { env: env(h.dir), timeoutMs: 60_000 });
+  assert.is(rd.code, 0, rd.stderr);
+  assert.ok(readFileSync(out).equals(seed), 'B reads exactly A\'s bytes');
+  // Write a recognisable pattern through B; it lands in A's file.
+  const canary = Buffer.from(CANARY.repeat(Math.ceil((1 << 20) / CANARY.length)).slice(0, 1 << 20));
+  const src = join(h.dir, 'canary.bin');
+  writeFileSync(src, canary);
+  const wr = await run('ip', ['netns', 'exec', h.b.name, 'nbdcopy', src, uri], { env: env(h.dir), timeoutMs: 60_000 });
+  assert.is(wr.code, 0, wr.stderr);
+  const q = await run('ip', ['netns', 'exec', h.b.name, 'qemu-io', '-f', 'raw', uri, '-c', 'write -P 0x5a 2M 64k', '-c', 'read -P 0x5a 2M 64k'], { env: env(h.dir), timeoutMs: 60_000 });
+  assert.is(q.code, 0, q.stderr + q.stdout);
+  assert.not.match(q.stdout, /Pattern verification failed/);
+  const a = readFileSync(aImage);
+  assert.ok(a.subarray(0, 1 << 20).equals(canary), 'the canary is in A\'s file');
+  assert.ok(a.subarray(2 << 20, (2 << 20) + 65536).every((x) => x === 0x5a), 'qemu-io\'s write is in A\'s file');
+  // Paths and counters.
+  const sb = await status(h.b, join(h.dir, 'b'), join(h.dir, 'b.sock'));
+  assert.match(sb.mounts[0].path, /^relay /, JSON.stringify(sb.mounts));
+  assert.ok(sb.peers[0].sent > 1 << 20, 'bytes per peer');
+  const relayStatus = await status(h.r, join(h.dir, 'r'), (await import('node:fs')).readdirSync(join(h.dir, 'r', 'run')).map((f) => join(h.dir, 'r', 'run', f)).find((f) => f.includes('relay-'))!);
+  assert.ok(relayStatus.relay.bytesRelayed > 9 << 20, `relay carried the traffic (${relayStatus.relay.bytesRelayed})`);
+  await stopCapture();
+  assert.ok(existsSync(pcap) && statSync(pcap).size > 9 << 20, 'the capture holds the relayed traffic');
+  const captured = readFileSync(pcap);
+  assert.is(captured.indexOf(CANARY), -1, 'no plaintext of the canary in R\'s capture');
+  assert.is(captured.indexOf(seed.subarray(4096, 4096 + 64)), -1, 'no plaintext of A\'s data in R\'s capture');
+});
+
+run1('with a direct A–B link the mount goes direct and R relays nothing', async (s) => {
+  const h = await hub(s, true);
+  const share = startCli(
+    s,
+    ['share', '--size', '16MiB', '--listen', '0.0.0.0:4433', '--dht', h.dht, '--dht-listen', '10.77.1.2:0', '--relay', h.relayAddress, '--control', join(h.dir, 'a.sock')],
+    env(join(h.dir, 'a')),
+    h.a.prefix,
+  );
+  const ticket = await share.line(30_000);
+  const mount = startCli(
+    s,
+    ['mount', ticket, '--dht', h.dht, '--dht-listen', '10.77.2.2:0', '--listen', '127.0.0.1:0', '--control', join(h.dir, 'b.sock')],
+    env(join(h.dir, 'b')),
+    h.b.prefix,
+  );
+  const uri = await mount.line(40_000);
+  const q = await run('ip', ['netns', 'exec', h.b.name, 'qemu-io', '-f', 'raw', uri, '-c', 'write -P 0x33 0 4M', '-c', 'read -P 0x33 0 4M'], { env: env(h.dir), timeoutMs: 60_000 });
+  assert.is(q.code, 0, q.stderr + q.stdout);
+  const sb = await status(h.b, join(h.dir, 'b'), join(h.dir, 'b.sock'));
+  assert.match(sb.mounts[0].path, /^direct quic:\/\/10\.77\.3\.1:4433$/, JSON.stringify(sb.mounts));
+  assert.ok(sb.mounts[0].sent > 4 << 20);
+  const sa = await status(h.a, join(h.dir, 'a'), join(h.dir, 'a.sock'));
+  assert.ok(sa.regions[0].relays[0].expiresAt > 0, 'A holds its reservation all the same');
+  const relaySock = (await import('node:fs')).readdirSync(join(h.dir, 'r', 'run')).map((f) => join(h.dir, 'r', 'run', f)).find((f) => f.includes('relay-'))!;
+  const rs = await status(h.r, join(h.dir, 'r'), relaySock);
+  assert.is(rs.relay.bytesRelayed, 0, 'no byte went through R');
+  assert.is(rs.relay.circuitsOpened, 0);
+});
+
+test.run();
