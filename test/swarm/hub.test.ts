@@ -13,7 +13,7 @@ import * as assert from 'uvu/assert';
 import { readFileSync, writeFileSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
-import { Scope, SYSTEM_PATH, needCondition, needTools, run, withTimeout } from '../helpers/env.ts';
+import { Scope, SYSTEM_PATH, killTree, needCondition, needTools, run, withTimeout } from '../helpers/env.ts';
 import { startCli, type CliProcess } from '../helpers/cli.ts';
 import { canUseNetns, link, netns, type Ns } from '../helpers/netns.ts';
 
@@ -34,7 +34,7 @@ interface Hub {
   relay: CliProcess;
 }
 
-async function hub(s: Scope, directLink: boolean): Promise<Hub> {
+async function hub(s: Scope, directLink: boolean, relayFlags: string[] = []): Promise<Hub> {
   const r = netns(s, 'r');
   const a = netns(s, 'a');
   const b = netns(s, 'b');
@@ -48,7 +48,7 @@ async function hub(s: Scope, directLink: boolean): Promise<Hub> {
   const dir = s.tmpdir('quicmap-hub-');
   const dhtProc = startCli(s, ['dht', '--listen', '10.77.0.1:6881', '--query-timeout', '300ms'], env(join(dir, 'r')), r.prefix);
   const dht = await dhtProc.line();
-  const relay = startCli(s, ['relay', '--listen', '10.77.0.1:4000', '--identity', join(dir, 'relay.id')], env(join(dir, 'r')), r.prefix);
+  const relay = startCli(s, ['relay', '--listen', '10.77.0.1:4000', '--identity', join(dir, 'relay.id'), ...relayFlags], env(join(dir, 'r')), r.prefix);
   const relayAddress = await relay.line();
   assert.match(relayAddress, /^[a-z2-7]{52}@10\.77\.0\.1:4000$/);
   return { a, b, r, dir, dht, relayAddress, relay };
@@ -179,6 +179,61 @@ run1('with a direct A–B link the mount goes direct and R relays nothing', asyn
   const rs = await status(h.r, join(h.dir, 'r'), relaySock);
   assert.is(rs.relay.bytesRelayed, 0, 'no byte went through R');
   assert.is(rs.relay.circuitsOpened, 0);
+});
+
+run1('relay quotas and restart: a circuit over its byte cap is closed (typed, logged on all sides), reservations beyond the maximum are refused, a relay restart is survived', async (s) => {
+  const relayFlags = ['--circuit-bytes', '6MiB', '--max-reservations', '1'];
+  const h = await hub(s, false, relayFlags);
+  const share = startCli(
+    s,
+    ['share', '--size', '16MiB', '--listen', '10.77.1.2:4433', '--dht', h.dht, '--dht-listen', '10.77.1.2:0', '--relay', h.relayAddress, '--control', join(h.dir, 'a.sock')],
+    env(join(h.dir, 'a')),
+    h.a.prefix,
+  );
+  const ticket = await share.line(30_000);
+  // A second sharer on the same relay: the one reservation is taken.
+  const second = startCli(s, ['share', '--size', '1MiB', '--listen', '10.77.1.2:4434', '--relay', h.relayAddress, '--identity', join(h.dir, 'c.id')], env(join(h.dir, 'c')), h.a.prefix);
+  assert.is(await second.exited, 1);
+  assert.match(second.stderr(), /reservation refused: the relay holds its maximum of 1 reservations \[EBUSY\]/);
+  const mount = startCli(
+    s,
+    ['mount', ticket, '--dht', h.dht, '--dht-listen', '10.77.2.2:0', '--listen', '127.0.0.1:0', '--control', join(h.dir, 'b.sock')],
+    env(join(h.dir, 'b')),
+    h.b.prefix,
+  );
+  const uri = await mount.line(40_000);
+  // 8 MiB read + writes cannot fit one 6 MiB circuit.
+  const big = await run('ip', ['netns', 'exec', h.b.name, 'qemu-io', '-f', 'raw', uri, '-c', 'write -P 0x11 0 8M'], { env: env(h.dir), timeoutMs: 60_000 });
+  void big;
+  for (let i = 0; !/circuit \d+ closed by the relay: relay: circuit byte limit/.test(mount.stderr()); i++) {
+    assert.ok(i < 50, `mount never logged the byte limit: ${mount.stderr()}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.match(share.stderr(), /circuit byte limit/);
+  assert.match(h.relay.stderr(), /CIRCUIT_BYTE_LIMIT/);
+  // The mount recovers on a new circuit: small I/O works again.
+  const readSmall = async () => {
+    for (let i = 0; ; i++) {
+      const q = await run('ip', ['netns', 'exec', h.b.name, 'qemu-io', '-f', 'raw', uri, '-c', 'write -P 0x22 0 64k', '-c', 'read -P 0x22 0 64k'], { env: env(h.dir), timeoutMs: 30_000 });
+      if (q.code === 0 && !/failed|error/i.test(q.stdout)) return;
+      assert.ok(i < 20, `mount did not recover: ${q.stdout}${q.stderr}\n${mount.stderr().slice(-2000)}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  };
+  await readSmall();
+  // Relay restart: same identity, same address.
+  await killTree(h.relay.child);
+  const again = startCli(s, ['relay', '--listen', '10.77.0.1:4000', '--identity', join(h.dir, 'relay.id'), ...relayFlags], env(join(h.dir, 'r')), h.r.prefix);
+  assert.is(await again.line(), h.relayAddress);
+  for (let i = 0; !/reserved until/.test(again.stderr()) && !/reservation for/.test(again.stderr()); i++) {
+    assert.ok(i < 100, `A did not reserve again: ${share.stderr().slice(-1500)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.match(share.stderr(), /control connection lost; reserving again/);
+  await readSmall();
+  const sb = await status(h.b, join(h.dir, 'b'), join(h.dir, 'b.sock'));
+  assert.match(sb.mounts[0].path, /^relay /);
+  assert.ok(sb.mounts[0].connected);
 });
 
 test.run();
