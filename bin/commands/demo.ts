@@ -32,7 +32,10 @@ A local demo swarm on loopback (what 'npm start' runs):
      checked on A;
   3. real NBD clients (nbdinfo, nbdcopy) and an nbdfuse mount on B's export,
      where installed (apt-get install libnbd-bin fuse3);
-  4. a userfaultfd LazyRegion over B's remote region (native addon).
+  4. a userfaultfd LazyRegion over B's remote region (native addon);
+  5. a private swarm: a DHT and a relay on loopback; B mounts A's region
+     from a ticket without addresses, through the relay, then moves to
+     the direct path.
 Prints a summary; --json prints it as one JSON object on stdout.
 
 Options:
@@ -121,6 +124,10 @@ export const demo: Command = {
 
       // 4. userfaultfd LazyRegion over the remote region.
       await lazyStep(mounted.store, seed, record);
+
+      // 5. The swarm: DHT discovery, relay, upgrade to direct.
+      const { swarmStep } = await import('../demo-swarm.ts');
+      record({ step: 'private swarm: DHT lookup, relay, upgrade to direct', ...(await swarmStep(transport)) });
     } finally {
       for (const c of cleanups.reverse()) await c().catch((e) => log(`cleanup: ${(e as Error).message}`));
       rmSync(work, { recursive: true, force: true });

@@ -17,6 +17,7 @@ test('quicmap demo --json: two nodes over QUIC, every step ok', async () => {
   assert.match(names, /local NBD export/);
   assert.match(names, /shares over quic/);
   assert.match(names, /mounts by ticket/);
+  assert.match(names, /private swarm: DHT lookup, relay, upgrade to direct/);
   for (const s of out.steps) {
     if (s.skipped) {
       assert.not.ok(STRICT_TOOLS, `step "${s.step}" skipped in strict mode: ${s.skipped}`);
