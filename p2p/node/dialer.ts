@@ -37,6 +37,8 @@ export interface PathDialerOptions {
   relayTimeoutMs?: number;
   /** How often to probe for a direct path while relayed; 0: never. Default 5 000 ms. */
   upgradeIntervalMs?: number;
+  /** Try hole punching through the relay while relayed (default true). */
+  punch?: boolean;
   /** A relayed link silent for this long is idle enough to move. Default 300 ms. */
   quietMs?: number;
   log?: (message: string) => void;
@@ -56,6 +58,10 @@ export class PathDialer {
   private readonly log: (m: string) => void;
   /** Path upgrades done (relay -> direct). */
   upgrades = 0;
+  /** Outcome of the last hole punch attempt, for status. */
+  punch: string | undefined;
+  private punchAttempts = 0;
+  private lastPunchAt = 0;
 
   constructor(o: PathDialerOptions) {
     this.o = o;
@@ -166,7 +172,8 @@ export class PathDialer {
     this.probing = true;
     try {
       const record = await this.lookup();
-      const direct = await this.dialDirect([...this.hints(), ...(record?.endpoints ?? [])], []);
+      let direct = await this.dialDirect([...this.hints(), ...(record?.endpoints ?? [])], []);
+      if (!direct) direct = await this.tryPunch();
       if (!direct) return;
       const relayed = this.current;
       if (this.closed || relayed?.path.kind !== 'relay') {
@@ -179,12 +186,35 @@ export class PathDialer {
       const quiet = this.o.quietMs ?? 300;
       while (!this.closed && performance.now() - meter.lastActivity < quiet) await new Promise((r) => setTimeout(r, quiet / 3));
       this.upgrades++;
-      this.log(`path upgrade: a direct path to the sharer answers (${direct.path.transport}://${direct.path.address}); leaving relay ${relayed.path.address}`);
+      this.log(`path upgrade: a direct path to the sharer answers (${direct.path.transport}://${direct.path.address}${direct.path.punched ? ', hole punched' : ''}); leaving relay ${relayed.path.address}`);
       await relayed.conn.close();
     } catch (e) {
       this.log(`direct path probe: ${(e as Error).message}`);
     } finally {
       this.probing = false;
+    }
+  }
+
+  /**
+   * No direct endpoint answers: ask the relay in use to coordinate a hole
+   * punch (a few tries, then once a minute). A failure keeps the relayed path.
+   */
+  private async tryPunch(): Promise<{ conn: Connection; path: PeerPath; rttMs: number } | undefined> {
+    const via = this.current?.path;
+    if (!via || via.kind !== 'relay' || (this.o.punch ?? true) === false) return undefined;
+    const now = Date.now();
+    if (this.punchAttempts >= 3 && now - this.lastPunchAt < 60_000) return undefined;
+    this.punchAttempts++;
+    this.lastPunchAt = now;
+    const t0 = performance.now();
+    try {
+      const conn = await this.o.relay.punch(via.address, this.sharer);
+      this.punch = `succeeded (${conn.remoteAddress})`;
+      return { conn, path: { kind: 'direct', transport: 'tcp', address: conn.remoteAddress, punched: true }, rttMs: performance.now() - t0 };
+    } catch (e) {
+      this.punch = `failed, staying on the relay: ${(e as Error).message}`;
+      this.log(`hole punch through ${via.address}: ${this.punch}`);
+      return undefined;
     }
   }
 

@@ -47,6 +47,8 @@ export interface NodeOptions {
   republishMs?: number;
   /** Probe for a direct path this often while a mount is relayed (default 5 s; 0 off). */
   upgradeIntervalMs?: number;
+  /** Hole punch through the relay while a mount is relayed (default true). */
+  punch?: boolean;
   /** What the node is (shown in status): "share", "mount", ... */
   role?: string;
   log?: (message: string) => void;
@@ -159,15 +161,20 @@ export class QuicmapNode {
       e.lastSeen = Date.now();
       return [e.meter, meter];
     };
-    const wrap = (l: Listener) =>
+    // Connections from a relay listener are circuits ("RELAY@HOST:PORT#id") or hole-punched TCP ("ip:port").
+    const wrap = (l: Listener, viaRelay: boolean) =>
       meterListener(l, (c) => {
         const ms = peerMeters(c);
-        this.peers.connected(base32Encode(c.remotePublicKey), { kind: c.remoteAddress.includes('@') ? 'relay' : 'direct', transport: c.remoteAddress.includes('@') ? 'relay' : transportName, address: c.remoteAddress }, undefined);
+        const relayed = viaRelay && c.remoteAddress.includes('@');
+        const path = relayed
+          ? { kind: 'relay' as const, transport: 'relay', address: c.remoteAddress }
+          : { kind: 'direct' as const, transport: viaRelay ? 'tcp' : transportName, address: c.remoteAddress, ...(viaRelay ? { punched: true } : {}) };
+        this.peers.connected(base32Encode(c.remotePublicKey), path, undefined);
         return ms;
       });
     // With a DHT the ticket needs no addresses (unless hints were asked for).
     const advertise = o.advertise ?? (this.dht ? [] : undefined);
-    const shared = await shareRegion({ ...o, identity: this.identity, transport, wrapListener: wrap, log: this.log, ...(advertise ? { advertise } : {}) });
+    const shared = await shareRegion({ ...o, identity: this.identity, transport, wrapListener: (l) => wrap(l, false), log: this.log, ...(advertise ? { advertise } : {}) });
     const relayListeners: Listener[] = [];
     let publisher: RecordPublisher | undefined;
     let record: RegionRecord | undefined;
@@ -175,7 +182,7 @@ export class QuicmapNode {
       for (const r of this.o.relays ?? []) {
         const l = await this.track(`reserve on relay ${r}`, () => this.relay.listen(r));
         relayListeners.push(l);
-        void shared.server.serveListener(wrap(l));
+        void shared.server.serveListener(wrap(l, true));
       }
       if (this.dht) {
         const size = await o.store.size();
@@ -231,6 +238,7 @@ export class QuicmapNode {
       meters: [meter],
       ...(o.directTimeoutMs !== undefined ? { directTimeoutMs: o.directTimeoutMs } : {}),
       ...(this.o.upgradeIntervalMs !== undefined ? { upgradeIntervalMs: this.o.upgradeIntervalMs } : {}),
+      ...(this.o.punch !== undefined ? { punch: this.o.punch } : {}),
       log: this.log,
     });
     let mounted: MountedTicket;
@@ -282,6 +290,7 @@ export class QuicmapNode {
         connected: m.mounted.region.connected,
         path: describePath(m.dialer.path),
         upgrades: m.dialer.upgrades,
+        punch: m.dialer.punch ?? null,
         requests: m.mounted.region.stats.requests,
         bytesRead: m.mounted.region.stats.bytesRead,
         bytesWritten: m.mounted.region.stats.bytesWritten,

@@ -14,6 +14,8 @@ export interface PeerPath {
   transport: string;
   /** The address dialled or accepted on (a relay address for relayed paths). */
   address: string;
+  /** A direct path made by hole punching through a relay. */
+  punched?: boolean;
 }
 
 export interface PeerEntry {
@@ -30,7 +32,7 @@ export interface PeerEntry {
 
 function describe(p: PeerPath | undefined): string {
   if (!p) return 'none';
-  return p.kind === 'direct' ? `direct ${p.transport}://${p.address}` : `relay ${p.address}`;
+  return p.kind === 'direct' ? `direct ${p.transport}://${p.address}${p.punched ? ' (hole punched)' : ''}` : `relay ${p.address}`;
 }
 
 export class PeerTable {

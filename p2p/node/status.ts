@@ -27,6 +27,8 @@ export interface NodeStatus {
     connected: boolean;
     path: string;
     upgrades: number;
+    /** Outcome of the last hole punch ("succeeded (...)", "failed, staying on the relay: ..."), null if none tried. */
+    punch: string | null;
     requests: number;
     bytesRead: number;
     bytesWritten: number;
@@ -69,7 +71,7 @@ export function formatStatus(s: NodeStatus): string {
   }
   if (s.mounts.length) out.push('mounts:');
   for (const m of s.mounts) {
-    out.push(`  ${m.regionId} from ${m.sharer.slice(0, 12)}: ${m.connected ? 'connected' : 'disconnected'}, path ${m.path}${m.upgrades ? ` (${m.upgrades} upgrades)` : ''}, ${m.requests} requests, read ${bytes(m.bytesRead)}, written ${bytes(m.bytesWritten)}`);
+    out.push(`  ${m.regionId} from ${m.sharer.slice(0, 12)}: ${m.connected ? 'connected' : 'disconnected'}, path ${m.path}${m.upgrades ? ` (${m.upgrades} upgrades)` : ''}${m.punch ? `, hole punch ${m.punch}` : ''}, ${m.requests} requests, read ${bytes(m.bytesRead)}, written ${bytes(m.bytesWritten)}`);
   }
   if (s.peers.length) out.push('peers:');
   for (const p of s.peers) {

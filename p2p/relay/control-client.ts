@@ -43,6 +43,8 @@ export class RelayControl {
   private nextRid = 1;
   private readonly waiting = new Map<number, { resolve: (m: Reply) => void; reject: (e: Error) => void }>();
   onIncoming: ((m: Extract<RelayMessage, { t: 'incoming' }>) => void) | undefined;
+  /** A peer asks to punch a hole to us (only listeners set this). */
+  onPunch: ((m: Extract<RelayMessage, { t: 'punch' }>) => void) | undefined;
   /** Circuit id -> what to do when the relay closes it with a reason. */
   readonly onCircuitClosed = new Map<number, (e: RelayRefusal) => void>();
   readonly closed: Promise<void>;
@@ -81,6 +83,10 @@ export class RelayControl {
         if (body === null) break;
         const m = decodeRelayMessage(body);
         if (m.t === 'incoming') this.onIncoming?.(m);
+        else if (m.t === 'punch') {
+          if (this.onPunch) this.onPunch(m);
+          else void this.channel.send({ t: 'punch-answer', id: m.id, port: 0 }).catch(() => {});
+        }
         else if (m.t === 'closed') {
           const e = new RelayRefusal(m.refusal, m.message);
           this.log(`relay ${this.relay.address}: circuit ${m.id} closed by the relay: ${e.message}`);
@@ -102,7 +108,7 @@ export class RelayControl {
     }
   }
 
-  private request(m: { t: 'reserve' } | { t: 'connect'; target: Uint8Array }, timeoutMs: number): Promise<Reply> {
+  private request(m: { t: 'reserve' } | { t: 'connect'; target: Uint8Array } | { t: 'punch'; target: Uint8Array; port: number }, timeoutMs: number): Promise<Reply> {
     if (this.isClosed) return Promise.reject(new QuicmapError('ESHUTDOWN', `relay ${this.relay.address}: control connection closed`));
     const rid = this.nextRid++;
     return new Promise<Reply>((resolve, reject) => {
@@ -138,6 +144,19 @@ export class RelayControl {
     if (r.t === 'refused') throw new RelayRefusal(r.refusal, r.message);
     if (r.t !== 'circuit') throw new QuicmapError('EPROTO', `relay: unexpected answer "${r.t}" to connect`);
     return { id: r.id, token: r.token, limits: r.limits };
+  }
+
+  /** Ask the relay to coordinate a hole punch to `target`; resolves to where the target will connect from. */
+  async punch(target: Uint8Array, port: number, timeoutMs: number): Promise<{ ip: string; port: number }> {
+    const r = await this.request({ t: 'punch', target, port }, timeoutMs);
+    if (r.t === 'refused') throw new RelayRefusal(r.refusal, r.message);
+    if (r.t !== 'punch-go') throw new QuicmapError('EPROTO', `relay: unexpected answer "${r.t}" to punch`);
+    return { ip: r.ip, port: r.port };
+  }
+
+  /** Answer a hole-punch request: the local port we will connect from (0: declined). */
+  answerPunch(id: number, port: number): Promise<void> {
+    return this.channel.send({ t: 'punch-answer', id, port });
   }
 
   close(): Promise<void> {

@@ -13,6 +13,14 @@
  *                  { t: 'incoming', id, token, from }    (to the reserved peer)
  *                  { t: 'closed', id, refusal, message } (a circuit ended by the relay)
  *
+ * Hole punching (DCUtR-style: the relay coordinates, then both peers open
+ * a TCP connection to each other at once from fixed ports):
+ *
+ *   dialer -> relay  { t: 'punch', rid, target, port }
+ *   relay -> target  { t: 'punch', id, from, ip, port }   ip: the dialer as the relay sees it
+ *   target -> relay  { t: 'punch-answer', id, port }       (port 0: declined)
+ *   relay -> dialer  { t: 'punch-go', rid, ip, port }      ip: the target as the relay sees it
+ *
  * A circuit's bytes do not go over the control connection: each side opens
  * a plain TCP connection to the relay, sends CIRCUIT_MAGIC and its 16-byte
  * token, and the relay splices the two sockets (counting bytes). The peers
@@ -68,14 +76,20 @@ export interface CircuitLimits {
   durationMs: number;
 }
 
-export type ClientMessage = { t: 'reserve'; rid: number } | { t: 'connect'; rid: number; target: Uint8Array };
+export type ClientMessage =
+  | { t: 'reserve'; rid: number }
+  | { t: 'connect'; rid: number; target: Uint8Array }
+  | { t: 'punch'; rid: number; target: Uint8Array; port: number }
+  | { t: 'punch-answer'; id: number; port: number };
 
 export type RelayMessage =
   | { t: 'reserved'; rid: number; expiresAt: number; limits: CircuitLimits }
   | { t: 'circuit'; rid: number; id: number; token: Uint8Array; limits: CircuitLimits }
   | { t: 'refused'; rid: number; refusal: Refusal; message: string }
   | { t: 'incoming'; id: number; token: Uint8Array; from: Uint8Array }
-  | { t: 'closed'; id: number; refusal: Refusal; message: string };
+  | { t: 'closed'; id: number; refusal: Refusal; message: string }
+  | { t: 'punch'; id: number; from: Uint8Array; ip: string; port: number }
+  | { t: 'punch-go'; rid: number; ip: string; port: number };
 
 export function encodeControl(m: ClientMessage | RelayMessage): Buffer {
   const body: Buffer = packr.pack(m);
@@ -93,6 +107,17 @@ function bytes(x: unknown, n: number): Uint8Array {
 
 function int(x: unknown): number {
   if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 0) throw new QuicmapError('EPROTO', 'relay: malformed control message');
+  return x;
+}
+
+function port(x: unknown): number {
+  const n = int(x);
+  if (n > 65535) throw new QuicmapError('EPROTO', 'relay: malformed port');
+  return n;
+}
+
+function ip(x: unknown): string {
+  if (typeof x !== 'string' || x.length > 64 || !/^[0-9a-fA-F.:]+$/.test(x)) throw new QuicmapError('EPROTO', 'relay: malformed address');
   return x;
 }
 
@@ -117,6 +142,8 @@ export function decodeClientMessage(body: Uint8Array): ClientMessage {
   const o = decodeBody(body);
   if (o.t === 'reserve') return { t: 'reserve', rid: int(o.rid) };
   if (o.t === 'connect') return { t: 'connect', rid: int(o.rid), target: bytes(o.target, 32) };
+  if (o.t === 'punch') return { t: 'punch', rid: int(o.rid), target: bytes(o.target, 32), port: port(o.port) };
+  if (o.t === 'punch-answer') return { t: 'punch-answer', id: int(o.id), port: port(o.port) };
   throw new QuicmapError('EPROTO', `relay: unknown request "${String(o.t)}"`);
 }
 
@@ -138,6 +165,10 @@ export function decodeRelayMessage(body: Uint8Array): RelayMessage {
       return { t: 'incoming', id: int(o.id), token: bytes(o.token, TOKEN_BYTES), from: bytes(o.from, 32) };
     case 'closed':
       return { t: 'closed', id: int(o.id), refusal: refusal(o.refusal), message: text(o.message) };
+    case 'punch':
+      return { t: 'punch', id: int(o.id), from: bytes(o.from, 32), ip: ip(o.ip), port: port(o.port) };
+    case 'punch-go':
+      return { t: 'punch-go', rid: int(o.rid), ip: ip(o.ip), port: port(o.port) };
     default:
       throw new QuicmapError('EPROTO', `relay: unknown message "${String(o.t)}"`);
   }

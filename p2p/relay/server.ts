@@ -64,6 +64,8 @@ export interface RelayStats {
   bytesRelayed: number;
 }
 
+/** The host part of "host:port" / "[v6]:port", IPv4-mapped addresses unwrapped. */
+const ipOf = (address: string) => address.replace(/:\d+$/, '').replace(/^\[|\]$/g, '').replace(/^::ffff:/, '');
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 const short = (b: Uint8Array) => hex(b).slice(0, 12);
 
@@ -82,6 +84,9 @@ export class RelayServer {
   private readonly byToken = new Map<string, { ends: CircuitEnds; side: 0 | 1 }>();
   private readonly circuits = new Map<number, CircuitEnds>();
   private timer: NodeJS.Timeout | undefined;
+  /** Hole punches waiting for the target's answer: id -> the dialer's channel and request id. */
+  private readonly punches = new Map<number, { channel: ControlChannel; rid: number; target: string; timer: NodeJS.Timeout }>();
+  private nextPunch = 1;
   private closing: Promise<void> | undefined;
 
   private constructor(o: RelayServerOptions) {
@@ -180,6 +185,15 @@ export class RelayServer {
           this.reserved.set(peerHex, channel);
           this.stats.reservations = this.book.reservationCount;
           await channel.send({ t: 'reserved', rid: m.rid, expiresAt: v.expiresAt, limits: this.book.limits });
+        } else if (m.t === 'punch') {
+          this.onPunch(channel, peer, conn.remoteAddress, m.rid, m.target, m.port);
+        } else if (m.t === 'punch-answer') {
+          const p = this.punches.get(m.id);
+          if (!p || p.target !== peerHex) continue;
+          this.punches.delete(m.id);
+          clearTimeout(p.timer);
+          if (m.port === 0) void p.channel.send({ t: 'refused', rid: p.rid, refusal: 'PERMISSION_DENIED', message: 'the peer declined the hole punch' }).catch(() => {});
+          else void p.channel.send({ t: 'punch-go', rid: p.rid, ip: ipOf(conn.remoteAddress), port: m.port }).catch(() => {});
         } else {
           const targetHex = hex(m.target);
           const v = this.book.openCircuit(peerHex, targetHex, now);
@@ -215,6 +229,30 @@ export class RelayServer {
       }
       await conn.close().catch(() => {});
     }
+  }
+
+  /** Forward a hole-punch request to a reserved peer with the requester's observed address; its answer goes back with the target's. */
+  private onPunch(channel: ControlChannel, peer: Uint8Array, remote: string, rid: number, target: Uint8Array, port: number): void {
+    const targetHex = hex(target);
+    const targetChannel = this.reserved.get(targetHex);
+    if (!targetChannel || !this.book.hasReservation(targetHex, Date.now())) {
+      this.refuse('NO_RESERVATION', 'hole punch: the target holds no reservation', peer);
+      void channel.send({ t: 'refused', rid, refusal: 'NO_RESERVATION', message: 'the target holds no reservation on this relay' }).catch(() => {});
+      return;
+    }
+    if (this.punches.size >= 256) {
+      void channel.send({ t: 'refused', rid, refusal: 'RESOURCE_LIMIT_EXCEEDED', message: 'too many hole punches in progress' }).catch(() => {});
+      return;
+    }
+    const id = this.nextPunch++;
+    const timer = setTimeout(() => {
+      this.punches.delete(id);
+      void channel.send({ t: 'refused', rid, refusal: 'CONNECTION_FAILED', message: 'the target did not answer the hole punch' }).catch(() => {});
+    }, this.o.setupTimeoutMs);
+    timer.unref();
+    this.punches.set(id, { channel, rid, target: targetHex, timer });
+    this.o.log(`relay: hole punch ${id}: ${short(peer)} (${remote}) -> ${short(target)}`);
+    void targetChannel.send({ t: 'punch', id, from: peer, ip: ipOf(remote), port }).catch(() => {});
   }
 
   private onCircuitSocket(socket: Socket, token: string, leftover: Buffer[]): void {
@@ -310,6 +348,7 @@ export class RelayServer {
   close(): Promise<void> {
     this.closing ??= (async () => {
       clearTimeout(this.timer);
+      for (const p of this.punches.values()) clearTimeout(p.timer);
       for (const s of this.pending) s.destroy();
       for (const ends of [...this.circuits.values()]) this.endCircuit(ends, undefined, 'relay shutting down');
       const closed = new Promise<void>((r) => this.server.close(() => r()));

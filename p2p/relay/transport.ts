@@ -23,6 +23,7 @@ import { formatRelayAddress, parseRelayAddress, type RelayAddress } from './addr
 import { RelayControl, connectSocket } from './control-client.ts';
 import { CIRCUIT_MAGIC, type RelayRefusal } from './messages.ts';
 import { secureSocket } from './secure-socket.ts';
+import { freePort, simultaneousOpen } from './hole-punch.ts';
 
 export interface RelayTransportOptions {
   /** Deadline for each step (TCP connect, handshake, a relay answer). Default 5 000 ms. */
@@ -72,6 +73,7 @@ class RelayListener implements Listener {
     const control = await RelayControl.open(this.identity, this.relay, { timeoutMs: this.o.stepTimeoutMs, log: this.o.log });
     try {
       control.onIncoming = (m) => void this.onIncoming(control, m.id, m.token, m.from);
+      control.onPunch = (m) => void this.onPunch(control, m.id, m.from, m.ip, m.port);
       const r = await control.reserve(this.o.stepTimeoutMs);
       this.control = control;
       this.scheduleRenew(r.expiresAt);
@@ -143,6 +145,32 @@ class RelayListener implements Listener {
     } catch (e) {
       socket?.destroy();
       this.o.log(`relay ${this.relay.address}: circuit ${id} failed: ${(e as Error).message}`);
+    } finally {
+      this.setups--;
+    }
+  }
+
+  /** Our side of a hole punch a peer asked for: answer with our port, connect to it at once, secure it as the responder. */
+  private async onPunch(control: RelayControl, id: number, from: Uint8Array, ip: string, port: number): Promise<void> {
+    if (this.closedFlag || this.setups >= this.o.maxPendingCircuits) {
+      void control.answerPunch(id, 0).catch(() => {});
+      return;
+    }
+    this.setups++;
+    try {
+      const localPort = await freePort();
+      await control.answerPunch(id, localPort);
+      const socket = await simultaneousOpen({ localPort, remoteIp: ip, remotePort: port });
+      const conn = await secureSocket(socket, this.identity, 'responder', { expectedKey: from, timeoutMs: this.o.stepTimeoutMs, remoteAddress: `${ip}:${port}` }).catch((e) => {
+        socket.destroy();
+        throw e;
+      });
+      this.accepted.add(conn);
+      void conn.closed.then(() => this.accepted.delete(conn));
+      this.o.log(`hole punch: direct TCP connection with ${short(from)} at ${ip}:${port}`);
+      if (!this.queue.push(conn)) await conn.close();
+    } catch (e) {
+      this.o.log(`hole punch with ${short(from)} failed: ${(e as Error).message}`);
     } finally {
       this.setups--;
     }
@@ -229,6 +257,31 @@ export class RelayTransport implements Transport {
       control.onCircuitClosed.delete(circuit.id);
     });
     this.o.log(`relay ${relay.address}: circuit ${circuit.id} to ${short(expectedPublicKey)} open`);
+    return conn;
+  }
+
+  /**
+   * Hole punch to `target` through `relay`'s coordination: a direct TCP
+   * connection (simultaneous open), secured end to end as the initiator
+   * expecting `target`'s key. The target must hold a reservation there.
+   */
+  async punch(address: string, target: Uint8Array, opts: { timeoutMs?: number } = {}): Promise<Connection> {
+    if (this.isClosed) throw new ClosedError('transport');
+    const relay = parseRelayAddress(address);
+    const control = await this.control(relay);
+    const localPort = await freePort();
+    const go = await control.punch(target, localPort, opts.timeoutMs ?? this.o.stepTimeoutMs);
+    const socket = await simultaneousOpen({ localPort, remoteIp: go.ip, remotePort: go.port });
+    let conn: MuxSession;
+    try {
+      conn = await secureSocket(socket, this.identity, 'initiator', { expectedKey: target, timeoutMs: this.o.stepTimeoutMs, remoteAddress: `${go.ip}:${go.port}` });
+    } catch (e) {
+      socket.destroy();
+      throw e;
+    }
+    this.connections.add(conn);
+    void conn.closed.then(() => this.connections.delete(conn));
+    this.o.log(`hole punch: direct TCP connection to ${short(target)} at ${go.ip}:${go.port}`);
     return conn;
   }
 

@@ -25,13 +25,14 @@ async function swarm(s: Scope) {
   const relay = await RelayServer.start({ identity: await generateIdentity(), listen: '127.0.0.1:0' });
   s.defer(() => relay.close());
   const dir = s.tmpdir();
-  const node = async (name: string, relays: string[] = [], upgradeIntervalMs = 500) => {
+  const node = async (name: string, relays: string[] = [], upgradeIntervalMs = 500, punch = true) => {
     const n = await QuicmapNode.open({
       identity: await generateIdentity(),
       dht: { bootstrap: [boot.address], queryTimeoutMs: 250 },
       relays,
       control: join(dir, `${name}.sock`),
       upgradeIntervalMs,
+      punch,
       role: name,
     });
     s.defer(() => n.close());
@@ -80,7 +81,7 @@ caseOf('a ticket without addresses mounts through the DHT; direct is preferred a
 caseOf('unreachable direct endpoints: the mount goes through the relay, then upgrades to direct when one appears', async (s) => {
   const { relay, node } = await swarm(s);
   const a = await node('sharer', [relay.relayAddress]);
-  const b = await node('mounter', [], 300);
+  const b = await node('mounter', [], 300, false);
   const store = new MemoryBackend(4 << 20);
   // Endpoints nobody listens on: direct dials fail, the relay is the way in.
   const share = await a.share({ store, listen: '127.0.0.1:0', transport: 'tcp', advertise: ['127.0.0.1:9'] });

@@ -1,0 +1,128 @@
+/**
+ * NAT traversal in namespaces the test creates: A and B each behind their
+ * own NAT (iptables MASQUERADE, unsolicited inbound dropped, as a home
+ * router does), both reaching R (the "internet": routes between the NATs,
+ * runs `quicmap dht` and `quicmap relay`). B mounts A's region: first
+ * through the relay, then a hole punch coordinated by the relay gives a
+ * direct path and traffic bypasses R's relay. With B's NAT randomising
+ * ports the punch fails and the mount stays on the relay, saying so.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { join } from 'node:path';
+import { readdirSync } from 'node:fs';
+import { Scope, SYSTEM_PATH, needCondition, needTools, run, withTimeout } from '../helpers/env.ts';
+import { startCli } from '../helpers/cli.ts';
+import { canUseNetns, link, netns, type Ns } from '../helpers/netns.ts';
+
+const test = suite('swarm/nat');
+const tools = needTools(test, ['ip', 'iptables', 'qemu-io'], 'NAT traversal test');
+const root = canUseNetns();
+const env = (home: string) => ({ ...process.env, PATH: SYSTEM_PATH, QUICMAP_HOME: home });
+const QUICMAP = join(import.meta.dirname, '../../bin/quicmap.js');
+
+function natBox(s: Scope, name: string, inside: Ns, insideNet: string, upstream: Ns, upNet: string, randomPorts: boolean): Ns {
+  const nat = netns(s, name);
+  // inside: .2 host, .1 NAT; upstream: .1 R, .2 NAT
+  link(inside, `${insideNet}.2/24`, nat, `${insideNet}.1/24`);
+  const [, ext] = link(upstream, `${upNet}.1/24`, nat, `${upNet}.2/24`);
+  inside.run('ip', ['route', 'add', 'default', 'via', `${insideNet}.1`]);
+  nat.run('ip', ['route', 'add', 'default', 'via', `${upNet}.1`]);
+  nat.run('sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+  nat.run('iptables', ['-t', 'nat', '-A', 'POSTROUTING', '-o', ext, '-j', 'MASQUERADE', ...(randomPorts ? ['--random-fully'] : [])]);
+  for (const chain of ['INPUT', 'FORWARD']) {
+    nat.run('iptables', ['-A', chain, '-i', ext, '-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT']);
+    nat.run('iptables', ['-A', chain, '-i', ext, '-j', 'DROP']);
+  }
+  return nat;
+}
+
+async function status(ns: Ns, home: string, control: string): Promise<Record<string, any>> {
+  const r = await run('ip', ['netns', 'exec', ns.name, process.execPath, QUICMAP, 'status', '--control', control, '--json'], { env: env(home), timeoutMs: 20_000 });
+  assert.is(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout);
+}
+
+async function natCase(s: Scope, randomPorts: boolean) {
+  const r = netns(s, 'r');
+  const a = netns(s, 'a');
+  const b = netns(s, 'b');
+  natBox(s, 'na', a, '192.168.1', r, '10.88.1', false);
+  natBox(s, 'nb', b, '192.168.2', r, '10.88.2', randomPorts);
+  r.run('sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+  const dir = s.tmpdir('quicmap-nat-');
+  const dht = await startCli(s, ['dht', '--listen', '10.88.1.1:6881', '--query-timeout', '300ms'], env(join(dir, 'r')), r.prefix).line();
+  const relay = startCli(s, ['relay', '--listen', '10.88.1.1:4000', '--identity', join(dir, 'relay.id')], env(join(dir, 'r')), r.prefix);
+  const relayAddress = await relay.line();
+  const share = startCli(
+    s,
+    ['share', '--size', '16MiB', '--listen', '192.168.1.2:4433', '--dht', dht, '--dht-listen', '192.168.1.2:0', '--relay', relayAddress, '--control', join(dir, 'a.sock')],
+    env(join(dir, 'a')),
+    a.prefix,
+  );
+  const ticket = await share.line(30_000);
+  const mount = startCli(
+    s,
+    ['mount', ticket, '--dht', dht, '--dht-listen', '192.168.2.2:0', '--listen', '127.0.0.1:0', '--control', join(dir, 'b.sock')],
+    env(join(dir, 'b')),
+    b.prefix,
+  );
+  const uri = await mount.line(40_000);
+  const io = async (pattern: string) => {
+    const q = await run('ip', ['netns', 'exec', b.name, 'qemu-io', '-f', 'raw', uri, '-c', `write -P ${pattern} 0 1M`, '-c', `read -P ${pattern} 0 1M`], { env: env(dir), timeoutMs: 60_000 });
+    assert.is(q.code, 0, q.stderr + q.stdout);
+    assert.not.match(q.stdout, /failed/i);
+  };
+  await io('0x41');
+  const relaySock = () => readdirSync(join(dir, 'r', 'run')).map((f) => join(dir, 'r', 'run', f)).find((f) => f.includes('relay-'))!;
+  const relayed = async () => (await status(r, join(dir, 'r'), relaySock())).relay.bytesRelayed as number;
+  return { a, b, r, dir, io, relayed, mount, share, sb: () => status(b, join(dir, 'b'), join(dir, 'b.sock')) };
+}
+
+
+const caseOf = (name: string, fn: (s: Scope) => Promise<void>) =>
+  root
+    ? tools(name, async () => {
+        const s = new Scope();
+        try {
+          await withTimeout(90_000, name, fn(s));
+        } finally {
+          await withTimeout(20_000, `${name} cleanup`, s.close());
+        }
+      })
+    : needCondition(test, false, 'root and ip netns (network namespaces)')(name, () => {});
+
+caseOf('two NATs: the hole punch through the relay succeeds and traffic then bypasses the relay', async (s) => {
+  const c = await natCase(s, false);
+  // The first path is the relay (A's endpoint is a private address behind its NAT).
+  let st = await c.sb();
+  assert.ok(/^relay /.test(st.mounts[0].path) || /hole punched/.test(st.mounts[0].path), st.mounts[0].path);
+  for (let i = 0; !/hole punched/.test(st.mounts[0].path); i++) {
+    assert.ok(i < 100, `no hole punch: ${JSON.stringify(st.mounts[0])}\n${c.mount.stderr().slice(-2000)}`);
+    await new Promise((r) => setTimeout(r, 200));
+    st = await c.sb();
+  }
+  assert.match(st.mounts[0].path, /^direct tcp:\/\/10\.88\.1\.2:\d+ \(hole punched\)$/, 'direct to A\'s public (NAT) address');
+  assert.match(st.mounts[0].punch, /^succeeded/);
+  assert.ok(st.peers[0].history.some((x: { to: string }) => x.to.startsWith('relay')), 'the path went relay -> direct');
+  const before = await c.relayed();
+  await c.io('0x42');
+  assert.is(await c.relayed(), before, 'nothing more went through the relay after the punch');
+});
+
+caseOf('a NAT that randomises ports: the punch fails, the mount stays on the relay and says so', async (s) => {
+  const c = await natCase(s, true);
+  let st = await c.sb();
+  for (let i = 0; !st.mounts[0].punch; i++) {
+    assert.ok(i < 100, 'no punch attempt');
+    await new Promise((r) => setTimeout(r, 200));
+    st = await c.sb();
+  }
+  assert.match(st.mounts[0].punch, /^failed, staying on the relay/);
+  assert.match(st.mounts[0].path, /^relay /);
+  const before = await c.relayed();
+  await c.io('0x43');
+  assert.ok((await c.relayed()) > before, 'traffic still flows through the relay');
+});
+
+test.run();
