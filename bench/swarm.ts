@@ -1,0 +1,135 @@
+/**
+ * `npm run bench -- swarm [--nodes 10,100] [--lookups 20] [--rounds 5] [--bytes 64MiB] [--json]`
+ *
+ * The swarm on loopback:
+ *   - DHT: a private testnet of each size; BEP44 get (validated record) and
+ *     BEP5 lookup latency from random nodes, p50/p99;
+ *   - mount to first byte: a ticket without addresses, the sharer found in
+ *     the DHT; direct (the record names the sharer's endpoint) vs relayed
+ *     (the record names only the relay): time from mount() to the first
+ *     4 KiB read;
+ *   - throughput: 1 MiB reads, 16 in flight, direct TCP vs through the
+ *     relay (TCP circuits, end-to-end encrypted), ratio relayed/direct
+ *     (target >= 0.8x). Direct QUIC is shown for reference.
+ * The relay runs as its own process (`quicmap relay`); sharer and mounter
+ * share this process.
+ */
+import { parseArgs } from 'node:util';
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { generateIdentity } from '../crypto/identity.ts';
+import { MemoryBackend } from '../engine/backends/memory.ts';
+import { parseSize } from '../base/size.ts';
+import { DhtClient } from '../p2p/dht/client.ts';
+import { RecordPublisher } from '../p2p/dht/publisher.ts';
+import { topicFor } from '../p2p/dht/topic.ts';
+import { QuicmapNode } from '../p2p/node/node.ts';
+import { MiB, median, percentile } from './_lib.ts';
+
+const QUICMAP = fileURLToPath(new URL('../bin/quicmap.js', import.meta.url));
+
+async function dhtLatency(n: number, lookups: number) {
+  const first = await DhtClient.open({ bootstrap: 'none', queryTimeoutMs: 500 });
+  const nodes = [first];
+  for (let i = 1; i < n; i++) nodes.push(await DhtClient.open({ bootstrap: [first.address], queryTimeoutMs: 500 }));
+  try {
+    const sharer = await generateIdentity();
+    const regionId = new Uint8Array(16).map(() => Math.floor(Math.random() * 256));
+    const pub = new RecordPublisher({ dht: nodes[1]!, identity: sharer, record: { regionId, size: 1 << 30, chunkSize: 1 << 20, version: 1, endpoints: [{ transport: 'quic', address: '127.0.0.1:1' }], relays: [] }, port: 1 });
+    await pub.start();
+    pub.stop();
+    const get: number[] = [];
+    const look: number[] = [];
+    let found = 0;
+    for (let i = 0; i < lookups; i++) {
+      const d = nodes[2 + Math.floor(Math.random() * (n - 2))]!;
+      let t = performance.now();
+      const v = await d.get({ sharer: sharer.publicKey, regionId });
+      get.push(performance.now() - t);
+      if (v?.ok) found++;
+      t = performance.now();
+      await d.lookup(topicFor(regionId, sharer.publicKey));
+      look.push(performance.now() - t);
+    }
+    return { nodes: n, getP50Ms: median(get), getP99Ms: percentile(get, 99), lookupP50Ms: median(look), lookupP99Ms: percentile(look, 99), found: `${found}/${lookups}` };
+  } finally {
+    await Promise.all(nodes.map((d) => d.destroy()));
+  }
+}
+
+async function startRelay(): Promise<{ address: string; stop: () => void }> {
+  const child = spawn(process.execPath, [QUICMAP, 'relay', '--listen', '127.0.0.1:0', '--identity', `/tmp/quicmap-bench-relay-${process.pid}.id`], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const line = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).once('line', resolve);
+    child.once('exit', (c) => reject(new Error(`relay exited ${c}`)));
+  });
+  return { address: line, stop: () => child.kill('SIGTERM') };
+}
+
+async function pathRuns(relayAddress: string, boot: DhtClient, rounds: number, bytes: number) {
+  const rows: Record<string, { firstByteMs: number[]; mbps: number[] }> = {};
+  for (let r = 0; r < rounds; r++) {
+    for (const mode of ['direct-tcp', 'relayed', 'direct-quic'] as const) {
+      const transport = mode === 'direct-quic' ? 'quic' : 'tcp';
+      const a = await QuicmapNode.open({ identity: await generateIdentity(), dht: { bootstrap: [boot.address], queryTimeoutMs: 250 }, relays: [relayAddress] });
+      const b = await QuicmapNode.open({ identity: await generateIdentity(), dht: { bootstrap: [boot.address], queryTimeoutMs: 250 }, upgradeIntervalMs: 0, punch: false });
+      try {
+        const store = new MemoryBackend(bytes);
+        await store.writeAt(new Uint8Array(bytes).fill(7), 0);
+        const share = await a.share({ store, listen: '127.0.0.1:0', transport });
+        if (mode === 'relayed') await share.publisher!.update({ ...share.record!, endpoints: [] });
+        const t0 = performance.now();
+        const m = await b.mount({ ticket: share.ticket });
+        const buf = new Uint8Array(4096);
+        await m.mounted.region.readAt(buf, 0);
+        const firstByteMs = performance.now() - t0;
+        const chunk = MiB;
+        let next = 0;
+        const t1 = performance.now();
+        await Promise.all(
+          Array.from({ length: 16 }, async () => {
+            const b2 = new Uint8Array(chunk);
+            for (let off = (next += chunk) - chunk; off < bytes; off = (next += chunk) - chunk) await m.mounted.region.readAt(b2, off);
+          }),
+        );
+        const mbps = bytes / 1e6 / ((performance.now() - t1) / 1000);
+        (rows[mode] ??= { firstByteMs: [], mbps: [] }).firstByteMs.push(firstByteMs);
+        rows[mode]!.mbps.push(mbps);
+        if (m.dialer.path?.kind !== (mode === 'relayed' ? 'relay' : 'direct')) throw new Error(`${mode}: path was ${m.dialer.path?.kind}`);
+      } finally {
+        await b.close();
+        await a.close();
+      }
+    }
+  }
+  return Object.fromEntries(Object.entries(rows).map(([k, v]) => [k, { firstByteP50Ms: median(v.firstByteMs), mbpsP50: median(v.mbps) }]));
+}
+
+export default async function bench(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { nodes: { type: 'string', default: '10,100' }, lookups: { type: 'string', default: '20' }, rounds: { type: 'string', default: '5' }, bytes: { type: 'string', default: '64MiB' }, json: { type: 'boolean', default: false } },
+  });
+  const dht = [];
+  for (const n of values.nodes.split(',').map(Number)) dht.push(await dhtLatency(n, Number(values.lookups)));
+  const boot = await DhtClient.open({ bootstrap: 'none', queryTimeoutMs: 250 });
+  const relay = await startRelay();
+  let paths;
+  try {
+    paths = await pathRuns(relay.address, boot, Number(values.rounds), parseSize(values.bytes));
+  } finally {
+    relay.stop();
+    await boot.destroy();
+  }
+  const ratio = paths.relayed!.mbpsP50 / paths['direct-tcp']!.mbpsP50;
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify({ dht, paths, relayedVsDirectTcp: ratio })}\n`);
+    return;
+  }
+  process.stdout.write('DHT (private testnet, loopback)\n| nodes | get p50 | get p99 | lookup p50 | lookup p99 | found |\n|---|---|---|---|---|---|\n');
+  for (const d of dht) process.stdout.write(`| ${d.nodes} | ${d.getP50Ms.toFixed(1)} ms | ${d.getP99Ms.toFixed(1)} ms | ${d.lookupP50Ms.toFixed(1)} ms | ${d.lookupP99Ms.toFixed(1)} ms | ${d.found} |\n`);
+  process.stdout.write('\nMount (ticket without addresses, DHT lookup included)\n| path | mount to first byte p50 | 1 MiB reads, 16 in flight |\n|---|---|---|\n');
+  for (const [k, v] of Object.entries(paths)) process.stdout.write(`| ${k} | ${v.firstByteP50Ms.toFixed(1)} ms | ${v.mbpsP50.toFixed(0)} MB/s |\n`);
+  process.stdout.write(`\nrelayed / direct tcp throughput: ${ratio.toFixed(2)}x (target >= 0.8x)\n`);
+}
