@@ -131,7 +131,7 @@ export class PathDialer {
     if (!got && record) got = await this.dialDirect(record.endpoints, errors);
     if (!got && record) {
       for (const r of record.relays) {
-        const address = formatRelayAddress(r);
+        const address = formatRelayAddress({ ...r, tag: this.o.ticket.claims.regionId });
         const t0 = performance.now();
         try {
           const conn = await this.o.relay.dial(address, this.sharer, { timeoutMs: this.o.relayTimeoutMs ?? 5_000 });

@@ -13,7 +13,8 @@
  *
  * Each shared region has its own listener per transport (the wire protocol
  * names the region in HELLO after the connection is set up, and the region
- * server serves one region), and so one relay reservation.
+ * server serves one region) and its own relay reservation, tagged with the
+ * region id so a relay routes each circuit to the right one.
  */
 import { base32Encode, type Identity } from '../../crypto/identity.ts';
 import { regionIdText } from '../../crypto/grant.ts';
@@ -24,7 +25,7 @@ import { DhtClient, type DhtBootstrap } from '../dht/client.ts';
 import { RecordPublisher } from '../dht/publisher.ts';
 import type { RegionRecord } from '../dht/record.ts';
 import { mountTicket, type MountTicketOptions, type MountedTicket } from '../mount.ts';
-import { parseRelayAddress } from '../relay/address.ts';
+import { formatRelayAddress, parseRelayAddress } from '../relay/address.ts';
 import { RelayTransport } from '../relay/transport.ts';
 import { shareRegion, type ShareOptions, type SharedRegion } from '../share.ts';
 import { openTransport } from '../transports.ts';
@@ -180,7 +181,9 @@ export class QuicmapNode {
     let record: RegionRecord | undefined;
     try {
       for (const r of this.o.relays ?? []) {
-        const l = await this.track(`reserve on relay ${r}`, () => this.relay.listen(r));
+        // One reservation per region (tagged with its id): circuits name the region they want.
+        const tagged = formatRelayAddress({ ...parseRelayAddress(r), tag: shared.regionId });
+        const l = await this.track(`reserve on relay ${r}`, () => this.relay.listen(tagged));
         relayListeners.push(l);
         void shared.server.serveListener(wrap(l, true));
       }

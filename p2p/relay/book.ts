@@ -81,14 +81,14 @@ export class RelayBook {
     return !this.quotas.allow || this.quotas.allow.has(peer);
   }
 
-  /** Reserve (or renew) a slot for `peer`. */
-  reserve(peer: string, now: number): Verdict<{ expiresAt: number }> {
+  /** Reserve (or renew) slot `key` for `peer` (key: the peer, or the peer and a service tag). */
+  reserve(peer: string, now: number, key = peer): Verdict<{ expiresAt: number }> {
     if (!this.allowed(peer)) return { ok: false, refusal: 'PERMISSION_DENIED', message: 'this peer is not on the relay\'s allow list' };
-    if (!this.reservations.has(peer) && this.reservations.size >= this.quotas.maxReservations) {
+    if (!this.reservations.has(key) && this.reservations.size >= this.quotas.maxReservations) {
       return { ok: false, refusal: 'RESERVATION_REFUSED', message: `the relay holds its maximum of ${this.quotas.maxReservations} reservations` };
     }
     const expiresAt = now + this.quotas.reservationTtlMs;
-    this.reservations.set(peer, expiresAt);
+    this.reservations.set(key, expiresAt);
     return { ok: true, expiresAt };
   }
 
@@ -102,10 +102,14 @@ export class RelayBook {
     this.reservations.delete(peer);
   }
 
-  openCircuit(from: string, to: string, now: number): Verdict<{ id: number }> {
+  /**
+   * A circuit from peer `from` to peer `to`, who must hold the reservation
+   * `toKey` (a peer may hold several, one per service tag; default: `to`).
+   */
+  openCircuit(from: string, to: string, now: number, toKey = to): Verdict<{ id: number }> {
     if (!this.allowed(from)) return { ok: false, refusal: 'PERMISSION_DENIED', message: 'this peer is not on the relay\'s allow list' };
     if (from === to) return { ok: false, refusal: 'PERMISSION_DENIED', message: 'a circuit to oneself' };
-    if (!this.hasReservation(to, now)) return { ok: false, refusal: 'NO_RESERVATION', message: 'the target holds no reservation on this relay' };
+    if (!this.hasReservation(toKey, now)) return { ok: false, refusal: 'NO_RESERVATION', message: 'the target holds no reservation on this relay' };
     const max = this.quotas.maxCircuitsPerPeer;
     if ((this.perPeer.get(from) ?? 0) >= max) return { ok: false, refusal: 'RESOURCE_LIMIT_EXCEEDED', message: `this peer already has ${max} circuits` };
     if ((this.perPeer.get(to) ?? 0) >= max) return { ok: false, refusal: 'RESOURCE_LIMIT_EXCEEDED', message: `the target already has ${max} circuits` };

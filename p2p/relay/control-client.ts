@@ -108,7 +108,7 @@ export class RelayControl {
     }
   }
 
-  private request(m: { t: 'reserve' } | { t: 'connect'; target: Uint8Array } | { t: 'punch'; target: Uint8Array; port: number }, timeoutMs: number): Promise<Reply> {
+  private request(m: { t: 'reserve'; tag: Uint8Array } | { t: 'connect'; target: Uint8Array; tag: Uint8Array } | { t: 'punch'; target: Uint8Array; port: number; tag: Uint8Array }, timeoutMs: number): Promise<Reply> {
     if (this.isClosed) return Promise.reject(new QuicmapError('ESHUTDOWN', `relay ${this.relay.address}: control connection closed`));
     const rid = this.nextRid++;
     return new Promise<Reply>((resolve, reject) => {
@@ -131,24 +131,24 @@ export class RelayControl {
   }
 
   /** Reserve (or renew) a slot; throws a RelayRefusal if the relay says no. */
-  async reserve(timeoutMs: number): Promise<{ expiresAt: number; limits: CircuitLimits }> {
-    const r = await this.request({ t: 'reserve' }, timeoutMs);
+  async reserve(timeoutMs: number, tag: Uint8Array = new Uint8Array(0)): Promise<{ expiresAt: number; limits: CircuitLimits }> {
+    const r = await this.request({ t: 'reserve', tag }, timeoutMs);
     if (r.t === 'refused') throw new RelayRefusal(r.refusal, r.message);
     if (r.t !== 'reserved') throw new QuicmapError('EPROTO', `relay: unexpected answer "${r.t}" to reserve`);
     return { expiresAt: r.expiresAt, limits: r.limits };
   }
 
   /** Ask for a circuit to `target`; throws a RelayRefusal if the relay says no. */
-  async connect(target: Uint8Array, timeoutMs: number): Promise<{ id: number; token: Uint8Array; limits: CircuitLimits }> {
-    const r = await this.request({ t: 'connect', target }, timeoutMs);
+  async connect(target: Uint8Array, timeoutMs: number, tag: Uint8Array = new Uint8Array(0)): Promise<{ id: number; token: Uint8Array; limits: CircuitLimits }> {
+    const r = await this.request({ t: 'connect', target, tag }, timeoutMs);
     if (r.t === 'refused') throw new RelayRefusal(r.refusal, r.message);
     if (r.t !== 'circuit') throw new QuicmapError('EPROTO', `relay: unexpected answer "${r.t}" to connect`);
     return { id: r.id, token: r.token, limits: r.limits };
   }
 
   /** Ask the relay to coordinate a hole punch to `target`; resolves to where the target will connect from. */
-  async punch(target: Uint8Array, port: number, timeoutMs: number): Promise<{ ip: string; port: number }> {
-    const r = await this.request({ t: 'punch', target, port }, timeoutMs);
+  async punch(target: Uint8Array, port: number, timeoutMs: number, tag: Uint8Array = new Uint8Array(0)): Promise<{ ip: string; port: number }> {
+    const r = await this.request({ t: 'punch', target, port, tag }, timeoutMs);
     if (r.t === 'refused') throw new RelayRefusal(r.refusal, r.message);
     if (r.t !== 'punch-go') throw new QuicmapError('EPROTO', `relay: unexpected answer "${r.t}" to punch`);
     return { ip: r.ip, port: r.port };

@@ -76,10 +76,15 @@ export interface CircuitLimits {
   durationMs: number;
 }
 
+/**
+ * `tag` (0–32 bytes) names a service of the reserved peer: a node sharing
+ * several regions holds one reservation per region (tag = region id) and a
+ * circuit asks for the one it wants. Empty: the peer's only one.
+ */
 export type ClientMessage =
-  | { t: 'reserve'; rid: number }
-  | { t: 'connect'; rid: number; target: Uint8Array }
-  | { t: 'punch'; rid: number; target: Uint8Array; port: number }
+  | { t: 'reserve'; rid: number; tag: Uint8Array }
+  | { t: 'connect'; rid: number; target: Uint8Array; tag: Uint8Array }
+  | { t: 'punch'; rid: number; target: Uint8Array; port: number; tag: Uint8Array }
   | { t: 'punch-answer'; id: number; port: number };
 
 export type RelayMessage =
@@ -108,6 +113,14 @@ function bytes(x: unknown, n: number): Uint8Array {
 function int(x: unknown): number {
   if (typeof x !== 'number' || !Number.isSafeInteger(x) || x < 0) throw new QuicmapError('EPROTO', 'relay: malformed control message');
   return x;
+}
+
+export const MAX_TAG = 32;
+
+function tag(x: unknown): Uint8Array {
+  if (x === undefined || x === null) return new Uint8Array(0);
+  if (!(x instanceof Uint8Array) || x.length > MAX_TAG) throw new QuicmapError('EPROTO', 'relay: malformed service tag');
+  return Uint8Array.from(x);
 }
 
 function port(x: unknown): number {
@@ -140,9 +153,9 @@ function decodeBody(body: Uint8Array): Record<string, unknown> {
 
 export function decodeClientMessage(body: Uint8Array): ClientMessage {
   const o = decodeBody(body);
-  if (o.t === 'reserve') return { t: 'reserve', rid: int(o.rid) };
-  if (o.t === 'connect') return { t: 'connect', rid: int(o.rid), target: bytes(o.target, 32) };
-  if (o.t === 'punch') return { t: 'punch', rid: int(o.rid), target: bytes(o.target, 32), port: port(o.port) };
+  if (o.t === 'reserve') return { t: 'reserve', rid: int(o.rid), tag: tag(o.tag) };
+  if (o.t === 'connect') return { t: 'connect', rid: int(o.rid), target: bytes(o.target, 32), tag: tag(o.tag) };
+  if (o.t === 'punch') return { t: 'punch', rid: int(o.rid), target: bytes(o.target, 32), port: port(o.port), tag: tag(o.tag) };
   if (o.t === 'punch-answer') return { t: 'punch-answer', id: int(o.id), port: port(o.port) };
   throw new QuicmapError('EPROTO', `relay: unknown request "${String(o.t)}"`);
 }

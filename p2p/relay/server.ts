@@ -66,6 +66,8 @@ export interface RelayStats {
 
 /** The host part of "host:port" / "[v6]:port", IPv4-mapped addresses unwrapped. */
 const ipOf = (address: string) => address.replace(/:\d+$/, '').replace(/^\[|\]$/g, '').replace(/^::ffff:/, '');
+/** Reservations are keyed by peer and service tag. */
+const reservationKey = (peerHex: string, tag: Uint8Array) => (tag.length ? `${peerHex}/${Buffer.from(tag).toString('hex')}` : peerHex);
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 const short = (b: Uint8Array) => hex(b).slice(0, 12);
 
@@ -162,6 +164,8 @@ export class RelayServer {
     const peer = conn.remotePublicKey;
     const peerHex = hex(peer);
     let channel: ControlChannel | undefined;
+    /** Reservations (peer/tag keys) this control connection holds. */
+    const held = new Set<string>();
     try {
       const stream = await Promise.race([
         conn.acceptStream(),
@@ -175,29 +179,32 @@ export class RelayServer {
         const m = decodeClientMessage(body);
         const now = Date.now();
         if (m.t === 'reserve') {
-          const v = this.book.reserve(peerHex, now);
+          const key = reservationKey(peerHex, m.tag);
+          const v = this.book.reserve(peerHex, now, key);
           if (!v.ok) {
             this.refuse(v.refusal, v.message, peer);
             await channel.send({ t: 'refused', rid: m.rid, refusal: v.refusal, message: v.message });
             continue;
           }
-          if (!this.reserved.has(peerHex)) this.o.log(`relay: reservation for ${short(peer)} until ${new Date(v.expiresAt).toISOString()}`);
-          this.reserved.set(peerHex, channel);
+          if (!this.reserved.has(key)) this.o.log(`relay: reservation for ${short(peer)}${m.tag.length ? ` (service ${hex(m.tag).slice(0, 12)})` : ''} until ${new Date(v.expiresAt).toISOString()}`);
+          this.reserved.set(key, channel);
+          held.add(key);
           this.stats.reservations = this.book.reservationCount;
           await channel.send({ t: 'reserved', rid: m.rid, expiresAt: v.expiresAt, limits: this.book.limits });
         } else if (m.t === 'punch') {
-          this.onPunch(channel, peer, conn.remoteAddress, m.rid, m.target, m.port);
+          this.onPunch(channel, peer, conn.remoteAddress, m.rid, m.target, m.port, reservationKey(hex(m.target), m.tag));
         } else if (m.t === 'punch-answer') {
           const p = this.punches.get(m.id);
-          if (!p || p.target !== peerHex) continue;
+          if (!p || !held.has(p.target)) continue;
           this.punches.delete(m.id);
           clearTimeout(p.timer);
           if (m.port === 0) void p.channel.send({ t: 'refused', rid: p.rid, refusal: 'PERMISSION_DENIED', message: 'the peer declined the hole punch' }).catch(() => {});
           else void p.channel.send({ t: 'punch-go', rid: p.rid, ip: ipOf(conn.remoteAddress), port: m.port }).catch(() => {});
         } else {
           const targetHex = hex(m.target);
-          const v = this.book.openCircuit(peerHex, targetHex, now);
-          const targetChannel = this.reserved.get(targetHex);
+          const key = reservationKey(targetHex, m.tag);
+          const v = this.book.openCircuit(peerHex, targetHex, now, key);
+          const targetChannel = this.reserved.get(key);
           if (!v.ok || !targetChannel) {
             const refusal = v.ok ? 'NO_RESERVATION' : v.refusal;
             const message = v.ok ? 'the target is not connected' : v.message;
@@ -221,9 +228,10 @@ export class RelayServer {
       this.o.log(`relay: control connection of ${short(peer)} ended: ${(e as Error).message}`);
     } finally {
       this.controls.delete(conn);
-      if (channel && this.reserved.get(peerHex) === channel) {
-        this.reserved.delete(peerHex);
-        this.book.release(peerHex);
+      for (const key of held) {
+        if (this.reserved.get(key) !== channel) continue;
+        this.reserved.delete(key);
+        this.book.release(key);
         this.stats.reservations = this.book.reservationCount;
         this.o.log(`relay: reservation of ${short(peer)} released (its control connection closed)`);
       }
@@ -232,10 +240,9 @@ export class RelayServer {
   }
 
   /** Forward a hole-punch request to a reserved peer with the requester's observed address; its answer goes back with the target's. */
-  private onPunch(channel: ControlChannel, peer: Uint8Array, remote: string, rid: number, target: Uint8Array, port: number): void {
-    const targetHex = hex(target);
-    const targetChannel = this.reserved.get(targetHex);
-    if (!targetChannel || !this.book.hasReservation(targetHex, Date.now())) {
+  private onPunch(channel: ControlChannel, peer: Uint8Array, remote: string, rid: number, target: Uint8Array, port: number, key: string): void {
+    const targetChannel = this.reserved.get(key);
+    if (!targetChannel || !this.book.hasReservation(key, Date.now())) {
       this.refuse('NO_RESERVATION', 'hole punch: the target holds no reservation', peer);
       void channel.send({ t: 'refused', rid, refusal: 'NO_RESERVATION', message: 'the target holds no reservation on this relay' }).catch(() => {});
       return;
@@ -250,7 +257,7 @@ export class RelayServer {
       void channel.send({ t: 'refused', rid, refusal: 'CONNECTION_FAILED', message: 'the target did not answer the hole punch' }).catch(() => {});
     }, this.o.setupTimeoutMs);
     timer.unref();
-    this.punches.set(id, { channel, rid, target: targetHex, timer });
+    this.punches.set(id, { channel, rid, target: key, timer });
     this.o.log(`relay: hole punch ${id}: ${short(peer)} (${remote}) -> ${short(target)}`);
     void targetChannel.send({ t: 'punch', id, from: peer, ip: ipOf(remote), port }).catch(() => {});
   }

@@ -74,7 +74,7 @@ class RelayListener implements Listener {
     try {
       control.onIncoming = (m) => void this.onIncoming(control, m.id, m.token, m.from);
       control.onPunch = (m) => void this.onPunch(control, m.id, m.from, m.ip, m.port);
-      const r = await control.reserve(this.o.stepTimeoutMs);
+      const r = await control.reserve(this.o.stepTimeoutMs, this.relay.tag);
       this.control = control;
       this.scheduleRenew(r.expiresAt);
       this.o.log(`relay ${this.relay.address}: reserved until ${new Date(r.expiresAt).toISOString()} (circuits up to ${r.limits.bytes || 'unlimited'} bytes, ${r.limits.durationMs || 'unlimited'} ms)`);
@@ -97,7 +97,7 @@ class RelayListener implements Listener {
     const c = this.control;
     if (!c || this.closedFlag) return;
     try {
-      this.scheduleRenew((await c.reserve(this.o.stepTimeoutMs)).expiresAt);
+      this.scheduleRenew((await c.reserve(this.o.stepTimeoutMs, this.relay.tag)).expiresAt);
     } catch (e) {
       this.o.log(`relay ${this.relay.address}: renewing the reservation failed: ${(e as Error).message}`);
       void c.close(); // supervise() reconnects
@@ -221,7 +221,7 @@ export class RelayTransport implements Transport {
 
   /** One control connection per relay for dialing, opened on first use and again after it dropped. */
   private control(relay: RelayAddress): Promise<RelayControl> {
-    const key = formatRelayAddress(relay);
+    const key = formatRelayAddress({ key: relay.key, address: relay.address });
     const have = this.controls.get(key);
     const fresh = () => {
       const p = RelayControl.open(this.identity, relay, { timeoutMs: this.o.stepTimeoutMs, log: this.o.log });
@@ -238,7 +238,7 @@ export class RelayTransport implements Transport {
     const relay = parseRelayAddress(address);
     const ms = opts.timeoutMs ?? this.o.stepTimeoutMs;
     const control = await this.control(relay);
-    const circuit = await control.connect(expectedPublicKey, ms);
+    const circuit = await control.connect(expectedPublicKey, ms, relay.tag);
     const socket = await joinCircuit(relay, circuit.token, ms);
     let conn: MuxSession;
     try {
@@ -270,7 +270,7 @@ export class RelayTransport implements Transport {
     const relay = parseRelayAddress(address);
     const control = await this.control(relay);
     const localPort = await freePort();
-    const go = await control.punch(target, localPort, opts.timeoutMs ?? this.o.stepTimeoutMs);
+    const go = await control.punch(target, localPort, opts.timeoutMs ?? this.o.stepTimeoutMs, relay.tag);
     const socket = await simultaneousOpen({ localPort, remoteIp: go.ip, remotePort: go.port });
     let conn: MuxSession;
     try {

@@ -116,4 +116,25 @@ caseOf('unreachable direct endpoints: the mount goes through the relay, then upg
   assert.ok(relayedAfterMove >= relayedBefore);
 });
 
+caseOf('one node shares two regions through one relay: each circuit reaches its own region', async (s) => {
+  const { relay, node } = await swarm(s);
+  const a = await node('sharer', [relay.relayAddress]);
+  const b = await node('mounter', [], 0, false);
+  const one = await a.share({ store: new MemoryBackend(1 << 20), listen: '127.0.0.1:0', transport: 'tcp', advertise: ['127.0.0.1:9'] });
+  const two = await a.share({ store: new MemoryBackend(2 << 20), listen: '127.0.0.1:0', transport: 'tcp', advertise: ['127.0.0.1:9'] });
+  assert.is(relay.stats.reservations, 2, 'one reservation per region');
+  const m1 = await b.mount({ ticket: one.ticket, directTimeoutMs: 500 });
+  const m2 = await b.mount({ ticket: two.ticket, directTimeoutMs: 500 });
+  assert.is(m1.dialer.path?.kind, 'relay');
+  assert.is(m2.dialer.path?.kind, 'relay');
+  assert.is(await m1.mounted.region.size(), 1 << 20);
+  assert.is(await m2.mounted.region.size(), 2 << 20);
+  await m2.mounted.region.writeAt(new Uint8Array(4096).fill(2), 0);
+  const back = new Uint8Array(4096);
+  await m1.mounted.region.readAt(back, 0);
+  assert.ok(back.every((x) => x === 0), 'region one untouched by a write to region two');
+  const st = (await askControl(b.control!.path, { op: 'status' })) as NodeStatus;
+  assert.is(st.mounts.length, 2);
+});
+
 test.run();
