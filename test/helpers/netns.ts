@@ -48,8 +48,12 @@ export function netns(scope: Scope, short: string): Ns {
 }
 
 let vethCount = 0;
-/** A veth pair between `a` and `b` with these addresses (CIDR); returns the interface names. */
-export function link(a: Ns, aAddr: string, b: Ns, bAddr: string): [string, string] {
+/**
+ * A veth pair between `a` and `b` with these addresses (CIDR); returns the
+ * interface names. `rate` (e.g. "200mbit") shapes both directions with a
+ * token bucket (tc tbf), as a real link would be.
+ */
+export function link(a: Ns, aAddr: string, b: Ns, bAddr: string, rate?: string): [string, string] {
   const n = vethCount++;
   const ia = `qa${process.pid % 100000}x${n}`;
   const ib = `qb${process.pid % 100000}x${n}`;
@@ -60,5 +64,8 @@ export function link(a: Ns, aAddr: string, b: Ns, bAddr: string): [string, strin
   b.run('ip', ['addr', 'add', bAddr, 'dev', ib]);
   a.run('ip', ['link', 'set', ia, 'up']);
   b.run('ip', ['link', 'set', ib, 'up']);
+  if (rate) {
+    for (const [ns, dev] of [[a, ia], [b, ib]] as const) ns.run('tc', ['qdisc', 'add', 'dev', dev, 'root', 'tbf', 'rate', rate, 'burst', '256kb', 'latency', '50ms']);
+  }
   return [ia, ib];
 }

@@ -2,7 +2,8 @@
  * Hub topology in network namespaces the test creates: A and B each linked
  * only to R, R does not forward. R runs `quicmap dht` and `quicmap relay` on
  * an address both reach (10.77.0.1 on R's loopback, routed to by A and B).
- * B mounts A's region from a ticket without addresses: the DHT names the
+ * Links are veth pairs shaped by tc tbf. B mounts A's region from a ticket
+ * without addresses: the DHT names the
  * relay, the circuit carries the data, real NBD clients (nbdcopy, qemu-io)
  * read and write A's bytes through B's export, and a capture on R holds
  * none of the plaintext written through B. With a direct A–B link as well,
@@ -18,7 +19,7 @@ import { startCli, type CliProcess } from '../helpers/cli.ts';
 import { canUseNetns, link, netns, type Ns } from '../helpers/netns.ts';
 
 const test = suite('swarm/hub');
-const tools = needTools(test, ['ip', 'tcpdump', 'nbdcopy', 'qemu-io'], 'hub topology test');
+const tools = needTools(test, ['ip', 'tc', 'tcpdump', 'nbdcopy', 'qemu-io'], 'hub topology test');
 const root = canUseNetns();
 
 const env = (home: string) => ({ ...process.env, PATH: SYSTEM_PATH, QUICMAP_HOME: home });
@@ -38,9 +39,10 @@ async function hub(s: Scope, directLink: boolean, relayFlags: string[] = []): Pr
   const r = netns(s, 'r');
   const a = netns(s, 'a');
   const b = netns(s, 'b');
-  link(a, '10.77.1.2/24', r, '10.77.1.1/24');
-  link(b, '10.77.2.2/24', r, '10.77.2.1/24');
-  if (directLink) link(a, '10.77.3.1/24', b, '10.77.3.2/24');
+  // tbf-shaped links, as between real hosts.
+  link(a, '10.77.1.2/24', r, '10.77.1.1/24', '400mbit');
+  link(b, '10.77.2.2/24', r, '10.77.2.1/24', '400mbit');
+  if (directLink) link(a, '10.77.3.1/24', b, '10.77.3.2/24', '400mbit');
   r.run('sysctl', ['-qw', 'net.ipv4.ip_forward=0']);
   r.run('ip', ['addr', 'add', '10.77.0.1/32', 'dev', 'lo']);
   a.run('ip', ['route', 'add', '10.77.0.1/32', 'via', '10.77.1.1']);
