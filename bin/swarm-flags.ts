@@ -16,6 +16,9 @@ export const swarmOptions = {
   control: { type: 'string' },
 } as const;
 
+/** `mount` takes no --relay: it learns relays from the sharer's DHT record. */
+export const { relay: _relayOption, ...mountSwarmOptions } = swarmOptions;
+
 export const swarmHelp = `  --dht HOST:PORT[,...]  find and publish regions in a private DHT swarm
                          through these bootstrap nodes (\`quicmap dht\`);
                          "public": the public Mainline DHT (only if you
@@ -54,6 +57,7 @@ export async function openNode(
   if (values.relay && !relaysAllowed) throw new UsageError(`${command}: --relay is for quicmap share`);
   const relays = parseRelays(command, values.relay);
   if (bootstrap === 'public') log(`${command}: joining the public Mainline DHT, as asked (--dht public)`);
+  if (relays.length > 0 && !bootstrap) log(`${command}: note: --relay without --dht: mounts learn of the relay only from the DHT record, so only peers that reach this node directly can use the ticket`);
   return QuicmapNode.open({
     identity,
     role: command,

@@ -7,7 +7,7 @@ import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
 import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { formatSize } from '../../base/size.ts';
 import type { MountedTicket } from '../../p2p/mount.ts';
-import { openNode, swarmOptions } from '../swarm-flags.ts';
+import { mountSwarmOptions, openNode } from '../swarm-flags.ts';
 import { parseDuration } from './share.ts';
 
 const usage = `Usage: quicmap mount TICKET [options]
@@ -65,7 +65,7 @@ export const mount: Command = {
         'request-timeout': { type: 'string', default: '30s' },
         identity: { type: 'string' },
         json: { type: 'boolean', default: false },
-        ...swarmOptions,
+        ...mountSwarmOptions,
       },
       true,
     );

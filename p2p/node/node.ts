@@ -16,6 +16,7 @@
  * server serves one region) and its own relay reservation, tagged with the
  * region id so a relay routes each circuit to the right one.
  */
+import { QuicmapError } from '../../base/errors.ts';
 import { base32Encode, type Identity } from '../../crypto/identity.ts';
 import { regionIdText } from '../../crypto/grant.ts';
 import { parseTicket } from '../../crypto/ticket.ts';
@@ -231,6 +232,9 @@ export class QuicmapNode {
 
   async mount(o: Omit<MountTicketOptions, 'identity' | 'connect' | 'transport' | 'log'> & { directTimeoutMs?: number }): Promise<NodeMount> {
     const ticket = await parseTicket(o.ticket);
+    if (ticket.claims.addresses.length === 0 && !this.dht) {
+      throw new QuicmapError('EINVAL', 'the ticket holds no address: the sharer is found through the DHT (mount with --dht HOST:PORT)');
+    }
     const meter = newMeter();
     const dialer = new PathDialer({
       ticket,
