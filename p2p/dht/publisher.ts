@@ -54,7 +54,12 @@ export class RecordPublisher {
   start(): Promise<void> {
     this.bumpSeq();
     const first = this.publish();
-    this.timer = setInterval(() => void this.publish(), this.o.intervalMs ?? 300_000);
+    // DHT nodes refuse a put whose seq is not above the one they hold
+    // (BEP44 error 302), so every re-publication takes a new seq too.
+    this.timer = setInterval(() => {
+      this.bumpSeq();
+      void this.publish();
+    }, this.o.intervalMs ?? 300_000);
     this.timer.unref();
     return first;
   }

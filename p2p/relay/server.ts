@@ -321,10 +321,19 @@ export class RelayServer {
     } else {
       this.o.log(`relay: circuit ${ends.id} closed (${message}; ${entry?.bytes ?? 0} bytes)`);
     }
-    // Give the 'closed' notices a head start on the FIN, so peers see the reason first.
-    setTimeout(() => {
-      for (const s of ends.sockets) s?.destroy();
-    }, refusal ? 50 : 0).unref();
+    if (refusal) {
+      // Give the 'closed' notices a head start on the FIN, so peers see the reason first.
+      setTimeout(() => {
+        for (const s of ends.sockets) s?.destroy();
+      }, 50).unref();
+      return;
+    }
+    // A normal end: what was already forwarded still reaches the other side, then FIN.
+    for (const s of ends.sockets) {
+      if (!s || s.destroyed) continue;
+      s.end();
+      setTimeout(() => s.destroy(), 5_000).unref();
+    }
   }
 
   private arm(): void {

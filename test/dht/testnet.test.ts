@@ -57,6 +57,20 @@ test('a published record and announce are found from another node; an update win
   }),
 );
 
+test('re-publication on the interval keeps succeeding (each takes a higher seq)', () =>
+  withNet(async (nodes, sharer, regionId) => {
+    const pub = new RecordPublisher({ dht: nodes[4]!, identity: sharer, record: recordFor(regionId, '127.0.0.1:5000'), port: 5000, intervalMs: 150 });
+    await pub.start();
+    const firstSeq = pub.currentSeq;
+    while (pub.published < 3) await new Promise((r) => setTimeout(r, 50));
+    pub.stop();
+    assert.is(pub.lastError, undefined, `a re-publication failed: ${pub.lastError}`);
+    assert.ok(pub.currentSeq > firstSeq);
+    const got = await nodes[13]!.get({ sharer: sharer.publicKey, regionId });
+    assert.ok(got?.ok && got.seq >= firstSeq);
+  }),
+);
+
 test('a forged record with a higher seq served by a lying node is ignored', () =>
   withNet(async (nodes, sharer, regionId) => {
     const pub = new RecordPublisher({ dht: nodes[2]!, identity: sharer, record: recordFor(regionId, '127.0.0.1:5000'), port: 5000 });

@@ -148,4 +148,47 @@ caseOf('a relay restart is survived: the reservation is made again and new circu
   assert.ok(aLog.some((m) => /control connection lost; reserving again/.test(m)), aLog.join('\n'));
 });
 
+caseOf('a circuit that ends normally delivers every byte forwarded before the end (slow reader)', 60_000, async (s) => {
+  const { relay, relayId } = await setup(s, {});
+  const { RelayControl, connectSocket } = await import('../../p2p/relay/control-client.ts');
+  const { CIRCUIT_MAGIC } = await import('../../p2p/relay/messages.ts');
+  const { parseRelayAddress } = await import('../../p2p/relay/address.ts');
+  void relayId;
+  const addr = parseRelayAddress(relay.relayAddress);
+  const a = await generateIdentity();
+  const b = await generateIdentity();
+  const ca = await RelayControl.open(a, addr, { timeoutMs: 2000, log: () => {} });
+  s.defer(() => ca.close());
+  const cb = await RelayControl.open(b, addr, { timeoutMs: 2000, log: () => {} });
+  s.defer(() => cb.close());
+  await ca.reserve(2000);
+  const incoming = new Promise<Uint8Array>((resolve) => (ca.onIncoming = (m) => resolve(m.token)));
+  const circuit = await cb.connect(a.publicKey, 2000);
+  const sa = await connectSocket(addr.address, 2000);
+  s.defer(() => void sa.destroy());
+  sa.write(Buffer.concat([CIRCUIT_MAGIC, await incoming]));
+  sa.pause();
+  const sb = await connectSocket(addr.address, 2000);
+  s.defer(() => void sb.destroy());
+  const payload = randomBytes(8 * 1024 * 1024);
+  sb.end(Buffer.concat([CIRCUIT_MAGIC, circuit.token, payload]));
+  // The reader starts late: the relay holds the tail while the writer has long finished.
+  await new Promise((r) => setTimeout(r, 500));
+  const got: Buffer[] = [];
+  await new Promise<void>((resolve) => {
+    // A slow reader keeps the relay's socket buffers full up to the end.
+    sa.on('data', (d: Buffer) => {
+      got.push(d);
+      sa.pause();
+      setTimeout(() => sa.resume(), 2);
+    });
+    sa.once('close', () => resolve());
+    sa.once('end', () => resolve());
+    sa.resume();
+  });
+  const all = Buffer.concat(got);
+  assert.is(all.length, payload.length, 'every byte arrived');
+  assert.ok(all.equals(payload));
+});
+
 test.run();
