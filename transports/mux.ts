@@ -315,6 +315,8 @@ export class MuxSession implements Connection {
   private slotWaiters: Array<() => void> = [];
   private isClosed = false;
   private gotSettings = false;
+  /** Round trip of the last keep-alive PING, ms (for status); undefined until one came back. */
+  rttMs: number | undefined;
   private closeError: QuicmapError = new ClosedError('connection');
   private readonly keepAlive: KeepAlive;
   private pingedAt = 0;
@@ -490,6 +492,8 @@ export class MuxSession implements Connection {
           this.send(header(Frame.PONG, 0, value));
           break;
         case Frame.PONG:
+          // The PING's value is our clock (ms, 32 bits) when it left.
+          this.rttMs = ((Date.now() >>> 0) - value) >>> 0;
           break;
         case Frame.CLOSE: {
           if (value > MAX_CLOSE_REASON || value > rec.remaining) throw new ProtocolError('bad close frame');

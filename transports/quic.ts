@@ -347,6 +347,16 @@ class QuicConnection implements Connection {
     );
   }
 
+  /** The QUIC stack's smoothed round-trip time, ms (for status). */
+  get rttMs(): number | undefined {
+    try {
+      const r = this.native.rtt();
+      return Number.isFinite(r) ? r : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   private wrap(s: NativeStream): QuicByteStream {
     const st = new QuicByteStream(s, this.opts.readChunk, this.onStreamDone);
     this.streams.add(st);

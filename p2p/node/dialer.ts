@@ -154,7 +154,7 @@ export class PathDialer {
   };
 
   private adopt(got: { conn: Connection; path: PeerPath; rttMs: number }): Connection {
-    const entry = this.o.peers.connected(this.sharerId, got.path, got.rttMs);
+    const entry = this.o.peers.connected(this.sharerId, got.path, got.rttMs, Date.now(), got.conn);
     const conn = meterConnection(got.conn, [entry.meter, ...this.o.meters]);
     this.current = { conn, path: got.path };
     this.log(`path to sharer: ${got.path.kind === 'direct' ? `direct ${got.path.transport}://${got.path.address}` : `relay ${got.path.address}`} (${got.rttMs.toFixed(1)} ms to connect)`);

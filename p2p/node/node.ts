@@ -171,7 +171,7 @@ export class QuicmapNode {
         const path = relayed
           ? { kind: 'relay' as const, transport: 'relay', address: c.remoteAddress }
           : { kind: 'direct' as const, transport: viaRelay ? 'tcp' : transportName, address: c.remoteAddress, ...(viaRelay ? { punched: true } : {}) };
-        this.peers.connected(base32Encode(c.remotePublicKey), path, undefined);
+        this.peers.connected(base32Encode(c.remotePublicKey), path, undefined, Date.now(), c);
         return ms;
       });
     // With a DHT the ticket needs no addresses (unless hints were asked for).
@@ -307,7 +307,7 @@ export class QuicmapNode {
       peers: this.peers.all().map((p) => ({
         id: p.id,
         path: describePath(p.path),
-        rttMs: p.rttMs === undefined ? null : Math.round(p.rttMs * 10) / 10,
+        rttMs: ((r) => (r === undefined ? null : Math.round(r * 10) / 10))(p.liveRtt?.() ?? p.rttMs),
         lastSeen: p.lastSeen ? new Date(p.lastSeen).toISOString() : null,
         sent: p.meter.sent,
         received: p.meter.received,

@@ -25,6 +25,8 @@ export interface PeerEntry {
   path: PeerPath | undefined;
   /** Time the current path took to dial (connect + handshake), ms: an RTT estimate (one to two round trips). */
   rttMs: number | undefined;
+  /** The current connection's own RTT measurement (QUIC's smoothed RTT, the TCP mux's keep-alive round trip), when it has one. */
+  liveRtt: (() => number | undefined) | undefined;
   meter: Meter;
   /** Path changes, newest last (at most 16). */
   history: Array<{ at: number; from: string; to: string }>;
@@ -41,14 +43,14 @@ export class PeerTable {
   get(id: string): PeerEntry {
     let e = this.peers.get(id);
     if (!e) {
-      e = { id, addresses: new Set(), lastSeen: 0, path: undefined, rttMs: undefined, meter: newMeter(), history: [] };
+      e = { id, addresses: new Set(), lastSeen: 0, path: undefined, rttMs: undefined, liveRtt: undefined, meter: newMeter(), history: [] };
       this.peers.set(id, e);
     }
     return e;
   }
 
   /** A connection to `id` is up on `path`. Returns the entry; a changed path is recorded in its history. */
-  connected(id: string, path: PeerPath, rttMs: number | undefined, now = Date.now()): PeerEntry {
+  connected(id: string, path: PeerPath, rttMs: number | undefined, now = Date.now(), conn?: object): PeerEntry {
     const e = this.get(id);
     const before = describe(e.path);
     const after = describe(path);
@@ -58,6 +60,7 @@ export class PeerTable {
     }
     e.path = path;
     e.rttMs = rttMs;
+    e.liveRtt = conn && 'rttMs' in conn ? () => (conn as { rttMs?: number }).rttMs : undefined;
     e.lastSeen = now;
     e.addresses.add(path.address);
     return e;

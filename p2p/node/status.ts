@@ -38,6 +38,7 @@ export interface NodeStatus {
   peers: Array<{
     id: string;
     path: string;
+    /** Live RTT of the connection when it measures one, else its dial time (ms). */
     rttMs: number | null;
     lastSeen: string | null;
     sent: number;
