@@ -87,7 +87,7 @@ export class RelayServer {
   private readonly circuits = new Map<number, CircuitEnds>();
   private timer: NodeJS.Timeout | undefined;
   /** Hole punches waiting for the target's answer: id -> the dialer's channel and request id. */
-  private readonly punches = new Map<number, { channel: ControlChannel; rid: number; target: string; timer: NodeJS.Timeout }>();
+  private readonly punches = new Map<number, { channel: ControlChannel; rid: number; target: string; from: string; timer: NodeJS.Timeout }>();
   private nextPunch = 1;
   private closing: Promise<void> | undefined;
 
@@ -247,7 +247,10 @@ export class RelayServer {
       void channel.send({ t: 'refused', rid, refusal: 'NO_RESERVATION', message: 'the target holds no reservation on this relay' }).catch(() => {});
       return;
     }
-    if (this.punches.size >= 256) {
+    const fromHex = hex(peer);
+    let mine = 0;
+    for (const p of this.punches.values()) if (p.from === fromHex) mine++;
+    if (this.punches.size >= 256 || mine >= 4) {
       void channel.send({ t: 'refused', rid, refusal: 'RESOURCE_LIMIT_EXCEEDED', message: 'too many hole punches in progress' }).catch(() => {});
       return;
     }
@@ -257,7 +260,7 @@ export class RelayServer {
       void channel.send({ t: 'refused', rid, refusal: 'CONNECTION_FAILED', message: 'the target did not answer the hole punch' }).catch(() => {});
     }, this.o.setupTimeoutMs);
     timer.unref();
-    this.punches.set(id, { channel, rid, target: key, timer });
+    this.punches.set(id, { channel, rid, target: key, from: fromHex, timer });
     this.o.log(`relay: hole punch ${id}: ${short(peer)} (${remote}) -> ${short(target)}`);
     void targetChannel.send({ t: 'punch', id, from: peer, ip: ipOf(remote), port }).catch(() => {});
   }
