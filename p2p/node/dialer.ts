@@ -70,6 +70,11 @@ export class PathDialer {
     this.log = o.log ?? (() => {});
   }
 
+  /** The sharer's DHT record, once looked up (validated). */
+  get dhtRecord(): RegionRecord | undefined {
+    return this.record;
+  }
+
   get path(): PeerPath | undefined {
     return this.current?.path;
   }

@@ -255,6 +255,12 @@ export class QuicmapNode {
       await dialer.close();
       throw e;
     }
+    // The record only points the way; the sharer's signed manifest (checked in WELCOME) is what counts.
+    const rec = dialer.dhtRecord;
+    const man = mounted.region.manifest;
+    if (rec && (rec.size !== man.size || rec.chunkSize !== man.chunkSize)) {
+      this.log(`dht: the record of region ${regionIdText(ticket.claims.regionId)} says ${rec.size} bytes / ${rec.chunkSize}-byte chunks, the sharer's signed manifest ${man.size} / ${man.chunkSize}: using the manifest (the record is stale)`);
+    }
     let closing: Promise<void> | undefined;
     const entry: NodeMount = {
       mounted,

@@ -45,6 +45,7 @@ withTools('dht + relay + share --dht --relay + mount --dht + status, on loopback
       assert.match(all.stdout, /^dht dht 127\.0\.0\.1/m);
       assert.match(all.stdout, /^relay [a-z2-7]{52}/m);
       assert.match(mount.stderr(), /control socket: /);
+      assert.not.match(mount.stderr(), /record is stale/, 'the DHT record matches the signed manifest');
     });
   } finally {
     await s.close();
