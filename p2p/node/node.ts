@@ -24,6 +24,7 @@ import type { ReadWriterAt } from '../../engine/rwat.ts';
 import type { Listener, Transport } from '../../transports/transport.ts';
 import { DhtClient, type DhtBootstrap } from '../dht/client.ts';
 import { RecordPublisher } from '../dht/publisher.ts';
+import { topicFor } from '../dht/topic.ts';
 import type { RegionRecord } from '../dht/record.ts';
 import { mountTicket, type MountTicketOptions, type MountedTicket } from '../mount.ts';
 import { formatRelayAddress, parseRelayAddress } from '../relay/address.ts';
@@ -275,6 +276,29 @@ export class QuicmapNode {
     };
     this.mounts.push(entry);
     return entry;
+  }
+
+  /**
+   * Announce this node as a seeder of a region (BEP5, under the region's
+   * topic): what a mount that holds chunks does, so other mounts can pull
+   * from it (managed mounts). Re-announce on an interval; returns a stop function.
+   */
+  announceSeeder(regionId: Uint8Array, sharer: Uint8Array, port: number, intervalMs = 300_000): () => void {
+    const dht = this.dht;
+    if (!dht) throw new QuicmapError('EINVAL', 'announcing a seeder needs the DHT (--dht)');
+    const topic = topicFor(regionId, sharer);
+    const once = () => void dht.announce(topic, port).catch((e) => this.log(`dht: seeder announce failed: ${(e as Error).message}`));
+    once();
+    const timer = setInterval(once, intervalMs);
+    timer.unref();
+    return () => clearInterval(timer);
+  }
+
+  /** Peers that announced a region (the sharer and its seeders), as "host:port". */
+  async seeders(regionId: Uint8Array, sharer: Uint8Array, timeoutMs = 5_000): Promise<string[]> {
+    if (!this.dht) throw new QuicmapError('EINVAL', 'finding seeders needs the DHT (--dht)');
+    const found = await this.dht.lookup(topicFor(regionId, sharer), timeoutMs);
+    return found.map((p) => `${p.host}:${p.port}`);
   }
 
   status(): NodeStatus {

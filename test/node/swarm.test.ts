@@ -137,4 +137,25 @@ caseOf('one node shares two regions through one relay: each circuit reaches its 
   assert.is(st.mounts.length, 2);
 });
 
+caseOf('seeders: the sharer is announced under the region topic, a mount can announce itself too', async (s) => {
+  const { node, boot } = await swarm(s);
+  void boot;
+  const a = await node('sharer');
+  const b = await node('mounter');
+  const c = await node('other');
+  const share = await a.share({ store: new MemoryBackend(1 << 20), listen: '127.0.0.1:0', transport: 'tcp' });
+  const ticket = await parseTicket(share.ticket);
+  const port = Number(share.shared.address.split(':')[1]);
+  const stop = b.announceSeeder(ticket.claims.regionId, ticket.claims.sharer, 45678);
+  s.defer(stop);
+  let seen: string[] = [];
+  for (let i = 0; i < 50; i++) {
+    seen = await c.seeders(ticket.claims.regionId, ticket.claims.sharer, 2000);
+    if (seen.some((x) => x.endsWith(`:${port}`)) && seen.some((x) => x.endsWith(':45678'))) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(seen.some((x) => x.endsWith(`:${port}`)), `sharer announced: ${seen}`);
+  assert.ok(seen.some((x) => x.endsWith(':45678')), `seeder announced: ${seen}`);
+});
+
 test.run();
