@@ -10,7 +10,9 @@
  *     4 KiB read;
  *   - throughput: 1 MiB reads, 16 in flight, direct TCP vs through the
  *     relay (TCP circuits, end-to-end encrypted), ratio relayed/direct
- *     (target >= 0.8x). Direct QUIC is shown for reference.
+ *     (target >= 0.8x). Direct QUIC is shown for reference;
+ *   - one bulk stream (transport level, no region protocol): TcpTransport
+ *     direct vs RelayTransport through the relay, same secure channel.
  * The relay runs as its own process (`quicmap relay`); sharer and mounter
  * share this process.
  */
@@ -25,6 +27,9 @@ import { DhtClient } from '../p2p/dht/client.ts';
 import { RecordPublisher } from '../p2p/dht/publisher.ts';
 import { topicFor } from '../p2p/dht/topic.ts';
 import { QuicmapNode } from '../p2p/node/node.ts';
+import { RelayTransport } from '../p2p/relay/transport.ts';
+import { TcpTransport } from '../transports/tcp.ts';
+import type { Transport } from '../transports/transport.ts';
 import { MiB, median, percentile } from './_lib.ts';
 
 const QUICMAP = fileURLToPath(new URL('../bin/quicmap.js', import.meta.url));
@@ -65,6 +70,50 @@ async function startRelay(): Promise<{ address: string; stop: () => void }> {
     child.once('exit', (c) => reject(new Error(`relay exited ${c}`)));
   });
   return { address: line, stop: () => child.kill('SIGTERM') };
+}
+
+/** One stream carrying `bytes` to an endpoint that counts them; MB/s per round. */
+async function streamRuns(relayAddress: string, rounds: number, bytes: number) {
+  const a = await generateIdentity();
+  const b = await generateIdentity();
+  const out: Record<string, number[]> = {};
+  const subjects: Array<[string, Transport, Transport, string]> = [
+    ['direct-tcp', new TcpTransport(a), new TcpTransport(b), '127.0.0.1:0'],
+    ['relayed', new RelayTransport(a), new RelayTransport(b), relayAddress],
+  ];
+  for (const [name, srv, cli, addr] of subjects) {
+    const l = await srv.listen(addr);
+    void (async () => {
+      for (let c = await l.accept(); c; c = await l.accept()) {
+        const conn = c;
+        void (async () => {
+          for (let st = await conn.acceptStream(); st; st = await conn.acceptStream()) {
+            const s = st;
+            void (async () => {
+              while ((await s.read()) !== null);
+              await s.write(new Uint8Array(1));
+              await s.closeWrite();
+            })().catch(() => {});
+          }
+        })().catch(() => {});
+      }
+    })();
+    const c = await cli.dial(l.address, a.publicKey);
+    const buf = new Uint8Array(MiB).fill(1);
+    for (let r = 0; r < rounds; r++) {
+      const st = await c.openStream();
+      const t = performance.now();
+      for (let i = 0; i < bytes; i += buf.length) await st.write(buf);
+      await st.closeWrite();
+      await st.read();
+      (out[name] ??= []).push(bytes / 1e6 / ((performance.now() - t) / 1000));
+    }
+    await c.close();
+    await l.close();
+    await srv.close();
+    await cli.close();
+  }
+  return Object.fromEntries(Object.entries(out).map(([k, v]) => [k, median(v)]));
 }
 
 async function pathRuns(relayAddress: string, boot: DhtClient, rounds: number, bytes: number) {
@@ -116,15 +165,17 @@ export default async function bench(argv: string[]): Promise<void> {
   const boot = await DhtClient.open({ bootstrap: 'none', queryTimeoutMs: 250 });
   const relay = await startRelay();
   let paths;
+  let streams: Record<string, number> = {};
   try {
     paths = await pathRuns(relay.address, boot, Number(values.rounds), parseSize(values.bytes));
+    streams = await streamRuns(relay.address, Number(values.rounds), 4 * parseSize(values.bytes));
   } finally {
     relay.stop();
     await boot.destroy();
   }
   const ratio = paths.relayed!.mbpsP50 / paths['direct-tcp']!.mbpsP50;
   if (values.json) {
-    process.stdout.write(`${JSON.stringify({ dht, paths, relayedVsDirectTcp: ratio })}\n`);
+    process.stdout.write(`${JSON.stringify({ dht, paths, relayedVsDirectTcp: ratio, streams })}\n`);
     return;
   }
   process.stdout.write('DHT (private testnet, loopback)\n| nodes | get p50 | get p99 | lookup p50 | lookup p99 | found |\n|---|---|---|---|---|---|\n');
@@ -132,4 +183,5 @@ export default async function bench(argv: string[]): Promise<void> {
   process.stdout.write('\nMount (ticket without addresses, DHT lookup included)\n| path | mount to first byte p50 | 1 MiB reads, 16 in flight |\n|---|---|---|\n');
   for (const [k, v] of Object.entries(paths)) process.stdout.write(`| ${k} | ${v.firstByteP50Ms.toFixed(1)} ms | ${v.mbpsP50.toFixed(0)} MB/s |\n`);
   process.stdout.write(`\nrelayed / direct tcp throughput: ${ratio.toFixed(2)}x (target >= 0.8x)\n`);
+  process.stdout.write(`\nOne bulk stream (transport level): direct tcp ${streams['direct-tcp']?.toFixed(0)} MB/s, relayed ${streams.relayed?.toFixed(0)} MB/s (${((streams.relayed ?? 0) / (streams['direct-tcp'] ?? 1)).toFixed(2)}x)\n`);
 }
