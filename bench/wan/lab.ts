@@ -279,6 +279,31 @@ export class Lab {
     return child;
   }
 
+  /** Run a command in a namespace to completion (killed after timeoutMs); never throws for a non-zero exit. */
+  run(ns: string, cmd: string, args: string[], timeoutMs = 60_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
+    const child = this.spawn(ns, cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    return new Promise((resolve) => {
+      const t = setTimeout(() => {
+        stderr += `\n(killed after ${timeoutMs} ms)`;
+        try {
+          if (child.pid) process.kill(-child.pid, 'SIGKILL');
+        } catch {}
+      }, timeoutMs);
+      child.once('close', (code) => {
+        clearTimeout(t);
+        resolve({ code, stdout, stderr });
+      });
+      child.once('error', (e) => {
+        clearTimeout(t);
+        resolve({ code: -1, stdout, stderr: stderr + e.message });
+      });
+    });
+  }
+
   /** Synchronous teardown, safe to call from an exit handler; idempotent. */
   destroySync(): void {
     if (this.closed) return;
