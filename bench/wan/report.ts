@@ -28,7 +28,7 @@ export const COLORS: Record<SubjectName, string> = {
   'tls-tcp': '#5c940d',
   'plain-tcp': '#868e96',
 };
-const W = 880;
+const W = 960;
 const H = 480;
 
 interface Plot {
@@ -60,7 +60,7 @@ const finite = (x: number) => (Number.isFinite(x) ? Number(x.toFixed(3)) : null)
 function common(title: string, subtitle: string) {
   return {
     title: { text: title, subtext: subtitle, left: 16, top: 10, textStyle: { fontSize: 18, fontWeight: 'bold', color: '#212529' }, subtextStyle: { fontSize: 12, color: '#868e96' } },
-    grid: { left: 72, right: 200, top: 78, bottom: 58 },
+    grid: { left: 72, right: 250, top: 78, bottom: 58 },
     legend: { orient: 'vertical', right: 12, top: 'middle', textStyle: { fontSize: 13 }, itemWidth: 22 },
   };
 }
@@ -173,7 +173,7 @@ function page(run: WanRun, name: string, plots: Plot[]): string {
     .map((t) => `<tr class="${t.met === null ? 'na' : t.met ? 'met' : 'miss'}"><td class="badge">${t.met === null ? 'n/a' : t.met ? 'met' : 'not met'}</td><td>${esc(t.name)}</td><td>${esc(t.detail)}</td></tr>`)
     .join('\n');
   const figures = plots
-    .map((p) => `<figure><a href="${name}/${p.file}.png"><img src="${name}/${p.file}.svg" alt="${esc(p.title)}" width="880" height="480"></a><figcaption>${esc(p.caption)} <a href="${name}/${p.file}.svg">SVG</a> · <a href="${name}/${p.file}.png">PNG</a></figcaption></figure>`)
+    .map((p) => `<figure><a href="${name}/${p.file}.png"><img src="${name}/${p.file}.svg" alt="${esc(p.title)}" width="960" height="480"></a><figcaption>${esc(p.caption)} <a href="${name}/${p.file}.svg">SVG</a> · <a href="${name}/${p.file}.png">PNG</a></figcaption></figure>`)
     .join('\n');
   const checks = run.conditions
     .map((c) => {
