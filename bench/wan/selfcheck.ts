@@ -7,7 +7,7 @@
  *     loss); the round-trip loss must be within 4 binomial standard
  *     deviations (+2 packets) of 1 - (1 - p)^2. The delay line's own drop
  *     counters for the same burst are recorded too.
- *   - Bandwidth (when a bottleneck is set): UDP at twice the rate with
+ *   - Bandwidth (when a bottleneck is set): UDP at 1.25× the rate with
  *     iperf3; the received rate must be within 10 % of the asked rate
  *     (allowing for the asked loss).
  * The result records every sample, so the results say what was measured.
@@ -133,12 +133,14 @@ const IP_UDP_HEADER = 28;
 async function measureBandwidth(lab: Lab, asked: LinkConfig, seconds: number): Promise<NonNullable<SelfCheck['bandwidth']>> {
   const askedBps = asked.bandwidthBps!;
   const port = String(5201);
-  const server = lab.spawn(lab.server, 'iperf3', ['-s', '-1', '-p', port, '-B', SERVER_ADDR], { stdio: ['ignore', 'ignore', 'ignore'] });
+  // Both ends at a higher priority and with 4 MiB socket buffers: the probe
+  // is meant to measure the link, not a receiver starved by other load.
+  const server = lab.spawn(lab.server, 'nice', ['-n', '-10', 'iperf3', '-s', '-1', '-p', port, '-B', SERVER_ADDR], { stdio: ['ignore', 'ignore', 'ignore'] });
   try {
     let res: { code: number | null; stdout: string; stderr: string } | undefined;
     // The server needs a moment to listen; retry while it refuses.
     for (let i = 0; i < 20; i++) {
-      res = await lab.run(lab.client, 'iperf3', ['-c', SERVER_ADDR, '-p', port, '-u', '-b', String(Math.round(askedBps * 2)), '-l', String(PAYLOAD), '-t', String(seconds), '-J'], 30_000);
+      res = await lab.run(lab.client, 'nice', ['-n', '-10', 'iperf3', '-c', SERVER_ADDR, '-p', port, '-u', '-w', '4M', '-b', String(Math.round(askedBps * 1.25)), '-l', String(PAYLOAD), '-t', String(seconds), '-J'], 30_000);
       if (res.code === 0 || !/refused|unable to connect/i.test(res.stdout + res.stderr)) break;
       await new Promise((r) => setTimeout(r, 100));
     }

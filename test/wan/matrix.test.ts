@@ -65,12 +65,14 @@ browser('the results page renders every plot in headless Chromium', async () => 
   const { chromium } = await import('playwright-core');
   const profile = s.tmpdir('quicmap-chromium-');
   await withTimeout(60_000, 'chromium', async () => {
-    const b = await chromium.launch({
+    // A fresh profile directory (playwright takes it as userDataDir, not as a flag).
+    const b = await chromium.launchPersistentContext(profile, {
       executablePath: '/usr/bin/chromium',
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', `--user-data-dir=${profile}`],
+      viewport: { width: 1400, height: 1000 },
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
     });
     try {
-      const page = await b.newPage({ viewport: { width: 1400, height: 1000 } });
+      const page = await b.newPage();
       await page.goto(`file://${join(out, 'index.html')}`, { waitUntil: 'load' });
       const imgs = await page.$$eval('figure img', (els) => els.map((e) => ({ src: (e as HTMLImageElement).src, w: (e as HTMLImageElement).naturalWidth, h: (e as HTMLImageElement).naturalHeight, shown: (e as HTMLImageElement).getBoundingClientRect().width })));
       assert.ok(imgs.length >= 4, `at least 4 plots on the page (${imgs.length})`);
