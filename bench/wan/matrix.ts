@@ -225,9 +225,9 @@ export async function runMatrix(o: MatrixOptions): Promise<Condition[]> {
         for (const s of o.subjects) {
           if (has('setup')) {
             await attempt(s, 'setup', async () => {
-              const r = await worker!.request<SetupSample[]>({ op: 'setup', subject: s, info: infos[s], n: p.setupN }, deadline(p.setupN * 10 * rttMs, rttMs));
+              const r = await worker!.request<SetupSample[]>({ op: 'setup', subject: s, info: infos[s], n: p.setupN }, deadline(p.setupN * 20 * rttMs, rttMs));
               res(s).setup = r;
-              o.log(`   ${s.padEnd(13)} setup      connect ${fmt(median(r.map((x) => x.connectMs)))} ms, first byte ${fmt(median(r.map((x) => x.firstByteMs)))} ms (median of ${r.length})`);
+              o.log(`   ${s.padEnd(13)} setup      new endpoint ${fmt(median(r.map((x) => x.endpointMs)))} ms, connect ${fmt(median(r.map((x) => x.connectMs)))} ms, first byte ${fmt(median(r.map((x) => x.firstByteMs)))} ms (median of ${r.length})`);
             });
           }
         }

@@ -94,7 +94,7 @@ function setupPlot(run: WanRun, conds: Condition[]): echarts.EChartsCoreOption {
     ],
   });
   return {
-    ...common('Cold connection setup vs RTT', `time to the first echoed byte (solid) and to an authenticated connection (dashed), median${noisyNote(run)}`),
+    ...common('Cold connection setup vs RTT', `new connection: first echoed byte (solid), authenticated (dashed); median${noisyNote(run)}`),
     tooltip: { trigger: 'axis' },
     xAxis: { type: 'value', min: 0, ...axisName('measured RTT (ms)') },
     yAxis: { type: 'value', min: 0, ...axisName('ms'), nameGap: 46 },
@@ -167,6 +167,47 @@ function holPlot(run: WanRun, conds: Condition[], rtt: number, subjects: Subject
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 
+interface Card {
+  title: string;
+  where: string;
+  quic: number;
+  tcp: number;
+  unit: string;
+  lowerIsBetter: boolean;
+}
+
+/** Big-number comparisons of quicmap-quic and quicmap-tcp at the conditions the targets name (or the nearest the run has). */
+function cards(run: WanRun): Card[] {
+  const ok = run.conditions.filter((c) => !c.skipped);
+  if (!ok.length) return [];
+  const maxRtt = Math.max(...ok.map((c) => c.rttMs));
+  const rtt = ok.some((c) => c.rttMs === 50) ? 50 : maxRtt;
+  const losses = ok.filter((c) => c.rttMs === rtt).map((c) => c.loss);
+  const clean = ok.find((c) => c.rttMs === rtt && c.loss === Math.min(...losses));
+  const lossy = ok.find((c) => c.rttMs === rtt && c.loss === (losses.includes(0.01) ? 0.01 : Math.max(...losses)));
+  const out: Card[] = [];
+  const q = (c: Condition) => cell(c, 'quicmap-quic');
+  const t = (c: Condition) => cell(c, 'quicmap-tcp');
+  const where = (c: Condition) => `${c.rttMs} ms RTT, ${lossLabel(c.loss)} loss`;
+  if (clean) {
+    out.push({ title: 'Cold connect', where: where(clean), quic: q(clean).connectMs, tcp: t(clean).connectMs, unit: 'ms', lowerIsBetter: true });
+    out.push({ title: 'Bulk, clean link', where: where(clean), quic: q(clean).bulkMBps, tcp: t(clean).bulkMBps, unit: 'MB/s', lowerIsBetter: false });
+  }
+  if (lossy && lossy !== clean) {
+    out.push({ title: 'Bulk, lossy link', where: where(lossy), quic: q(lossy).bulkMBps, tcp: t(lossy).bulkMBps, unit: 'MB/s', lowerIsBetter: false });
+  }
+  if (lossy) out.push({ title: 'Head-of-line: clean streams p99', where: where(lossy), quic: q(lossy).holCleanP99, tcp: t(lossy).holCleanP99, unit: 'ms', lowerIsBetter: true });
+  return out.filter((c) => Number.isFinite(c.quic) || Number.isFinite(c.tcp));
+}
+
+function cardHtml(c: Card): string {
+  const quicWins = c.lowerIsBetter ? c.quic < c.tcp : c.quic > c.tcp;
+  const ratio = c.lowerIsBetter ? c.tcp / c.quic : c.quic / c.tcp;
+  return `<div class="card"><div class="ct">${esc(c.title)}</div><div class="cw">${esc(c.where)}</div>
+<div class="cv"><span class="q" style="color:${COLORS['quicmap-quic']}">${fmt(c.quic)}</span><span class="u">${esc(c.unit)}</span> <span class="vs">vs</span> <span class="t" style="color:${COLORS['quicmap-tcp']}">${fmt(c.tcp)}</span><span class="u">${esc(c.unit)}</span></div>
+<div class="cl">quicmap-quic vs quicmap-tcp · <b class="${quicWins ? 'win' : 'lose'}">${Number.isFinite(ratio) ? `QUIC ${fmt(ratio)}× ${ratio >= 1 ? 'better' : 'as good'}` : '–'}</b></div></div>`;
+}
+
 function page(run: WanRun, name: string, plots: Plot[]): string {
   const h = headline(run);
   const targetRows = h.targets
@@ -207,11 +248,19 @@ tr.met td.badge { color: var(--met); } tr.miss td.badge, tr.miss td:last-child {
 .dot { display: inline-block; width: 10px; height: 10px; border-radius: 50%; margin-right: 7px; vertical-align: middle; }
 pre { background: #212529; color: #e9ecef; padding: 12px 16px; border-radius: 6px; overflow-x: auto; font-size: 13px; }
 small { color: var(--muted); } .wide { overflow-x: auto; }
+table.targets th { text-align: left; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 16px; margin-top: 8px; }
+.card { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 14px 18px; box-shadow: 0 1px 3px rgba(0,0,0,.05); }
+.card .ct { font-weight: bold; font-size: 15px; } .card .cw { color: var(--muted); font-size: 12.5px; }
+.card .cv { margin: 8px 0 4px; } .card .q, .card .t { font-size: 32px; font-weight: bold; } .card .u { color: var(--muted); margin-left: 3px; font-size: 13px; }
+.card .vs { color: var(--muted); margin: 0 6px; } .card .cl { font-size: 12.5px; color: var(--muted); }
+b.win { color: var(--met); } b.lose { color: var(--miss); }
 </style></head>
 <body>
 <header><h1>quicmap WAN lab: QUIC vs TCP over real RTT, loss and bandwidth</h1>
 <p>${esc(run.startedAt.replace('T', ' ').slice(0, 16))} UTC · ${esc(run.profile.name)} profile · ${run.link.bandwidthBps ? `${run.link.bandwidthBps / 1e6} Mbit/s bottleneck` : 'no bandwidth limit'}${run.link.jitterMs ? ` · jitter ±${run.link.jitterMs / 2} ms each way` : ''} · node ${esc(run.node)} · ${run.host.cpus} cores, load ${run.host.loadavgStart.map((x) => x.toFixed(1)).join(' ')}${run.noisy ? '<span class="noisy">NOISY: development run on a shared machine</span>' : ''}</p></header>
 <main>
+<div class="cards">${cards(run).map(cardHtml).join('\n')}</div>
 <h2>Targets</h2>
 <table class="targets"><tr><th></th><th>target</th><th>measured</th></tr>
 ${targetRows}
@@ -224,7 +273,7 @@ ${figures}
 <div class="wide"><table class="results"><tr>${h.header.map((x) => `<th>${esc(x)}</th>`).join('')}</tr>
 ${rows}
 </table></div>
-<p><small>connect: dial until the connection is authenticated; first byte: until a 1-byte echo came back on it (cold: a new endpoint per sample). 4K: 4 KiB echo, one in flight, warm connection. bulk: one stream, server to client, ${run.profile.bulkMs / 1000} s from a cold connection (slow start included). mount: <code>nbdcopy</code> of a region from <code>quicmap share</code> (server namespace) through <code>quicmap mount</code> (client namespace). HOL: 15 clean 256-byte echo streams beside one 64 KiB echo stream on one connection, loss applied only to packets of at least 1000 bytes.</small></p>
+<p><small>new endpoint: the first dial of a new client endpoint, its lazy local setup (socket, key, certificate) included; connect: a second new connection from it, until authenticated (full handshake, no resumption); first byte: until a 1-byte echo came back on that connection. 4K: 4 KiB echo, one in flight, warm connection. bulk: one stream, server to client, ${run.profile.bulkMs / 1000} s from a cold connection (slow start included). mount: <code>nbdcopy</code> of a region from <code>quicmap share</code> (server namespace) through <code>quicmap mount</code> (client namespace). HOL: 15 clean 256-byte echo streams beside one 64 KiB echo stream on one connection, loss applied only to packets of at least 1000 bytes.</small></p>
 ${errors.length ? `<h2>Errors</h2><ul>${errors.join('\n')}</ul>` : ''}
 <h2>Lab self-check (measured before each condition)</h2>
 <table><tr><th>asked RTT</th><th>asked loss</th><th>ping RTT (median)</th><th>round-trip loss (ping burst)</th><th>delay line dropped</th><th>UDP bandwidth</th><th></th></tr>
