@@ -1,15 +1,16 @@
 /**
  * `npm run bench -- wan [--rtt 0,10,50,100] [--loss 0,0.1,1,3] [--bw 100mbit]
  *   [--jitter MS] [--quick | --ci] [--subjects a,b] [--workloads setup,rr,bulk,mount,hol]
- *   [--out-dir DIR] [--report FILE.json]`
+ *   [--tcp-cc cubic|bbr|reno] [--name NAME] [--out-dir DIR] [--report FILE.json]`
  *
  * QUIC vs TCP over emulated wide-area links (bench/wan/: namespaces, a
  * userspace delay line, tbf). Loss is in percent per direction. Writes
- * DIR/wan-<date>.json (every raw sample and the lab's self-check per
+ * DIR/NAME.json (NAME defaults to wan-<date>, plus -<cc> unless TCP uses CUBIC; every raw sample and the lab's self-check per
  * condition), the plots (SVG and PNG) in DIR/wan-<date>/ and the static page
- * DIR/index.html; DIR defaults to bench/results. --report re-renders the
+ * DIR/index.html; DIR defaults to bench/results. --tcp-cc sets TCP's
+ * congestion control in the lab's hosts (default cubic). --report re-renders the
  * plots and the page from an earlier JSON without measuring.
- * Needs root, iproute2, iptables-free (tc only), ping, iperf3, cc, nbdcopy.
+ * Needs root, iproute2 (ip, tc), ping, iperf3, cc, nbdcopy.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -60,11 +61,19 @@ export default async function main(args: string[]): Promise<void> {
   const workloads = (opt('--workloads')?.split(',') ?? WORKLOADS) as WorkloadName[];
   for (const w of workloads) if (!WORKLOADS.includes(w)) throw new Error(`wan: unknown workload "${w}" (${WORKLOADS.join(', ')})`);
   const jitterMs = Number(opt('--jitter') ?? 0);
+  if (!(jitterMs >= 0)) throw new Error('wan: --jitter takes milliseconds (≥ 0)');
+  // CUBIC by default: the Linux default on most systems and the same family
+  // as QUIC's controller. This machine's kernel defaults to BBR, which
+  // ignores random loss: ask for it with --tcp-cc bbr to see that.
+  const tcpCongestion = opt('--tcp-cc') ?? 'cubic';
+  if (!/^[a-z0-9_]+$/.test(tcpCongestion)) throw new Error(`wan: --tcp-cc takes a congestion control name (got "${tcpCongestion}")`);
+  const name = opt('--name') ?? `wan-${new Date().toISOString().slice(0, 10)}${tcpCongestion === 'cubic' ? '' : `-${tcpCongestion}`}`;
+  if (!/^[\w.-]+$/.test(name)) throw new Error(`wan: --name takes a file name without a path (got "${name}")`);
 
   const log = (l: string) => process.stdout.write(`${l}\n`);
   const startedAt = new Date();
   log(`wan bench (${profile.name}): RTT ${rtts.join(', ')} ms × loss ${losses.map((x) => x * 100).join(', ')} % × ${subjects.join(', ')}; load average ${loadavg().map((x) => x.toFixed(1)).join(' ')} on ${cpus().length} cores`);
-  const conditions = await runMatrix({ rtts, losses, bandwidthBps, jitterMs, subjects, workloads, profile, log });
+  const { conditions, tcpCongestion: tcpUsed } = await runMatrix({ rtts, losses, bandwidthBps, jitterMs, subjects, workloads, profile, tcpCongestion, log });
   const run: WanRun = {
     kind: 'quicmap-wan',
     version: 1,
@@ -75,13 +84,12 @@ export default async function main(args: string[]): Promise<void> {
     node: process.version,
     host: { cpus: cpus().length, loadavgStart: loadavg() },
     noisy: loadavg()[0]! > cpus().length * 0.5,
-    link: { bandwidthBps, jitterMs },
+    link: { bandwidthBps, jitterMs, tcpCongestion: tcpUsed },
     subjects,
     workloads,
     conditions,
   };
   mkdirSync(outDir, { recursive: true });
-  const name = `wan-${startedAt.toISOString().slice(0, 10)}`;
   const jsonPath = join(outDir, `${name}.json`);
   writeFileSync(jsonPath, `${JSON.stringify(run, null, 1)}\n`);
   const files = await renderReport(run, outDir, name);

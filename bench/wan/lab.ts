@@ -33,7 +33,7 @@ const ROOT = join(HERE, '../..');
 export interface LinkConfig {
   /** Round-trip delay added by the delay line, ms. */
   rttMs: number;
-  /** Jitter, ms, uniform in ± this per direction (order is kept). */
+  /** Jitter of the RTT, ms: each direction adds uniform ± half of it (order is kept). */
   jitterMs?: number;
   /** Random loss per direction, as a fraction (0.01 = 1 %). */
   loss: number;
@@ -164,7 +164,16 @@ export class Lab {
     return { ...this.link };
   }
 
-  static async create(): Promise<Lab> {
+  /** The TCP congestion control of the client and server namespaces. */
+  tcpCongestion = '';
+
+  /**
+   * Build a lab. tcpCongestion: the congestion control TCP uses in the two
+   * hosts (per-namespace sysctl; e.g. cubic, bbr, reno); default: the
+   * kernel's default. It matters: BBR ignores random loss, CUBIC and QUIC's
+   * NewReno/CUBIC do not.
+   */
+  static async create(opts: { tcpCongestion?: string } = {}): Promise<Lab> {
     if (process.getuid?.() !== 0) throw new Error('wan lab: needs root (network namespaces, TUN devices)');
     hookExit();
     cleanStaleLabs();
@@ -208,6 +217,10 @@ export class Lab {
       ipn(m, 'route', 'add', 'default', 'dev', 'dlba', 'table', '101');
       ipn(m, 'rule', 'add', 'iif', 'ma', 'lookup', '100', 'pref', '100');
       ipn(m, 'rule', 'add', 'iif', 'mb', 'lookup', '101', 'pref', '101');
+      for (const ns of [a, b]) {
+        if (opts.tcpCongestion) sh('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', `net.ipv4.tcp_congestion_control=${opts.tcpCongestion}`]);
+      }
+      lab.tcpCongestion = sh('ip', ['netns', 'exec', a, 'sysctl', '-n', 'net.ipv4.tcp_congestion_control']).trim();
       await lab.configure({ rttMs: 0, loss: 0 });
       return lab;
     } catch (e) {

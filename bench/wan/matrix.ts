@@ -53,7 +53,15 @@ export interface MatrixOptions {
   subjects: SubjectName[];
   workloads: WorkloadName[];
   profile: Profile;
+  /** TCP congestion control in the lab's hosts (undefined: the kernel's default). */
+  tcpCongestion?: string;
   log: (line: string) => void;
+}
+
+export interface MatrixResult {
+  conditions: Condition[];
+  /** What TCP used in the hosts, read back from the lab. */
+  tcpCongestion: string;
 }
 
 export interface MountResult {
@@ -182,9 +190,10 @@ function deadline(ms: number, rttMs: number): number {
   return 30_000 + 3 * ms + 200 * rttMs;
 }
 
-export async function runMatrix(o: MatrixOptions): Promise<Condition[]> {
+export async function runMatrix(o: MatrixOptions): Promise<MatrixResult> {
   const p = o.profile;
-  const lab = await Lab.create();
+  const lab = await Lab.create({ tcpCongestion: o.tcpCongestion });
+  o.log(`lab: TCP congestion control ${lab.tcpCongestion}`);
   const conditions: Condition[] = [];
   let server: ChildProcess | undefined;
   let worker: Worker | undefined;
@@ -281,7 +290,7 @@ export async function runMatrix(o: MatrixOptions): Promise<Condition[]> {
     await new Promise((r) => setTimeout(r, 200));
     await lab.close();
   }
-  return conditions;
+  return { conditions, tcpCongestion: lab.tcpCongestion };
 }
 
 export function median(xs: number[]): number {

@@ -258,7 +258,7 @@ b.win { color: var(--met); } b.lose { color: var(--miss); }
 </style></head>
 <body>
 <header><h1>quicmap WAN lab: QUIC vs TCP over real RTT, loss and bandwidth</h1>
-<p>${esc(run.startedAt.replace('T', ' ').slice(0, 16))} UTC · ${esc(run.profile.name)} profile · ${run.link.bandwidthBps ? `${run.link.bandwidthBps / 1e6} Mbit/s bottleneck` : 'no bandwidth limit'}${run.link.jitterMs ? ` · jitter ±${run.link.jitterMs / 2} ms each way` : ''} · node ${esc(run.node)} · ${run.host.cpus} cores, load ${run.host.loadavgStart.map((x) => x.toFixed(1)).join(' ')}${run.noisy ? '<span class="noisy">NOISY: development run on a shared machine</span>' : ''}</p></header>
+<p>${esc(run.startedAt.replace('T', ' ').slice(0, 16))} UTC · ${esc(run.profile.name)} profile · ${run.link.bandwidthBps ? `${run.link.bandwidthBps / 1e6} Mbit/s bottleneck` : 'no bandwidth limit'}${run.link.jitterMs ? ` · jitter ±${run.link.jitterMs / 2} ms each way` : ''}${run.link.tcpCongestion ? ` · TCP congestion control ${esc(run.link.tcpCongestion)}` : ''} · node ${esc(run.node)} · ${run.host.cpus} cores, load ${run.host.loadavgStart.map((x) => x.toFixed(1)).join(' ')}${run.noisy ? '<span class="noisy">NOISY: development run on a shared machine</span>' : ''}</p></header>
 <main>
 <div class="cards">${cards(run).map(cardHtml).join('\n')}</div>
 <h2>Targets</h2>

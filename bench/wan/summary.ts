@@ -17,7 +17,7 @@ export interface WanRun {
   host: { cpus: number; loadavgStart: number[] };
   /** True when the machine was busy (load average above half its cores): figures are rough. */
   noisy: boolean;
-  link: { bandwidthBps: number; jitterMs: number };
+  link: { bandwidthBps: number; jitterMs: number; tcpCongestion?: string };
   subjects: SubjectName[];
   workloads: WorkloadName[];
   conditions: Condition[];
