@@ -1,14 +1,16 @@
 /**
  * `npm run bench -- wan [--rtt 0,10,50,100] [--loss 0,0.1,1,3] [--bw 100mbit]
  *   [--jitter MS] [--quick | --ci] [--subjects a,b] [--workloads setup,rr,bulk,mount,hol]
- *   [--tcp-cc cubic|bbr|reno] [--name NAME] [--out-dir DIR] [--report FILE.json]`
+ *   [--tcp-cc cubic|bbr|reno] [--name NAME] [--out-dir DIR] [--report FILE.json [--markdown]]`
  *
  * QUIC vs TCP over emulated wide-area links (bench/wan/: namespaces, a
  * userspace delay line, tbf). Loss is in percent per direction. Writes
- * DIR/NAME.json (NAME defaults to wan-<date>, plus -<cc> unless TCP uses CUBIC; every raw sample and the lab's self-check per
+ * DIR/NAME.json (NAME defaults to wan-<date>, plus -<cc> for a controller other than
+ * cubic/reno; every raw sample and the lab's self-check per
  * condition), the plots (SVG and PNG) in DIR/wan-<date>/ and the static page
  * DIR/index.html; DIR defaults to bench/results. --tcp-cc sets TCP's
- * congestion control in the lab's hosts (default cubic). --report re-renders the
+ * congestion control in the lab's hosts (default: cubic where the host
+ * allows it, else reno; loss-based like QUIC's). --report re-renders the
  * plots and the page from an earlier JSON without measuring.
  * Needs root, iproute2 (ip, tc), ping, iperf3, cc, nbdcopy.
  */
@@ -18,9 +20,10 @@ import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PROFILES, WORKLOADS, runMatrix, type Profile, type WorkloadName } from './wan/matrix.ts';
 import { SUBJECTS, type SubjectName } from './wan/subjects.ts';
+import { Lab } from './wan/lab.ts';
 import { renderReport } from './wan/report.ts';
 import type { WanRun } from './wan/summary.ts';
-import { headline, formatHeadline } from './wan/summary.ts';
+import { headline, formatHeadline, markdownHeadline } from './wan/summary.ts';
 
 const RESULTS = fileURLToPath(new URL('./results', import.meta.url));
 
@@ -47,7 +50,8 @@ export default async function main(args: string[]): Promise<void> {
   if (report) {
     const run = JSON.parse(readFileSync(report, 'utf8')) as WanRun;
     const files = await renderReport(run, outDir, basename(report, '.json'));
-    process.stdout.write(`${formatHeadline(headline(run))}\n\nwrote ${files.join(', ')}\n`);
+    const h = headline(run);
+    process.stdout.write(`${args.includes('--markdown') ? markdownHeadline(h) : formatHeadline(h)}\n\nwrote ${files.join(', ')}\n`);
     return;
   }
   const profile: Profile = args.includes('--ci') ? PROFILES.ci : args.includes('--quick') ? PROFILES.quick : PROFILES.full;
@@ -62,12 +66,12 @@ export default async function main(args: string[]): Promise<void> {
   for (const w of workloads) if (!WORKLOADS.includes(w)) throw new Error(`wan: unknown workload "${w}" (${WORKLOADS.join(', ')})`);
   const jitterMs = Number(opt('--jitter') ?? 0);
   if (!(jitterMs >= 0)) throw new Error('wan: --jitter takes milliseconds (≥ 0)');
-  // CUBIC by default: the Linux default on most systems and the same family
-  // as QUIC's controller. This machine's kernel defaults to BBR, which
-  // ignores random loss: ask for it with --tcp-cc bbr to see that.
-  const tcpCongestion = opt('--tcp-cc') ?? 'cubic';
+  // A loss-based controller by default, like QUIC's (quinn: CUBIC): CUBIC
+  // where the host allows it, else Reno. This machine's kernel defaults to
+  // BBR, which ignores random loss: ask for it with --tcp-cc bbr to see that.
+  const tcpCongestion = opt('--tcp-cc') ?? (Lab.allowedTcpCongestion().includes('cubic') ? 'cubic' : 'reno');
   if (!/^[a-z0-9_]+$/.test(tcpCongestion)) throw new Error(`wan: --tcp-cc takes a congestion control name (got "${tcpCongestion}")`);
-  const name = opt('--name') ?? `wan-${new Date().toISOString().slice(0, 10)}${tcpCongestion === 'cubic' ? '' : `-${tcpCongestion}`}`;
+  const name = opt('--name') ?? `wan-${new Date().toISOString().slice(0, 10)}${tcpCongestion === 'cubic' || tcpCongestion === 'reno' ? '' : `-${tcpCongestion}`}`;
   if (!/^[\w.-]+$/.test(name)) throw new Error(`wan: --name takes a file name without a path (got "${name}")`);
 
   const log = (l: string) => process.stdout.write(`${l}\n`);

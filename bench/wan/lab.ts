@@ -164,6 +164,11 @@ export class Lab {
     return { ...this.link };
   }
 
+  /** Congestion controls a lab may choose (the host's allowed list). */
+  static allowedTcpCongestion(): string[] {
+    return sh('sysctl', ['-n', 'net.ipv4.tcp_allowed_congestion_control'], true).trim().split(/\s+/).filter(Boolean);
+  }
+
   /** The TCP congestion control of the client and server namespaces. */
   tcpCongestion = '';
 
@@ -217,8 +222,13 @@ export class Lab {
       ipn(m, 'route', 'add', 'default', 'dev', 'dlba', 'table', '101');
       ipn(m, 'rule', 'add', 'iif', 'ma', 'lookup', '100', 'pref', '100');
       ipn(m, 'rule', 'add', 'iif', 'mb', 'lookup', '101', 'pref', '101');
-      for (const ns of [a, b]) {
-        if (opts.tcpCongestion) sh('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', `net.ipv4.tcp_congestion_control=${opts.tcpCongestion}`]);
+      if (opts.tcpCongestion) {
+        // A namespace may only pick from the host's allowed list (a global setting we leave alone).
+        const allowed = sh('sysctl', ['-n', 'net.ipv4.tcp_allowed_congestion_control'], true).trim().split(/\s+/);
+        if (!allowed.includes(opts.tcpCongestion)) {
+          throw new Error(`wan lab: TCP congestion control "${opts.tcpCongestion}" is not allowed here (net.ipv4.tcp_allowed_congestion_control: ${allowed.join(' ')})`);
+        }
+        for (const ns of [a, b]) sh('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', `net.ipv4.tcp_congestion_control=${opts.tcpCongestion}`]);
       }
       lab.tcpCongestion = sh('ip', ['netns', 'exec', a, 'sysctl', '-n', 'net.ipv4.tcp_congestion_control']).trim();
       await lab.configure({ rttMs: 0, loss: 0 });
