@@ -60,7 +60,7 @@ const finite = (x: number) => (Number.isFinite(x) ? Number(x.toFixed(3)) : null)
 function common(title: string, subtitle: string) {
   return {
     title: { text: title, subtext: subtitle, left: 16, top: 10, textStyle: { fontSize: 18, fontWeight: 'bold', color: '#212529' }, subtextStyle: { fontSize: 12, color: '#868e96' } },
-    grid: { left: 72, right: 250, top: 78, bottom: 58 },
+    grid: { left: 72, right: 260, top: 78, bottom: 58 },
     legend: { orient: 'vertical', right: 12, top: 'middle', textStyle: { fontSize: 13 }, itemWidth: 22 },
   };
 }
@@ -130,7 +130,7 @@ function throughputPlot(run: WanRun, conds: Condition[], rtt: number): echarts.E
   }
   for (const s of ['quicmap-quic', 'quicmap-tcp'] as const) {
     if (!run.subjects.includes(s) || !conds.some((c) => Number.isFinite(cell(c, s).mountMBps))) continue;
-    series.push({ name: `${s} mount (nbdcopy)`, type: 'line', symbol: 'diamond', symbolSize: 9, lineStyle: { width: 1.5, type: 'dashed' }, color: COLORS[s], data: conds.map((c) => finite(cell(c, s).mountMBps)) });
+    series.push({ name: `${s} mount`, type: 'line', symbol: 'diamond', symbolSize: 9, lineStyle: { width: 1.5, type: 'dashed' }, color: COLORS[s], data: conds.map((c) => finite(cell(c, s).mountMBps)) });
   }
   const cap = run.link.bandwidthBps ? run.link.bandwidthBps / 8 / 1e6 : undefined;
   if (cap)
@@ -190,7 +190,7 @@ function cards(run: WanRun): Card[] {
   const t = (c: Condition) => cell(c, 'quicmap-tcp');
   const where = (c: Condition) => `${c.rttMs} ms RTT, ${lossLabel(c.loss)} loss`;
   if (clean) {
-    out.push({ title: 'Cold connect', where: where(clean), quic: q(clean).connectMs, tcp: t(clean).connectMs, unit: 'ms', lowerIsBetter: true });
+    out.push({ title: 'New connection (handshake + auth)', where: where(clean), quic: q(clean).connectMs, tcp: t(clean).connectMs, unit: 'ms', lowerIsBetter: true });
     out.push({ title: 'Bulk, clean link', where: where(clean), quic: q(clean).bulkMBps, tcp: t(clean).bulkMBps, unit: 'MB/s', lowerIsBetter: false });
   }
   if (lossy && lossy !== clean) {
@@ -205,7 +205,7 @@ function cardHtml(c: Card): string {
   const ratio = c.lowerIsBetter ? c.tcp / c.quic : c.quic / c.tcp;
   return `<div class="card"><div class="ct">${esc(c.title)}</div><div class="cw">${esc(c.where)}</div>
 <div class="cv"><span class="q" style="color:${COLORS['quicmap-quic']}">${fmt(c.quic)}</span><span class="u">${esc(c.unit)}</span> <span class="vs">vs</span> <span class="t" style="color:${COLORS['quicmap-tcp']}">${fmt(c.tcp)}</span><span class="u">${esc(c.unit)}</span></div>
-<div class="cl">quicmap-quic vs quicmap-tcp · <b class="${quicWins ? 'win' : 'lose'}">${Number.isFinite(ratio) ? `QUIC ${fmt(ratio)}× ${ratio >= 1 ? 'better' : 'as good'}` : '–'}</b></div></div>`;
+<div class="cl">quicmap-quic vs quicmap-tcp · <b class="${quicWins ? 'win' : 'lose'}">${!Number.isFinite(ratio) ? '–' : ratio >= 1 ? `QUIC ${fmt(ratio)}× better` : `TCP ${fmt(1 / ratio)}× better`}</b></div></div>`;
 }
 
 function page(run: WanRun, name: string, plots: Plot[]): string {
