@@ -103,6 +103,7 @@ class Worker {
   constructor(lab: Lab) {
     this.child = lab.spawn(lab.client, process.execPath, ['--import', 'tsx', WORKER, 'client'], { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'] });
     createInterface({ input: this.child.stdout! }).on('line', (l) => {
+      if (!l.startsWith('{')) return void this.stderr.push(`${l}\n`); // not an answer (a library's notice)
       const m = JSON.parse(l) as { id: number; result?: unknown; error?: string };
       const w = this.waiting.get(m.id);
       this.waiting.delete(m.id);
