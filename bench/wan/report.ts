@@ -79,7 +79,7 @@ function setupPlot(run: WanRun, conds: Condition[]): echarts.EChartsCoreOption {
     const pts = (f: (x: Cell) => number) => conds.map((c) => [measuredRtt(c), finite(f(cell(c, s)))]);
     series.push({ name: s, type: 'line', symbolSize: 8, lineStyle: { width: 2.5 }, color: COLORS[s], data: pts((x) => x.firstByteMs) });
     if (s === 'quicmap-quic' || s === 'quicmap-tcp')
-      series.push({ name: `${s} (connected)`, type: 'line', symbol: 'emptyCircle', symbolSize: 7, lineStyle: { width: 1.5, type: 'dashed' }, color: COLORS[s], data: pts((x) => x.connectMs) });
+      series.push({ name: `${s} connect`, type: 'line', symbol: 'emptyCircle', symbolSize: 7, lineStyle: { width: 1.5, type: 'dashed' }, color: COLORS[s], data: pts((x) => x.connectMs) });
   }
   const maxRtt = Math.max(...conds.map(measuredRtt), 1);
   series.push({
@@ -94,7 +94,7 @@ function setupPlot(run: WanRun, conds: Condition[]): echarts.EChartsCoreOption {
     ],
   });
   return {
-    ...common('Cold connection setup vs RTT', `new connection: first echoed byte (solid), authenticated (dashed); median${noisyNote(run)}`),
+    ...common('Connection setup vs RTT', `new connection: first echoed byte (solid), authenticated (dashed); median${noisyNote(run)}`),
     tooltip: { trigger: 'axis' },
     xAxis: { type: 'value', min: 0, ...axisName('measured RTT (ms)') },
     yAxis: { type: 'value', min: 0, ...axisName('ms'), nameGap: 46 },
