@@ -1,0 +1,78 @@
+/**
+ * The processes the lab runs inside its namespaces (`ip netns exec`):
+ *   worker.ts server HOST   starts every subject's server on HOST, prints
+ *                           one JSON line {subject: ServerInfo}, serves
+ *                           until stdin closes
+ *   worker.ts client        reads one JSON request per line on stdin
+ *                           ({id, op, subject, info, ...}), runs the
+ *                           workload, answers {id, result} or {id, error}
+ */
+import { createInterface } from 'node:readline';
+import { generateIdentity } from '../../crypto/identity.ts';
+import { SUBJECTS, startServer, type RunningServer, type ServerInfo, type SubjectName } from './subjects.ts';
+import { bulk, hol, rr, setup } from './workloads.ts';
+
+export interface WorkRequest {
+  id: number;
+  op: 'setup' | 'rr' | 'bulk' | 'hol';
+  subject: SubjectName;
+  info: ServerInfo;
+  n?: number;
+  durationMs?: number;
+  maxSamples?: number;
+}
+
+async function server(host: string): Promise<void> {
+  const identity = await generateIdentity();
+  const running: RunningServer[] = [];
+  const infos: Record<string, ServerInfo> = {};
+  for (const s of SUBJECTS) {
+    const r = await startServer(s, host, identity);
+    running.push(r);
+    infos[s] = r.info;
+  }
+  process.stdout.write(`${JSON.stringify(infos)}\n`);
+  process.stdin.resume();
+  process.stdin.on('end', () => {
+    void Promise.allSettled(running.map((r) => r.stop())).finally(() => process.exit(0));
+  });
+}
+
+async function client(): Promise<void> {
+  const identity = await generateIdentity();
+  const rl = createInterface({ input: process.stdin });
+  // One request at a time: workloads must not overlap.
+  for await (const line of rl) {
+    if (!line.trim()) continue;
+    const q = JSON.parse(line) as WorkRequest;
+    try {
+      let result: unknown;
+      switch (q.op) {
+        case 'setup':
+          result = await setup(q.subject, q.info, identity, q.n ?? 5);
+          break;
+        case 'rr':
+          result = await rr(q.subject, q.info, identity, q.durationMs ?? 2000, q.maxSamples ?? 200);
+          break;
+        case 'bulk':
+          result = await bulk(q.subject, q.info, identity, q.durationMs ?? 3000);
+          break;
+        case 'hol':
+          result = await hol(q.subject, q.info, identity, q.durationMs ?? 3000);
+          break;
+      }
+      process.stdout.write(`${JSON.stringify({ id: q.id, result })}\n`);
+    } catch (e) {
+      process.stdout.write(`${JSON.stringify({ id: q.id, error: (e as Error).message ?? String(e) })}\n`);
+    }
+  }
+  process.exit(0);
+}
+
+const [mode, host] = process.argv.slice(2);
+if (mode === 'server') await server(host ?? '0.0.0.0');
+else if (mode === 'client') await client();
+else {
+  process.stderr.write('usage: worker.ts server HOST | worker.ts client\n');
+  process.exit(2);
+}
