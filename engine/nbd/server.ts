@@ -153,6 +153,9 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
 
   /** Listen on TCP ({host, port}; port 0 picks one) or a unix socket ({path}, replaced if stale). */
   async listen(spec: ListenSpec): Promise<NbdEndpoint> {
+    // Boot the worker threads before the socket exists: the first client
+    // must not wait for a thread to load its code.
+    if ([...this.exports.values()].some((e) => e.shared)) await this.pool?.warm();
     const server = createServer({ noDelay: true }, (socket) => this.serveConnection(socket));
     const isUnix = 'path' in spec;
     if (isUnix) removeStaleSocket(spec.path);
@@ -162,7 +165,6 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
       else server.listen(spec.port, spec.host ?? '127.0.0.1', resolve);
     });
     server.on('error', (e) => this.log(`nbd: listener error: ${e.message}`));
-    if ([...this.exports.values()].some((e) => e.shared)) this.pool?.warm();
     const listener = { server, path: isUnix ? spec.path : undefined };
     this.listeners.push(listener);
     const close = () => {

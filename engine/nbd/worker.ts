@@ -86,3 +86,6 @@ port.on('message', (m: ToWorker) => {
     }
   }
 });
+
+// Loaded: the pool may now hand connections over without a client waiting for this thread to boot.
+post({ type: 'ready' });

@@ -47,7 +47,8 @@ export type ToWorker =
 export type FromWorker =
   | { type: 'closed'; id: number; stats: WorkerStats }
   | { type: 'log'; message: string }
-  | { type: 'shutdown-done'; token: number };
+  | { type: 'shutdown-done'; token: number }
+  | { type: 'ready' };
 
 export interface WorkerStats {
   reads: number;
@@ -64,6 +65,8 @@ interface Served {
 interface PoolWorker {
   thread: Worker;
   active: number;
+  /** Settles once the thread has loaded its code (or failed to). */
+  ready: Promise<void>;
 }
 
 /** What the pool needs from the server it belongs to. */
@@ -78,7 +81,7 @@ export class NbdWorkerPool {
   private readonly host: WorkerHost;
   private readonly workers: PoolWorker[] = [];
   private readonly served = new Map<number, Served>();
-  private readonly waiters = new Map<number, () => void>();
+  private readonly waiters = new Map<number, { worker: PoolWorker; done: () => void }>();
   private nextId = 1;
   private nextToken = 1;
   private closed = false;
@@ -89,8 +92,9 @@ export class NbdWorkerPool {
   }
 
   /** Start the threads now, so the first client does not wait for one to boot. */
-  warm(): void {
+  async warm(): Promise<void> {
     while (!this.closed && this.workers.length < this.size) this.spawn();
+    await Promise.all(this.workers.map((w) => w.ready));
   }
 
   /** Connections being served on workers now. */
@@ -183,7 +187,15 @@ export class NbdWorkerPool {
         ([w, ids]) =>
           new Promise<void>((resolve) => {
             const token = this.nextToken++;
-            this.waiters.set(token, resolve);
+            // Someone waits for this answer: keep the process alive until it comes.
+            w.thread.ref();
+            this.waiters.set(token, {
+              worker: w,
+              done: () => {
+                w.thread.unref();
+                resolve();
+              },
+            });
             w.thread.postMessage({ type: 'shutdown', ids, graceMs, token } satisfies ToWorker);
           }),
       ),
@@ -212,15 +224,28 @@ export class NbdWorkerPool {
 
   private spawn(): PoolWorker {
     const thread = new Worker(new URL('./worker-boot.mjs', import.meta.url));
-    const w: PoolWorker = { thread, active: 0 };
-    // The pool does not keep a process alive; listeners and sockets do.
-    thread.unref();
+    let ready!: () => void;
+    const w: PoolWorker = { thread, active: 0, ready: new Promise<void>((r) => (ready = r)) };
+    // Referenced while it boots (someone may be waiting for it), then not:
+    // the pool does not keep a process alive; listeners and sockets do.
+    const booted = () => {
+      thread.unref();
+      ready();
+    };
+    thread.once('message', booted);
+    thread.once('exit', booted);
     thread.on('message', (m: FromWorker) => this.onMessage(m));
     thread.on('error', (e) => this.host.log(`nbd: worker thread failed: ${e.message}`));
     thread.on('exit', () => {
       const i = this.workers.indexOf(w);
       if (i >= 0) this.workers.splice(i, 1);
       for (const [id, s] of this.served) if (s.worker === w) this.forget(id);
+      // A thread that died answers no shutdown: whoever waited on it is done waiting.
+      for (const [token, waiter] of this.waiters) {
+        if (waiter.worker !== w) continue;
+        this.waiters.delete(token);
+        waiter.done();
+      }
     });
     this.workers.push(w);
     return w;
@@ -240,10 +265,12 @@ export class NbdWorkerPool {
       case 'log':
         this.host.log(m.message);
         break;
+      case 'ready':
+        break;
       case 'shutdown-done': {
         const r = this.waiters.get(m.token);
         this.waiters.delete(m.token);
-        r?.();
+        r?.done();
         break;
       }
     }
