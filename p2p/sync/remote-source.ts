@@ -1,0 +1,77 @@
+/**
+ * RemoteChunkSource: the engine's ChunkSource over a RemoteRegion — what a
+ * managed mount pulls from and pushes to. Chunk fetches and pushes are
+ * plain READ / WRITE requests; the owner's own changes come from its
+ * change feed (ChangePoller), whose first answer is awaited before the
+ * first fetch so no later change can be missed.
+ *
+ * Priority: the puller runs a few workers and the pusher a few pushes, well
+ * under the link's in-flight bound, so an urgent (NeedAt) fetch goes
+ * straight onto the wire instead of queueing behind background pulls.
+ */
+import type { ChunkSource } from '../../engine/sync/chunk-source.ts';
+import type { RemoteRegion } from '../remote/region.ts';
+import { ChangePoller } from './change-calls.ts';
+
+export class RemoteChunkSource implements ChunkSource {
+  readonly size: number;
+  readonly chunkSize: number;
+  readonly readOnly: boolean;
+  readonly region: RemoteRegion;
+  private readonly listeners = new Set<(c: readonly number[] | 'all') => void>();
+  private readonly poller: ChangePoller;
+  private hasFeed = false;
+
+  private constructor(region: RemoteRegion, chunkSize: number, log: (m: string) => void) {
+    this.region = region;
+    this.size = region.manifest.size;
+    this.chunkSize = chunkSize;
+    this.readOnly = region.caps.readOnly;
+    this.poller = new ChangePoller(region, (c) => {
+      for (const l of this.listeners) l(c);
+    }, log);
+  }
+
+  /** Learn the owner's feed version (if it has a feed) before anything is fetched. */
+  static async open(region: RemoteRegion, opts: { chunkSize?: number; log?: (m: string) => void } = {}): Promise<RemoteChunkSource> {
+    const s = new RemoteChunkSource(region, opts.chunkSize ?? region.manifest.chunkSize, opts.log ?? (() => {}));
+    s.hasFeed = await s.poller.start();
+    return s;
+  }
+
+  /** The owner reports its changes (it has a change feed). */
+  get watching(): boolean {
+    return this.hasFeed;
+  }
+
+  get feedVersion(): number {
+    return this.poller.version;
+  }
+
+  /** Ask the feed now (a migration's dirty round) instead of waiting for the long poll. */
+  pollChanges(): Promise<void> {
+    return this.poller.pollNow();
+  }
+
+  fetch(index: number, buf: Uint8Array): Promise<void> {
+    return this.region.readAt(buf, index * this.chunkSize);
+  }
+
+  push(index: number, data: Uint8Array): Promise<void> {
+    return this.region.writeAt(data, index * this.chunkSize);
+  }
+
+  flush(): Promise<void> {
+    return this.region.flush();
+  }
+
+  watch(onChanged: (chunks: readonly number[] | 'all') => void): () => void {
+    this.listeners.add(onChanged);
+    return () => this.listeners.delete(onChanged);
+  }
+
+  close(): void {
+    this.poller.stop();
+    this.listeners.clear();
+  }
+}
