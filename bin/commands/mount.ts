@@ -6,9 +6,58 @@ import { regionIdText } from '../../crypto/grant.ts';
 import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
 import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { formatSize } from '../../base/size.ts';
-import type { MountedTicket } from '../../p2p/mount.ts';
-import { mountSwarmOptions, openNode } from '../swarm-flags.ts';
+import { mountTicket, type MountedTicket } from '../../p2p/mount.ts';
+import { buildStack } from '../../engine/stack.ts';
 import { parseDuration } from './share.ts';
+import { parseDurationMs } from '../duration.ts';
+import { openManaged, type ManagedMount, type ManagedOptions } from '../../p2p/sync/managed.ts';
+import { parseBackendSpec } from '../../engine/backends/open.ts';
+import { parsePullOrder } from '../../engine/sync/pull-order.ts';
+import { parseSize } from '../../base/size.ts';
+import { showProgress, type ProgressView } from '../progress.ts';
+
+/** Check the managed-mount flags up front, so a typo fails before anything is dialled. */
+function parseManagedFlags(v: Record<string, string | boolean | undefined>): ManagedOptions {
+  const out: ManagedOptions = {};
+  const str = (k: string) => (typeof v[k] === 'string' ? (v[k] as string) : undefined);
+  const cache = str('cache');
+  if (cache !== undefined) {
+    try {
+      parseBackendSpec(cache);
+    } catch (e) {
+      throw new UsageError(`mount: --cache: ${(e as Error).message}`);
+    }
+    out.cache = cache;
+  }
+  const workers = str('pull-workers');
+  if (workers !== undefined) {
+    if (!/^\d+$/.test(workers) || Number(workers) > 256) throw new UsageError(`mount: --pull-workers must be a whole number from 0 to 256, not "${workers}"`);
+    out.pullWorkers = Number(workers);
+  }
+  const order = str('pull-order');
+  if (order !== undefined) {
+    try {
+      parsePullOrder(order);
+    } catch (e) {
+      throw new UsageError(`mount: --pull-order: ${(e as Error).message}`);
+    }
+    out.pullOrder = order;
+  }
+  const interval = str('push-interval');
+  if (interval !== undefined) out.pushIntervalMs = parseDurationMs(interval, 'mount: --push-interval');
+  const dirty = str('max-dirty');
+  if (dirty !== undefined) {
+    try {
+      out.maxDirtyBytes = parseSize(dirty);
+    } catch (e) {
+      throw new UsageError(`mount: --max-dirty: ${(e as Error).message}`);
+    }
+    if (out.maxDirtyBytes <= 0) throw new UsageError('mount: --max-dirty must be above 0');
+  }
+  const trace = str('record-trace');
+  if (trace !== undefined) out.recordTrace = trace;
+  return out;
+}
 
 const usage = `Usage: quicmap mount TICKET [options]
 
@@ -29,17 +78,30 @@ Options:
                            DIR/region through nbdfuse)
   --request-timeout DUR    fail a request the sharer leaves unanswered
                            (default 30s)
-  --dht HOST:PORT[,...]    look the sharer up in a private DHT swarm
-                           (\`quicmap dht\` nodes) when the ticket has no
-                           address or its addresses fail; "public": the
-                           public Mainline DHT (only if you mean it). The
-                           record is checked (signature, seq, region); a
-                           sharer unreachable directly is reached through
-                           a relay its record lists, and the mount moves
-                           to a direct path when one answers
-  --dht-listen HOST:PORT   this node's DHT socket (default 0.0.0.0:0)
-  --control PATH           control socket for \`quicmap status\` (default
-                           $QUICMAP_HOME/run/mount-<pid>.sock, mode 0600)
+
+Managed mounts (--managed): chunks are cached locally and pulled in the
+background; reads of cached chunks never cross the network, writes go to
+the cache and are pushed back in the background; FLUSH returns once every
+earlier write is durable at the sharer. Chunks the sharer (or another
+mounter) changes are dropped from the cache and pulled again.
+  --managed                cache and pull in the background (see above)
+  --cache SPEC             memory (default) | file:PATH | dir:PATH
+  --pull-workers N         background pull workers (default 4; 0: fetch on
+                           demand only)
+  --pull-order ORDER       sequential (default) | reverse | volatility
+                           (least-changed first) | trace:FILE (replay a
+                           trace from --record-trace) | priority:MODULE.js
+                           (default export (offset) => priority, higher
+                           first)
+  --push-interval DUR      push writes this long after the first unpushed
+                           one (default 1s; 0: at once), or sooner once
+                           --max-dirty is reached
+  --max-dirty SIZE         push at once when this much is dirty (default
+                           64MiB)
+  --record-trace FILE      log the first-touch order of chunks (a pull
+                           order for the next mount: --pull-order trace:FILE)
+  A progress bar shows on a terminal; with --json, progress events follow
+  the first line, one JSON object per line.
   --identity PATH          identity file (default ${defaultIdentityPath()})
   --json                   print one JSON object instead of plain lines
   -h, --help               this help
@@ -47,6 +109,8 @@ Options:
 Examples:
   quicmap mount qm1... --listen 127.0.0.1:10810
   quicmap mount qm1... --socket /tmp/r.sock --mount /mnt/r
+  quicmap mount qm1... --managed --cache file:/var/tmp/r.cache \
+      --pull-order trace:boot.trace --socket /tmp/r.sock
   qemu-io -f raw nbd://127.0.0.1:10810/region -c 'read -v 0 512'
 `;
 
@@ -65,10 +129,22 @@ export const mount: Command = {
         'request-timeout': { type: 'string', default: '30s' },
         identity: { type: 'string' },
         json: { type: 'boolean', default: false },
-        ...mountSwarmOptions,
+        managed: { type: 'boolean', default: false },
+        cache: { type: 'string' },
+        'pull-workers': { type: 'string' },
+        'pull-order': { type: 'string' },
+        'push-interval': { type: 'string' },
+        'max-dirty': { type: 'string' },
+        'record-trace': { type: 'string' },
       },
       true,
     );
+    const managedFlags = ['cache', 'pull-workers', 'pull-order', 'push-interval', 'max-dirty', 'record-trace'] as const;
+    if (!values.managed) {
+      const stray = managedFlags.find((f) => values[f] !== undefined);
+      if (stray) throw new UsageError(`mount: --${stray} needs --managed`);
+    }
+    const managed = values.managed ? parseManagedFlags(values) : undefined;
     if (positionals.length > 1) throw new UsageError('mount: give one ticket (see quicmap mount --help)');
     if (values.listen && values.socket) throw new UsageError('mount: use --listen or --socket, not both');
     let ticketText = positionals[0] ?? '';
@@ -90,8 +166,16 @@ export const mount: Command = {
     }
     let endpoint: NbdEndpoint | undefined;
     let fuse: Attached | undefined;
+    let mm: ManagedMount | undefined;
+    let progress: ProgressView | undefined;
     try {
-      const store = mounted.store;
+      const region = mounted.region;
+      if (managed) {
+        mm = await openManaged(region, { ...managed, log, onEvent: (e) => progress?.event(e) });
+        if (managed.pullOrder) log(`pull order: ${mm.synced.progress().pullOrder}`);
+      }
+      // A managed mount serves its own stack (guard → chunked → synced → cache, pulling from the region).
+      const store = mm ? await buildStack({ backend: mm.store, ownsBackend: false, maxRequest: server.limits.maxPayload, readOnly: region.caps.readOnly }) : mounted.store;
       const readOnly = store.caps.readOnly;
       const info = await server.addExport({
         name: values.name,
@@ -110,14 +194,21 @@ export const mount: Command = {
         process.stdout.write(`${uri}\n`);
         if (fuse) process.stdout.write(`${fuse.path}\n`);
       }
-      log(`mounted ${formatSize(info.size)}${readOnly ? ' read-only' : ''} from sharer ${mounted.sharerId} at ${uri}${fuse ? ` and ${fuse.path}` : ''}`);
+      log(`mounted ${formatSize(info.size)}${readOnly ? ' read-only' : ''} from sharer ${mounted.sharerId} at ${uri}${fuse ? ` and ${fuse.path}` : ''}${mm ? ` (managed, cache ${managed!.cache ?? 'memory'})` : ''}`);
       log(`stack: NBD server → ${store.describe()}`);
+      if (mm) {
+        const synced = mm.synced;
+        progress = showProgress(() => synced, { json: values.json });
+      }
       const sig = await untilSignal();
       log(`${sig}: unmounting`);
       return 0;
     } finally {
+      progress?.stop();
       if (fuse) await fuse.unmount().catch((e) => log(`unmount failed: ${(e as Error).message}`));
       await server.close();
+      // A managed mount pushes what is still dirty before it lets go of the sharer.
+      if (mm) await mm.close().catch((e) => log(`unpushed writes: ${(e as Error).message}`));
       await mounted.store.flush().catch(() => {});
       await node.close();
     }

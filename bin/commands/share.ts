@@ -8,7 +8,11 @@ import { parseBackendSpec } from '../../engine/backends/open.ts';
 import { buildStack } from '../../engine/stack.ts';
 import { formatSize, parseSize } from '../../base/size.ts';
 import { DEFAULT_LIMITS } from '../../p2p/remote/server.ts';
-import { openNode, swarmHelp, swarmOptions } from '../swarm-flags.ts';
+import { FeedLayer } from '../../engine/layers/feed.ts';
+import { WriteGate } from '../../engine/layers/write-gate.ts';
+import { serveMigration, type MigrationSource } from '../../p2p/sync/migrate-calls.ts';
+import { localExportSpec, serveLocalExport, type LocalExport } from '../local-export.ts';
+import { runHook } from '../hook.ts';
 
 const usage = `Usage: quicmap share --size SIZE --listen HOST:PORT [options]
 
@@ -37,11 +41,18 @@ Options:
                          from the identity and the path for file:/dir:
                          backends or the URI for nbd: (tickets survive a
                          restart of the sharer), random for memory
-  --relay RELAY          reserve a slot on this relay (RELAY_ID@HOST:PORT,
-                         the first line \`quicmap relay\` prints; repeatable):
-                         peers that cannot reach this node directly come
-                         through it; the DHT record lists it
-${swarmHelp}
+  --socket PATH          also serve the region as a local NBD export
+                         (export "region") on this unix socket, for an
+                         application on this host; its writes are tracked:
+                         mounters' cached chunks are invalidated and a
+                         migration finds them dirty. The NBD URI is the
+                         second stdout line
+  --nbd-listen HOST:PORT the same over TCP
+  --on-suspend CMD       run CMD (sh -c) when a migration target finalizes:
+                         stop the application (e.g. kill -STOP PID, or an
+                         msync and pause); writes are then closed, flushed
+                         and handed over. A non-zero exit refuses the
+                         finalize. Env: QUICMAP_TARGET (the target's id)
   --identity PATH        identity file (default ${defaultIdentityPath()})
   --json                 print one JSON object instead of the bare ticket
   -h, --help             this help
@@ -94,8 +105,11 @@ export const share: Command = {
       grantee: { type: 'string' },
       identity: { type: 'string' },
       json: { type: 'boolean', default: false },
-      ...swarmOptions,
+      socket: { type: 'string' },
+      'nbd-listen': { type: 'string' },
+      'on-suspend': { type: 'string' },
     });
+    const localSpec = localExportSpec('share', values.socket, values['nbd-listen'], '--nbd-listen');
     const transport = values.transport;
     if (transport !== 'quic' && transport !== 'tcp') throw new UsageError(`share: --transport must be quic or tcp, not "${transport}"`);
     let size: number | undefined;
@@ -120,13 +134,16 @@ export const share: Command = {
     const regionId = regionIdFor(values.backend, identity.publicKey, values['region-id']);
     // The region server's frame limit bounds a single request: the guard allows no more.
     const store = await buildStack({ backend: values.backend, backendOptions: { size, readOnly, create: true }, maxRequest: DEFAULT_LIMITS.maxFrame });
-    let shared: Awaited<ReturnType<Awaited<ReturnType<typeof openNode>>['share']>>['shared'] | undefined;
-    let node: Awaited<ReturnType<typeof openNode>> | undefined;
+    let shared: Awaited<ReturnType<typeof shareRegion>> | undefined;
+    let local: LocalExport | undefined;
+    let migration: MigrationSource | undefined;
+    // One gate on every path into the store: a migration's handover closes them all at once.
+    const gate = new WriteGate();
     try {
       const bytes = await store.size();
-      node = await openNode('share', identity, values, true);
-      ({ shared } = await node.share({
-        store,
+      shared = await shareRegion({
+        identity,
+        store: gate.wrap(store),
         transport,
         listen: values.listen,
         readOnly,
@@ -134,22 +151,39 @@ export const share: Command = {
         ...(grantee ? { grantee } : {}),
         ...(regionId ? { regionId } : {}),
         ...(values.advertise ? { advertise: values.advertise } : {}),
-      }));
+        log,
+      });
+      const feed = shared.feed;
+      const onSuspend = values['on-suspend'];
+      migration = serveMigration(shared.server, {
+        gate,
+        feed,
+        flush: () => store.flush(),
+        ...(onSuspend ? { onSuspend: (target: string) => runHook('share: --on-suspend', onSuspend, { QUICMAP_TARGET: target }) } : {}),
+        log,
+      });
+      if (localSpec) {
+        local = await serveLocalExport(gate.wrap(new FeedLayer(store, feed)), localSpec, { readOnly, description: `quicmap shared region ${regionIdText(shared.regionId)}`, log });
+      }
       const expiresAt = shared.expiresAt > 0 ? new Date(shared.expiresAt * 1000).toISOString() : null;
       if (values.json) {
         process.stdout.write(
-          `${JSON.stringify({ ticket: shared.ticket, sharer: identity.id, regionId: regionIdText(shared.regionId), transport, address: shared.address, size: bytes, readOnly, backend: values.backend, expiresAt })}\n`,
+          `${JSON.stringify({ ticket: shared.ticket, sharer: identity.id, regionId: regionIdText(shared.regionId), transport, address: shared.address, size: bytes, readOnly, backend: values.backend, expiresAt, nbd: local?.uri ?? null })}\n`,
         );
       } else {
         process.stdout.write(`${shared.ticket}\n`);
+        if (local) process.stdout.write(`${local.uri}\n`);
       }
+      if (local) log(`local NBD export at ${local.uri} (writes tracked)`);
       log(`sharing ${formatSize(bytes)} (${values.backend}${readOnly ? ', read-only' : ''}) as ${identity.id} on ${transport}://${shared.address}${expiresAt ? `, ticket expires ${expiresAt}` : ''}`);
       log(`stack: ${store.describe()}`);
       const sig = await untilSignal();
       log(`${sig}: stopping`);
       return 0;
     } finally {
-      await node?.close();
+      migration?.close();
+      await local?.close();
+      await shared?.close();
       await store.flush().catch(() => {});
       await store.close();
       if (shared) log(`closed (served ${formatSize(shared.server.stats.bytesRead)} read, ${formatSize(shared.server.stats.bytesWritten)} written)`);
