@@ -5,54 +5,54 @@
  * the chunks mounters have cached, and a migration finds them dirty.
  * The change is recorded after the store below acknowledged it: a reader
  * told about a change always finds the new bytes.
+ *
+ * It answers the TRACKING capability from the feed (every change to the
+ * region, peers' included, not only the writes through this layer).
  */
-import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions, Extent } from '../rwat.ts';
+import { TRACKING, VECTORED, type Capability, type TrackingStore, type VectoredStore } from '../capability.ts';
+import type { ReadWriterAt, WriteOptions, ZeroOptions } from '../rwat.ts';
 import { LOCAL_ORIGIN, type ChangeFeed } from '../tracking/change-feed.ts';
+import { PassThroughLayer } from './pass-through.ts';
 
-export class FeedLayer implements ReadWriterAt {
-  readonly caps: StoreCaps;
+export class FeedLayer extends PassThroughLayer {
   readonly feed: ChangeFeed;
-  private readonly inner: ReadWriterAt;
   private readonly origin: number;
-  extents?: (offset: number, length: number) => Promise<Extent[]>;
+  private readonly vectored: VectoredStore | undefined;
+  private tracker: TrackingStore | undefined;
 
   constructor(inner: ReadWriterAt, feed: ChangeFeed, origin = LOCAL_ORIGIN) {
-    this.inner = inner;
+    super(inner);
     this.feed = feed;
     this.origin = origin;
-    this.caps = inner.caps;
-    if (inner.extents) this.extents = (o, l) => inner.extents!(o, l);
+    const v = inner.capability(VECTORED);
+    this.vectored = v && {
+      writev: async (parts, offset, opts) => {
+        let n = 0;
+        for (const p of parts) n += p.length;
+        await v.writev(parts, offset, opts);
+        this.feed.record(offset, n, this.origin);
+      },
+    };
   }
 
-  size(): Promise<number> {
-    return this.inner.size();
-  }
-  readAt(buf: Uint8Array, offset: number): Promise<void> {
-    return this.inner.readAt(buf, offset);
-  }
-  async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
+  override async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
     await this.inner.writeAt(data, offset, opts);
     this.feed.record(offset, data.length, this.origin);
   }
-  async writev(parts: readonly Uint8Array[], offset: number, opts?: WriteOptions): Promise<void> {
-    let n = 0;
-    for (const p of parts) n += p.length;
-    if (this.inner.writev) await this.inner.writev(parts, offset, opts);
-    else await this.inner.writeAt(Buffer.concat(parts), offset, opts);
-    this.feed.record(offset, n, this.origin);
-  }
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-  async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
+
+  override async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
     await this.inner.trim(offset, length, opts);
     this.feed.record(offset, length, this.origin);
   }
-  async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+
+  override async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     await this.inner.writeZeroes(offset, length, opts);
     this.feed.record(offset, length, this.origin);
   }
-  close(): Promise<void> {
-    return this.inner.close();
+
+  override capability<T>(key: Capability<T>): T | undefined {
+    if (key === (VECTORED as Capability<unknown>)) return this.vectored as T | undefined;
+    if (key === (TRACKING as Capability<unknown>)) return (this.tracker ??= this.feed.tracker()) as T;
+    return this.inner.capability(key);
   }
 }

@@ -30,6 +30,7 @@
  * Chunk state is kept in memory only: a restarted mount starts cold.
  */
 import { ClosedError, QuicmapError } from '../../base/errors.ts';
+import type { Capability, Lifecycle } from '../capability.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import { ChunkStates, type ChunkCounts } from '../sync/chunk-states.ts';
 import { chunkCount, chunkLength, type ChunkSource } from '../sync/chunk-source.ts';
@@ -87,7 +88,7 @@ export interface ProgressReporter {
   progress(): SyncProgress;
 }
 
-export class SyncedLayer implements ReadWriterAt, ProgressReporter {
+export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
   readonly caps: StoreCaps;
   readonly chunkSize: number;
   readonly states: ChunkStates;
@@ -279,6 +280,15 @@ export class SyncedLayer implements ReadWriterAt, ProgressReporter {
   }
 
   // ---- ReadWriterAt ----
+
+  /**
+   * No capability passes through: the cache's extents and tracking describe
+   * the cache, not the region (a remote chunk is a hole in the cache), and
+   * writes must go through this layer's state machine.
+   */
+  capability<T>(_key: Capability<T>): T | undefined {
+    return undefined;
+  }
 
   async size(): Promise<number> {
     if (this.closed) throw new ClosedError('synced layer');

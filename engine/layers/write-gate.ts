@@ -13,7 +13,9 @@
  * list taken then is final. Reads always pass.
  */
 import { QuicmapError } from '../../base/errors.ts';
-import type { Extent, ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+import { VECTORED, type Capability, type VectoredStore } from '../capability.ts';
+import type { ReadWriterAt, WriteOptions, ZeroOptions } from '../rwat.ts';
+import { PassThroughLayer } from './pass-through.ts';
 
 export class WriteGate {
   private openState: boolean;
@@ -65,37 +67,27 @@ export class WriteGate {
   }
 }
 
-class GatedStore implements ReadWriterAt {
-  readonly caps: StoreCaps;
-  private readonly inner: ReadWriterAt;
+class GatedStore extends PassThroughLayer {
   private readonly gate: WriteGate;
-  extents?: (offset: number, length: number) => Promise<Extent[]>;
+  private readonly vectored: VectoredStore | undefined;
 
   constructor(inner: ReadWriterAt, gate: WriteGate) {
-    this.inner = inner;
+    super(inner);
     this.gate = gate;
-    this.caps = inner.caps;
-    if (inner.extents) this.extents = (o, l) => inner.extents!(o, l);
+    const v = inner.capability(VECTORED);
+    this.vectored = v && { writev: (parts, offset, opts) => gate.admit(() => v.writev(parts, offset, opts)) };
   }
-  size(): Promise<number> {
-    return this.inner.size();
-  }
-  readAt(buf: Uint8Array, offset: number): Promise<void> {
-    return this.inner.readAt(buf, offset);
-  }
-  writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
+  override writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
     return this.gate.admit(() => this.inner.writeAt(data, offset, opts));
   }
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-  trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
+  override trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
     return this.gate.admit(() => this.inner.trim(offset, length, opts));
   }
-  writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+  override writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
     return this.gate.admit(() => this.inner.writeZeroes(offset, length, opts));
   }
-  close(): Promise<void> {
-    return this.inner.close();
+  override capability<T>(key: Capability<T>): T | undefined {
+    if (key === (VECTORED as Capability<unknown>)) return this.vectored as T | undefined;
+    return this.inner.capability(key);
   }
 }

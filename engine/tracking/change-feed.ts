@@ -15,6 +15,7 @@
  * The migration source uses the same feed: Track = remember the current
  * version; each dirty round = changedSince(last round's version).
  */
+import type { TrackingStore } from '../capability.ts';
 import type { Clock } from '../sync/clock.ts';
 import { realClock } from '../sync/clock.ts';
 
@@ -103,6 +104,26 @@ export class ChangeFeed {
       a = answer();
     }
     return a;
+  }
+
+  /**
+   * The feed as a TrackingStore (engine/capability.ts): dirty = changed since
+   * the last mark and not cleared since its latest change.
+   */
+  tracker(): TrackingStore {
+    let base = this.version;
+    const cleared = new Map<number, number>();
+    return {
+      trackChunkSize: this.chunkSize,
+      mark: async () => {
+        base = this.version;
+        cleared.clear();
+      },
+      dirty: async () => this.changedSince(base).filter((c) => !((cleared.get(c) ?? -1) >= this.lastVersion[c]!)),
+      clear: (chunks) => {
+        for (const c of chunks) cleared.set(c, this.version);
+      },
+    };
   }
 
   /** Wake every waiting poll (shutdown). */
