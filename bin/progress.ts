@@ -14,7 +14,7 @@ export interface ProgressView {
   stop(): void;
 }
 
-export function showProgress(source: () => ProgressReporter | undefined, opts: { json: boolean; intervalMs?: number; label?: string }): ProgressView {
+export function showProgress(source: () => ProgressReporter | undefined, opts: { json: boolean; intervalMs?: number; label?: string; extra?: () => Record<string, unknown> }): ProgressView {
   const tty = process.stderr.isTTY === true && !opts.json;
   let bar: cliProgress.SingleBar | undefined;
   let lastJson = '';
@@ -26,7 +26,7 @@ export function showProgress(source: () => ProgressReporter | undefined, opts: {
       bar.setTotal(p.chunks);
       bar.update(p.local, { dirty: p.dirty, pulled: formatSize(p.pulledBytes) });
     } else if (opts.json) {
-      const line = JSON.stringify({ event: 'progress', ...p });
+      const line = JSON.stringify({ event: 'progress', ...p, ...opts.extra?.() });
       if (line !== lastJson) process.stdout.write(`${line}\n`);
       lastJson = line;
     }

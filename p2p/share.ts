@@ -14,6 +14,7 @@ import type { Limits } from './protocol/messages.ts';
 import { DEFAULT_LIMITS, RegionServer } from './remote/server.ts';
 import { ChangeFeed } from '../engine/tracking/change-feed.ts';
 import { serveChanges } from './sync/change-calls.ts';
+import { serveChunkHashes } from './sync/hash-calls.ts';
 import type { Transport } from '../transports/transport.ts';
 import { openTransport, type TransportChoice } from './transports.ts';
 
@@ -105,6 +106,7 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
     log,
   });
   serveChanges(server, feed);
+  serveChunkHashes(server, { identity: opts.identity, regionId, store, feed, size: await store.size(), chunkSize });
   void server.serveListener(listener);
   const addresses = opts.advertise ?? [advertised(listener.address)];
   let lastExpiry = 0;

@@ -17,7 +17,7 @@ import { parseSize } from '../../base/size.ts';
 import { showProgress, type ProgressView } from '../progress.ts';
 
 /** Check the managed-mount flags up front, so a typo fails before anything is dialled. */
-function parseManagedFlags(v: Record<string, string | boolean | undefined>): ManagedOptions {
+function parseManagedFlags(v: Record<string, string | boolean | string[] | undefined>): ManagedOptions {
   const out: ManagedOptions = {};
   const str = (k: string) => (typeof v[k] === 'string' ? (v[k] as string) : undefined);
   const cache = str('cache');
@@ -100,6 +100,11 @@ mounter) changes are dropped from the cache and pulled again.
                            64MiB)
   --record-trace FILE      log the first-touch order of chunks (a pull
                            order for the next mount: --pull-order trace:FILE)
+  --seeder TICKET          also pull from this node (repeatable): any node
+                           serving a copy of the region (e.g. \`quicmap
+                           share --read-only\` of a copy). Its chunks are used
+                           only if they match the owner's signed chunk-hash
+                           list; a seeder that sends bad chunks is dropped
   A progress bar shows on a terminal; with --json, progress events follow
   the first line, one JSON object per line.
   --identity PATH          identity file (default ${defaultIdentityPath()})
@@ -136,10 +141,11 @@ export const mount: Command = {
         'push-interval': { type: 'string' },
         'max-dirty': { type: 'string' },
         'record-trace': { type: 'string' },
+        seeder: { type: 'string', multiple: true },
       },
       true,
     );
-    const managedFlags = ['cache', 'pull-workers', 'pull-order', 'push-interval', 'max-dirty', 'record-trace'] as const;
+    const managedFlags = ['cache', 'pull-workers', 'pull-order', 'push-interval', 'max-dirty', 'record-trace', 'seeder'] as const;
     if (!values.managed) {
       const stray = managedFlags.find((f) => values[f] !== undefined);
       if (stray) throw new UsageError(`mount: --${stray} needs --managed`);
@@ -167,11 +173,21 @@ export const mount: Command = {
     let endpoint: NbdEndpoint | undefined;
     let fuse: Attached | undefined;
     let mm: ManagedMount | undefined;
+    const seeders: MountedTicket[] = [];
     let progress: ProgressView | undefined;
     try {
       const region = mounted.region;
       if (managed) {
-        mm = await openManaged(region, { ...managed, log, onEvent: (e) => progress?.event(e) });
+        for (const t of values.seeder ?? []) {
+          const s = await mountTicket({ identity, ticket: t, region: { requestTimeoutMs }, log });
+          seeders.push(s);
+        }
+        mm = await openManaged(region, {
+          ...managed,
+          seeders: seeders.map((s) => ({ name: s.sharerId.slice(0, 12), region: s.region })),
+          log,
+          onEvent: (e) => progress?.event(e),
+        });
         if (managed.pullOrder) log(`pull order: ${mm.synced.progress().pullOrder}`);
       }
       // A managed mount serves its own stack (guard → chunked → synced → cache, pulling from the region).
@@ -198,7 +214,8 @@ export const mount: Command = {
       log(`stack: NBD server → ${store.describe()}`);
       if (mm) {
         const synced = mm.synced;
-        progress = showProgress(() => synced, { json: values.json });
+        const m = mm;
+        progress = showProgress(() => synced, { json: values.json, extra: () => ({ peers: m.peers() }) });
       }
       const sig = await untilSignal();
       log(`${sig}: unmounting`);
@@ -210,7 +227,8 @@ export const mount: Command = {
       // A managed mount pushes what is still dirty before it lets go of the sharer.
       if (mm) await mm.close().catch((e) => log(`unpushed writes: ${(e as Error).message}`));
       await mounted.store.flush().catch(() => {});
-      await node.close();
+      for (const s of seeders) await s.close().catch(() => {});
+      await mounted.close();
     }
   },
 };

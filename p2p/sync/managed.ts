@@ -13,6 +13,9 @@ import { TraceFile } from '../../engine/sync/trace-file.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
 import type { RemoteRegion } from '../remote/region.ts';
 import { RemoteChunkSource } from './remote-source.ts';
+import { HashListVerifier } from '../../engine/sync/hash-list.ts';
+import { SwarmSource, type PeerStatus } from '../../engine/sync/swarm-source.ts';
+import { loadHashList } from './hash-calls.ts';
 
 export interface ManagedOptions {
   /** memory (default) | file:PATH | dir:PATH */
@@ -26,6 +29,12 @@ export interface ManagedOptions {
   recordTrace?: string;
   /** Chunk size of pulls and pushes (default: the manifest's). */
   chunkSize?: number;
+  /**
+   * Other nodes serving a copy of the same region (their RemoteRegions):
+   * chunks are pulled from all of them and the owner, and a seeder's bytes
+   * are used only when they match the owner's signed chunk-hash list.
+   */
+  seeders?: ReadonlyArray<{ name: string; region: RemoteRegion }>;
   /** Push writes to the owner (default true). */
   push?: boolean;
   onEvent?: (e: SyncEvent) => void;
@@ -37,6 +46,8 @@ export interface ManagedMount {
   store: ReadWriterAt;
   synced: SyncedLayer;
   source: RemoteChunkSource;
+  /** Per-peer pull statistics when pulling from seeders too (strikes, bans: what `status` shows). */
+  peers(): PeerStatus[] | undefined;
   close(): Promise<void>;
 }
 
@@ -57,9 +68,31 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
   try {
     trace = opts.recordTrace ? await TraceFile.create(opts.recordTrace, Math.ceil(size / chunkSize), chunkSize) : undefined;
     source = await RemoteChunkSource.open(region, { chunkSize, log: opts.log });
+    let swarm: SwarmSource | undefined;
+    let refresh: NodeJS.Timeout | undefined;
+    if (opts.seeders && opts.seeders.length > 0) {
+      for (const s of opts.seeders) {
+        if (s.region.manifest.size !== size) throw new QuicmapError('EINVAL', `seeder ${s.name} serves ${s.region.manifest.size} bytes, the region has ${size}`);
+      }
+      const verifier = new HashListVerifier(Math.ceil(size / chunkSize));
+      const owner = region.manifest.sharer;
+      const regionId = region.manifest.regionId;
+      await loadHashList(region, verifier, owner, regionId);
+      swarm = new SwarmSource({
+        owner: source,
+        seeders: opts.seeders.map((s) => ({ name: s.name, source: { fetch: (i: number, buf: Uint8Array) => s.region.readAt(buf, i * chunkSize) } })),
+        verifier,
+        log: opts.log,
+      });
+      // Hashes of chunks the owner changed are stale; fetch the list again now and then.
+      refresh = setInterval(() => {
+        if (verifier.knownCount < verifier.chunks) void loadHashList(region, verifier, owner, regionId).catch(() => {});
+      }, 2_000);
+      refresh.unref();
+    }
     const synced = new SyncedLayer({
       cache,
-      source,
+      source: swarm ?? source,
       pullWorkers: opts.pullWorkers ?? 4,
       pullOrder: order,
       pushIntervalMs: opts.pushIntervalMs,
@@ -77,11 +110,13 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
       store,
       synced,
       source: src,
+      peers: () => swarm?.status(),
       close() {
         closing ??= (async () => {
           try {
             await store.close(); // stops the puller and pusher, pushes what is dirty, closes the cache
           } finally {
+            clearInterval(refresh);
             src.close();
             await tr?.close();
           }
