@@ -13,6 +13,7 @@ import { WriteGate } from '../../engine/layers/write-gate.ts';
 import { serveMigration, type MigrationSource } from '../../p2p/sync/migrate-calls.ts';
 import { localExportSpec, serveLocalExport, type LocalExport } from '../local-export.ts';
 import { runHook } from '../hook.ts';
+import { parseDurationMs } from '../duration.ts';
 
 const usage = `Usage: quicmap share --size SIZE --listen HOST:PORT [options]
 
@@ -53,6 +54,9 @@ Options:
                          msync and pause); writes are then closed, flushed
                          and handed over. A non-zero exit refuses the
                          finalize. Env: QUICMAP_TARGET (the target's id)
+  --handover-timeout DUR a finalizing target that does not commit within
+                         this (it died) leaves this node the owner again,
+                         writes reopened (default 30s)
   --identity PATH        identity file (default ${defaultIdentityPath()})
   --json                 print one JSON object instead of the bare ticket
   -h, --help             this help
@@ -108,7 +112,9 @@ export const share: Command = {
       socket: { type: 'string' },
       'nbd-listen': { type: 'string' },
       'on-suspend': { type: 'string' },
+      'handover-timeout': { type: 'string', default: '30s' },
     });
+    const handoverTimeoutMs = parseDurationMs(values['handover-timeout'], 'share: --handover-timeout');
     const localSpec = localExportSpec('share', values.socket, values['nbd-listen'], '--nbd-listen');
     const transport = values.transport;
     if (transport !== 'quic' && transport !== 'tcp') throw new UsageError(`share: --transport must be quic or tcp, not "${transport}"`);
@@ -159,6 +165,7 @@ export const share: Command = {
         gate,
         feed,
         flush: () => store.flush(),
+        prepareTimeoutMs: handoverTimeoutMs,
         ...(onSuspend ? { onSuspend: (target: string) => runHook('share: --on-suspend', onSuspend, { QUICMAP_TARGET: target }) } : {}),
         log,
       });

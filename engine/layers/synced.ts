@@ -243,12 +243,17 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     if (epoch < 0) return Promise.resolve();
     if (urgent) this.counters.demandFetches++;
     const len = chunkLength(i, this.regionSize, this.chunkSize);
+    let stale = false;
     const p = (async () => {
       const buf = new Uint8Array(len);
       try {
         await this.source.fetch(i, buf, urgent);
         await this.withLock(i, async () => {
-          if (!this.states.fetchStillValid(i, epoch)) return void this.states.fetchAbandoned(i);
+          if (!this.states.fetchStillValid(i, epoch)) {
+            this.states.fetchAbandoned(i);
+            stale = true;
+            return;
+          }
           await this.cache.writeAt(buf, i * this.chunkSize);
           this.states.fetched(i);
           this.counters.pulledBytes += len;
@@ -259,6 +264,9 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
         throw e;
       } finally {
         this.fetches.delete(i);
+        // Stale (the owner changed it meanwhile): remote again, and the puller must fetch it anew
+        // (after the entry above is gone, or the puller would just join this finished fetch).
+        if (stale && this.states.isRemote(i)) this.puller.requeue(i);
       }
     })();
     this.fetches.set(i, p);

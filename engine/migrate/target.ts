@@ -99,6 +99,9 @@ export async function runMigration(o: MigrationOptions): Promise<MigrationResult
   let rtt = 0;
   let failingSince: number | undefined;
   let decision = { finalize: false, predictedMs: Infinity, why: '' };
+  // Sticky: the first pass is done once every chunk was local at some moment, or as many bytes as
+  // the region has were pulled (a busy writer may keep some chunk remote at every single check).
+  let firstPass = false;
   for (;;) {
     try {
       rtt = await o.control.rtt();
@@ -114,7 +117,8 @@ export async function runMigration(o: MigrationOptions): Promise<MigrationResult
       }
       lastBytes = p.pulledBytes;
       lastAt = now;
-      const firstPassDone = p.remote + p.fetching === 0 || o.postCopy === true;
+      firstPass ||= p.remote + p.fetching === 0 || p.pulledBytes >= p.size;
+      const firstPassDone = firstPass || o.postCopy === true;
       const pendingBytes = o.postCopy ? 0 : (p.remote + p.fetching) * cs;
       decision = decideFinalize(o.finalize, o.maxDowntimeMs, { now, startedAt, pendingBytes, bytesPerMs, rttMs: rtt, rounds });
       phase('rounds', { round: rounds, dirty, local: p.local, chunks: p.chunks, predictedMs: decision.predictedMs });

@@ -132,4 +132,39 @@ test('source dies during pre-copy: the target says so and exits non-zero; target
   }
 });
 
+test('either side dies during finalize: ownership stays at exactly one node and the survivor says which', async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(60_000, 'finalize failures', async () => {
+      const dir = s.tmpdir();
+      const pidFile = join(dir, 'target.pid');
+      const srcSock = join(dir, 'src.sock');
+      // The target dies right after asking to finalize (its on-suspend hook kills it): the
+      // source waits for a commit, then is the owner again and takes writes.
+      const share = await start(
+        s,
+        ['share', '--size', '4MiB', '--listen', '127.0.0.1:0', '--transport', 'tcp', '--socket', srcSock, '--handover-timeout', '1s', '--on-suspend', `kill -9 $(cat ${pidFile})`],
+        join(dir, 'a'),
+        2,
+      );
+      const t = await start(s, ['migrate', share.first, '--socket', join(dir, 't.sock'), '--finalize', 'now'], join(dir, 'b'));
+      writeFileSync(pidFile, String(t.child.pid));
+      await t.exited;
+      await waitFor('the source to take ownership back', () => /this node is the owner again/.test(share.stderr()));
+      const c = await NbdClient.connect(share.lines[1]!);
+      await c.writeAt(new Uint8Array(10).fill(9), 0);
+      await c.flush();
+      await c.close();
+      // The source dies while suspending (its hook kills it): the target does not resume and says the source owns the region.
+      const share2 = await start(s, ['share', '--size', '4MiB', '--listen', '127.0.0.1:0', '--transport', 'tcp', '--on-suspend', 'kill -9 $PPID'], join(dir, 'c'));
+      const t2 = await start(s, ['migrate', share2.first, '--socket', join(dir, 't2.sock'), '--finalize', 'now'], join(dir, 'd'));
+      assert.is(await t2.exited, 1, t2.stderr());
+      assert.match(t2.stderr(), /the source owns the region|the source still owns the region/);
+      assert.not.match(t2.stderr(), /migrate: resumed/);
+    });
+  } finally {
+    await s.close();
+  }
+});
+
 test.run();

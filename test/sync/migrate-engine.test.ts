@@ -157,4 +157,24 @@ test('runMigration failures: the source lost in pre-copy, or the commit unanswer
   }
 });
 
+test('runMigration finalizes even when a busy writer keeps some chunk remote at every check (regression: auto never finalized)', async () => {
+  const CS = 4096;
+  const source = new GatedSource(8 * CS, CS);
+  const clock = new VirtualClock();
+  const synced = new SyncedLayer({ cache: new MemoryBackend(8 * CS), source, clock, pullWorkers: 2, push: false });
+  const control = fakeControl(source, () => synced, []);
+  // Every dirty round finds chunk 0 changed again, right before the check.
+  control.syncDirty = async () => {
+    synced.ownerChanged([0]);
+    return 1;
+  };
+  const gate = new WriteGate(false);
+  const run = runMigration({ synced, control, finalize: { kind: 'auto' }, maxDowntimeMs: 50, clock, resume: async () => gate.open() });
+  let done = false;
+  void run.then(() => (done = true));
+  for (let i = 0; i < 100 && !done; i++) await clock.advance(100);
+  assert.ok(done, 'the migration finalized');
+  await synced.stop();
+});
+
 test.run();

@@ -112,6 +112,25 @@ test('FLUSH returns only once every earlier write is pushed and the owner flushe
   await synced.stop();
 });
 
+test('a background fetch made stale by an owner change is pulled again (regression: the chunk stayed remote)', async () => {
+  const { source, synced } = setup(2, { pullWorkers: 1 });
+  await synced.start();
+  await synced.whenComplete(); // the plan and the sweep are done: only re-pulls are left
+  source.holdFetches = true;
+  source.ownerWrite(0, new Uint8Array(CS).fill(0x98));
+  await settle();
+  assert.is(source.heldCount, 1, 'the re-pull of chunk 0 is in flight');
+  source.ownerWrite(0, new Uint8Array(CS).fill(0x99)); // changes again: that fetch is stale
+  source.holdFetches = false;
+  source.release();
+  await settle(30);
+  assert.is(synced.states.isLocal(0), true, 'pulled again after the stale fetch');
+  const b = new Uint8Array(CS);
+  await synced.readAt(b, 0);
+  assert.is(b[0], 0x99, 'the new bytes');
+  await synced.stop();
+});
+
 test('a chunk written again while it is being pushed is pushed again; flush carries the newer bytes', async () => {
   const { source, store, synced } = setup(2, { pushIntervalMs: 0 });
   await synced.start();
