@@ -7,7 +7,7 @@
 import { QuicmapError } from '../../base/errors.ts';
 import { openBackend } from '../../engine/backends/open.ts';
 import { ChunkedLayer } from '../../engine/layers/chunked.ts';
-import { SyncedLayer, type SyncEvent } from '../../engine/layers/synced.ts';
+import { SyncedLayer, type SyncEvent, type SyncProgress } from '../../engine/layers/synced.ts';
 import { loadPullOrder } from '../../engine/sync/load-order.ts';
 import { TraceFile } from '../../engine/sync/trace-file.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
@@ -41,6 +41,16 @@ export interface ManagedOptions {
   log?: (m: string) => void;
 }
 
+/**
+ * What a status view (the node's `status` command, a control socket) reads
+ * of a managed mount: chunk counts, bytes pulled and pushed, completion,
+ * and per-seeder statistics (strikes, bans) when pulling from a swarm.
+ */
+export interface ManagedStatus {
+  progress(): SyncProgress;
+  peers(): PeerStatus[] | undefined;
+}
+
 export interface ManagedMount {
   /** The byte-addressable store to serve (put a GuardLayer on it). */
   store: ReadWriterAt;
@@ -48,6 +58,8 @@ export interface ManagedMount {
   source: RemoteChunkSource;
   /** Per-peer pull statistics when pulling from seeders too (strikes, bans: what `status` shows). */
   peers(): PeerStatus[] | undefined;
+  /** The status view of this mount. */
+  status: ManagedStatus;
   close(): Promise<void>;
 }
 
@@ -111,6 +123,7 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
       synced,
       source: src,
       peers: () => swarm?.status(),
+      status: { progress: () => synced.progress(), peers: () => swarm?.status() },
       close() {
         closing ??= (async () => {
           try {

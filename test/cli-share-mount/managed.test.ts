@@ -162,4 +162,31 @@ needTools(test, ['qemu-io'])("the sharer's own writes through its --socket expor
   }
 });
 
+needTools(test, ['qemu-io'])('--record-trace logs the first-touch order; --pull-order trace:FILE replays it', async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(60_000, 'trace', async () => {
+      const dir = s.tmpdir();
+      const img = join(dir, 'disk.img');
+      makeImage(img, 16 * MiB, [{ at: 5 * MiB, len: 64 * 1024, byte: 0x21 }]);
+      const trace = join(dir, 'boot.trace');
+      const share = await start(s, ['share', '--backend', `file:${img}`, '--listen', '127.0.0.1:0', '--transport', 'tcp'], join(dir, 'a'));
+      const rec = await start(s, ['mount', share.first, '--managed', '--pull-workers', '0', '--record-trace', trace, '--listen', '127.0.0.1:0'], join(dir, 'b'));
+      await qemu(rec.first, 'read -P 0x21 5M 64k', 'read 1M 4k', 'read 9M 100k', 'read 5M 4k');
+      await killTree(rec.child, 'SIGTERM');
+      const lines = readFileSync(trace, 'utf8').trim().split('\n');
+      assert.match(lines[0]!, /^# quicmap access trace v1 chunk-size=65536 chunks=256$/);
+      assert.equal(lines.slice(1).map(Number), [80, 16, 144, 145]);
+      const replay = await start(s, ['mount', share.first, '--managed', '--pull-workers', '1', '--pull-order', `trace:${trace}`, '--listen', '127.0.0.1:0', '--json'], join(dir, 'c'));
+      const out = collect(replay);
+      await waitFor('pull-complete', () => /"event":"pull-complete"/.test(out()));
+      assert.match(replay.stderr(), new RegExp(`pull order: trace:${trace.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
+      const bad = await start(s, ['mount', share.first, '--managed', '--pull-order', 'sideways', '--listen', '127.0.0.1:0'], join(dir, 'd')).catch((e: Error) => e);
+      assert.ok(bad instanceof Error && /--pull-order: unknown pull order "sideways"/.test(bad.message), String(bad));
+    });
+  } finally {
+    await s.close();
+  }
+});
+
 test.run();
