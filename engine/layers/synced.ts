@@ -461,7 +461,9 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
       });
       if (gen < 0 || !buf) return;
       try {
-        await this.source.push(i, buf);
+        // A zeroed chunk (trim, write-zeroes, a zero-filled write) goes as a zero request, not 64 KiB of zeros.
+        if (this.source.zero && isZero(buf)) await this.source.zero(i);
+        else await this.source.push(i, buf);
       } catch (e) {
         this.states.pushFailed(i);
         throw e;
@@ -513,4 +515,14 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     this.pushTimer = undefined;
     this.states.forgetDirty();
   }
+}
+
+const ZEROS = new Uint8Array(64 * 1024);
+
+function isZero(buf: Uint8Array): boolean {
+  for (let at = 0; at < buf.length; at += ZEROS.length) {
+    const n = Math.min(ZEROS.length, buf.length - at);
+    if (Buffer.compare(buf.subarray(at, at + n), ZEROS.subarray(0, n)) !== 0) return false;
+  }
+  return true;
 }

@@ -20,6 +20,8 @@ export interface ChunkSource {
   fetch(index: number, buf: Uint8Array, urgent: boolean): Promise<void>;
   /** Write chunk `index` back to the owner (whole chunk). */
   push(index: number, data: Uint8Array): Promise<void>;
+  /** Optional: make chunk `index` zeros at the owner without sending them (trims, zeroed chunks). */
+  zero?(index: number): Promise<void>;
   /** Every push acknowledged before this call is durable at the owner. */
   flush(): Promise<void>;
   /**

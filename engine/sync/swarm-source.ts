@@ -220,6 +220,10 @@ export class SwarmSource implements ChunkSource {
     return this.owner.flush();
   }
 
+  zero(index: number): Promise<void> {
+    return this.owner.zero ? this.owner.zero(index) : this.owner.push(index, new Uint8Array(Math.min(this.chunkSize, this.size - index * this.chunkSize)));
+  }
+
   watch(onChanged: (chunks: readonly number[] | 'all') => void): () => void {
     const inner = this.owner.watch?.((c) => {
       this.verifier.invalidate(c);

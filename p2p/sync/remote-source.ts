@@ -61,6 +61,10 @@ export class RemoteChunkSource implements ChunkSource {
     return this.region.writeAt(data, index * this.chunkSize);
   }
 
+  zero(index: number): Promise<void> {
+    return this.region.writeZeroes(index * this.chunkSize, Math.min(this.chunkSize, this.size - index * this.chunkSize));
+  }
+
   flush(): Promise<void> {
     return this.region.flush();
   }

@@ -72,6 +72,13 @@ export class GatedSource implements ChunkSource {
     this.owner.set(copy, i * this.chunkSize);
   }
 
+  async zero(i: number): Promise<void> {
+    this.calls.push(`zero ${i}`);
+    await this.maybeHold(this.holdPushes);
+    if (this.failPushes) throw Object.assign(new Error('owner unreachable'), { code: 'EIO' });
+    this.owner.fill(0, i * this.chunkSize, Math.min(this.size, (i + 1) * this.chunkSize));
+  }
+
   async flush(): Promise<void> {
     this.calls.push('flush');
     this.durableCopy = this.owner.slice();

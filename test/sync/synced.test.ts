@@ -164,6 +164,15 @@ test('a failed push fails FLUSH with EIO and keeps the chunk dirty; the next flu
   assert.is(source.durableCopy[CS], 5);
 });
 
+test('zeroed chunks are pushed as zero requests, not as data', async () => {
+  const { source, store } = setup(4, { pushIntervalMs: 60_000 });
+  await store.writeZeroes(CS, 2 * CS);
+  await store.trim(3 * CS, CS);
+  await store.flush();
+  assert.equal(source.calls.filter((c) => c.startsWith('zero') || c.startsWith('push')).sort(), ['zero 1', 'zero 2', 'zero 3']);
+  assert.ok(source.durableCopy.subarray(CS, 4 * CS).every((b) => b === 0));
+});
+
 test('push schedule on a virtual clock: after the interval, or at once past the dirty-bytes threshold', async () => {
   const { source, store, synced, clock } = setup(8, { pushIntervalMs: 1000, maxDirtyBytes: 4 * CS });
   await synced.start();
