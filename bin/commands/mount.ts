@@ -8,6 +8,7 @@ import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { formatSize } from '../../base/size.ts';
 import { mountTicket, type MountedTicket } from '../../p2p/mount.ts';
 import { buildStack } from '../../engine/stack.ts';
+import { shareRegion, type SharedRegion } from '../../p2p/share.ts';
 import { parseDuration } from './share.ts';
 import { parseDurationMs } from '../duration.ts';
 import { openManaged, type ManagedMount, type ManagedOptions } from '../../p2p/sync/managed.ts';
@@ -105,6 +106,10 @@ mounter) changes are dropped from the cache and pulled again.
                            share --read-only\` of a copy). Its chunks are used
                            only if they match the owner's signed chunk-hash
                            list; a seeder that sends bad chunks is dropped
+  --seed-listen HOST:PORT  serve this mount's copy to other mounters as a
+                           read-only seeder (missing chunks are fetched from
+                           the owner on demand); its ticket is printed after
+                           the NBD URI (with --json: "seedTicket")
   A progress bar shows on a terminal; with --json, progress events follow
   the first line, one JSON object per line.
   --identity PATH          identity file (default ${defaultIdentityPath()})
@@ -142,10 +147,11 @@ export const mount: Command = {
         'max-dirty': { type: 'string' },
         'record-trace': { type: 'string' },
         seeder: { type: 'string', multiple: true },
+        'seed-listen': { type: 'string' },
       },
       true,
     );
-    const managedFlags = ['cache', 'pull-workers', 'pull-order', 'push-interval', 'max-dirty', 'record-trace', 'seeder'] as const;
+    const managedFlags = ['cache', 'pull-workers', 'pull-order', 'push-interval', 'max-dirty', 'record-trace', 'seeder', 'seed-listen'] as const;
     if (!values.managed) {
       const stray = managedFlags.find((f) => values[f] !== undefined);
       if (stray) throw new UsageError(`mount: --${stray} needs --managed`);
@@ -173,6 +179,7 @@ export const mount: Command = {
     let endpoint: NbdEndpoint | undefined;
     let fuse: Attached | undefined;
     let mm: ManagedMount | undefined;
+    let seed: SharedRegion | undefined;
     const seeders: MountedTicket[] = [];
     let progress: ProgressView | undefined;
     try {
@@ -202,13 +209,18 @@ export const mount: Command = {
       endpoint = await server.listen(values.socket ? { path: values.socket } : listen!);
       const uri = endpoint.uri(values.name);
       if (values.mount) fuse = await attachExport({ server, exportName: values.name, dir: values.mount, readOnly, log });
+      if (mm && values['seed-listen']) {
+        const view = await buildStack({ backend: mm.store, ownsBackend: false, maxRequest: server.limits.maxPayload, readOnly: true });
+        seed = await shareRegion({ identity, store: view, transport: mounted.ticket.claims.transport, listen: values['seed-listen'], readOnly: true, log });
+      }
       if (values.json) {
         process.stdout.write(
-          `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly, sharer: mounted.sharerId, regionId: regionIdText(mounted.ticket.claims.regionId), transport: mounted.ticket.claims.transport, mount: fuse ? { method: fuse.method, path: fuse.path } : null })}\n`,
+          `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly, sharer: mounted.sharerId, regionId: regionIdText(mounted.ticket.claims.regionId), transport: mounted.ticket.claims.transport, mount: fuse ? { method: fuse.method, path: fuse.path } : null, seedTicket: seed?.ticket ?? null })}\n`,
         );
       } else {
         process.stdout.write(`${uri}\n`);
         if (fuse) process.stdout.write(`${fuse.path}\n`);
+        if (seed) process.stdout.write(`${seed.ticket}\n`);
       }
       log(`mounted ${formatSize(info.size)}${readOnly ? ' read-only' : ''} from sharer ${mounted.sharerId} at ${uri}${fuse ? ` and ${fuse.path}` : ''}${mm ? ` (managed, cache ${managed!.cache ?? 'memory'})` : ''}`);
       log(`stack: NBD server → ${store.describe()}`);
@@ -222,6 +234,7 @@ export const mount: Command = {
       return 0;
     } finally {
       progress?.stop();
+      await seed?.close().catch(() => {});
       if (fuse) await fuse.unmount().catch((e) => log(`unmount failed: ${(e as Error).message}`));
       await server.close();
       // A managed mount pushes what is still dirty before it lets go of the sharer.

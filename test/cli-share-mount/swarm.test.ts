@@ -64,4 +64,40 @@ needTools(test, ['nbdcopy'])('three seeders, one killed mid-pull, one lying: the
   }
 });
 
+needTools(test, ['nbdcopy'])('a managed mount seeds its copy (--seed-listen): a second mounter pulls from it, verified', async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(60_000, 'mount as seeder', async () => {
+      const dir = s.tmpdir();
+      const img = join(dir, 'owner.img');
+      const data = Buffer.alloc(8 * MiB);
+      for (let i = 0; i < data.length; i++) data[i] = (i * 5 + 3) & 0xff;
+      writeFileSync(img, data);
+      const owner = await start(s, ['share', '--backend', `file:${img}`, '--listen', '127.0.0.1:0', '--transport', 'tcp'], join(dir, 'o'));
+      const a = await start(s, ['mount', owner.first, '--managed', '--seed-listen', '127.0.0.1:0', '--listen', '127.0.0.1:0', '--json'], join(dir, 'a'));
+      const seedTicket = (JSON.parse(a.first) as { seedTicket: string }).seedTicket;
+      assert.match(seedTicket, /^qm1/);
+      let outA = a.lines.join('\n') + '\n';
+      a.child.stdout!.on('data', (d: string) => (outA += d));
+      await waitFor('A complete', () => /"event":"pull-complete"/.test(outA));
+      const b = await start(s, ['mount', owner.first, '--managed', '--seeder', seedTicket, '--pull-workers', '4', '--listen', '127.0.0.1:0', '--json'], join(dir, 'b'));
+      let outB = b.lines.join('\n') + '\n';
+      b.child.stdout!.on('data', (d: string) => (outB += d));
+      await waitFor('B complete', () => /"event":"pull-complete"/.test(outB));
+      await waitFor('B reports chunks from the seeder', () =>
+        outB.split('\n').some((l) => {
+          if (!l.includes('"peers"')) return false;
+          const peers = (JSON.parse(l) as { peers: Array<{ owner: boolean; fetched: number }> }).peers;
+          return peers.some((p) => !p.owner && p.fetched > 0);
+        }), 5_000);
+      const copy = join(dir, 'b.img');
+      const r = await tool('nbdcopy', ['--no-extents', (JSON.parse(b.first) as { uri: string }).uri, copy]);
+      assert.is(r.code, 0, r.stderr);
+      assert.ok(Buffer.compare(readFileSync(copy), data) === 0);
+    });
+  } finally {
+    await s.close();
+  }
+});
+
 test.run();
