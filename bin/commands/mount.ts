@@ -179,6 +179,7 @@ export const mount: Command = {
     let endpoint: NbdEndpoint | undefined;
     let fuse: Attached | undefined;
     let mm: ManagedMount | undefined;
+    let exitCode = 0;
     let seed: SharedRegion | undefined;
     const seeders: MountedTicket[] = [];
     let progress: ProgressView | undefined;
@@ -231,17 +232,23 @@ export const mount: Command = {
       }
       const sig = await untilSignal();
       log(`${sig}: unmounting`);
-      return 0;
     } finally {
       progress?.stop();
       await seed?.close().catch(() => {});
       if (fuse) await fuse.unmount().catch((e) => log(`unmount failed: ${(e as Error).message}`));
       await server.close();
       // A managed mount pushes what is still dirty before it lets go of the sharer.
-      if (mm) await mm.close().catch((e) => log(`unpushed writes: ${(e as Error).message}`));
+      if (mm) {
+        await mm.close().catch((e) => {
+          const dirty = mm!.synced.progress().dirty;
+          log(`mount: ${dirty} written chunk(s) could not be pushed to the sharer before exit (${(e as Error).message}); they are lost`);
+          exitCode = 1;
+        });
+      }
       await mounted.store.flush().catch(() => {});
       for (const s of seeders) await s.close().catch(() => {});
       await mounted.close();
     }
+    return exitCode;
   },
 };
