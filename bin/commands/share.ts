@@ -1,6 +1,7 @@
 /** `quicmap share`: serve a region to peers that hold its ticket. */
 import { createHash } from 'node:crypto';
-import { realpathSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { type Command, UsageError, log, parseFlags, untilSignal } from '../command.ts';
 import { base32Decode, loadOrCreateIdentity, defaultIdentityPath } from '../../crypto/identity.ts';
 import { regionIdText } from '../../crypto/grant.ts';
@@ -56,7 +57,9 @@ Options:
                          finalize. Env: QUICMAP_TARGET (the target's id)
   --handover-timeout DUR a finalizing target that does not commit within
                          this (it died) leaves this node the owner again,
-                         writes reopened (default 30s)
+                         writes reopened (default 30s). After a handover a
+                         file:/dir: source writes PATH.quicmap-migrated and,
+                         restarted, shares read-only
   --identity PATH        identity file (default ${defaultIdentityPath()})
   --json                 print one JSON object instead of the bare ticket
   -h, --help             this help
@@ -91,6 +94,17 @@ function regionIdFor(spec: string, sharerKey: Uint8Array, flag: string | undefin
     path = realpathSync(path);
   } catch {}
   return Uint8Array.from(createHash('sha256').update(sharerKey).update(`${parsed.kind}:${path}`).digest().subarray(0, 16));
+}
+
+/** Write the handover durably before the commit is answered, so a restarted source cannot take writes again. */
+async function recordHandover(path: string, target: string): Promise<void> {
+  const fh = await open(path, 'w');
+  try {
+    await fh.writeFile(`${target}\n`);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 export const share: Command = {
@@ -134,8 +148,12 @@ export const share: Command = {
       } catch {}
       if (grantee?.length !== 32) throw new UsageError('share: --grantee must be a peer id (52 base32 characters)');
     }
-    const readOnly = values['read-only'];
-    parseBackendSpec(values.backend);
+    const spec = parseBackendSpec(values.backend);
+    // A region migrated away stays read-only here: the handover is recorded beside a file or dir backend.
+    const marker = spec.kind === 'memory' ? undefined : `${spec.path.replace(/\/+$/, '')}.quicmap-migrated`;
+    const migratedTo = marker && existsSync(marker) ? readFileSync(marker, 'utf8').trim() : undefined;
+    if (migratedTo) log(`share: this region was migrated to ${migratedTo} (${marker}); sharing it read-only. Remove that file to make this node the owner again.`);
+    const readOnly = values['read-only'] || migratedTo !== undefined;
     const identity = await loadOrCreateIdentity(values.identity ?? defaultIdentityPath());
     const regionId = regionIdFor(values.backend, identity.publicKey, values['region-id']);
     // The region server's frame limit bounds a single request: the guard allows no more.
@@ -166,6 +184,7 @@ export const share: Command = {
         feed,
         flush: () => store.flush(),
         prepareTimeoutMs: handoverTimeoutMs,
+        ...(marker ? { onCommit: (target: string) => recordHandover(marker, target) } : {}),
         ...(onSuspend ? { onSuspend: (target: string) => runHook('share: --on-suspend', onSuspend, { QUICMAP_TARGET: target }) } : {}),
         log,
       });

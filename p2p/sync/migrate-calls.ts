@@ -32,6 +32,8 @@ export interface MigrationSourceOptions {
   /** The application stops writing (--on-suspend); a failure refuses the finalize. */
   onSuspend?: (target: string) => Promise<void>;
   prepareTimeoutMs?: number;
+  /** Record the handover durably (before it is answered); a failure refuses the commit. */
+  onCommit?: (target: string) => Promise<void>;
   log?: (m: string) => void;
 }
 
@@ -77,6 +79,18 @@ export function serveMigration(server: RegionServer, o: MigrationSourceOptions):
   server.handle('migrate.commit', async (_args, ctx) => {
     rw(ctx.readOnly, 'committing a migration');
     const target = base32Encode(ctx.peer);
+    if (ownership.phase === 'suspended' && ownership.targetId === target && o.onCommit) {
+      // The prepare must not time out while the handover is being recorded.
+      clearTimeout(timer);
+      try {
+        await o.onCommit(target);
+      } catch (e) {
+        ownership.abort(target);
+        o.gate.open();
+        log(`migration to ${target}: could not record the handover (${(e as Error).message}); this node stays the owner`);
+        throw new QuicmapError('EIO', `the source could not record the handover: ${(e as Error).message}`);
+      }
+    }
     ownership.commit(target);
     clearTimeout(timer);
     o.gate.setReason(`read-only: ownership moved to ${target} (migrated)`);

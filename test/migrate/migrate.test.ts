@@ -167,4 +167,36 @@ test('either side dies during finalize: ownership stays at exactly one node and 
   }
 });
 
+test('a migrated source with a file backend records the handover: restarted, it shares read-only', async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(60_000, 'handover record', async () => {
+      const dir = s.tmpdir();
+      const img = join(dir, 'src.img');
+      writeFileSync(img, Buffer.alloc(2 * MiB, 0x42));
+      const args = ['share', '--backend', `file:${img}`, '--listen', '127.0.0.1:0', '--transport', 'tcp', '--socket', join(dir, 'src.sock')];
+      const share = await start(s, args, join(dir, 'a'), 2);
+      const mig = await start(s, ['migrate', share.first, '--socket', join(dir, 't.sock'), '--finalize', 'now', '--json'], join(dir, 'b'));
+      let out = '';
+      mig.child.stdout!.on('data', (d: string) => (out += d));
+      await waitFor('the migration result', () => /^\{"downtimeMs"/m.test(out));
+      assert.match(readFileSync(`${img}.quicmap-migrated`, 'utf8'), /^[a-z2-7]{52}\n$/);
+      await killTree(share.child, 'SIGKILL');
+      const again = await start(s, args.map((a) => (a.endsWith('src.sock') ? join(dir, 'src2.sock') : a)), join(dir, 'a'), 2);
+      assert.match(again.stderr(), /was migrated to [a-z2-7]{52}/);
+      const c = await NbdClient.connect(again.lines[1]!);
+      try {
+        await c.writeAt(new Uint8Array(1), 0);
+        assert.unreachable('a migrated source took a write');
+      } catch (e) {
+        assert.match((e as Error).message, /read-only|not permitted|EPERM/i);
+      } finally {
+        await c.close().catch(() => {});
+      }
+    });
+  } finally {
+    await s.close();
+  }
+});
+
 test.run();
