@@ -50,7 +50,7 @@ Options:
                          the source to stay up until the copy completes)
   --cache SPEC           memory (default) | file:PATH | dir:PATH: where
                          this node keeps the region
-  --pull-workers N       background pull workers (default 4)
+  --pull-workers N       background pull workers (default 8)
   --pull-order ORDER     as for quicmap mount --managed (default volatility:
                          least-changed chunks first)
   --identity PATH        identity file (default ${defaultIdentityPath()})
@@ -86,7 +86,7 @@ export const migrate: Command = {
         'max-downtime': { type: 'string', default: '300ms' },
         'post-copy': { type: 'boolean', default: false },
         cache: { type: 'string' },
-        'pull-workers': { type: 'string', default: '4' },
+        'pull-workers': { type: 'string', default: '8' },
         'pull-order': { type: 'string', default: 'volatility' },
         identity: { type: 'string' },
         json: { type: 'boolean', default: false },

@@ -87,7 +87,7 @@ earlier write is durable at the sharer. Chunks the sharer (or another
 mounter) changes are dropped from the cache and pulled again.
   --managed                cache and pull in the background (see above)
   --cache SPEC             memory (default) | file:PATH | dir:PATH
-  --pull-workers N         background pull workers (default 4; 0: fetch on
+  --pull-workers N         background pull workers (default 8; 0: fetch on
                            demand only)
   --pull-order ORDER       sequential (default) | reverse | volatility
                            (least-changed first) | trace:FILE (replay a

@@ -44,8 +44,10 @@ export interface SyncedLayerOptions {
   /** Local cache; at least `source.size` bytes. Closed with the layer. */
   cache: ReadWriterAt;
   source: ChunkSource;
-  /** Background pull workers (0: fetch on demand only). Default 4. */
+  /** Background pull workers (0: fetch on demand only). Default 8. */
   pullWorkers?: number;
+  /** Adjacent chunks a worker pulls in one request when the source can (`fetchRange`). Default 16. */
+  maxPullRun?: number;
   pullOrder?: PullOrder;
   /** Push dirty chunks this long after the first unpushed write (default 1000 ms; 0: at once). */
   pushIntervalMs?: number;
@@ -137,11 +139,13 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
       chunks: this.states.count,
       isRemote: (i) => this.states.isRemote(i),
       pullBackground: (i) => this.fetch(i, false),
+      ...(src.fetchRange ? { pullRun: (first: number, count: number) => this.fetchRun(first, count) } : {}),
       planContext: () => this.planContext(),
     };
     this.puller = new Puller(target, {
-      workers: opts.pullWorkers ?? 4,
+      workers: opts.pullWorkers ?? 8,
       order: opts.pullOrder ?? sequentialOrder,
+      maxRun: opts.maxPullRun ?? 16,
       clock: this.clock,
       onError: (chunk, e) => this.emit({ type: 'pull-error', chunk, error: (e as Error).message }),
       onComplete: () => this.emit({ type: 'pull-complete', atMs: this.clock.now() }),
@@ -270,6 +274,51 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
       }
     })();
     this.fetches.set(i, p);
+    return p;
+  }
+
+  /** A background pull of adjacent chunks in one request; chunks not remote any more end the run early. */
+  private fetchRun(first: number, count: number): Promise<void> {
+    const claimed: Array<{ i: number; epoch: number }> = [];
+    for (let i = first; i < first + count; i++) {
+      if (this.fetches.has(i)) break;
+      const epoch = this.states.beginFetch(i);
+      if (epoch < 0) break;
+      claimed.push({ i, epoch });
+    }
+    if (claimed.length === 0) return this.fetch(first, false);
+    const cs = this.chunkSize;
+    const start = claimed[0]!.i;
+    const last = claimed[claimed.length - 1]!.i;
+    const len = (last - start) * cs + chunkLength(last, this.regionSize, cs);
+    const stale: number[] = [];
+    const p = (async () => {
+      const buf = new Uint8Array(len);
+      try {
+        await this.source.fetchRange!(start, claimed.length, buf);
+      } catch (e) {
+        for (const c of claimed) this.states.fetchAbandoned(c.i);
+        throw e;
+      }
+      for (const { i, epoch } of claimed) {
+        const view = buf.subarray((i - start) * cs, (i - start) * cs + chunkLength(i, this.regionSize, cs));
+        await this.withLock(i, async () => {
+          if (!this.states.fetchStillValid(i, epoch)) {
+            this.states.fetchAbandoned(i);
+            stale.push(i);
+            return;
+          }
+          await this.cache.writeAt(view, i * cs);
+          this.states.fetched(i);
+          this.counters.pulledBytes += view.length;
+        });
+      }
+      this.checkComplete();
+    })().finally(() => {
+      for (const c of claimed) if (this.fetches.get(c.i) === p) this.fetches.delete(c.i);
+      for (const i of stale) if (this.states.isRemote(i)) this.puller.requeue(i);
+    });
+    for (const c of claimed) this.fetches.set(c.i, p);
     return p;
   }
 

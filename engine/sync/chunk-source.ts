@@ -18,6 +18,8 @@ export interface ChunkSource {
    * pulls.
    */
   fetch(index: number, buf: Uint8Array, urgent: boolean): Promise<void>;
+  /** Optional: chunks first..first+count-1 into `buf` in one request (background pulls of adjacent chunks). */
+  fetchRange?(first: number, count: number, buf: Uint8Array): Promise<void>;
   /** Write chunk `index` back to the owner (whole chunk). */
   push(index: number, data: Uint8Array): Promise<void>;
   /** Optional: make chunk `index` zeros at the owner without sending them (trims, zeroed chunks). */

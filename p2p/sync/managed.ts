@@ -105,7 +105,8 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
     const synced = new SyncedLayer({
       cache,
       source: swarm ?? source,
-      pullWorkers: opts.pullWorkers ?? 4,
+      pullWorkers: opts.pullWorkers ?? 8,
+      maxPullRun: Math.max(1, Math.min(16, Math.floor(region.limits.maxFrame / chunkSize))),
       pullOrder: order,
       pushIntervalMs: opts.pushIntervalMs,
       maxDirtyBytes: opts.maxDirtyBytes,

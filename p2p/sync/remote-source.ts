@@ -57,6 +57,10 @@ export class RemoteChunkSource implements ChunkSource {
     return this.region.readAt(buf, index * this.chunkSize);
   }
 
+  fetchRange(first: number, _count: number, buf: Uint8Array): Promise<void> {
+    return this.region.readAt(buf, first * this.chunkSize);
+  }
+
   push(index: number, data: Uint8Array): Promise<void> {
     return this.region.writeAt(data, index * this.chunkSize);
   }

@@ -64,6 +64,19 @@ export class GatedSource implements ChunkSource {
     buf.set(this.owner.subarray(i * this.chunkSize, i * this.chunkSize + buf.length));
   }
 
+  /** Serve fetchRange (runs of chunks in one request); off unless a test turns it on. */
+  set ranges(on: boolean) {
+    (this as { fetchRange?: GatedSource['rangeFetch'] }).fetchRange = on ? this.rangeFetch : undefined;
+  }
+
+  private readonly rangeFetch = async (first: number, count: number, buf: Uint8Array): Promise<void> => {
+    this.calls.push(`range ${first} ${count}`);
+    for (let k = 0; k < count; k++) this.fetchOrder.push(first + k);
+    await this.maybeHold(this.holdFetches);
+    if (this.failFetches) throw Object.assign(new Error('owner unreachable'), { code: 'EIO' });
+    buf.set(this.owner.subarray(first * this.chunkSize, first * this.chunkSize + buf.length));
+  };
+
   async push(i: number, data: Uint8Array): Promise<void> {
     this.calls.push(`push ${i}`);
     const copy = data.slice();

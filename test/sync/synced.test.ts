@@ -201,6 +201,37 @@ test('owner changes invalidate clean cached chunks (re-pulled), dirty ones keep 
   await synced.stop();
 });
 
+test('adjacent chunks are pulled in runs (one request each); a reverse order pulls descending runs; content is right', async () => {
+  for (const order of [undefined, reverseOrder]) {
+    const size = 40 * CS;
+    const source = new GatedSource(size, CS, (i) => (i * 11 + 5) & 0xff);
+    source.ranges = true;
+    const synced = new SyncedLayer({ cache: new MemoryBackend(size), source, clock: new VirtualClock(), pullWorkers: 1, maxPullRun: 16, ...(order ? { pullOrder: order } : {}) });
+    await synced.start();
+    await synced.whenComplete();
+    await synced.stop();
+    const ranges = source.calls.filter((c) => c.startsWith('range'));
+    assert.is(ranges.length, 3, ranges.join(', '));
+    assert.equal(ranges, order ? ['range 24 16', 'range 8 16', 'range 0 8'] : ['range 0 16', 'range 16 16', 'range 32 8']);
+    const all = new Uint8Array(size);
+    for (let i = 0; i < 40; i++) await synced.readAt(all.subarray(i * CS, (i + 1) * CS), i * CS);
+    assertBytes(all, source.owner, 'content');
+  }
+});
+
+test('random I/O while run pulls are in flight matches a model; the owner has it all after flush', async () => {
+  const chunks = 48;
+  const size = chunks * CS;
+  const { source, store, synced } = setup(chunks, { pullWorkers: 3, pushIntervalMs: 0, maxPullRun: 8 });
+  source.ranges = true;
+  await synced.start();
+  const model = await fuzzStore(store, { seed: 9, ops: 300, unit: CS, trim: 'either', maxLen: 3 * CS + 5 }, source.owner.slice());
+  await store.flush();
+  assertBytes(source.durableCopy, model, 'owner after flush');
+  assertBytes(await read(store, 0, size), model, 'mount');
+  await synced.stop();
+});
+
 test('pull order is followed: one worker, reverse order', async () => {
   const { source, synced } = setup(6, { pullWorkers: 1, pullOrder: reverseOrder });
   await synced.start();
