@@ -87,8 +87,9 @@ export default async function main(args: string[]): Promise<void> {
       await d.close();
       // Managed.
       const m = await mountTicket({ identity: b, ticket: shared.ticket, transport });
+      const urgent = await mountTicket({ identity: b, ticket: shared.ticket, transport });
       const t0 = performance.now();
-      const mm = await openManaged(m.region, { pullWorkers: workers });
+      const mm = await openManaged(m.region, { pullWorkers: workers, urgent: urgent.region });
       const managedStore = await buildStack({ backend: mm.store, ownsBackend: false, maxRequest: 32 * MiB });
       const mFirst = await firstByte(managedStore, Math.floor(size / 3));
       const mCold = await seqRead(managedStore, size);
@@ -102,6 +103,7 @@ export default async function main(args: string[]): Promise<void> {
         results.push({ cachedVsLocal: await cachedVsLocal(managedStore, size) });
       }
       await mm.close();
+      await urgent.close();
       await m.close();
       await transport.close();
     }

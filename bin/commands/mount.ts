@@ -182,6 +182,7 @@ export const mount: Command = {
     let exitCode = 0;
     let seed: SharedRegion | undefined;
     const seeders: MountedTicket[] = [];
+    let urgentLink: MountedTicket | undefined;
     let progress: ProgressView | undefined;
     try {
       const region = mounted.region;
@@ -190,8 +191,11 @@ export const mount: Command = {
           const s = await mountTicket({ identity, ticket: t, region: { requestTimeoutMs }, log });
           seeders.push(s);
         }
+        // Reads a client waits for get a link of their own (no wait behind background pulls).
+        urgentLink = await mountTicket({ identity, ticket: ticketText, region: { requestTimeoutMs }, log: () => {} });
         mm = await openManaged(region, {
           ...managed,
+          urgent: urgentLink.region,
           seeders: seeders.map((s) => ({ name: s.sharerId.slice(0, 12), region: s.region })),
           log,
           onEvent: (e) => progress?.event(e),
@@ -247,6 +251,7 @@ export const mount: Command = {
       }
       await mounted.store.flush().catch(() => {});
       for (const s of seeders) await s.close().catch(() => {});
+      await urgentLink?.close().catch(() => {});
       await mounted.close();
     }
     return exitCode;

@@ -35,6 +35,8 @@ export interface ManagedOptions {
    * are used only when they match the owner's signed chunk-hash list.
    */
   seeders?: ReadonlyArray<{ name: string; region: RemoteRegion }>;
+  /** A second link to the owner for reads a client waits for (no head-of-line wait behind background pulls). */
+  urgent?: RemoteRegion;
   /** Push writes to the owner (default true). */
   push?: boolean;
   onEvent?: (e: SyncEvent) => void;
@@ -79,7 +81,7 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
   let source: RemoteChunkSource | undefined;
   try {
     trace = opts.recordTrace ? await TraceFile.create(opts.recordTrace, Math.ceil(size / chunkSize), chunkSize) : undefined;
-    source = await RemoteChunkSource.open(region, { chunkSize, log: opts.log });
+    source = await RemoteChunkSource.open(region, { chunkSize, log: opts.log, ...(opts.urgent ? { urgent: opts.urgent } : {}) });
     let swarm: SwarmSource | undefined;
     let refresh: NodeJS.Timeout | undefined;
     if (opts.seeders && opts.seeders.length > 0) {

@@ -5,9 +5,10 @@
  * change feed (ChangePoller), whose first answer is awaited before the
  * first fetch so no later change can be missed.
  *
- * Priority: the puller runs a few workers and the pusher a few pushes, well
- * under the link's in-flight bound, so an urgent (NeedAt) fetch goes
- * straight onto the wire instead of queueing behind background pulls.
+ * Priority: background pulls move up to a MiB per request, and one link is
+ * one ordered stream, so an urgent (NeedAt) fetch sent after them waits
+ * behind their bytes (head-of-line). Given a second RemoteRegion to the same
+ * owner (`urgent`), reads a client waits for go there, on a link of their own.
  */
 import type { ChunkSource } from '../../engine/sync/chunk-source.ts';
 import type { RemoteRegion } from '../remote/region.ts';
@@ -21,9 +22,11 @@ export class RemoteChunkSource implements ChunkSource {
   private readonly listeners = new Set<(c: readonly number[] | 'all') => void>();
   private readonly poller: ChangePoller;
   private hasFeed = false;
+  private readonly urgentRegion: RemoteRegion;
 
-  private constructor(region: RemoteRegion, chunkSize: number, log: (m: string) => void) {
+  private constructor(region: RemoteRegion, chunkSize: number, log: (m: string) => void, urgent?: RemoteRegion) {
     this.region = region;
+    this.urgentRegion = urgent ?? region;
     this.size = region.manifest.size;
     this.chunkSize = chunkSize;
     this.readOnly = region.caps.readOnly;
@@ -33,8 +36,8 @@ export class RemoteChunkSource implements ChunkSource {
   }
 
   /** Learn the owner's feed version (if it has a feed) before anything is fetched. */
-  static async open(region: RemoteRegion, opts: { chunkSize?: number; log?: (m: string) => void } = {}): Promise<RemoteChunkSource> {
-    const s = new RemoteChunkSource(region, opts.chunkSize ?? region.manifest.chunkSize, opts.log ?? (() => {}));
+  static async open(region: RemoteRegion, opts: { chunkSize?: number; log?: (m: string) => void; urgent?: RemoteRegion } = {}): Promise<RemoteChunkSource> {
+    const s = new RemoteChunkSource(region, opts.chunkSize ?? region.manifest.chunkSize, opts.log ?? (() => {}), opts.urgent);
     s.hasFeed = await s.poller.start();
     return s;
   }
@@ -53,8 +56,8 @@ export class RemoteChunkSource implements ChunkSource {
     return this.poller.pollNow();
   }
 
-  fetch(index: number, buf: Uint8Array): Promise<void> {
-    return this.region.readAt(buf, index * this.chunkSize);
+  fetch(index: number, buf: Uint8Array, urgent: boolean): Promise<void> {
+    return (urgent ? this.urgentRegion : this.region).readAt(buf, index * this.chunkSize);
   }
 
   fetchRange(first: number, _count: number, buf: Uint8Array): Promise<void> {
