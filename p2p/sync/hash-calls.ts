@@ -53,11 +53,15 @@ export interface HashServeOptions {
 
 export function serveChunkHashes(server: RegionServer, o: HashServeOptions): void {
   const n = Math.ceil(o.size / o.chunkSize);
-  const hashes = new Uint8Array(n * HASH_BYTES);
-  const hashedAt = new Float64Array(n).fill(-1);
-  const buf = new Uint8Array(o.chunkSize);
+  // Allocated on the first request: most regions are never seeded, and a large device's list is big (40 B a chunk).
+  let hashes: Uint8Array | undefined;
+  let hashedAt: Float64Array | undefined;
   server.handle(HASHES_CALL, async (args, ctx) => {
     await sodium.ready;
+    hashes ??= new Uint8Array(n * HASH_BYTES);
+    hashedAt ??= new Float64Array(n).fill(-1);
+    // Per call: concurrent calls (several mounters) must not share a read buffer.
+    const buf = new Uint8Array(o.chunkSize);
     const a = (args ?? {}) as Record<string, unknown>;
     const from = Number(a.from ?? 0);
     const perPage = Math.max(1, Math.floor((ctx.maxReply - 512) / (HASH_BYTES + 1)));
