@@ -150,9 +150,12 @@ export const migrate: Command = {
       }
       throw e;
     } finally {
+      // The region's retry and deadline timers do not hold the process open; this does, until shutdown is done.
+      const alive = setInterval(() => {}, 60_000);
       await local?.close();
       await mm?.close().catch((e) => log(`closing the cache: ${(e as Error).message}`));
       await mounted.close();
+      clearInterval(alive);
     }
   },
 };

@@ -237,6 +237,9 @@ export const mount: Command = {
       const sig = await untilSignal();
       log(`${sig}: unmounting`);
     } finally {
+      // The region's retry and deadline timers do not hold the process open; this does, until shutdown is done
+      // (a last push to a sharer that is down waits for its link deadline instead of the process just ending).
+      const alive = setInterval(() => {}, 60_000);
       progress?.stop();
       await seed?.close().catch(() => {});
       if (fuse) await fuse.unmount().catch((e) => log(`unmount failed: ${(e as Error).message}`));
@@ -253,6 +256,7 @@ export const mount: Command = {
       for (const s of seeders) await s.close().catch(() => {});
       await urgentLink?.close().catch(() => {});
       await mounted.close();
+      clearInterval(alive);
     }
     return exitCode;
   },

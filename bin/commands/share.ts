@@ -150,7 +150,7 @@ export const share: Command = {
     }
     const spec = parseBackendSpec(values.backend);
     // A region migrated away stays read-only here: the handover is recorded beside a file or dir backend.
-    const marker = spec.kind === 'memory' ? undefined : `${spec.path.replace(/\/+$/, '')}.quicmap-migrated`;
+    const marker = spec.kind === 'file' || spec.kind === 'dir' ? `${spec.path.replace(/\/+$/, '')}.quicmap-migrated` : undefined;
     const migratedTo = marker && existsSync(marker) ? readFileSync(marker, 'utf8').trim() : undefined;
     if (migratedTo) log(`share: this region was migrated to ${migratedTo} (${marker}); sharing it read-only. Remove that file to make this node the owner again.`);
     const readOnly = values['read-only'] || migratedTo !== undefined;

@@ -34,7 +34,7 @@ import type { Capability, Lifecycle } from '../capability.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
 import { ChunkStates, type ChunkCounts } from '../sync/chunk-states.ts';
 import { chunkCount, chunkLength, type ChunkSource } from '../sync/chunk-source.ts';
-import { realClock, type Clock } from '../sync/clock.ts';
+import { systemClock, type Clock } from '../sync/clock.ts';
 import type { PlanContext, PullOrder } from '../sync/pull-order.ts';
 import { sequentialOrder } from '../sync/pull-order.ts';
 import { Puller, type PullTarget } from '../sync/puller.ts';
@@ -122,7 +122,7 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     this.source = src;
     this.regionSize = src.size;
     this.chunkSize = src.chunkSize;
-    this.clock = opts.clock ?? realClock;
+    this.clock = opts.clock ?? systemClock;
     this.states = new ChunkStates(chunkCount(src.size, src.chunkSize));
     this.touched = new Uint8Array(this.states.count);
     this.pushing = opts.push ?? !src.readOnly;
@@ -450,7 +450,7 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     if (!this.started || !this.pushing || this.pushTimer) return;
     const at = this.schedule.nextTimeout();
     if (at === undefined) return;
-    this.pushTimer = this.clock.after(at - this.clock.now(), () => {
+    this.pushTimer = this.clock.schedule(at, () => {
       this.pushTimer = undefined;
       if (this.schedule.due(this.clock.now(), this.dirtyBytes())) this.startRound();
       else this.armPushTimer();

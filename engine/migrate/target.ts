@@ -23,7 +23,7 @@
  */
 import { QuicmapError, errorCode } from '../../base/errors.ts';
 import type { SyncedLayer } from '../layers/synced.ts';
-import { realClock, sleep, type Clock } from '../sync/clock.ts';
+import { sleep, systemClock, type Clock } from '../sync/clock.ts';
 import { decideFinalize, type FinalizeMode } from './finalize-policy.ts';
 
 export interface MigrationControl {
@@ -82,7 +82,7 @@ export class MigrationError extends QuicmapError {
 }
 
 export async function runMigration(o: MigrationOptions): Promise<MigrationResult> {
-  const clock = o.clock ?? realClock;
+  const clock = o.clock ?? systemClock;
   const synced = o.synced;
   const phase = (p: MigrationPhase, d: Record<string, unknown> = {}) => o.onPhase?.(p, d);
   const startedAt = clock.now();

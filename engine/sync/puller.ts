@@ -55,6 +55,9 @@ export class Puller {
   private workers: Promise<void>[] = [];
   private active = 0;
   private completeSignalled = false;
+  /** Resolves when stop() is called: a worker backing off returns at once (a stop never waits out a backoff). */
+  private stopped: Promise<void> = Promise.resolve();
+  private signalStop: () => void = () => {};
   failures = 0;
 
   constructor(target: PullTarget, opts: PullerOptions) {
@@ -69,6 +72,7 @@ export class Puller {
   start(): void {
     if (this.running || this.opts.workers <= 0) return;
     this.running = true;
+    this.stopped = new Promise<void>((r) => (this.signalStop = r));
     this.plan = this.opts.order.plan(this.target.planContext());
     this.cursor = 0;
     this.sweep = 0;
@@ -79,6 +83,7 @@ export class Puller {
   async stop(): Promise<void> {
     if (!this.running) return;
     this.running = false;
+    this.signalStop();
     this.notify();
     await Promise.all(this.workers);
   }
@@ -161,14 +166,16 @@ export class Puller {
       this.active++;
       const [first, count] = this.extend(i);
       try {
-        if (count > 1) await this.target.pullRun!(first, count);
-        else await this.target.pullBackground(i);
+        const pull = count > 1 ? this.target.pullRun!(first, count) : this.target.pullBackground(i);
+        // A stop does not wait for a pull stuck on an unreachable owner; its outcome no longer matters.
+        pull.catch(() => {});
+        await Promise.race([pull, this.stopped]);
         backoff = min;
       } catch (e) {
         this.failures++;
         this.opts.onError?.(i, e);
         for (let k = 0; k < count; k++) this.requeued.push(first + k);
-        await sleep(this.opts.clock, backoff);
+        await Promise.race([sleep(this.opts.clock, backoff), this.stopped]);
         backoff = Math.min(max, backoff * 2);
       } finally {
         this.active--;

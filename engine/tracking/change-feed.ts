@@ -16,8 +16,7 @@
  * version; each dirty round = changedSince(last round's version).
  */
 import type { TrackingStore } from '../capability.ts';
-import type { Clock } from '../sync/clock.ts';
-import { realClock } from '../sync/clock.ts';
+import { systemClock, type Clock } from '../../base/clock.ts';
 
 /** Origin of writes made through the sharer's own export (not by a peer). */
 export const LOCAL_ORIGIN = 0;
@@ -44,7 +43,7 @@ export class ChangeFeed {
     this.chunks = Math.ceil(size / chunkSize);
     this.lastVersion = new Float64Array(this.chunks);
     this.lastOrigin = new Int32Array(this.chunks);
-    this.clock = opts.clock ?? realClock;
+    this.clock = opts.clock ?? systemClock;
     this.id = opts.id ?? 1 + Math.floor(Math.random() * 0xffff_fffe);
   }
 
@@ -98,7 +97,7 @@ export class ChangeFeed {
           cancel();
           resolve();
         };
-        const cancel = this.clock.after(deadline - this.clock.now(), wake);
+        const cancel = this.clock.schedule(deadline, wake);
         this.waiters.add(wake);
       });
       a = answer();
