@@ -10,6 +10,9 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   nbd: { summary: 'serve a local region over NBD (and optionally mount it for mmap)', load: async () => (await import('./commands/nbd.ts')).nbd },
   share: { summary: 'share a region with peers; prints a ticket for `quicmap mount`', load: async () => (await import('./commands/share.ts')).share },
   mount: { summary: "mount a peer's shared region from its ticket, as a local NBD export", load: async () => (await import('./commands/mount.ts')).mount },
+  dht: { summary: 'run a DHT node for a private swarm (a bootstrap node)', load: async () => (await import('./commands/dht.ts')).dht },
+  relay: { summary: 'relay circuits for peers that cannot reach each other directly', load: async () => (await import('./commands/relay.ts')).relay },
+  status: { summary: 'show what a running share, mount, relay or dht is doing', load: async () => (await import('./commands/status.ts')).status },
   migrate: { summary: 'live-migrate a shared region and its ownership to this node', load: async () => (await import('./commands/migrate.ts')).migrate },
 };
 

@@ -15,7 +15,7 @@ import { DEFAULT_LIMITS, RegionServer } from './remote/server.ts';
 import { ChangeFeed } from '../engine/tracking/change-feed.ts';
 import { serveChanges } from './sync/change-calls.ts';
 import { serveChunkHashes } from './sync/hash-calls.ts';
-import type { Transport } from '../transports/transport.ts';
+import type { Listener, Transport } from '../transports/transport.ts';
 import { openTransport, type TransportChoice } from './transports.ts';
 
 export interface ShareOptions {
@@ -41,6 +41,8 @@ export interface ShareOptions {
   /** Addresses written into the ticket (default: the bound address; 0.0.0.0 becomes 127.0.0.1). */
   advertise?: string[];
   limits?: Partial<Limits>;
+  /** Wrap the listener before serving it (the node meters bytes per peer). */
+  wrapListener?: (listener: Listener) => Listener;
   /** Pull/push granularity advertised in the manifest (default: the store's preferred block size, at least 64 KiB). */
   chunkSize?: number;
   log?: (message: string) => void;
@@ -107,7 +109,7 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
   });
   serveChanges(server, feed);
   serveChunkHashes(server, { identity: opts.identity, regionId, store, feed, size: await store.size(), chunkSize });
-  void server.serveListener(listener);
+  void server.serveListener(opts.wrapListener ? opts.wrapListener(listener) : listener);
   const addresses = opts.advertise ?? [advertised(listener.address)];
   let lastExpiry = 0;
   const issue = async (o: { readOnly?: boolean; expiresIn?: number; grantee?: Uint8Array } = {}) => {

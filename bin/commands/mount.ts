@@ -7,6 +7,7 @@ import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
 import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { formatSize } from '../../base/size.ts';
 import { mountTicket, type MountedTicket } from '../../p2p/mount.ts';
+import { mountSwarmOptions, openNode } from '../swarm-flags.ts';
 import { buildStack } from '../../engine/stack.ts';
 import { shareRegion, type SharedRegion } from '../../p2p/share.ts';
 import { parseDuration } from './share.ts';
@@ -79,6 +80,17 @@ Options:
                            DIR/region through nbdfuse)
   --request-timeout DUR    fail a request the sharer leaves unanswered
                            (default 30s)
+  --dht HOST:PORT[,...]    look the sharer up in a private DHT swarm
+                           (\`quicmap dht\` nodes) when the ticket has no
+                           address or its addresses fail; "public": the
+                           public Mainline DHT (only if you mean it). The
+                           record is checked (signature, seq, region); a
+                           sharer unreachable directly is reached through
+                           a relay its record lists, and the mount moves
+                           to a direct path when one answers
+  --dht-listen HOST:PORT   this node's DHT socket (default 0.0.0.0:0)
+  --control PATH           control socket for \`quicmap status\` (default
+                           $QUICMAP_HOME/run/mount-<pid>.sock, mode 0600)
 
 Managed mounts (--managed): chunks are cached locally and pulled in the
 background; reads of cached chunks never cross the network, writes go to
@@ -139,6 +151,7 @@ export const mount: Command = {
         'request-timeout': { type: 'string', default: '30s' },
         identity: { type: 'string' },
         json: { type: 'boolean', default: false },
+        ...mountSwarmOptions,
         managed: { type: 'boolean', default: false },
         cache: { type: 'string' },
         'pull-workers': { type: 'string' },
@@ -201,6 +214,8 @@ export const mount: Command = {
           onEvent: (e) => progress?.event(e),
         });
         if (managed.pullOrder) log(`pull order: ${mm.synced.progress().pullOrder}`);
+        const status = mm.status;
+        node.extra.managed = () => ({ ...status.progress(), peers: status.peers() ?? null });
       }
       // A managed mount serves its own stack (guard → chunked → synced → cache, pulling from the region).
       const store = mm ? await buildStack({ backend: mm.store, ownsBackend: false, maxRequest: server.limits.maxPayload, readOnly: region.caps.readOnly }) : mounted.store;
@@ -255,7 +270,7 @@ export const mount: Command = {
       await mounted.store.flush().catch(() => {});
       for (const s of seeders) await s.close().catch(() => {});
       await urgentLink?.close().catch(() => {});
-      await mounted.close();
+      await node.close();
       clearInterval(alive);
     }
     return exitCode;

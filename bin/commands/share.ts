@@ -9,6 +9,7 @@ import { parseBackendSpec } from '../../engine/backends/open.ts';
 import { buildStack } from '../../engine/stack.ts';
 import { formatSize, parseSize } from '../../base/size.ts';
 import { DEFAULT_LIMITS } from '../../p2p/remote/server.ts';
+import { openNode, swarmHelp, swarmOptions } from '../swarm-flags.ts';
 import { FeedLayer } from '../../engine/layers/feed.ts';
 import { WriteGate } from '../../engine/layers/write-gate.ts';
 import { serveMigration, type MigrationSource } from '../../p2p/sync/migrate-calls.ts';
@@ -60,6 +61,11 @@ Options:
                          writes reopened (default 30s). After a handover a
                          file:/dir: source writes PATH.quicmap-migrated and,
                          restarted, shares read-only
+  --relay RELAY          reserve a slot on this relay (RELAY_ID@HOST:PORT,
+                         the first line \`quicmap relay\` prints; repeatable):
+                         peers that cannot reach this node directly come
+                         through it; the DHT record lists it
+${swarmHelp}
   --identity PATH        identity file (default ${defaultIdentityPath()})
   --json                 print one JSON object instead of the bare ticket
   -h, --help             this help
@@ -123,6 +129,7 @@ export const share: Command = {
       grantee: { type: 'string' },
       identity: { type: 'string' },
       json: { type: 'boolean', default: false },
+      ...swarmOptions,
       socket: { type: 'string' },
       'nbd-listen': { type: 'string' },
       'on-suspend': { type: 'string' },
@@ -158,15 +165,16 @@ export const share: Command = {
     const regionId = regionIdFor(values.backend, identity.publicKey, values['region-id']);
     // The region server's frame limit bounds a single request: the guard allows no more.
     const store = await buildStack({ backend: values.backend, backendOptions: { size, readOnly, create: true }, maxRequest: DEFAULT_LIMITS.maxFrame });
-    let shared: Awaited<ReturnType<typeof shareRegion>> | undefined;
+    let shared: Awaited<ReturnType<Awaited<ReturnType<typeof openNode>>['share']>>['shared'] | undefined;
+    let node: Awaited<ReturnType<typeof openNode>> | undefined;
     let local: LocalExport | undefined;
     let migration: MigrationSource | undefined;
     // One gate on every path into the store: a migration's handover closes them all at once.
     const gate = new WriteGate();
     try {
       const bytes = await store.size();
-      shared = await shareRegion({
-        identity,
+      node = await openNode('share', identity, values, true);
+      ({ shared } = await node.share({
         store: gate.wrap(store),
         transport,
         listen: values.listen,
@@ -175,8 +183,7 @@ export const share: Command = {
         ...(grantee ? { grantee } : {}),
         ...(regionId ? { regionId } : {}),
         ...(values.advertise ? { advertise: values.advertise } : {}),
-        log,
-      });
+      }));
       const feed = shared.feed;
       const onSuspend = values['on-suspend'];
       migration = serveMigration(shared.server, {
@@ -188,6 +195,8 @@ export const share: Command = {
         ...(onSuspend ? { onSuspend: (target: string) => runHook('share: --on-suspend', onSuspend, { QUICMAP_TARGET: target }) } : {}),
         log,
       });
+      const own = migration.ownership;
+      node.extra.migration = () => ({ phase: own.phase, target: own.targetId ?? null, writable: gate.isOpen });
       if (localSpec) {
         local = await serveLocalExport(gate.wrap(new FeedLayer(store, feed)), localSpec, { readOnly, description: `quicmap shared region ${regionIdText(shared.regionId)}`, log });
       }
@@ -209,7 +218,7 @@ export const share: Command = {
     } finally {
       migration?.close();
       await local?.close();
-      await shared?.close();
+      await node?.close();
       await store.flush().catch(() => {});
       await store.close();
       if (shared) log(`closed (served ${formatSize(shared.server.stats.bytesRead)} read, ${formatSize(shared.server.stats.bytesWritten)} written)`);
