@@ -13,6 +13,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   dht: { summary: 'run a DHT node for a private swarm (a bootstrap node)', load: async () => (await import('./commands/dht.ts')).dht },
   relay: { summary: 'relay circuits for peers that cannot reach each other directly', load: async () => (await import('./commands/relay.ts')).relay },
   status: { summary: 'show what a running share, mount, relay or dht is doing', load: async () => (await import('./commands/status.ts')).status },
+  migrate: { summary: 'live-migrate a shared region and its ownership to this node', load: async () => (await import('./commands/migrate.ts')).migrate },
 };
 
 function topHelp(): string {

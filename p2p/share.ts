@@ -12,6 +12,9 @@ import type { ReadWriterAt } from '../engine/rwat.ts';
 import { Stack, buildStack } from '../engine/stack.ts';
 import type { Limits } from './protocol/messages.ts';
 import { DEFAULT_LIMITS, RegionServer } from './remote/server.ts';
+import { ChangeFeed } from '../engine/tracking/change-feed.ts';
+import { serveChanges } from './sync/change-calls.ts';
+import { serveChunkHashes } from './sync/hash-calls.ts';
 import type { Listener, Transport } from '../transports/transport.ts';
 import { openTransport, type TransportChoice } from './transports.ts';
 
@@ -40,6 +43,8 @@ export interface ShareOptions {
   limits?: Partial<Limits>;
   /** Wrap the listener before serving it (the node meters bytes per peer). */
   wrapListener?: (listener: Listener) => Listener;
+  /** Pull/push granularity advertised in the manifest (default: the store's preferred block size, at least 64 KiB). */
+  chunkSize?: number;
   log?: (message: string) => void;
 }
 
@@ -53,6 +58,12 @@ export interface SharedRegion {
   regionId: Uint8Array;
   transport: Transport;
   server: RegionServer;
+  /**
+   * Every change to the region — by peers, and by writes through a store
+   * wrapped in `new FeedLayer(store, feed)` (the sharer's own export) —
+   * so mounters' cached chunks are invalidated (DirtyList).
+   */
+  feed: ChangeFeed;
   /** Issue another ticket for this region. */
   issue(opts?: { readOnly?: boolean; expiresIn?: number; grantee?: Uint8Array }): Promise<string>;
   close(): Promise<void>;
@@ -85,7 +96,19 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
     throw e;
   }
   const store = stack ?? opts.store;
-  const server = new RegionServer({ identity: opts.identity, store, regionId, limits: opts.limits, log });
+  const chunkSize = opts.chunkSize ?? Math.max(64 * 1024, store.caps.preferredBlockSize);
+  const feed = new ChangeFeed(await store.size(), chunkSize);
+  const server = new RegionServer({
+    identity: opts.identity,
+    store,
+    regionId,
+    limits: opts.limits,
+    chunkSize,
+    onWrite: (offset, length, session) => feed.record(offset, length, session),
+    log,
+  });
+  serveChanges(server, feed);
+  serveChunkHashes(server, { identity: opts.identity, regionId, store, feed, size: await store.size(), chunkSize });
   void server.serveListener(opts.wrapListener ? opts.wrapListener(listener) : listener);
   const addresses = opts.advertise ?? [advertised(listener.address)];
   let lastExpiry = 0;
@@ -114,10 +137,12 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
     regionId,
     transport,
     server,
+    feed,
     issue,
     close() {
       closing ??= (async () => {
         await listener.close().catch(() => {});
+        feed.wakeAll();
         await server.close();
         await stack?.close().catch(() => {});
         if (ownsTransport) await transport.close().catch(() => {});

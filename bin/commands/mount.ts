@@ -6,9 +6,60 @@ import { regionIdText } from '../../crypto/grant.ts';
 import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
 import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { formatSize } from '../../base/size.ts';
-import type { MountedTicket } from '../../p2p/mount.ts';
+import { mountTicket, type MountedTicket } from '../../p2p/mount.ts';
 import { mountSwarmOptions, openNode } from '../swarm-flags.ts';
+import { buildStack } from '../../engine/stack.ts';
+import { shareRegion, type SharedRegion } from '../../p2p/share.ts';
 import { parseDuration } from './share.ts';
+import { parseDurationMs } from '../duration.ts';
+import { openManaged, type ManagedMount, type ManagedOptions } from '../../p2p/sync/managed.ts';
+import { parseBackendSpec } from '../../engine/backends/open.ts';
+import { parsePullOrder } from '../../engine/sync/pull-order.ts';
+import { parseSize } from '../../base/size.ts';
+import { showProgress, type ProgressView } from '../progress.ts';
+
+/** Check the managed-mount flags up front, so a typo fails before anything is dialled. */
+function parseManagedFlags(v: Record<string, string | boolean | string[] | undefined>): ManagedOptions {
+  const out: ManagedOptions = {};
+  const str = (k: string) => (typeof v[k] === 'string' ? (v[k] as string) : undefined);
+  const cache = str('cache');
+  if (cache !== undefined) {
+    try {
+      parseBackendSpec(cache);
+    } catch (e) {
+      throw new UsageError(`mount: --cache: ${(e as Error).message}`);
+    }
+    out.cache = cache;
+  }
+  const workers = str('pull-workers');
+  if (workers !== undefined) {
+    if (!/^\d+$/.test(workers) || Number(workers) > 256) throw new UsageError(`mount: --pull-workers must be a whole number from 0 to 256, not "${workers}"`);
+    out.pullWorkers = Number(workers);
+  }
+  const order = str('pull-order');
+  if (order !== undefined) {
+    try {
+      parsePullOrder(order);
+    } catch (e) {
+      throw new UsageError(`mount: --pull-order: ${(e as Error).message}`);
+    }
+    out.pullOrder = order;
+  }
+  const interval = str('push-interval');
+  if (interval !== undefined) out.pushIntervalMs = parseDurationMs(interval, 'mount: --push-interval');
+  const dirty = str('max-dirty');
+  if (dirty !== undefined) {
+    try {
+      out.maxDirtyBytes = parseSize(dirty);
+    } catch (e) {
+      throw new UsageError(`mount: --max-dirty: ${(e as Error).message}`);
+    }
+    if (out.maxDirtyBytes <= 0) throw new UsageError('mount: --max-dirty must be above 0');
+  }
+  const trace = str('record-trace');
+  if (trace !== undefined) out.recordTrace = trace;
+  return out;
+}
 
 const usage = `Usage: quicmap mount TICKET [options]
 
@@ -40,6 +91,39 @@ Options:
   --dht-listen HOST:PORT   this node's DHT socket (default 0.0.0.0:0)
   --control PATH           control socket for \`quicmap status\` (default
                            $QUICMAP_HOME/run/mount-<pid>.sock, mode 0600)
+
+Managed mounts (--managed): chunks are cached locally and pulled in the
+background; reads of cached chunks never cross the network, writes go to
+the cache and are pushed back in the background; FLUSH returns once every
+earlier write is durable at the sharer. Chunks the sharer (or another
+mounter) changes are dropped from the cache and pulled again.
+  --managed                cache and pull in the background (see above)
+  --cache SPEC             memory (default) | file:PATH | dir:PATH
+  --pull-workers N         background pull workers (default 8; 0: fetch on
+                           demand only)
+  --pull-order ORDER       sequential (default) | reverse | volatility
+                           (least-changed first) | trace:FILE (replay a
+                           trace from --record-trace) | priority:MODULE.js
+                           (default export (offset) => priority, higher
+                           first)
+  --push-interval DUR      push writes this long after the first unpushed
+                           one (default 1s; 0: at once), or sooner once
+                           --max-dirty is reached
+  --max-dirty SIZE         push at once when this much is dirty (default
+                           64MiB)
+  --record-trace FILE      log the first-touch order of chunks (a pull
+                           order for the next mount: --pull-order trace:FILE)
+  --seeder TICKET          also pull from this node (repeatable): any node
+                           serving a copy of the region (e.g. \`quicmap
+                           share --read-only\` of a copy). Its chunks are used
+                           only if they match the owner's signed chunk-hash
+                           list; a seeder that sends bad chunks is dropped
+  --seed-listen HOST:PORT  serve this mount's copy to other mounters as a
+                           read-only seeder (missing chunks are fetched from
+                           the owner on demand); its ticket is printed after
+                           the NBD URI (with --json: "seedTicket")
+  A progress bar shows on a terminal; with --json, progress events follow
+  the first line, one JSON object per line.
   --identity PATH          identity file (default ${defaultIdentityPath()})
   --json                   print one JSON object instead of plain lines
   -h, --help               this help
@@ -47,6 +131,8 @@ Options:
 Examples:
   quicmap mount qm1... --listen 127.0.0.1:10810
   quicmap mount qm1... --socket /tmp/r.sock --mount /mnt/r
+  quicmap mount qm1... --managed --cache file:/var/tmp/r.cache \
+      --pull-order trace:boot.trace --socket /tmp/r.sock
   qemu-io -f raw nbd://127.0.0.1:10810/region -c 'read -v 0 512'
 `;
 
@@ -66,9 +152,24 @@ export const mount: Command = {
         identity: { type: 'string' },
         json: { type: 'boolean', default: false },
         ...mountSwarmOptions,
+        managed: { type: 'boolean', default: false },
+        cache: { type: 'string' },
+        'pull-workers': { type: 'string' },
+        'pull-order': { type: 'string' },
+        'push-interval': { type: 'string' },
+        'max-dirty': { type: 'string' },
+        'record-trace': { type: 'string' },
+        seeder: { type: 'string', multiple: true },
+        'seed-listen': { type: 'string' },
       },
       true,
     );
+    const managedFlags = ['cache', 'pull-workers', 'pull-order', 'push-interval', 'max-dirty', 'record-trace', 'seeder', 'seed-listen'] as const;
+    if (!values.managed) {
+      const stray = managedFlags.find((f) => values[f] !== undefined);
+      if (stray) throw new UsageError(`mount: --${stray} needs --managed`);
+    }
+    const managed = values.managed ? parseManagedFlags(values) : undefined;
     if (positionals.length > 1) throw new UsageError('mount: give one ticket (see quicmap mount --help)');
     if (values.listen && values.socket) throw new UsageError('mount: use --listen or --socket, not both');
     let ticketText = positionals[0] ?? '';
@@ -90,8 +191,34 @@ export const mount: Command = {
     }
     let endpoint: NbdEndpoint | undefined;
     let fuse: Attached | undefined;
+    let mm: ManagedMount | undefined;
+    let exitCode = 0;
+    let seed: SharedRegion | undefined;
+    const seeders: MountedTicket[] = [];
+    let urgentLink: MountedTicket | undefined;
+    let progress: ProgressView | undefined;
     try {
-      const store = mounted.store;
+      const region = mounted.region;
+      if (managed) {
+        for (const t of values.seeder ?? []) {
+          const s = await mountTicket({ identity, ticket: t, region: { requestTimeoutMs }, log });
+          seeders.push(s);
+        }
+        // Reads a client waits for get a link of their own (no wait behind background pulls).
+        urgentLink = await mountTicket({ identity, ticket: ticketText, region: { requestTimeoutMs }, log: () => {} });
+        mm = await openManaged(region, {
+          ...managed,
+          urgent: urgentLink.region,
+          seeders: seeders.map((s) => ({ name: s.sharerId.slice(0, 12), region: s.region })),
+          log,
+          onEvent: (e) => progress?.event(e),
+        });
+        if (managed.pullOrder) log(`pull order: ${mm.synced.progress().pullOrder}`);
+        const status = mm.status;
+        node.extra.managed = () => ({ ...status.progress(), peers: status.peers() ?? null });
+      }
+      // A managed mount serves its own stack (guard → chunked → synced → cache, pulling from the region).
+      const store = mm ? await buildStack({ backend: mm.store, ownsBackend: false, maxRequest: server.limits.maxPayload, readOnly: region.caps.readOnly }) : mounted.store;
       const readOnly = store.caps.readOnly;
       const info = await server.addExport({
         name: values.name,
@@ -102,24 +229,50 @@ export const mount: Command = {
       endpoint = await server.listen(values.socket ? { path: values.socket } : listen!);
       const uri = endpoint.uri(values.name);
       if (values.mount) fuse = await attachExport({ server, exportName: values.name, dir: values.mount, readOnly, log });
+      if (mm && values['seed-listen']) {
+        const view = await buildStack({ backend: mm.store, ownsBackend: false, maxRequest: server.limits.maxPayload, readOnly: true });
+        seed = await shareRegion({ identity, store: view, transport: mounted.ticket.claims.transport, listen: values['seed-listen'], readOnly: true, log });
+      }
       if (values.json) {
         process.stdout.write(
-          `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly, sharer: mounted.sharerId, regionId: regionIdText(mounted.ticket.claims.regionId), transport: mounted.ticket.claims.transport, mount: fuse ? { method: fuse.method, path: fuse.path } : null })}\n`,
+          `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly, sharer: mounted.sharerId, regionId: regionIdText(mounted.ticket.claims.regionId), transport: mounted.ticket.claims.transport, mount: fuse ? { method: fuse.method, path: fuse.path } : null, seedTicket: seed?.ticket ?? null })}\n`,
         );
       } else {
         process.stdout.write(`${uri}\n`);
         if (fuse) process.stdout.write(`${fuse.path}\n`);
+        if (seed) process.stdout.write(`${seed.ticket}\n`);
       }
-      log(`mounted ${formatSize(info.size)}${readOnly ? ' read-only' : ''} from sharer ${mounted.sharerId} at ${uri}${fuse ? ` and ${fuse.path}` : ''}`);
+      log(`mounted ${formatSize(info.size)}${readOnly ? ' read-only' : ''} from sharer ${mounted.sharerId} at ${uri}${fuse ? ` and ${fuse.path}` : ''}${mm ? ` (managed, cache ${managed!.cache ?? 'memory'})` : ''}`);
       log(`stack: NBD server → ${store.describe()}`);
+      if (mm) {
+        const synced = mm.synced;
+        const m = mm;
+        progress = showProgress(() => synced, { json: values.json, extra: () => ({ peers: m.peers() }) });
+      }
       const sig = await untilSignal();
       log(`${sig}: unmounting`);
-      return 0;
     } finally {
+      // The region's retry and deadline timers do not hold the process open; this does, until shutdown is done
+      // (a last push to a sharer that is down waits for its link deadline instead of the process just ending).
+      const alive = setInterval(() => {}, 60_000);
+      progress?.stop();
+      await seed?.close().catch(() => {});
       if (fuse) await fuse.unmount().catch((e) => log(`unmount failed: ${(e as Error).message}`));
       await server.close();
+      // A managed mount pushes what is still dirty before it lets go of the sharer.
+      if (mm) {
+        await mm.close().catch((e) => {
+          const dirty = mm!.synced.progress().dirty;
+          log(`mount: ${dirty} written chunk(s) could not be pushed to the sharer before exit (${(e as Error).message}); they are lost`);
+          exitCode = 1;
+        });
+      }
       await mounted.store.flush().catch(() => {});
+      for (const s of seeders) await s.close().catch(() => {});
+      await urgentLink?.close().catch(() => {});
       await node.close();
+      clearInterval(alive);
     }
+    return exitCode;
   },
 };

@@ -1,6 +1,7 @@
 /** `quicmap share`: serve a region to peers that hold its ticket. */
 import { createHash } from 'node:crypto';
-import { realpathSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
+import { open } from 'node:fs/promises';
 import { type Command, UsageError, log, parseFlags, untilSignal } from '../command.ts';
 import { base32Decode, loadOrCreateIdentity, defaultIdentityPath } from '../../crypto/identity.ts';
 import { regionIdText } from '../../crypto/grant.ts';
@@ -9,6 +10,12 @@ import { buildStack } from '../../engine/stack.ts';
 import { formatSize, parseSize } from '../../base/size.ts';
 import { DEFAULT_LIMITS } from '../../p2p/remote/server.ts';
 import { openNode, swarmHelp, swarmOptions } from '../swarm-flags.ts';
+import { FeedLayer } from '../../engine/layers/feed.ts';
+import { WriteGate } from '../../engine/layers/write-gate.ts';
+import { serveMigration, type MigrationSource } from '../../p2p/sync/migrate-calls.ts';
+import { localExportSpec, serveLocalExport, type LocalExport } from '../local-export.ts';
+import { runHook } from '../hook.ts';
+import { parseDurationMs } from '../duration.ts';
 
 const usage = `Usage: quicmap share --size SIZE --listen HOST:PORT [options]
 
@@ -37,6 +44,23 @@ Options:
                          from the identity and the path for file:/dir:
                          backends or the URI for nbd: (tickets survive a
                          restart of the sharer), random for memory
+  --socket PATH          also serve the region as a local NBD export
+                         (export "region") on this unix socket, for an
+                         application on this host; its writes are tracked:
+                         mounters' cached chunks are invalidated and a
+                         migration finds them dirty. The NBD URI is the
+                         second stdout line
+  --nbd-listen HOST:PORT the same over TCP
+  --on-suspend CMD       run CMD (sh -c) when a migration target finalizes:
+                         stop the application (e.g. kill -STOP PID, or an
+                         msync and pause); writes are then closed, flushed
+                         and handed over. A non-zero exit refuses the
+                         finalize. Env: QUICMAP_TARGET (the target's id)
+  --handover-timeout DUR a finalizing target that does not commit within
+                         this (it died) leaves this node the owner again,
+                         writes reopened (default 30s). After a handover a
+                         file:/dir: source writes PATH.quicmap-migrated and,
+                         restarted, shares read-only
   --relay RELAY          reserve a slot on this relay (RELAY_ID@HOST:PORT,
                          the first line \`quicmap relay\` prints; repeatable):
                          peers that cannot reach this node directly come
@@ -78,6 +102,17 @@ function regionIdFor(spec: string, sharerKey: Uint8Array, flag: string | undefin
   return Uint8Array.from(createHash('sha256').update(sharerKey).update(`${parsed.kind}:${path}`).digest().subarray(0, 16));
 }
 
+/** Write the handover durably before the commit is answered, so a restarted source cannot take writes again. */
+async function recordHandover(path: string, target: string): Promise<void> {
+  const fh = await open(path, 'w');
+  try {
+    await fh.writeFile(`${target}\n`);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
 export const share: Command = {
   name: 'share',
   usage,
@@ -95,7 +130,13 @@ export const share: Command = {
       identity: { type: 'string' },
       json: { type: 'boolean', default: false },
       ...swarmOptions,
+      socket: { type: 'string' },
+      'nbd-listen': { type: 'string' },
+      'on-suspend': { type: 'string' },
+      'handover-timeout': { type: 'string', default: '30s' },
     });
+    const handoverTimeoutMs = parseDurationMs(values['handover-timeout'], 'share: --handover-timeout');
+    const localSpec = localExportSpec('share', values.socket, values['nbd-listen'], '--nbd-listen');
     const transport = values.transport;
     if (transport !== 'quic' && transport !== 'tcp') throw new UsageError(`share: --transport must be quic or tcp, not "${transport}"`);
     let size: number | undefined;
@@ -114,19 +155,27 @@ export const share: Command = {
       } catch {}
       if (grantee?.length !== 32) throw new UsageError('share: --grantee must be a peer id (52 base32 characters)');
     }
-    const readOnly = values['read-only'];
-    parseBackendSpec(values.backend);
+    const spec = parseBackendSpec(values.backend);
+    // A region migrated away stays read-only here: the handover is recorded beside a file or dir backend.
+    const marker = spec.kind === 'file' || spec.kind === 'dir' ? `${spec.path.replace(/\/+$/, '')}.quicmap-migrated` : undefined;
+    const migratedTo = marker && existsSync(marker) ? readFileSync(marker, 'utf8').trim() : undefined;
+    if (migratedTo) log(`share: this region was migrated to ${migratedTo} (${marker}); sharing it read-only. Remove that file to make this node the owner again.`);
+    const readOnly = values['read-only'] || migratedTo !== undefined;
     const identity = await loadOrCreateIdentity(values.identity ?? defaultIdentityPath());
     const regionId = regionIdFor(values.backend, identity.publicKey, values['region-id']);
     // The region server's frame limit bounds a single request: the guard allows no more.
     const store = await buildStack({ backend: values.backend, backendOptions: { size, readOnly, create: true }, maxRequest: DEFAULT_LIMITS.maxFrame });
     let shared: Awaited<ReturnType<Awaited<ReturnType<typeof openNode>>['share']>>['shared'] | undefined;
     let node: Awaited<ReturnType<typeof openNode>> | undefined;
+    let local: LocalExport | undefined;
+    let migration: MigrationSource | undefined;
+    // One gate on every path into the store: a migration's handover closes them all at once.
+    const gate = new WriteGate();
     try {
       const bytes = await store.size();
       node = await openNode('share', identity, values, true);
       ({ shared } = await node.share({
-        store,
+        store: gate.wrap(store),
         transport,
         listen: values.listen,
         readOnly,
@@ -135,20 +184,40 @@ export const share: Command = {
         ...(regionId ? { regionId } : {}),
         ...(values.advertise ? { advertise: values.advertise } : {}),
       }));
+      const feed = shared.feed;
+      const onSuspend = values['on-suspend'];
+      migration = serveMigration(shared.server, {
+        gate,
+        feed,
+        flush: () => store.flush(),
+        prepareTimeoutMs: handoverTimeoutMs,
+        ...(marker ? { onCommit: (target: string) => recordHandover(marker, target) } : {}),
+        ...(onSuspend ? { onSuspend: (target: string) => runHook('share: --on-suspend', onSuspend, { QUICMAP_TARGET: target }) } : {}),
+        log,
+      });
+      const own = migration.ownership;
+      node.extra.migration = () => ({ phase: own.phase, target: own.targetId ?? null, writable: gate.isOpen });
+      if (localSpec) {
+        local = await serveLocalExport(gate.wrap(new FeedLayer(store, feed)), localSpec, { readOnly, description: `quicmap shared region ${regionIdText(shared.regionId)}`, log });
+      }
       const expiresAt = shared.expiresAt > 0 ? new Date(shared.expiresAt * 1000).toISOString() : null;
       if (values.json) {
         process.stdout.write(
-          `${JSON.stringify({ ticket: shared.ticket, sharer: identity.id, regionId: regionIdText(shared.regionId), transport, address: shared.address, size: bytes, readOnly, backend: values.backend, expiresAt })}\n`,
+          `${JSON.stringify({ ticket: shared.ticket, sharer: identity.id, regionId: regionIdText(shared.regionId), transport, address: shared.address, size: bytes, readOnly, backend: values.backend, expiresAt, nbd: local?.uri ?? null })}\n`,
         );
       } else {
         process.stdout.write(`${shared.ticket}\n`);
+        if (local) process.stdout.write(`${local.uri}\n`);
       }
+      if (local) log(`local NBD export at ${local.uri} (writes tracked)`);
       log(`sharing ${formatSize(bytes)} (${values.backend}${readOnly ? ', read-only' : ''}) as ${identity.id} on ${transport}://${shared.address}${expiresAt ? `, ticket expires ${expiresAt}` : ''}`);
       log(`stack: ${store.describe()}`);
       const sig = await untilSignal();
       log(`${sig}: stopping`);
       return 0;
     } finally {
+      migration?.close();
+      await local?.close();
       await node?.close();
       await store.flush().catch(() => {});
       await store.close();

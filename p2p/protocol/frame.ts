@@ -29,6 +29,8 @@ export const FrameType = {
   TRIM: 19,
   ZERO: 20,
   PING: 21,
+  /** A named control call (msgpack body {m, a}); answered by OK with a msgpack body. */
+  CALL: 22,
   OK: 32,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
@@ -41,7 +43,7 @@ export function isFrameType(t: number): t is FrameType {
 /** Frames that never carry a payload: a declared payload on them is a protocol error. */
 export const NO_PAYLOAD_TYPES = new Set<number>([FrameType.READ, FrameType.FLUSH, FrameType.TRIM, FrameType.ZERO, FrameType.PING]);
 /** Frames whose payload is a msgpack body (bounded by the control limit, not the data limit). */
-export const CONTROL_TYPES = new Set<number>([FrameType.HELLO, FrameType.WELCOME, FrameType.ERROR]);
+export const CONTROL_TYPES = new Set<number>([FrameType.HELLO, FrameType.WELCOME, FrameType.ERROR, FrameType.CALL]);
 
 export const Flag = {
   FUA: 1,

@@ -25,7 +25,7 @@ export const MIN_PROTOCOL_VERSION = 1;
 export const MAX_CONTROL_BODY = 16 * 1024;
 
 /** Optional features a side may support; the session uses the intersection. */
-export const KNOWN_CAPS = ['trim', 'zero', 'fua', 'ping'] as const;
+export const KNOWN_CAPS = ['trim', 'zero', 'fua', 'ping', 'call'] as const;
 export type Capability = (typeof KNOWN_CAPS)[number];
 
 export interface Limits {
@@ -203,6 +203,40 @@ export function encodeTrim(id: number, offset: number, length: number, fua = fal
 export function encodeZero(id: number, offset: number, length: number, opts: { fua?: boolean; noHole?: boolean } = {}): Uint8Array[] {
   const flags = (opts.fua ? Flag.FUA : 0) | (opts.noHole ? Flag.NO_HOLE : 0);
   return [encodeHeader({ type: FrameType.ZERO, flags, status: 0, id, offset, length, payloadLength: 0 })];
+}
+
+/**
+ * CALL: a named control operation riding on the request table (its id,
+ * deadline and in-flight bound) — change feeds (DirtyList), migration's
+ * suspend/commit, chunk-hash lists. The body is msgpack `{m: method, a: args}`;
+ * the answer is OK with a msgpack body, or ERROR.
+ */
+export function encodeCall(id: number, method: string, args: unknown): Uint8Array[] {
+  return controlFrame(FrameType.CALL, id, pack({ m: method, a: args ?? null }));
+}
+
+export interface CallBody {
+  method: string;
+  args: unknown;
+}
+
+export function decodeCall(payload: Uint8Array): CallBody {
+  const o = unpackBody(payload, 'CALL');
+  return { method: str(o, 'm', 'CALL', 64), args: o.a ?? null };
+}
+
+/** A CALL's answer body. */
+export function packReply(value: unknown): Uint8Array {
+  return pack(value ?? null);
+}
+
+export function unpackReply(payload: Uint8Array, what: string): unknown {
+  if (payload.length === 0) return null;
+  try {
+    return packr.unpack(payload);
+  } catch (e) {
+    throw new ProtocolError(`${what}: reply is not valid msgpack (${(e as Error).message})`);
+  }
 }
 
 export function encodePing(id: number): Uint8Array[] {

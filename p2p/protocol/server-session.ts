@@ -18,6 +18,7 @@ import {
   MAX_CONTROL_BODY,
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
+  decodeCall,
   decodeHello,
   encodeError,
   encodeOk,
@@ -31,6 +32,7 @@ export type ServerRequest =
   | { op: 'read'; id: number; offset: number; length: number }
   | { op: 'write'; id: number; offset: number; data: Uint8Array; fua: boolean }
   | { op: 'flush'; id: number }
+  | { op: 'call'; id: number; method: string; args: unknown }
   | { op: 'trim'; id: number; offset: number; length: number; fua: boolean }
   | { op: 'zero'; id: number; offset: number; length: number; fua: boolean; noHole: boolean };
 
@@ -206,6 +208,7 @@ export class ServerSession {
       case FrameType.FLUSH:
       case FrameType.TRIM:
       case FrameType.ZERO:
+      case FrameType.CALL:
         break;
       default:
         throw new ProtocolError(`unexpected ${frameTypeName(f.type)} frame from a client`);
@@ -217,6 +220,13 @@ export class ServerSession {
       return void refuse('EOVERFLOW', `more than the negotiated ${this.negotiated.maxInFlight} requests in flight`);
     }
     const fua = (f.flags & Flag.FUA) !== 0;
+    if (f.type === FrameType.CALL) {
+      if (!this.caps.has('call')) return void refuse('ENOTSUP', 'calls were not negotiated');
+      const call = decodeCall(f.payload);
+      this.inFlight.add(f.id);
+      events.push({ kind: 'request', request: { op: 'call', id: f.id, method: call.method, args: call.args } });
+      return;
+    }
     if (f.type !== FrameType.FLUSH) {
       if (f.type === FrameType.READ && f.length > this.negotiated.maxFrame) {
         return void refuse('EOVERFLOW', `read of ${f.length} bytes exceeds the negotiated maximum of ${this.negotiated.maxFrame}`);

@@ -23,7 +23,7 @@ import { withDeadline } from '../../base/deadline.ts';
 import { ClientSession } from '../protocol/client-session.ts';
 import { FrameWriter } from './frame-writer.ts';
 import { verifyManifest, type Manifest } from '../protocol/manifest.ts';
-import { encodeFlush, encodePing, encodeRead, encodeTrim, encodeWrite, encodeZero, type Limits } from '../protocol/messages.ts';
+import { encodeCall, encodeFlush, encodePing, encodeRead, encodeTrim, encodeWrite, encodeZero, type Limits } from '../protocol/messages.ts';
 
 export interface LinkOptions {
   grant: Uint8Array;
@@ -54,9 +54,13 @@ export type LinkOp =
   | { op: 'flush' }
   | { op: 'trim'; offset: number; length: number; fua: boolean }
   | { op: 'zero'; offset: number; length: number; fua: boolean; noHole: boolean }
-  | { op: 'ping' };
+  | { op: 'ping' }
+  /** A named control call; the reply's body is put in `reply.body` before the request settles. */
+  | { op: 'call'; method: string; args: unknown; reply: { body?: Uint8Array } };
 
 export class ClientLink {
+  /** Reply boxes of CALLs in flight on this link. */
+  private readonly callReplies = new Map<number, { body?: Uint8Array }>();
   readonly manifest: Manifest;
   readonly limits: Limits;
   readonly caps: ReadonlySet<string>;
@@ -137,8 +141,16 @@ export class ClientLink {
         if (this.deathReason) return;
         this.handlers!.received();
         for (const ev of this.session.receive(chunk)) {
-          if (ev.kind === 'ok') this.handlers!.reply(ev.id);
-          else if (ev.kind === 'error') this.handlers!.reply(ev.id, new QuicmapError(ev.code, `sharer: ${ev.message}`));
+          if (ev.kind === 'ok') {
+            const box = this.callReplies.get(ev.id);
+            if (box) {
+              this.callReplies.delete(ev.id);
+              // Copied: the received chunk may be reused once this loop moves on.
+              box.body = ev.payload.slice();
+            }
+            this.handlers!.reply(ev.id);
+          } else if (ev.kind === 'error') this.callReplies.delete(ev.id);
+          if (ev.kind === 'error') this.handlers!.reply(ev.id, new QuicmapError(ev.code, `sharer: ${ev.message}`));
         }
       }
     } catch (e) {
@@ -182,6 +194,10 @@ export class ClientLink {
       case 'ping':
         frames = encodePing(id);
         break;
+      case 'call':
+        this.callReplies.set(id, op.reply);
+        frames = encodeCall(id, op.method, op.args);
+        break;
     }
     this.writer.write(frames).catch((e: Error) => this.kill(new QuicmapError('EIO', `sending to the sharer failed: ${e.message}`, { cause: e })));
   }
@@ -189,6 +205,7 @@ export class ClientLink {
   /** Give up on a request (timed out): a late reply is dropped, never written into its buffer. */
   forget(id: number): void {
     this.session.forget(id);
+    this.callReplies.delete(id);
   }
 
   async close(): Promise<void> {

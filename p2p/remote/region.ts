@@ -32,7 +32,7 @@ import { splitRange } from '../../base/split-range.ts';
 import type { Capability } from '../../engine/capability.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../../engine/rwat.ts';
 import type { Manifest } from '../protocol/manifest.ts';
-import type { Limits } from '../protocol/messages.ts';
+import { unpackReply, type Limits } from '../protocol/messages.ts';
 import { ClientLink, type LinkOp } from './link.ts';
 import { LinkSupervisor, type SupervisorAction } from './link-supervisor.ts';
 import { RequestTable } from './request-table.ts';
@@ -135,7 +135,7 @@ export class RemoteRegion implements ReadWriterAt {
       sharer: opts.sharer,
       regionId: opts.regionId,
       limits: { ...DEFAULT_LIMITS, ...opts.limits },
-      caps: ['trim', 'zero', 'fua', 'ping'],
+      caps: ['trim', 'zero', 'fua', 'ping', 'call'],
       agent: opts.agent ?? 'quicmap',
     });
   }
@@ -295,6 +295,18 @@ export class RemoteRegion implements ReadWriterAt {
 
   async flush(): Promise<void> {
     await this.request({ op: 'flush' });
+  }
+
+  /**
+   * A named control call to the sharer (change feeds, migration, hash
+   * lists: p2p/sync/), on the request table like any request (slot, link
+   * wait, deadline). Resolves with the decoded reply body; ENOTSUP when the
+   * sharer has no such method or does not take calls.
+   */
+  async call(method: string, args: unknown): Promise<unknown> {
+    const reply: { body?: Uint8Array } = {};
+    await this.request({ op: 'call', method, args, reply });
+    return reply.body ? unpackReply(reply.body, method) : null;
   }
 
   async trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {

@@ -18,7 +18,7 @@ import type { ByteStream, Connection, Listener } from '../../transports/transpor
 import { QuicmapError, errorCode } from '../../base/errors.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
 import { signManifest } from '../protocol/manifest.ts';
-import type { Capability, HelloBody, Limits } from '../protocol/messages.ts';
+import { packReply, type Capability, type HelloBody, type Limits } from '../protocol/messages.ts';
 import { ServerSession, type ServerRequest } from '../protocol/server-session.ts';
 import { FrameWriter } from './frame-writer.ts';
 import { systemClock, type Clock } from '../../base/clock.ts';
@@ -42,7 +42,22 @@ export interface RegionServerOptions {
   /** Time source for the HELLO deadline and the grace before closing (tests: a VirtualClock). */
   clock?: Clock;
   log?: (message: string) => void;
+  /** Called after each write, trim or zero a peer made succeeded (the change feed records it, by session). */
+  onWrite?: (offset: number, length: number, session: number) => void;
 }
+
+/** Who made a call (or a write): the session, its peer, its rights. */
+export interface CallContext {
+  /** Unique per session of this server (a reconnecting client gets a new one). */
+  session: number;
+  peer: Uint8Array;
+  readOnly: boolean;
+  /** Largest reply body the session's peer accepts (the negotiated max frame). */
+  maxReply: number;
+}
+
+/** Serves one named CALL; throws a QuicmapError to answer with an error. The value is sent as msgpack. */
+export type CallHandler = (args: unknown, ctx: CallContext) => Promise<unknown>;
 
 export interface RegionServerStats {
   connections: number;
@@ -63,6 +78,8 @@ export class RegionServer {
   private readonly listeners = new Set<Listener>();
   private signed: { manifest: Uint8Array; manifestSig: Uint8Array; size: number } | undefined;
   private readonly opts: RegionServerOptions;
+  private readonly handlers = new Map<string, CallHandler>();
+  private sessionSeq = 0;
   private readonly clock: Clock;
   private closed = false;
 
@@ -97,6 +114,11 @@ export class RegionServer {
   }
 
   /** Accept connections from `listener` until it or this server closes. */
+  /** Serve the named call `method` (change feeds, migration control, hash lists). */
+  handle(method: string, handler: CallHandler): void {
+    this.handlers.set(method, handler);
+  }
+
   async serveListener(listener: Listener): Promise<void> {
     this.listeners.add(listener);
     try {
@@ -153,6 +175,7 @@ export class RegionServer {
 
   private async serveStream(conn: Connection, stream: ByteStream, peer: string, state: { authed: boolean }): Promise<void> {
     const session = new ServerSession({ limits: this.limits, caps: this.capsOffered() });
+    const ctx: CallContext = { session: ++this.sessionSeq, peer: conn.remotePublicKey, readOnly: true, maxReply: 0 };
     let slotFreed: (() => void) | undefined;
     let dead = false;
     const writer = new FrameWriter(stream);
@@ -188,7 +211,8 @@ export class RegionServer {
         for (const ev of session.receive(chunk)) {
           switch (ev.kind) {
             case 'hello':
-              await this.authorize(conn, session, ev.hello, peer, send);
+              ctx.readOnly = await this.authorize(conn, session, ev.hello, peer, send);
+              ctx.maxReply = session.limits.maxFrame;
               if (session.isServing) state.authed = true;
               else {
                 await stream.closeWrite().catch(() => {});
@@ -202,7 +226,7 @@ export class RegionServer {
               await send(ev.frames);
               break;
             case 'request':
-              void this.execute(session, ev.request, send).then(() => {
+              void this.execute(session, ev.request, send, ctx).then(() => {
                 const f = slotFreed;
                 slotFreed = undefined;
                 f?.();
@@ -235,12 +259,13 @@ export class RegionServer {
   }
 
   private capsOffered(): Capability[] {
-    const caps: Capability[] = ['zero', 'fua', 'ping'];
+    const caps: Capability[] = ['zero', 'fua', 'ping', 'call'];
     if (this.store.caps.canTrim) caps.push('trim');
     return caps;
   }
 
-  private async authorize(conn: Connection, session: ServerSession, hello: HelloBody, peer: string, send: (f: Uint8Array[]) => Promise<void>): Promise<void> {
+  /** Check the grant; answer WELCOME or the refusal. Returns whether the session is read-only. */
+  private async authorize(conn: Connection, session: ServerSession, hello: HelloBody, peer: string, send: (f: Uint8Array[]) => Promise<void>): Promise<boolean> {
     let readOnly: boolean;
     try {
       const claims = await verifyGrantFor(hello.grant, { sharer: this.identity.publicKey, regionId: this.regionId, peer: conn.remotePublicKey });
@@ -251,7 +276,7 @@ export class RegionServer {
       const message = (e as Error).message;
       this.log(`peer ${peer} refused: ${message}`);
       await send(session.refuse(code, message));
-      return;
+      return true;
     }
     const m = await this.manifest();
     this.stats.sessions++;
@@ -259,9 +284,10 @@ export class RegionServer {
       `peer ${peer} (${hello.agent || 'unknown agent'}) opened region ${regionIdText(this.regionId)} ${readOnly ? 'read-only' : 'read-write'}`,
     );
     await send(session.accept(hello, { size: m.size, readOnly, manifest: m.manifest, manifestSig: m.manifestSig }));
+    return readOnly;
   }
 
-  private async execute(session: ServerSession, req: ServerRequest, send: (f: Uint8Array[]) => Promise<void>): Promise<void> {
+  private async execute(session: ServerSession, req: ServerRequest, send: (f: Uint8Array[]) => Promise<void>, ctx: CallContext): Promise<void> {
     const s = this.store;
     try {
       switch (req.op) {
@@ -285,6 +311,17 @@ export class RegionServer {
         case 'zero':
           await s.writeZeroes(req.offset, req.length, { fua: req.fua, noHole: req.noHole });
           break;
+        case 'call': {
+          const handler = this.handlers.get(req.method);
+          if (!handler) throw new QuicmapError('ENOTSUP', `this sharer has no "${req.method}" call`);
+          const value = await handler(req.args, ctx);
+          await send(session.reply(req.id, packReply(value)));
+          return;
+        }
+      }
+      if (req.op === 'write' || req.op === 'trim' || req.op === 'zero') {
+        const length = req.op === 'write' ? req.data.length : req.length;
+        this.opts.onWrite?.(req.offset, length, ctx.session);
       }
       await send(session.reply(req.id));
     } catch (e) {

@@ -1,0 +1,93 @@
+/**
+ * WriteGate: who may write a region right now — the ownership switch of a
+ * live migration. One gate guards every path into the store (the sharer's
+ * own export and the peers it serves): `wrap(store)` gives a layer bound to
+ * this gate; all of them open and close together.
+ *
+ *   open       writes pass
+ *   closed     writes fail with EPERM (`reason` says why: suspended for a
+ *              migration, ownership moved to another node, not the owner yet)
+ *
+ * `close()` waits for the writes already inside the store to finish, so
+ * once it resolves no write is in flight and none will start: the dirty
+ * list taken then is final. Reads always pass.
+ */
+import { QuicmapError } from '../../base/errors.ts';
+import { VECTORED, type Capability, type VectoredStore } from '../capability.ts';
+import type { ReadWriterAt, WriteOptions, ZeroOptions } from '../rwat.ts';
+import { PassThroughLayer } from './pass-through.ts';
+
+export class WriteGate {
+  private openState: boolean;
+  private why: string;
+  private inFlight = 0;
+  private drained: Array<() => void> = [];
+
+  constructor(open = true, reason = 'writes are closed') {
+    this.openState = open;
+    this.why = reason;
+  }
+
+  get isOpen(): boolean {
+    return this.openState;
+  }
+
+  get reason(): string {
+    return this.why;
+  }
+
+  open(): void {
+    this.openState = true;
+  }
+
+  /** Refuse new writes from now on; resolves once the writes already admitted are done. */
+  async close(reason: string): Promise<void> {
+    this.openState = false;
+    this.why = reason;
+    if (this.inFlight > 0) await new Promise<void>((r) => this.drained.push(r));
+  }
+
+  /** Update the refusal message (e.g. after a handover completes). */
+  setReason(reason: string): void {
+    this.why = reason;
+  }
+
+  async admit<T>(fn: () => Promise<T>): Promise<T> {
+    if (!this.openState) throw new QuicmapError('EPERM', this.why);
+    this.inFlight++;
+    try {
+      return await fn();
+    } finally {
+      if (--this.inFlight === 0) for (const d of this.drained.splice(0)) d();
+    }
+  }
+
+  wrap(store: ReadWriterAt): ReadWriterAt {
+    return new GatedStore(store, this);
+  }
+}
+
+class GatedStore extends PassThroughLayer {
+  private readonly gate: WriteGate;
+  private readonly vectored: VectoredStore | undefined;
+
+  constructor(inner: ReadWriterAt, gate: WriteGate) {
+    super(inner);
+    this.gate = gate;
+    const v = inner.capability(VECTORED);
+    this.vectored = v && { writev: (parts, offset, opts) => gate.admit(() => v.writev(parts, offset, opts)) };
+  }
+  override writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
+    return this.gate.admit(() => this.inner.writeAt(data, offset, opts));
+  }
+  override trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
+    return this.gate.admit(() => this.inner.trim(offset, length, opts));
+  }
+  override writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+    return this.gate.admit(() => this.inner.writeZeroes(offset, length, opts));
+  }
+  override capability<T>(key: Capability<T>): T | undefined {
+    if (key === (VECTORED as Capability<unknown>)) return this.vectored as T | undefined;
+    return this.inner.capability(key);
+  }
+}

@@ -1,0 +1,218 @@
+/**
+ * The migration target's orchestrator: transport-agnostic (it drives a
+ * SyncedLayer and a MigrationControl; p2p/ implements the control over the
+ * wire), with the clock as an input. Phases:
+ *
+ *   track      the source's change feed has a base version (the synced
+ *              layer's source was opened with it): every later change at
+ *              the source will be reported
+ *   precopy    the puller copies the region while the application keeps
+ *              running at the source
+ *   rounds     dirty rounds: ask the feed what changed (invalidate, re-pull)
+ *              until the predicted stop-and-copy time is under the limit
+ *              (FinalizePolicy)
+ *   suspend    the source runs --on-suspend, closes writes and flushes
+ *   final-sync the final dirty list
+ *   final-pull every chunk still missing (skipped with post-copy: missing
+ *              chunks are faulted in on demand after resume)
+ *   handover   two-phase commit of ownership (engine/migrate/ownership.ts)
+ *   resumed    the target is the owner: writes open, --on-resume ran
+ *
+ * Downtime is measured from the start of suspend to the moment the
+ * target accepts writes.
+ */
+import { QuicmapError, errorCode } from '../../base/errors.ts';
+import type { SyncedLayer } from '../layers/synced.ts';
+import { sleep, systemClock, type Clock } from '../sync/clock.ts';
+import { decideFinalize, type FinalizeMode } from './finalize-policy.ts';
+
+export interface MigrationControl {
+  /** One round trip to the source, in ms. */
+  rtt(): Promise<number>;
+  /** Ask the source's change feed now; changed chunks are invalidated in the synced layer. Returns how many. */
+  syncDirty(): Promise<number>;
+  /** Prepare: resolves once the source is suspended and its region will not change any more. */
+  suspend(): Promise<void>;
+  /** Commit the handover; once this resolves the target is the owner. Idempotent. */
+  commit(): Promise<void>;
+  /** Give up a prepared handover (the source is the owner again). Best effort. */
+  abort(): Promise<void>;
+}
+
+export type MigrationPhase = 'track' | 'precopy' | 'rounds' | 'suspend' | 'final-sync' | 'final-pull' | 'handover' | 'resumed' | 'complete' | 'failed';
+
+export interface MigrationOptions {
+  synced: SyncedLayer;
+  control: MigrationControl;
+  finalize: FinalizeMode;
+  maxDowntimeMs: number;
+  postCopy?: boolean;
+  clock?: Clock;
+  /** Time between dirty rounds (default 100 ms). */
+  roundMs?: number;
+  /** The source counts as lost after failing this long (default 5 000 ms). */
+  sourceLostMs?: number;
+  /** Open writes on the target. Called once, after the handover; the downtime ends when it returns. */
+  resume: () => Promise<void>;
+  /** After resume (not counted as downtime): run --on-resume. */
+  afterResume?: () => Promise<void>;
+  onPhase?: (phase: MigrationPhase, detail: Record<string, unknown>) => void;
+}
+
+export interface MigrationResult {
+  downtimeMs: number;
+  totalMs: number;
+  /** Bytes pulled from the source. */
+  bytes: number;
+  rounds: number;
+  predictedMs: number;
+  postCopy: boolean;
+  why: string;
+}
+
+/** Who owns the region after a failed migration, for the message the survivor prints. */
+export class MigrationError extends QuicmapError {
+  readonly owner: 'source' | 'target' | 'unknown';
+  readonly phase: MigrationPhase;
+  constructor(phase: MigrationPhase, owner: 'source' | 'target' | 'unknown', message: string, cause?: unknown) {
+    super(errorCode(cause) === 'EBUSY' ? 'EBUSY' : 'EIO', message, { cause });
+    this.phase = phase;
+    this.owner = owner;
+  }
+}
+
+export async function runMigration(o: MigrationOptions): Promise<MigrationResult> {
+  const clock = o.clock ?? systemClock;
+  const synced = o.synced;
+  const phase = (p: MigrationPhase, d: Record<string, unknown> = {}) => o.onPhase?.(p, d);
+  const startedAt = clock.now();
+  const cs = synced.chunkSize;
+  phase('track');
+  await synced.start();
+  phase('precopy', { chunks: synced.states.count });
+
+  // ---- pre-copy and dirty rounds (the source is unaffected by anything failing here) ----
+  let rounds = 0;
+  let lastBytes = synced.progress().pulledBytes;
+  let lastAt = clock.now();
+  let bytesPerMs = 0;
+  let rtt = 0;
+  let failingSince: number | undefined;
+  let decision = { finalize: false, predictedMs: Infinity, why: '' };
+  // Sticky: the first pass is done once every chunk was local at some moment, or as many bytes as
+  // the region has were pulled (a busy writer may keep some chunk remote at every single check).
+  let firstPass = false;
+  for (;;) {
+    try {
+      rtt = await o.control.rtt();
+      const dirty = await o.control.syncDirty();
+      failingSince = undefined;
+      rounds++;
+      const p = synced.progress();
+      const now = clock.now();
+      const dt = now - lastAt;
+      if (dt > 0 && p.pulledBytes > lastBytes) {
+        const rate = (p.pulledBytes - lastBytes) / dt;
+        bytesPerMs = bytesPerMs === 0 ? rate : 0.7 * bytesPerMs + 0.3 * rate;
+      }
+      lastBytes = p.pulledBytes;
+      lastAt = now;
+      firstPass ||= p.remote + p.fetching === 0 || p.pulledBytes >= p.size;
+      const firstPassDone = firstPass || o.postCopy === true;
+      const pendingBytes = o.postCopy ? 0 : (p.remote + p.fetching) * cs;
+      decision = decideFinalize(o.finalize, o.maxDowntimeMs, { now, startedAt, pendingBytes, bytesPerMs, rttMs: rtt, rounds });
+      phase('rounds', { round: rounds, dirty, local: p.local, chunks: p.chunks, predictedMs: decision.predictedMs });
+      if (decision.finalize && (firstPassDone || o.finalize.kind !== 'auto')) break;
+    } catch (e) {
+      failingSince ??= clock.now();
+      if (clock.now() - failingSince >= (o.sourceLostMs ?? 5_000)) {
+        phase('failed', { error: (e as Error).message });
+        throw new MigrationError('precopy', 'source', `the source is unreachable during pre-copy (${(e as Error).message}); nothing was handed over: the source still owns the region`, e);
+      }
+    }
+    await sleep(clock, o.roundMs ?? 100);
+  }
+
+  // ---- finalize ----
+  const suspendAt = clock.now();
+  phase('suspend', { why: decision.why, predictedMs: decision.predictedMs });
+  try {
+    await o.control.suspend();
+  } catch (e) {
+    phase('failed', { error: (e as Error).message });
+    if (errorCode(e) === 'EBUSY') throw new MigrationError('suspend', 'unknown', `the source refused to finalize: ${(e as Error).message}`, e);
+    throw new MigrationError('suspend', 'source', `the source did not suspend (${(e as Error).message}); the source still owns the region`, e);
+  }
+  const failBeforeCommit = async (p: MigrationPhase, e: unknown): Promise<never> => {
+    await o.control.abort().catch(() => {});
+    phase('failed', { error: (e as Error).message });
+    throw new MigrationError(p, 'source', `the source failed during finalize (${(e as Error).message}); the handover did not happen: the source owns the region`, e);
+  };
+  try {
+    phase('final-sync');
+    await o.control.syncDirty();
+  } catch (e) {
+    await failBeforeCommit('final-sync', e);
+  }
+  if (!o.postCopy) {
+    phase('final-pull', { chunks: synced.progress().remote + synced.progress().fetching });
+    try {
+      await waitComplete(synced, clock, o.sourceLostMs ?? 5_000);
+    } catch (e) {
+      await failBeforeCommit('final-pull', e);
+    }
+  }
+  phase('handover');
+  let committed = false;
+  let lastErr: unknown;
+  for (let attempt = 0; attempt < 5 && !committed; attempt++) {
+    try {
+      await o.control.commit();
+      committed = true;
+    } catch (e) {
+      lastErr = e;
+      if (errorCode(e) === 'EBUSY' || errorCode(e) === 'EACCES') break; // the prepare timed out or another target holds it
+      await sleep(clock, 200);
+    }
+  }
+  if (!committed) {
+    phase('failed', { error: (lastErr as Error).message });
+    throw new MigrationError('handover', 'source', `the handover was not confirmed (${(lastErr as Error).message}); the target does not resume: the source owns the region`, lastErr);
+  }
+  synced.becomeOwner();
+  await o.resume();
+  const servingAt = clock.now();
+  phase('resumed', { downtimeMs: servingAt - suspendAt });
+  await o.afterResume?.();
+  if (o.postCopy) {
+    await synced.whenComplete();
+    phase('complete');
+  }
+  return {
+    downtimeMs: servingAt - suspendAt,
+    totalMs: clock.now() - startedAt,
+    bytes: synced.progress().pulledBytes,
+    rounds,
+    predictedMs: decision.predictedMs,
+    postCopy: o.postCopy === true,
+    why: decision.why,
+  };
+}
+
+/** Every chunk local, or an error once pulls have made no progress for `stallMs`. */
+async function waitComplete(synced: SyncedLayer, clock: Clock, stallMs: number): Promise<void> {
+  let last = synced.progress().local;
+  let lastMove = clock.now();
+  let done = false;
+  const complete = synced.whenComplete().then(() => (done = true));
+  while (!done) {
+    await Promise.race([complete, sleep(clock, 50)]);
+    const p = synced.progress();
+    if (p.local !== last) {
+      last = p.local;
+      lastMove = clock.now();
+    } else if (!done && clock.now() - lastMove > stallMs) {
+      throw new QuicmapError('EIO', `no chunk arrived for ${stallMs} ms (${p.remote + p.fetching} still missing)`);
+    }
+  }
+}

@@ -1,0 +1,149 @@
+/**
+ * openManaged: a managed mount of a RemoteRegion — the stack
+ *   ChunkedLayer → SyncedLayer(cache, RemoteChunkSource) → RemoteRegion
+ * with the background puller and pusher started. What `quicmap mount
+ * --managed` serves through NBD (with a GuardLayer on top).
+ */
+import { QuicmapError } from '../../base/errors.ts';
+import { openBackend } from '../../engine/backends/open.ts';
+import { ChunkedLayer } from '../../engine/layers/chunked.ts';
+import { SyncedLayer, type SyncEvent, type SyncProgress } from '../../engine/layers/synced.ts';
+import { loadPullOrder } from '../../engine/sync/load-order.ts';
+import { TraceFile } from '../../engine/sync/trace-file.ts';
+import type { ReadWriterAt } from '../../engine/rwat.ts';
+import type { RemoteRegion } from '../remote/region.ts';
+import { RemoteChunkSource } from './remote-source.ts';
+import { HashListVerifier } from '../../engine/sync/hash-list.ts';
+import { SwarmSource, type PeerStatus } from '../../engine/sync/swarm-source.ts';
+import { loadHashList } from './hash-calls.ts';
+
+export interface ManagedOptions {
+  /** memory (default) | file:PATH | dir:PATH */
+  cache?: string;
+  pullWorkers?: number;
+  /** sequential | reverse | volatility | trace:FILE | priority:MODULE */
+  pullOrder?: string;
+  pushIntervalMs?: number;
+  maxDirtyBytes?: number;
+  /** Record the first-touch order of clients to this file. */
+  recordTrace?: string;
+  /** Chunk size of pulls and pushes (default: the manifest's). */
+  chunkSize?: number;
+  /**
+   * Other nodes serving a copy of the same region (their RemoteRegions):
+   * chunks are pulled from all of them and the owner, and a seeder's bytes
+   * are used only when they match the owner's signed chunk-hash list.
+   */
+  seeders?: ReadonlyArray<{ name: string; region: RemoteRegion }>;
+  /** A second link to the owner for reads a client waits for (no head-of-line wait behind background pulls). */
+  urgent?: RemoteRegion;
+  /** Push writes to the owner (default true). */
+  push?: boolean;
+  onEvent?: (e: SyncEvent) => void;
+  log?: (m: string) => void;
+}
+
+/**
+ * What a status view (the node's `status` command, a control socket) reads
+ * of a managed mount: chunk counts, bytes pulled and pushed, completion,
+ * and per-seeder statistics (strikes, bans) when pulling from a swarm.
+ */
+export interface ManagedStatus {
+  progress(): SyncProgress;
+  peers(): PeerStatus[] | undefined;
+}
+
+export interface ManagedMount {
+  /** The byte-addressable store to serve (put a GuardLayer on it). */
+  store: ReadWriterAt;
+  synced: SyncedLayer;
+  source: RemoteChunkSource;
+  /** Per-peer pull statistics when pulling from seeders too (strikes, bans: what `status` shows). */
+  peers(): PeerStatus[] | undefined;
+  /** The status view of this mount. */
+  status: ManagedStatus;
+  close(): Promise<void>;
+}
+
+export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {}): Promise<ManagedMount> {
+  const size = region.manifest.size;
+  const chunkSize = opts.chunkSize ?? region.manifest.chunkSize;
+  if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0 || chunkSize > region.limits.maxFrame) {
+    throw new QuicmapError('EINVAL', `chunk size ${chunkSize} must be between 1 and the link's max frame (${region.limits.maxFrame})`);
+  }
+  const order = await loadPullOrder(opts.pullOrder ?? 'sequential', chunkSize);
+  const cache = await openBackend(opts.cache ?? 'memory', { size, create: true, chunkSize });
+  if ((await cache.size()) < size) {
+    await cache.close();
+    throw new QuicmapError('EINVAL', `cache ${opts.cache} holds ${await cache.size().catch(() => 0)} bytes; the region needs ${size}`);
+  }
+  let trace: TraceFile | undefined;
+  let source: RemoteChunkSource | undefined;
+  try {
+    trace = opts.recordTrace ? await TraceFile.create(opts.recordTrace, Math.ceil(size / chunkSize), chunkSize) : undefined;
+    source = await RemoteChunkSource.open(region, { chunkSize, log: opts.log, ...(opts.urgent ? { urgent: opts.urgent } : {}) });
+    let swarm: SwarmSource | undefined;
+    let refresh: NodeJS.Timeout | undefined;
+    if (opts.seeders && opts.seeders.length > 0) {
+      for (const s of opts.seeders) {
+        if (s.region.manifest.size !== size) throw new QuicmapError('EINVAL', `seeder ${s.name} serves ${s.region.manifest.size} bytes, the region has ${size}`);
+      }
+      const verifier = new HashListVerifier(Math.ceil(size / chunkSize));
+      const owner = region.manifest.sharer;
+      const regionId = region.manifest.regionId;
+      await loadHashList(region, verifier, owner, regionId);
+      swarm = new SwarmSource({
+        owner: source,
+        seeders: opts.seeders.map((s) => ({ name: s.name, source: { fetch: (i: number, buf: Uint8Array) => s.region.readAt(buf, i * chunkSize) } })),
+        verifier,
+        log: opts.log,
+      });
+      // Hashes of chunks the owner changed are stale; fetch the list again now and then.
+      refresh = setInterval(() => {
+        if (verifier.knownCount < verifier.chunks) void loadHashList(region, verifier, owner, regionId).catch(() => {});
+      }, 2_000);
+      refresh.unref();
+    }
+    const synced = new SyncedLayer({
+      cache,
+      source: swarm ?? source,
+      pullWorkers: opts.pullWorkers ?? 8,
+      maxPullRun: Math.max(1, Math.min(16, Math.floor(region.limits.maxFrame / chunkSize))),
+      pullOrder: order,
+      pushIntervalMs: opts.pushIntervalMs,
+      maxDirtyBytes: opts.maxDirtyBytes,
+      push: opts.push,
+      ...(trace ? { onFirstTouch: (i: number) => trace!.touch(i) } : {}),
+      onEvent: opts.onEvent,
+    });
+    const store = new ChunkedLayer(synced, chunkSize);
+    await synced.start();
+    const src = source;
+    const tr = trace;
+    let closing: Promise<void> | undefined;
+    return {
+      store,
+      synced,
+      source: src,
+      peers: () => swarm?.status(),
+      status: { progress: () => synced.progress(), peers: () => swarm?.status() },
+      close() {
+        closing ??= (async () => {
+          try {
+            await store.close(); // stops the puller and pusher, pushes what is dirty, closes the cache
+          } finally {
+            clearInterval(refresh);
+            src.close();
+            await tr?.close();
+          }
+        })();
+        return closing;
+      },
+    };
+  } catch (e) {
+    source?.close();
+    await trace?.close();
+    await cache.close();
+    throw e;
+  }
+}
