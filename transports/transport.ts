@@ -48,7 +48,7 @@ export interface Listener {
 }
 
 export interface Transport {
-  readonly name: 'quic' | 'tcp' | 'loopback' | 'relay';
+  readonly name: 'quic' | 'tcp' | 'webtransport' | 'loopback' | 'relay';
   listen(address: string): Promise<Listener>;
   dial(address: string, expectedPublicKey: Uint8Array, opts?: { timeoutMs?: number }): Promise<Connection>;
   close(): Promise<void>;
