@@ -4,6 +4,7 @@
  * so node B finds it through the DHT and reaches it through the relay;
  * then A's endpoint appears in its record and B moves to the direct path.
  */
+import type { TransportName } from '../crypto/endpoint.ts';
 import { randomBytes } from 'node:crypto';
 import { generateIdentity } from '../crypto/identity.ts';
 import { parseTicket } from '../crypto/ticket.ts';
@@ -18,7 +19,7 @@ export interface SwarmStepResult {
   detail: string;
 }
 
-export async function swarmStep(transport: 'quic' | 'tcp'): Promise<SwarmStepResult> {
+export async function swarmStep(transport: TransportName): Promise<SwarmStepResult> {
   const cleanups: Array<() => Promise<void>> = [];
   try {
     const boot = await DhtClient.open({ bootstrap: 'none', queryTimeoutMs: 250 });
@@ -48,7 +49,7 @@ export async function swarmStep(transport: 'quic' | 'tcp'): Promise<SwarmStepRes
     await m.mounted.region.readAt(back, 0);
     const directOk = m.dialer.path?.kind === 'direct' && Buffer.from(back).equals(data);
     return {
-      ok: ticket.claims.addresses.length === 0 && relayedOk && directOk,
+      ok: ticket.claims.endpoints.length === 0 && relayedOk && directOk,
       detail: `ticket without addresses (${share.ticket.length} chars); B found A in the DHT (seq ${share.publisher!.currentSeq}), wrote and read ${formatSize(data.length)} through relay ${relay.address} (${formatSize(relayed)} relayed, end-to-end encrypted), then moved to ${m.dialer.path?.kind ?? 'no'} path ${m.dialer.path?.address ?? ''}${directOk ? ' with the data intact' : ' (FAILED)'}`,
     };
   } catch (e) {

@@ -16,15 +16,21 @@ import { randomBytes } from 'node:crypto';
 import { QuicmapError } from '../base/errors.ts';
 import type { Identity } from './identity.ts';
 import { base32Encode } from './identity.ts';
+import { decodeEndpoints, encodeEndpoints, isTransportName, type Endpoint, type TransportName } from './endpoint.ts';
 
 const packr = new Packr({ useRecords: false, int64AsType: 'number', mapsAsObjects: true, moreTypes: false });
 
-export const GRANT_VERSION = 1;
+/**
+ * 2: the claims carry a list of endpoints (transport + address each), so a
+ * mount can fall back from QUIC to WebTransport or TCP. 1 (one transport,
+ * several addresses) is still read: it becomes that many endpoints.
+ */
+export const GRANT_VERSION = 2;
 const SIGNATURE_SIZE = 64;
 const DOMAIN = new TextEncoder().encode('quicmap-grant-v1\0');
 
 export type Rights = 'ro' | 'rw';
-export type TransportName = 'quic' | 'tcp';
+export type { Endpoint, TransportName };
 
 export interface GrantClaims {
   version: number;
@@ -32,9 +38,8 @@ export interface GrantClaims {
   regionId: Uint8Array;
   /** The sharer's Ed25519 public key: the grant's signer and the key to dial. */
   sharer: Uint8Array;
-  transport: TransportName;
-  /** "host:port" addresses the sharer listens on. */
-  addresses: string[];
+  /** Where the sharer listens, in the sharer's order (dialers put QUIC first: endpoint.ts). */
+  endpoints: Endpoint[];
   rights: Rights;
   /** Unix seconds. */
   issuedAt: number;
@@ -65,11 +70,22 @@ function signedMessage(claimBytes: Uint8Array): Uint8Array {
   return m;
 }
 
-export async function signGrant(identity: Identity, claims: Omit<GrantClaims, 'version' | 'sharer' | 'issuedAt'> & { issuedAt?: number }): Promise<SignedGrant> {
+/** What signGrant takes: the claims, with `endpoints` or (the version 1 shape) one transport and its addresses. */
+export type GrantInput = Omit<GrantClaims, 'version' | 'sharer' | 'issuedAt' | 'endpoints'> & { issuedAt?: number } & (
+    | { endpoints: Endpoint[] }
+    | { transport: TransportName; addresses: string[] }
+  );
+
+export async function signGrant(identity: Identity, input: GrantInput): Promise<SignedGrant> {
   await sodium.ready;
-  if (claims.regionId.length !== 16) throw new Error('a region id is 16 bytes');
+  if (input.regionId.length !== 16) throw new Error('a region id is 16 bytes');
+  const { endpoints, claims } =
+    'endpoints' in input
+      ? (({ endpoints, ...claims }) => ({ endpoints, claims }))(input)
+      : (({ transport, addresses, ...claims }) => ({ endpoints: addresses.map((address) => ({ transport, address })), claims }))(input);
   const full: GrantClaims = {
     ...claims,
+    endpoints,
     version: GRANT_VERSION,
     sharer: identity.publicKey,
     issuedAt: claims.issuedAt ?? Math.floor(Date.now() / 1000),
@@ -78,8 +94,7 @@ export async function signGrant(identity: Identity, claims: Omit<GrantClaims, 'v
     full.version,
     full.regionId,
     full.sharer,
-    full.transport,
-    full.addresses,
+    encodeEndpoints(full.endpoints),
     full.rights === 'rw' ? 1 : 0,
     full.issuedAt,
     full.expiresAt,
@@ -116,16 +131,30 @@ export async function openGrant(bytes: Uint8Array, sharer?: Uint8Array): Promise
   } catch {
     throw refuse('grant is damaged (cannot decode it)');
   }
-  if (!Array.isArray(a) || a.length !== 9) throw refuse('grant is damaged (unexpected layout)');
-  const [version, regionId, key, transport, addresses, rights, issuedAt, expiresAt, grantee] = a as unknown[];
-  if (version !== GRANT_VERSION) throw refuse(`grant version ${String(version)} is not supported (this build reads version ${GRANT_VERSION})`);
+  if (!Array.isArray(a) || a.length === 0) throw refuse('grant is damaged (unexpected layout)');
+  const version: unknown = a[0];
+  let fields: unknown[];
+  let endpoints: Endpoint[] | undefined;
+  if (version === 1 && a.length === 9) {
+    // [1, region, sharer, transport, addresses, rights, issued, expires, grantee]
+    const [, regionId, key, transport, addresses, ...rest] = a as unknown[];
+    if (isTransportName(transport) && Array.isArray(addresses) && addresses.every((x) => typeof x === 'string')) {
+      endpoints = decodeEndpoints(addresses.map((x: string) => [transport, x]));
+    }
+    fields = [regionId, key, ...rest];
+  } else if (version === GRANT_VERSION && a.length === 8) {
+    // [2, region, sharer, [[transport, address]...], rights, issued, expires, grantee]
+    const [, regionId, key, list, ...rest] = a as unknown[];
+    endpoints = decodeEndpoints(list);
+    fields = [regionId, key, ...rest];
+  } else if (typeof version === 'number' && version !== 1 && version !== GRANT_VERSION) {
+    throw refuse(`grant version ${String(version)} is not supported (this build reads versions 1 and ${GRANT_VERSION}; is the sharer's quicmap newer?)`);
+  } else throw refuse('grant is damaged (unexpected layout)');
+  const [regionId, key, rights, issuedAt, expiresAt, grantee] = fields;
   if (
     !isBytes(regionId, 16) ||
     !isBytes(key, 32) ||
-    (transport !== 'quic' && transport !== 'tcp') ||
-    !Array.isArray(addresses) ||
-    addresses.length > 16 ||
-    !addresses.every((x) => typeof x === 'string' && x.length <= 300) ||
+    !endpoints ||
     (rights !== 0 && rights !== 1) ||
     !Number.isSafeInteger(issuedAt) ||
     !Number.isSafeInteger(expiresAt) ||
@@ -140,11 +169,10 @@ export async function openGrant(bytes: Uint8Array, sharer?: Uint8Array): Promise
     throw refuse(`grant was issued by ${base32Encode(key)}, not by this sharer (${base32Encode(sharer)})`);
   }
   return {
-    version,
+    version: version as number,
     regionId,
     sharer: key,
-    transport,
-    addresses: addresses as string[],
+    endpoints,
     rights: rights === 1 ? 'rw' : 'ro',
     issuedAt: issuedAt as number,
     expiresAt: expiresAt as number,

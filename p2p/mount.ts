@@ -1,7 +1,8 @@
 /**
  * mountTicket: the library call behind `quicmap mount`. Parses and checks a
  * ticket offline (prefix, signature, expiry), dials the sharer on the
- * ticket's transport expecting the ticket's key, presents the grant and
+ * ticket's endpoints (QUIC first, then the others: WebTransport, TCP) expecting
+ * the ticket's key, presents the grant and
  * returns the RemoteRegion — a ReadWriterAt that the caller serves (NBD) or
  * uses directly. A refusal or a wrong key is thrown as a QuicmapError with a
  * message fit for the user (EACCES / EPERM / EINVAL).
@@ -15,6 +16,7 @@ import { RemoteRegion, type RemoteRegionOptions } from './remote/region.ts';
 import { buildStack, type Stack } from '../engine/stack.ts';
 import type { Connection, Transport } from '../transports/transport.ts';
 import { openTransport } from './transports.ts';
+import { dialOrder, endpointText, type Endpoint, type TransportName } from '../crypto/endpoint.ts';
 
 export interface MountTicketOptions {
   identity: Identity;
@@ -39,6 +41,8 @@ export interface MountedTicket {
   ticket: Ticket;
   /** base32 id of the sharer. */
   sharerId: string;
+  /** The endpoint of the connection in use (the last one that connected). */
+  readonly endpoint: Endpoint | undefined;
   close(): Promise<void>;
 }
 
@@ -46,31 +50,52 @@ export async function mountTicket(opts: MountTicketOptions): Promise<MountedTick
   const log = opts.log ?? (() => {});
   const ticket = await parseTicket(opts.ticket);
   const c = ticket.claims;
-  if (c.addresses.length === 0 && !opts.connect) throw new QuicmapError('EINVAL', 'ticket names no address to reach the sharer (mount it with --dht)');
+  if (c.endpoints.length === 0 && !opts.connect) throw new QuicmapError('EINVAL', 'ticket names no address to reach the sharer (mount it with --dht)');
   const sharerId = base32Encode(c.sharer);
-  const transport = opts.connect ? undefined : (opts.transport ?? (await openTransport(c.transport, opts.identity)));
-  const ownsTransport = opts.transport === undefined && transport !== undefined;
+  // QUIC first, then the ticket's other endpoints in its order; transports
+  // are opened when first needed and kept for reconnects.
+  const endpoints = dialOrder(c.endpoints);
+  const transports = new Map<TransportName, Transport>();
+  const transportFor = async (name: TransportName): Promise<Transport> => {
+    if (opts.transport) return opts.transport;
+    let t = transports.get(name);
+    if (!t) transports.set(name, (t = await openTransport(name, opts.identity)));
+    return t;
+  };
+  const closeTransports = () => Promise.all([...transports.values()].map((t) => t.close().catch(() => {})));
   let next = 0;
-  // Try the ticket's addresses in turn, starting with the one that last worked.
+  let lastPath: string | undefined;
+  let current: Endpoint | undefined;
+  // Try the endpoints in turn, starting with the one that last worked; say
+  // which path was taken whenever it changes.
   const connect = opts.connect ?? (async (): Promise<Connection> => {
     let last: unknown;
-    for (let i = 0; i < c.addresses.length; i++) {
-      const idx = (next + i) % c.addresses.length;
+    const failed: string[] = [];
+    for (let i = 0; i < endpoints.length; i++) {
+      const idx = (next + i) % endpoints.length;
+      const ep = endpoints[idx]!;
       try {
-        const conn = await transport!.dial(c.addresses[idx]!, c.sharer, { timeoutMs: opts.dialTimeoutMs ?? 5_000 });
+        const conn = await (await transportFor(ep.transport)).dial(ep.address, c.sharer, { timeoutMs: opts.dialTimeoutMs ?? 5_000 });
         next = idx;
+        current = ep;
+        const path = endpointText(ep);
+        if (path !== lastPath) {
+          log(failed.length > 0 ? `connected over ${path} (fell back: ${failed.join('; ')})` : `connected over ${path}`);
+          lastPath = path;
+        }
         return conn;
       } catch (e) {
         last = e;
         if (e instanceof QuicmapError && e.code === 'EACCES') {
-          throw new QuicmapError('EACCES', `the peer at ${c.addresses[idx]} is not the sharer named in the ticket (${sharerId}): ${e.message}`);
+          throw new QuicmapError('EACCES', `the peer at ${endpointText(ep)} is not the sharer named in the ticket (${sharerId}): ${e.message}`);
         }
+        failed.push(`${endpointText(ep)} failed: ${e instanceof Error ? e.message : String(e)}`);
       }
     }
     const why = last instanceof Error ? last.message : String(last);
-    throw new QuicmapError(last instanceof QuicmapError ? last.code : 'EIO', `cannot reach the sharer at ${c.addresses.join(', ')}: ${why}`);
+    throw new QuicmapError(last instanceof QuicmapError ? last.code : 'EIO', `cannot reach the sharer at ${endpoints.map(endpointText).join(', ')}: ${why}`);
   });
-  log(`mounting region ${regionIdText(c.regionId)} from sharer ${sharerId} over ${c.transport} (${c.rights === 'ro' ? 'read-only' : 'read-write'})`);
+  log(`mounting region ${regionIdText(c.regionId)} from sharer ${sharerId} via ${endpoints.map(endpointText).join(', ')} (${c.rights === 'ro' ? 'read-only' : 'read-write'})`);
   let region: RemoteRegion;
   try {
     region = await RemoteRegion.open({
@@ -84,7 +109,7 @@ export async function mountTicket(opts: MountTicketOptions): Promise<MountedTick
       ...opts.region,
     });
   } catch (e) {
-    if (ownsTransport) await transport?.close().catch(() => {});
+    await closeTransports();
     throw e;
   }
   const store = await buildStack({ backend: region, maxRequest: opts.maxRequest ?? 32 * 1024 * 1024 });
@@ -95,10 +120,13 @@ export async function mountTicket(opts: MountTicketOptions): Promise<MountedTick
     region,
     ticket,
     sharerId,
+    get endpoint() {
+      return current;
+    },
     close() {
       closing ??= (async () => {
         await store.close();
-        if (ownsTransport) await transport?.close().catch(() => {});
+        await closeTransports();
       })();
       return closing;
     },

@@ -5,7 +5,8 @@
  * peer) can be issued for the same region with `issue`.
  */
 import type { Identity } from '../crypto/identity.ts';
-import { newRegionId, regionIdText, signGrant, type Rights, type TransportName } from '../crypto/grant.ts';
+import { newRegionId, regionIdText, signGrant, type Rights } from '../crypto/grant.ts';
+import { isTransportName, parseEndpoint, type Endpoint, type TransportName } from '../crypto/endpoint.ts';
 import { encodeTicket } from '../crypto/ticket.ts';
 import { QuicmapError } from '../base/errors.ts';
 import type { ReadWriterAt } from '../engine/rwat.ts';
@@ -26,10 +27,16 @@ export interface ShareOptions {
    * after close, its owner closes it).
    */
   store: ReadWriterAt;
-  /** 'quic' (default) or 'tcp', or a transport instance (tests use the loopback transport). */
+  /** 'quic' (default), 'webtransport' or 'tcp', or a transport instance (tests use the loopback transport). */
   transport?: TransportChoice;
   /** "host:port" to listen on; port 0 picks a free one. */
   listen: string;
+  /**
+   * More transports to listen on at once (e.g. webtransport and tcp beside
+   * quic): the ticket lists an endpoint for each, and a mount falls back
+   * from QUIC to the others by itself.
+   */
+  alsoListen?: Array<{ transport: TransportChoice; listen: string }>;
   /** The ticket grants read-only access. */
   readOnly?: boolean;
   /** Seconds the ticket stays valid; 0 or absent: no expiry. */
@@ -38,7 +45,11 @@ export interface ShareOptions {
   grantee?: Uint8Array;
   /** Keep a region id across restarts so old tickets stay valid (default: random). */
   regionId?: Uint8Array;
-  /** Addresses written into the ticket (default: the bound address; 0.0.0.0 becomes 127.0.0.1). */
+  /**
+   * Endpoints written into the ticket instead of the bound ones (0.0.0.0
+   * becomes 127.0.0.1 there): "TRANSPORT://host:port", or a bare
+   * "host:port" for the first transport.
+   */
   advertise?: string[];
   limits?: Partial<Limits>;
   /** Wrap the listener before serving it (the node meters bytes per peer). */
@@ -51,12 +62,16 @@ export interface ShareOptions {
 export interface SharedRegion {
   /** The ticket issued at start (rights per `readOnly`). */
   ticket: string;
-  /** The bound listen address. */
+  /** The bound listen address (of the first transport). */
   address: string;
+  /** Every endpoint the ticket lists. */
+  endpoints: Endpoint[];
   /** Expiry of `ticket` in unix seconds; 0: none. */
   expiresAt: number;
   regionId: Uint8Array;
+  /** The first transport (see `transports` for all). */
   transport: Transport;
+  transports: Transport[];
   server: RegionServer;
   /**
    * Every change to the region — by peers, and by writes through a store
@@ -74,25 +89,23 @@ function advertised(bound: string): string {
   return bound.replace(/^0\.0\.0\.0:/, '127.0.0.1:').replace(/^\[::\]:/, '[::1]:');
 }
 
+function ticketName(t: Transport): TransportName {
+  if (isTransportName(t.name)) return t.name;
+  if (t.name === 'loopback') return 'quic'; // tests: the mount is given the loopback transport itself
+  throw new QuicmapError('EINVAL', `cannot share over the ${t.name} transport yet`);
+}
+
 export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
   const log = opts.log ?? (() => {});
-  const transport = await openTransport(opts.transport ?? 'quic', opts.identity);
-  const ownsTransport = typeof opts.transport === 'string' || opts.transport === undefined;
-  const transportName: TransportName = transport.name === 'tcp' ? 'tcp' : 'quic';
-  if (transport.name !== 'quic' && transport.name !== 'tcp' && transport.name !== 'loopback') {
-    throw new QuicmapError('EINVAL', `cannot share over the ${transport.name} transport yet`);
-  }
+  const wanted = [{ transport: opts.transport ?? 'quic', listen: opts.listen }, ...(opts.alsoListen ?? [])];
   const regionId = opts.regionId ?? newRegionId();
   const limits = { ...DEFAULT_LIMITS, ...opts.limits };
   let stack: Stack | undefined;
-  let listener;
   try {
     stack = opts.store instanceof Stack ? undefined : await buildStack({ backend: opts.store, ownsBackend: false, maxRequest: limits.maxFrame });
     await stack?.start();
-    listener = await transport.listen(opts.listen);
   } catch (e) {
     await stack?.close().catch(() => {});
-    if (ownsTransport) await transport.close().catch(() => {});
     throw e;
   }
   const store = stack ?? opts.store;
@@ -109,16 +122,47 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
   });
   serveChanges(server, feed);
   serveChunkHashes(server, { identity: opts.identity, regionId, store, feed, size: await store.size(), chunkSize });
-  void server.serveListener(opts.wrapListener ? opts.wrapListener(listener) : listener);
-  const addresses = opts.advertise ?? [advertised(listener.address)];
+  const opened: Array<{ transport: Transport; owned: boolean; listener?: Listener }> = [];
+  const closeAll = async () => {
+    for (const o of opened) await o.listener?.close().catch(() => {});
+    feed.wakeAll();
+    await server.close();
+    await stack?.close().catch(() => {});
+    for (const o of opened) if (o.owned) await o.transport.close().catch(() => {});
+  };
+  try {
+    for (const w of wanted) {
+      const transport = await openTransport(w.transport, opts.identity);
+      const entry: { transport: Transport; owned: boolean; listener?: Listener } = { transport, owned: typeof w.transport === 'string' };
+      opened.push(entry);
+      ticketName(transport);
+      entry.listener = await transport.listen(w.listen);
+    }
+  } catch (e) {
+    await closeAll();
+    throw e;
+  }
+  const listeners = opened.map((o) => o.listener!);
+  for (const l of listeners) void server.serveListener(opts.wrapListener ? opts.wrapListener(l) : l);
+  const first = ticketName(opened[0]!.transport);
+  let endpoints: Endpoint[];
+  try {
+    endpoints = opts.advertise
+      ? opts.advertise.map((a) => parseEndpoint(a, first))
+      : opened.map((o) => ({ transport: ticketName(o.transport), address: advertised(o.listener!.address) }));
+  } catch (e) {
+    await closeAll();
+    throw e;
+  }
+  const transport = opened[0]!.transport;
+  const listener = listeners[0]!;
   let lastExpiry = 0;
   const issue = async (o: { readOnly?: boolean; expiresIn?: number; grantee?: Uint8Array } = {}) => {
     const rights: Rights = o.readOnly || opts.store.caps.readOnly ? 'ro' : 'rw';
     const expiresIn = o.expiresIn ?? 0;
     const grant = await signGrant(opts.identity, {
       regionId,
-      transport: transportName,
-      addresses,
+      endpoints,
       rights,
       expiresAt: expiresIn > 0 ? Math.floor(Date.now() / 1000) + Math.ceil(expiresIn) : 0,
       ...(o.grantee ? { grantee: o.grantee } : {}),
@@ -128,25 +172,21 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
   };
   const ticket = await issue({ readOnly: opts.readOnly, expiresIn: opts.expiresIn, ...(opts.grantee ? { grantee: opts.grantee } : {}) });
   const expiresAt = lastExpiry;
-  log(`sharer ${opts.identity.id} serves region ${regionIdText(regionId)} over ${transport.name} at ${listener.address}`);
+  log(`sharer ${opts.identity.id} serves region ${regionIdText(regionId)} at ${opened.map((o) => `${o.transport.name}://${o.listener!.address}`).join(', ')}`);
   let closing: Promise<void> | undefined;
   return {
     ticket,
     address: listener.address,
+    endpoints,
     expiresAt,
     regionId,
     transport,
+    transports: opened.map((o) => o.transport),
     server,
     feed,
     issue,
     close() {
-      closing ??= (async () => {
-        await listener.close().catch(() => {});
-        feed.wakeAll();
-        await server.close();
-        await stack?.close().catch(() => {});
-        if (ownsTransport) await transport.close().catch(() => {});
-      })();
+      closing ??= closeAll();
       return closing;
     },
   };

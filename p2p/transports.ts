@@ -6,8 +6,9 @@
 import type { Identity } from '../crypto/identity.ts';
 import { QuicmapError } from '../base/errors.ts';
 import type { Transport } from '../transports/transport.ts';
+import type { TransportName } from '../crypto/endpoint.ts';
 
-export type TransportChoice = 'quic' | 'tcp' | Transport;
+export type TransportChoice = TransportName | Transport;
 
 export async function openTransport(choice: TransportChoice, identity: Identity): Promise<Transport> {
   if (typeof choice !== 'string') return choice;
@@ -20,7 +21,11 @@ export async function openTransport(choice: TransportChoice, identity: Identity)
       const { TcpTransport } = await import('../transports/tcp.ts');
       return new TcpTransport(identity);
     }
+    case 'webtransport': {
+      const { WebTransportTransport } = await import('../transports/webtransport.ts');
+      return new WebTransportTransport(identity);
+    }
     default:
-      throw new QuicmapError('EINVAL', `unknown transport "${String(choice)}" (use quic or tcp)`);
+      throw new QuicmapError('EINVAL', `unknown transport "${String(choice)}" (use quic, webtransport or tcp)`);
   }
 }

@@ -22,8 +22,9 @@ import { formatRate, formatSize, parseSize } from '../../base/size.ts';
 import { shareRegion } from '../../p2p/share.ts';
 import { mountTicket } from '../../p2p/mount.ts';
 import { DEFAULT_LIMITS } from '../../p2p/remote/server.ts';
+import { isTransportName } from '../../crypto/endpoint.ts';
 
-const usage = `Usage: quicmap demo [--size SIZE] [--transport quic|tcp] [--json]
+const usage = `Usage: quicmap demo [--size SIZE] [--transport quic|webtransport|tcp] [--json]
 
 A local demo swarm on loopback (what 'npm start' runs):
   1. a region served over NBD, written and read back through the protocol;
@@ -40,7 +41,7 @@ Prints a summary; --json prints it as one JSON object on stdout.
 
 Options:
   --size SIZE        region size (default 64MiB)
-  --transport NAME   quic (default) or tcp between the two nodes
+  --transport NAME   quic (default), webtransport or tcp between the two nodes
   --json             machine-readable summary
   -h, --help         this help
 `;
@@ -63,7 +64,8 @@ export const demo: Command = {
     });
     const size = parseSize(values.size);
     if (size < 4 * 1024 * 1024) throw new UsageError('demo: --size must be at least 4MiB');
-    const transport = values.transport === 'tcp' ? 'tcp' : 'quic';
+    const transport = values.transport;
+    if (!isTransportName(transport)) throw new UsageError(`demo: --transport must be quic, webtransport or tcp, not "${transport}"`);
     const work = mkdtempSync(join(tmpdir(), 'quicmap-demo-'));
     const steps: Step[] = [];
     const record = (s: Step) => {

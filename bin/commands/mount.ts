@@ -10,6 +10,7 @@ import { mountTicket, type MountedTicket } from '../../p2p/mount.ts';
 import { mountSwarmOptions, openNode } from '../swarm-flags.ts';
 import { buildStack } from '../../engine/stack.ts';
 import { shareRegion, type SharedRegion } from '../../p2p/share.ts';
+import { endpointText } from '../../crypto/endpoint.ts';
 import { parseDuration } from './share.ts';
 import { parseDurationMs } from '../duration.ts';
 import { openManaged, type ManagedMount, type ManagedOptions } from '../../p2p/sync/managed.ts';
@@ -182,8 +183,11 @@ export const mount: Command = {
     const server = new NbdServer({ log });
     const node = await openNode('mount', identity, values, false);
     let mounted: MountedTicket;
+    let dialerPath: (() => { transport: string; address: string } | undefined) | undefined;
     try {
-      mounted = (await node.mount({ ticket: ticketText, region: { requestTimeoutMs }, maxRequest: server.limits.maxPayload })).mounted;
+      const nm = await node.mount({ ticket: ticketText, region: { requestTimeoutMs }, maxRequest: server.limits.maxPayload });
+      mounted = nm.mounted;
+      dialerPath = () => nm.dialer.path;
     } catch (e) {
       await node.close();
       await server.close();
@@ -231,11 +235,11 @@ export const mount: Command = {
       if (values.mount) fuse = await attachExport({ server, exportName: values.name, dir: values.mount, readOnly, log });
       if (mm && values['seed-listen']) {
         const view = await buildStack({ backend: mm.store, ownsBackend: false, maxRequest: server.limits.maxPayload, readOnly: true });
-        seed = await shareRegion({ identity, store: view, transport: mounted.ticket.claims.transport, listen: values['seed-listen'], readOnly: true, log });
+        seed = await shareRegion({ identity, store: view, transport: mounted.ticket.claims.endpoints[0]?.transport ?? 'quic', listen: values['seed-listen'], readOnly: true, log });
       }
       if (values.json) {
         process.stdout.write(
-          `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly, sharer: mounted.sharerId, regionId: regionIdText(mounted.ticket.claims.regionId), transport: mounted.ticket.claims.transport, mount: fuse ? { method: fuse.method, path: fuse.path } : null, seedTicket: seed?.ticket ?? null })}\n`,
+          `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly, sharer: mounted.sharerId, regionId: regionIdText(mounted.ticket.claims.regionId), transport: dialerPath?.()?.transport ?? mounted.endpoint?.transport ?? null, endpoint: ((p) => (p ? `${p.transport}://${p.address}` : mounted.endpoint ? endpointText(mounted.endpoint) : null))(dialerPath?.()), mount: fuse ? { method: fuse.method, path: fuse.path } : null, seedTicket: seed?.ticket ?? null })}\n`,
         );
       } else {
         process.stdout.write(`${uri}\n`);

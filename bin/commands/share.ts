@@ -16,6 +16,7 @@ import { serveMigration, type MigrationSource } from '../../p2p/sync/migrate-cal
 import { localExportSpec, serveLocalExport, type LocalExport } from '../local-export.ts';
 import { runHook } from '../hook.ts';
 import { parseDurationMs } from '../duration.ts';
+import { endpointText, isTransportName, type TransportName } from '../../crypto/endpoint.ts';
 
 const usage = `Usage: quicmap share --size SIZE --listen HOST:PORT [options]
 
@@ -30,16 +31,22 @@ Options:
   --backend SPEC         memory (default, sparse) | file:PATH | dir:PATH |
                          nbd:URI (any NBD server, e.g. an nbdkit plugin)
   --listen HOST:PORT     address to serve on (default 127.0.0.1:4433;
-                         port 0 picks a free one)
-  --transport NAME       quic (default) | tcp
+                         port 0 picks a free one); once per --transport,
+                         in the same order (missing ones: same host, port 0)
+  --transport NAME       quic (default) | webtransport | tcp; repeat it
+                         (or give a list: quic,webtransport) to listen on
+                         several: the ticket lists them all and a mount
+                         tries quic first, then the others in this order
   --read-only            the ticket grants reading only (the sharer refuses
                          writes, trims and zeroes with EPERM)
   --expires DURATION     the ticket expires after e.g. 30s, 15m, 12h, 7d
                          (default: never)
   --grantee PEER_ID      only the peer with this id (its \`quicmap\` identity,
                          as printed in its logs) may use the ticket
-  --advertise HOST:PORT  address written into the ticket, if peers reach
-                         this node by another address than --listen
+  --advertise ADDRESS    endpoint written into the ticket, if peers reach
+                         this node by another address than --listen:
+                         TRANSPORT://HOST:PORT, or HOST:PORT with one
+                         --transport (repeatable)
   --region-id HEX        32 hex digits naming the region. Default: derived
                          from the identity and the path for file:/dir:
                          backends or the URI for nbd: (tickets survive a
@@ -76,6 +83,8 @@ Examples:
       --relay RELAY_ID@10.0.0.1:4000          # ticket without addresses
   quicmap share --backend file:/var/lib/disk.img --listen 0.0.0.0:4433 \\
       --advertise 10.0.0.5:4433 --transport tcp --read-only --expires 1h
+  quicmap share --size 1GiB --transport quic,webtransport,tcp \\
+      --listen 0.0.0.0:4433 --listen 0.0.0.0:443 --listen 0.0.0.0:4434
 `;
 
 /** "90", "30s", "15m", "12h", "7d" → seconds. */
@@ -120,8 +129,8 @@ export const share: Command = {
     const { values } = parseFlags('share', argv, {
       size: { type: 'string' },
       backend: { type: 'string', default: 'memory' },
-      listen: { type: 'string', default: '127.0.0.1:4433' },
-      transport: { type: 'string', default: 'quic' },
+      listen: { type: 'string', multiple: true },
+      transport: { type: 'string', multiple: true },
       'read-only': { type: 'boolean', default: false },
       expires: { type: 'string' },
       advertise: { type: 'string', multiple: true },
@@ -137,8 +146,21 @@ export const share: Command = {
     });
     const handoverTimeoutMs = parseDurationMs(values['handover-timeout'], 'share: --handover-timeout');
     const localSpec = localExportSpec('share', values.socket, values['nbd-listen'], '--nbd-listen');
-    const transport = values.transport;
-    if (transport !== 'quic' && transport !== 'tcp') throw new UsageError(`share: --transport must be quic or tcp, not "${transport}"`);
+    const transports = (values.transport ?? ['quic']).flatMap((t) => t.split(',')).map((t) => t.trim());
+    for (const t of transports) {
+      if (!isTransportName(t)) throw new UsageError(`share: --transport must be quic, webtransport or tcp, not "${t}"`);
+    }
+    if (new Set(transports).size !== transports.length) throw new UsageError('share: --transport names a transport twice');
+    const listens = values.listen ?? ['127.0.0.1:4433'];
+    if (listens.length > transports.length) throw new UsageError(`share: ${listens.length} --listen for ${transports.length} --transport (give one per transport)`);
+    const host = /^(.*):\d+$/.exec(listens[0]!)?.[1] ?? '127.0.0.1';
+    const listenFor = (i: number) => listens[i] ?? `${host}:0`;
+    if (values.advertise && transports.length > 1) {
+      for (const a of values.advertise) {
+        if (!a.includes('://')) throw new UsageError(`share: --advertise "${a}": with several --transport write it as TRANSPORT://HOST:PORT`);
+      }
+    }
+    const transport = transports[0] as TransportName;
     let size: number | undefined;
     if (values.size !== undefined) {
       try {
@@ -177,7 +199,8 @@ export const share: Command = {
       ({ shared } = await node.share({
         store: gate.wrap(store),
         transport,
-        listen: values.listen,
+        listen: listenFor(0),
+        alsoListen: transports.slice(1).map((t, i) => ({ transport: t as TransportName, listen: listenFor(i + 1) })),
         readOnly,
         expiresIn,
         ...(grantee ? { grantee } : {}),
@@ -203,14 +226,14 @@ export const share: Command = {
       const expiresAt = shared.expiresAt > 0 ? new Date(shared.expiresAt * 1000).toISOString() : null;
       if (values.json) {
         process.stdout.write(
-          `${JSON.stringify({ ticket: shared.ticket, sharer: identity.id, regionId: regionIdText(shared.regionId), transport, address: shared.address, size: bytes, readOnly, backend: values.backend, expiresAt, nbd: local?.uri ?? null })}\n`,
+          `${JSON.stringify({ ticket: shared.ticket, sharer: identity.id, regionId: regionIdText(shared.regionId), transport, address: shared.address, endpoints: shared.endpoints.map(endpointText), size: bytes, readOnly, backend: values.backend, expiresAt, nbd: local?.uri ?? null })}\n`,
         );
       } else {
         process.stdout.write(`${shared.ticket}\n`);
         if (local) process.stdout.write(`${local.uri}\n`);
       }
       if (local) log(`local NBD export at ${local.uri} (writes tracked)`);
-      log(`sharing ${formatSize(bytes)} (${values.backend}${readOnly ? ', read-only' : ''}) as ${identity.id} on ${transport}://${shared.address}${expiresAt ? `, ticket expires ${expiresAt}` : ''}`);
+      log(`sharing ${formatSize(bytes)} (${values.backend}${readOnly ? ', read-only' : ''}) as ${identity.id} on ${shared.endpoints.map(endpointText).join(', ')}${expiresAt ? `, ticket expires ${expiresAt}` : ''}`);
       log(`stack: ${store.describe()}`);
       const sig = await untilSignal();
       log(`${sig}: stopping`);

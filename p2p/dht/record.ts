@@ -20,6 +20,7 @@ import sodium from 'libsodium-wrappers';
 import { Packr } from 'msgpackr';
 import { QuicmapError } from '../../base/errors.ts';
 import type { Identity } from '../../crypto/identity.ts';
+import { isTransportName, type Endpoint } from '../../crypto/endpoint.ts';
 
 const packr = new Packr({ useRecords: false, int64AsType: 'number', mapsAsObjects: true, moreTypes: false });
 
@@ -27,10 +28,8 @@ export const RECORD_VERSION = 1;
 /** BEP44: `v` is at most 1000 bytes. */
 export const MAX_RECORD_VALUE = 1000;
 
-export interface Endpoint {
-  transport: 'quic' | 'tcp';
-  address: string;
-}
+// The endpoint list is the one tickets carry (crypto/endpoint.ts): same type, same wire form.
+export type { Endpoint } from '../../crypto/endpoint.ts';
 
 export interface RelayRef {
   /** "host:port" of the relay. */
@@ -97,7 +96,7 @@ export function decodeRecordValue(v: Uint8Array): RegionRecord {
   }
   const eps: Endpoint[] = [];
   for (const e of endpoints as unknown[]) {
-    if (!Array.isArray(e) || (e[0] !== 'quic' && e[0] !== 'tcp') || typeof e[1] !== 'string' || e[1].length > 300) {
+    if (!Array.isArray(e) || !isTransportName(e[0]) || typeof e[1] !== 'string' || e[1].length > 300) {
       throw new QuicmapError('EPROTO', 'DHT record has a malformed endpoint');
     }
     eps.push({ transport: e[0], address: e[1] });

@@ -17,6 +17,7 @@ import type { Ticket } from '../../crypto/ticket.ts';
 import type { Connection, Transport } from '../../transports/transport.ts';
 import type { DhtClient } from '../dht/client.ts';
 import type { Endpoint, RegionRecord } from '../dht/record.ts';
+import { dialOrder, type TransportName } from '../../crypto/endpoint.ts';
 import { formatRelayAddress } from '../relay/address.ts';
 import type { RelayTransport } from '../relay/transport.ts';
 import { meterConnection, type Meter } from './metered.ts';
@@ -25,7 +26,7 @@ import type { PeerPath, PeerTable } from './peer-table.ts';
 export interface PathDialerOptions {
   ticket: Ticket;
   /** The node's endpoint for a transport name (opened on first use). */
-  transport: (name: 'quic' | 'tcp') => Promise<Transport>;
+  transport: (name: TransportName) => Promise<Transport>;
   relay: RelayTransport;
   dht: DhtClient | undefined;
   peers: PeerTable;
@@ -80,8 +81,8 @@ export class PathDialer {
   }
 
   private hints(): Endpoint[] {
-    const c = this.o.ticket.claims;
-    return c.addresses.map((address) => ({ transport: c.transport, address }));
+    // QUIC first, then the ticket's other endpoints (WebTransport, TCP) in its order.
+    return dialOrder(this.o.ticket.claims.endpoints);
   }
 
   private async lookup(): Promise<RegionRecord | undefined> {
@@ -155,14 +156,14 @@ export class PathDialer {
       }
       throw new QuicmapError(this.lastCode ?? 'EIO', `cannot reach the sharer ${this.sharerId.slice(0, 12)}: ${errors.join('; ')}`);
     }
-    return this.adopt(got);
+    return this.adopt(got, errors);
   };
 
-  private adopt(got: { conn: Connection; path: PeerPath; rttMs: number }): Connection {
+  private adopt(got: { conn: Connection; path: PeerPath; rttMs: number }, fellBack: string[] = []): Connection {
     const entry = this.o.peers.connected(this.sharerId, got.path, got.rttMs, Date.now(), got.conn);
     const conn = meterConnection(got.conn, [entry.meter, ...this.o.meters]);
     this.current = { conn, path: got.path };
-    this.log(`path to sharer: ${got.path.kind === 'direct' ? `direct ${got.path.transport}://${got.path.address}` : `relay ${got.path.address}`} (${got.rttMs.toFixed(1)} ms to connect)`);
+    this.log(`path to sharer: ${got.path.kind === 'direct' ? `direct ${got.path.transport}://${got.path.address}` : `relay ${got.path.address}`} (${got.rttMs.toFixed(1)} ms to connect${fellBack.length ? `; fell back: ${fellBack.join('; ')}` : ''})`);
     clearInterval(this.upgradeTimer);
     if (got.path.kind === 'relay' && (this.o.upgradeIntervalMs ?? 5_000) > 0) {
       this.upgradeTimer = setInterval(() => void this.probe(), this.o.upgradeIntervalMs ?? 5_000);

@@ -19,6 +19,7 @@
 import { QuicmapError } from '../../base/errors.ts';
 import { base32Encode, type Identity } from '../../crypto/identity.ts';
 import { regionIdText } from '../../crypto/grant.ts';
+import type { TransportName } from '../../crypto/endpoint.ts';
 import { parseTicket } from '../../crypto/ticket.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
 import type { Listener, Transport } from '../../transports/transport.ts';
@@ -58,7 +59,7 @@ export interface NodeOptions {
 }
 
 export interface NodeShareOptions extends Omit<ShareOptions, 'identity' | 'transport' | 'wrapListener' | 'log'> {
-  transport?: 'quic' | 'tcp';
+  transport?: TransportName;
 }
 
 export interface NodeShare {
@@ -136,7 +137,7 @@ export class QuicmapNode {
   }
 
   /** The node's endpoint for a transport, opened on first use. */
-  transport(name: 'quic' | 'tcp'): Promise<Transport> {
+  transport(name: TransportName): Promise<Transport> {
     let t = this.transports.get(name);
     if (!t) {
       t = openTransport(name, this.identity);
@@ -233,7 +234,7 @@ export class QuicmapNode {
 
   async mount(o: Omit<MountTicketOptions, 'identity' | 'connect' | 'transport' | 'log'> & { directTimeoutMs?: number }): Promise<NodeMount> {
     const ticket = await parseTicket(o.ticket);
-    if (ticket.claims.addresses.length === 0 && !this.dht) {
+    if (ticket.claims.endpoints.length === 0 && !this.dht) {
       throw new QuicmapError('EINVAL', 'the ticket holds no address: the sharer is found through the DHT (mount with --dht HOST:PORT)');
     }
     const meter = newMeter();

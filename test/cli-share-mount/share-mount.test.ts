@@ -1,6 +1,7 @@
 /**
  * `quicmap share` in one process, `quicmap mount` in another, real NBD
- * clients (qemu-io, nbdcopy) against the mount's export — over QUIC and TCP.
+ * clients (qemu-io, nbdcopy) against the mount's export — over QUIC and TCP
+ * (and WebTransport for the data path).
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -42,7 +43,7 @@ function readImage(path: string, at: number, len: number): Buffer {
   }
 }
 
-for (const transport of TRANSPORTS) {
+for (const transport of [...TRANSPORTS, 'webtransport'] as const) {
   needTools(test, ['qemu-io', 'nbdcopy'])(`${transport}: NBD clients read the sharer's data through the mount, and writes reach the sharer`, async () => {
     const s = new Scope();
     try {
@@ -222,7 +223,7 @@ for (const transport of TRANSPORTS) {
         const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
         const junk = (n: number) => Uint8Array.from({ length: n }, () => Math.floor(rnd() * 256));
         for (let round = 0; round < 30; round++) {
-          const conn = await tr.dial(t.claims.addresses[0]!, t.claims.sharer);
+          const conn = await tr.dial(t.claims.endpoints[0]!.address, t.claims.sharer);
           const st = await conn.openStream();
           const parts: Uint8Array[] = [];
           // Half the rounds get past HELLO first (a valid grant), then junk.
@@ -262,7 +263,7 @@ test('share and mount have --help and are listed in the top-level help', async (
     assert.match(top.stdout, /\n  mount\s+mount a peer/);
     const bad = await quicmap(['share', '--size', '1M', '--transport', 'udp'], home);
     assert.is(bad.code, 2);
-    assert.match(bad.stderr, /--transport must be quic or tcp/);
+    assert.match(bad.stderr, /--transport must be quic, webtransport or tcp, not "udp"/);
   } finally {
     await s.close();
   }

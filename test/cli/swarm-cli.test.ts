@@ -25,7 +25,7 @@ withTools('dht + relay + share --dht --relay + mount --dht + status, on loopback
       assert.match(relay, /^[a-z2-7]{52}@127\.0\.0\.1:\d+$/);
       const share = startCli(s, ['share', '--size', '8MiB', '--listen', '127.0.0.1:0', '--transport', 'tcp', '--dht', dht, '--relay', relay, '--identity', join(home, 'a.id'), '--control', join(home, 'a.sock')], env);
       const ticket = await share.line();
-      assert.equal((await parseTicket(ticket)).claims.addresses, [], 'a ticket without addresses');
+      assert.equal((await parseTicket(ticket)).claims.endpoints, [], 'a ticket without addresses');
       const noDht = await run(process.execPath, [QUICMAP, 'mount', ticket, '--listen', '127.0.0.1:0', '--identity', join(home, 'b.id')], { env, timeoutMs: 20_000 });
       assert.is(noDht.code, 1);
       assert.match(noDht.stderr, /holds no address.*--dht/);

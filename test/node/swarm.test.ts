@@ -58,7 +58,7 @@ caseOf('a ticket without addresses mounts through the DHT; direct is preferred a
   const store = new MemoryBackend(4 << 20);
   const share = await a.share({ store, listen: '127.0.0.1:0', transport: 'tcp' });
   const ticket = await parseTicket(share.ticket);
-  assert.equal(ticket.claims.addresses, [], 'no addresses in the ticket');
+  assert.equal(ticket.claims.endpoints, [], 'no addresses in the ticket');
   assert.ok(share.record && share.record.relays.length === 1, 'the record lists the relay');
   const m = await b.mount({ ticket: share.ticket });
   const data = randomBytes(64 * 1024);
@@ -86,7 +86,7 @@ caseOf('unreachable direct endpoints: the mount goes through the relay, then upg
   // Endpoints nobody listens on: direct dials fail, the relay is the way in.
   const share = await a.share({ store, listen: '127.0.0.1:0', transport: 'tcp', advertise: ['127.0.0.1:9'] });
   const ticket = await parseTicket(share.ticket);
-  assert.equal(ticket.claims.addresses, ['127.0.0.1:9'], 'the hint is in the ticket');
+  assert.equal(ticket.claims.endpoints.map((e) => e.address), ['127.0.0.1:9'], 'the hint is in the ticket');
   const m = await b.mount({ ticket: share.ticket, directTimeoutMs: 1000 });
   assert.is(m.dialer.path?.kind, 'relay');
   const data = randomBytes(256 * 1024);

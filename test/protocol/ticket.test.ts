@@ -1,7 +1,11 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { generateIdentity } from '../../crypto/identity.ts';
-import { newRegionId, signGrant, verifyGrantFor } from '../../crypto/grant.ts';
+import sodium from 'libsodium-wrappers';
+import { Packr } from 'msgpackr';
+import { base32Encode } from '../../crypto/identity.ts';
+import { GRANT_VERSION, newRegionId, signGrant, verifyGrantFor } from '../../crypto/grant.ts';
+import { dialOrder, endpointText } from '../../crypto/endpoint.ts';
 import { encodeTicket, parseTicket, TICKET_PREFIX } from '../../crypto/ticket.ts';
 import { QuicmapError } from '../../base/errors.ts';
 
@@ -34,8 +38,46 @@ test('a ticket is one copyable word and parses back to its claims', async () => 
   assert.equal(Array.from(t.claims.sharer), Array.from(sharer.publicKey));
   assert.equal(Array.from(t.claims.regionId), Array.from(regionId));
   assert.is(t.claims.rights, 'ro');
-  assert.is(t.claims.transport, 'quic');
-  assert.equal(t.claims.addresses, ['127.0.0.1:4433']);
+  assert.equal(t.claims.endpoints, [{ transport: 'quic', address: '127.0.0.1:4433' }]);
+  assert.is(t.claims.version, GRANT_VERSION);
+});
+
+test('a ticket lists several endpoints; a mount dials QUIC first, then the rest in the ticket order', async () => {
+  const sharer = await generateIdentity();
+  const endpoints = [
+    { transport: 'tcp' as const, address: '127.0.0.1:1' },
+    { transport: 'webtransport' as const, address: '[::1]:2' },
+    { transport: 'quic' as const, address: '127.0.0.1:3' },
+  ];
+  const grant = await signGrant(sharer, { regionId: newRegionId(), endpoints, rights: 'rw', expiresAt: 0 });
+  const t = await parseTicket(encodeTicket(grant));
+  assert.equal(t.claims.endpoints, endpoints);
+  assert.equal(dialOrder(t.claims.endpoints).map(endpointText), ['quic://127.0.0.1:3', 'tcp://127.0.0.1:1', 'webtransport://[::1]:2']);
+});
+
+test('version 1 tickets (one transport, several addresses) still read, as endpoints', async () => {
+  await sodium.ready;
+  const sharer = await generateIdentity();
+  const regionId = newRegionId();
+  // The version 1 layout, signed as version 1 sharers did.
+  const claims = new Packr({ useRecords: false, int64AsType: 'number', mapsAsObjects: true, moreTypes: false }).pack([1, regionId, sharer.publicKey, 'tcp', ['127.0.0.1:7', '[::1]:7'], 0, Math.floor(Date.now() / 1000), 0, null]);
+  const sig = sodium.crypto_sign_detached(Buffer.concat([Buffer.from('quicmap-grant-v1\0'), claims]), sharer.secretKey);
+  const t = await parseTicket(TICKET_PREFIX + base32Encode(Buffer.concat([claims, sig])));
+  assert.is(t.claims.version, 1);
+  assert.is(t.claims.rights, 'ro');
+  assert.equal(t.claims.endpoints, [
+    { transport: 'tcp', address: '127.0.0.1:7' },
+    { transport: 'tcp', address: '[::1]:7' },
+  ]);
+  // A version this build does not know is refused with a message naming it.
+  const v9 = new Packr({ useRecords: false }).pack([9, regionId, sharer.publicKey, [], 0, 0, 0, null]);
+  const sig9 = sodium.crypto_sign_detached(Buffer.concat([Buffer.from('quicmap-grant-v1\0'), v9]), sharer.secretKey);
+  try {
+    await parseTicket(TICKET_PREFIX + base32Encode(Buffer.concat([v9, sig9])));
+    assert.unreachable('version 9 accepted');
+  } catch (e) {
+    assert.match((e as Error).message, /grant version 9 is not supported/);
+  }
 });
 
 test('every single-character change to a ticket is refused', async () => {
