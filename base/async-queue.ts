@@ -11,7 +11,10 @@ export class AsyncQueue<T> {
   private ended = false;
   private error: unknown = undefined;
 
-  constructor(private readonly onDrop?: (item: T) => void) {}
+  private readonly onDrop?: (item: T) => void;
+  constructor(onDrop?: (item: T) => void) {
+    this.onDrop = onDrop;
+  }
 
   get size(): number {
     return this.items.length;

@@ -39,11 +39,15 @@ class Direction {
   protected total = 0;
 
   /** The rekey limits are parameters only so tests can reach them; both ends must use the same. */
+  private readonly rekeyRecords: number;
+  private readonly rekeyBytes: number;
   constructor(
     key: Uint8Array,
-    private readonly rekeyRecords = REKEY_RECORDS,
-    private readonly rekeyBytes = REKEY_BYTES,
+    rekeyRecords: number = REKEY_RECORDS,
+    rekeyBytes: number = REKEY_BYTES,
   ) {
+    this.rekeyRecords = rekeyRecords;
+    this.rekeyBytes = rekeyBytes;
     if (key.length !== KEY_BYTES) throw new Error(`AEAD key must be ${KEY_BYTES} bytes`);
     this.key = Buffer.from(key);
   }

@@ -123,10 +123,15 @@ export class HandshakeInitiator {
   private readonly eph = sodium.crypto_box_keypair();
   private hello: Buffer | undefined;
 
+  private readonly me: Identity;
+  private readonly expectedKey: Uint8Array;
   constructor(
-    private readonly me: Identity,
-    private readonly expectedKey: Uint8Array,
-  ) {}
+    me: Identity,
+    expectedKey: Uint8Array,
+  ) {
+    this.me = me;
+    this.expectedKey = expectedKey;
+  }
 
   /** Message 1. */
   start(): Buffer {
@@ -165,7 +170,10 @@ export class HandshakeResponder {
   private readonly eph = sodium.crypto_box_keypair();
   private state: { shared: Uint8Array; h3: Buffer; kI: Buffer } | undefined;
 
-  constructor(private readonly me: Identity) {}
+  private readonly me: Identity;
+  constructor(me: Identity) {
+    this.me = me;
+  }
 
   /** Takes message 1, returns message 2. Throws EPROTO if it is not our protocol. */
   respond(hello: Uint8Array): Buffer {

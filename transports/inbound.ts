@@ -17,10 +17,15 @@ export class InboundBuffer {
    * @param lowWater `drained()` resolves once at most this many bytes are buffered.
    * @param onConsumed called with the size of each chunk handed to the reader.
    */
+  private readonly lowWater: number;
+  private readonly onConsumed?: (bytes: number) => void;
   constructor(
-    private readonly lowWater: number,
-    private readonly onConsumed?: (bytes: number) => void,
-  ) {}
+    lowWater: number,
+    onConsumed?: (bytes: number) => void,
+  ) {
+    this.lowWater = lowWater;
+    this.onConsumed = onConsumed;
+  }
 
   get bufferedBytes(): number {
     return this.buffered;

@@ -67,10 +67,12 @@ class MemoryStream implements ByteStream {
   private writeClosed = false;
   private error: Error | undefined;
 
+  private readonly onDone: (s: MemoryStream) => void;
   constructor(
     window: number,
-    private readonly onDone: (s: MemoryStream) => void,
+    onDone: (s: MemoryStream) => void,
   ) {
+    this.onDone = onDone;
     this.inbound = new InboundBuffer(window);
   }
 
@@ -125,12 +127,20 @@ class MemoryConnection implements Connection {
   private readonly incoming = new AsyncQueue<MemoryStream>((s) => s.reset(new ClosedError('connection')));
   private isClosed = false;
 
+  readonly remotePublicKey: Uint8Array;
+  readonly remoteAddress: string;
+  private readonly window: number;
+  private readonly onClose: (c: MemoryConnection) => void;
   constructor(
-    readonly remotePublicKey: Uint8Array,
-    readonly remoteAddress: string,
-    private readonly window: number,
-    private readonly onClose: (c: MemoryConnection) => void,
+    remotePublicKey: Uint8Array,
+    remoteAddress: string,
+    window: number,
+    onClose: (c: MemoryConnection) => void,
   ) {
+    this.remotePublicKey = remotePublicKey;
+    this.remoteAddress = remoteAddress;
+    this.window = window;
+    this.onClose = onClose;
     this.closed = new Promise((r) => (this.resolveClosed = r));
   }
 
@@ -175,10 +185,15 @@ class MemoryListener implements Listener {
   /** Accepted connections, closed with the listener (as QUIC must, since they share its socket). */
   readonly accepted = new Set<MemoryConnection>();
 
+  readonly transport: LoopbackTransport;
+  private readonly network: LoopbackNetwork;
   constructor(
-    readonly transport: LoopbackTransport,
-    private readonly network: LoopbackNetwork,
-  ) {}
+    transport: LoopbackTransport,
+    network: LoopbackNetwork,
+  ) {
+    this.transport = transport;
+    this.network = network;
+  }
 
   accept(): Promise<Connection | null> {
     return this.queue.shift();
@@ -199,10 +214,12 @@ export class LoopbackTransport implements Transport {
   private readonly connections = new Set<MemoryConnection>();
   private isClosed = false;
 
+  readonly identity: Identity;
   constructor(
-    readonly identity: Identity,
+    identity: Identity,
     opts: LoopbackTransportOptions = {},
   ) {
+    this.identity = identity;
     this.network = opts.network ?? defaultNetwork;
     this.window = opts.streamWindow ?? DEFAULT_WINDOW;
   }

@@ -35,17 +35,19 @@ import { KeepAlive } from './keepalive.ts';
 import { InboundBuffer } from './inbound.ts';
 import type { SecureLink } from './secure-link.ts';
 
-const enum Frame {
-  DATA = 0,
-  OPEN = 1,
-  FIN = 2,
-  RESET = 3,
-  WINDOW = 4,
-  SETTINGS = 5,
-  PING = 6,
-  PONG = 7,
-  CLOSE = 8,
-}
+// A plain object, not an enum: only erasable TypeScript (Node's type stripping).
+const Frame = {
+  DATA: 0,
+  OPEN: 1,
+  FIN: 2,
+  RESET: 3,
+  WINDOW: 4,
+  SETTINGS: 5,
+  PING: 6,
+  PONG: 7,
+  CLOSE: 8,
+} as const;
+type Frame = (typeof Frame)[keyof typeof Frame];
 
 export const FRAME_HEADER = 9;
 export const MAX_DATA_FRAME = 256 * 1024;
@@ -86,7 +88,9 @@ class PieceCursor {
   private off = 0;
   remaining: number;
 
-  constructor(private readonly pieces: Buffer[]) {
+  private readonly pieces: Buffer[];
+  constructor(pieces: Buffer[]) {
+    this.pieces = pieces;
     this.remaining = pieces.reduce((n, p) => n + p.length, 0);
   }
 
@@ -145,12 +149,18 @@ class MuxStream implements ByteStream {
   remoteEnd = false;
   error: QuicmapError | undefined;
 
+  readonly id: number;
+  private readonly session: MuxSession;
+  private readonly window: number;
   constructor(
-    readonly id: number,
-    private readonly session: MuxSession,
+    id: number,
+    session: MuxSession,
     sendCredit: number,
-    private readonly window: number,
+    window: number,
   ) {
+    this.id = id;
+    this.session = session;
+    this.window = window;
     this.sendCredit = sendCredit;
     this.recvAllowance = window;
     this.inbound = new InboundBuffer(0, (n) => this.consumed(n));
@@ -323,13 +333,21 @@ export class MuxSession implements Connection {
   private readonly wakeup: Wakeup;
   private readonly o: Required<MuxOptions>;
 
+  readonly link: SecureLink;
+  readonly remotePublicKey: Uint8Array;
+  readonly remoteAddress: string;
+  private readonly isDialer: boolean;
   constructor(
-    readonly link: SecureLink,
-    readonly remotePublicKey: Uint8Array,
-    readonly remoteAddress: string,
-    private readonly isDialer: boolean,
+    link: SecureLink,
+    remotePublicKey: Uint8Array,
+    remoteAddress: string,
+    isDialer: boolean,
     opts: MuxOptions = {},
   ) {
+    this.link = link;
+    this.remotePublicKey = remotePublicKey;
+    this.remoteAddress = remoteAddress;
+    this.isDialer = isDialer;
     this.o = {
       streamWindow: Math.max(DEFAULT_PEER_WINDOW, opts.streamWindow ?? 1024 * 1024),
       maxStreams: Math.max(DEFAULT_PEER_STREAMS, opts.maxStreams ?? 256),

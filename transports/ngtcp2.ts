@@ -142,11 +142,15 @@ class NgStream implements ByteStream {
    */
   id: number;
 
+  private readonly conn: NgConnection;
+  private readonly token: number;
   constructor(
-    private readonly conn: NgConnection,
+    conn: NgConnection,
     id: number,
-    private readonly token = 0,
+    token: number = 0,
   ) {
+    this.conn = conn;
+    this.token = token;
     this.id = id;
   }
 
@@ -300,14 +304,26 @@ class NgConnection implements Connection {
   isClosed = false;
   private closeError: QuicmapError = new ClosedError('connection');
 
+  private readonly ep: Endpoint;
+  readonly id: number;
+  readonly remotePublicKey: Uint8Array;
+  readonly remoteAddress: string;
+  private readonly opts: Resolved;
+  private readonly onClose: (c: NgConnection) => void;
   constructor(
-    private readonly ep: Endpoint,
-    readonly id: number,
-    readonly remotePublicKey: Uint8Array,
-    readonly remoteAddress: string,
-    private readonly opts: Resolved,
-    private readonly onClose: (c: NgConnection) => void,
+    ep: Endpoint,
+    id: number,
+    remotePublicKey: Uint8Array,
+    remoteAddress: string,
+    opts: Resolved,
+    onClose: (c: NgConnection) => void,
   ) {
+    this.ep = ep;
+    this.id = id;
+    this.remotePublicKey = remotePublicKey;
+    this.remoteAddress = remoteAddress;
+    this.opts = opts;
+    this.onClose = onClose;
     this.closed = new Promise((r) => (this.resolveClosed = r));
   }
 
@@ -434,13 +450,15 @@ class Endpoint {
   /** Connections accepted by a listening endpoint. */
   onAccept: ((c: NgConnection) => void) | undefined;
 
+  private readonly opts: Resolved;
   constructor(
     identity: Identity,
     host: string,
     port: number,
     server: boolean,
-    private readonly opts: Resolved,
+    opts: Resolved,
   ) {
+    this.opts = opts;
     const q = loadNgtcp2();
     if (!q) throw new QuicmapError('ENOTSUP', ngtcp2UnavailableReason() ?? 'ngtcp2 unavailable');
     try {
@@ -588,11 +606,17 @@ class NgListener implements Listener {
   private readonly queue = new AsyncQueue<NgConnection>((c) => void c.close());
   private closing: Promise<void> | undefined;
 
+  private readonly ep: Endpoint;
+  readonly address: string;
+  private readonly onClose: (l: NgListener) => void;
   constructor(
-    private readonly ep: Endpoint,
-    readonly address: string,
-    private readonly onClose: (l: NgListener) => void,
+    ep: Endpoint,
+    address: string,
+    onClose: (l: NgListener) => void,
   ) {
+    this.ep = ep;
+    this.address = address;
+    this.onClose = onClose;
     ep.onAccept = (c) => this.queue.push(c);
   }
 
@@ -627,10 +651,12 @@ export class Ngtcp2Transport implements Transport {
     return ngtcp2UnavailableReason();
   }
 
+  private readonly identity: Identity;
   constructor(
-    private readonly identity: Identity,
+    identity: Identity,
     opts: Ngtcp2TransportOptions = {},
   ) {
+    this.identity = identity;
     const why = ngtcp2UnavailableReason();
     if (why) throw new QuicmapError('ENOTSUP', why);
     this.opts = { ...NGTCP2_DEFAULTS, ...opts };

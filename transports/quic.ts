@@ -162,11 +162,17 @@ class QuicByteStream implements ByteStream {
   private readonly onWritten: () => void;
   private readonly onWriteError: (e: unknown) => void;
 
+  private readonly native: NativeStream;
+  private readonly readChunk: number;
+  private readonly onDone: (s: QuicByteStream) => void;
   constructor(
-    private readonly native: NativeStream,
-    private readonly readChunk: number,
-    private readonly onDone: (s: QuicByteStream) => void,
+    native: NativeStream,
+    readChunk: number,
+    onDone: (s: QuicByteStream) => void,
   ) {
+    this.native = native;
+    this.readChunk = readChunk;
+    this.onDone = onDone;
     this.onChunk = this.chunkArrived.bind(this);
     this.onReadError = this.readFailed.bind(this);
     this.onWritten = this.written.bind(this);
@@ -334,13 +340,23 @@ class QuicConnection implements Connection {
   private readonly onInbound = this.inbound.bind(this);
   private readonly onInboundError = this.inboundFailed.bind(this);
 
+  private readonly native: NativeConnection;
+  readonly remotePublicKey: Uint8Array;
+  readonly remoteAddress: string;
+  private readonly opts: Resolved;
+  private readonly onClose: (c: QuicConnection) => void;
   constructor(
-    private readonly native: NativeConnection,
-    readonly remotePublicKey: Uint8Array,
-    readonly remoteAddress: string,
-    private readonly opts: Resolved,
-    private readonly onClose: (c: QuicConnection) => void,
+    native: NativeConnection,
+    remotePublicKey: Uint8Array,
+    remoteAddress: string,
+    opts: Resolved,
+    onClose: (c: QuicConnection) => void,
   ) {
+    this.native = native;
+    this.remotePublicKey = remotePublicKey;
+    this.remoteAddress = remoteAddress;
+    this.opts = opts;
+    this.onClose = onClose;
     this.closed = native.closed().then(
       () => this.shutdown(new QuicmapError('ESHUTDOWN', 'connection closed')),
       (e) => this.shutdown(mapNativeError(e, 'connection')),
@@ -489,12 +505,20 @@ class QuicListener implements Listener {
   private readonly accepted = new Set<QuicConnection>();
   private closing: Promise<void> | undefined;
 
+  private readonly server: NativeServer;
+  readonly address: string;
+  private readonly opts: Resolved;
+  private readonly onClose: (l: QuicListener) => void;
   constructor(
-    private readonly server: NativeServer,
-    readonly address: string,
-    private readonly opts: Resolved,
-    private readonly onClose: (l: QuicListener) => void,
+    server: NativeServer,
+    address: string,
+    opts: Resolved,
+    onClose: (l: QuicListener) => void,
   ) {
+    this.server = server;
+    this.address = address;
+    this.opts = opts;
+    this.onClose = onClose;
     for (let i = 0; i < opts.acceptConcurrency; i++) void this.acceptLoop();
   }
 
@@ -546,10 +570,12 @@ export class QuicTransport implements Transport {
   private readonly connections = new Set<QuicConnection>();
   private isClosed = false;
 
+  private readonly identity: Identity;
   constructor(
-    private readonly identity: Identity,
+    identity: Identity,
     opts: QuicTransportOptions = {},
   ) {
+    this.identity = identity;
     this.opts = { ...QUIC_DEFAULTS, ...opts };
     if (this.opts.keepAliveMs >= this.opts.idleTimeoutMs) {
       throw new QuicmapError('EINVAL', 'keepAliveMs must be below idleTimeoutMs, or idle connections drop');

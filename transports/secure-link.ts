@@ -93,14 +93,18 @@ export class SecureLink {
   lastReceiveAt = Date.now();
   lastSendAt = Date.now();
 
+  private readonly socket: Socket;
+  private readonly highWater: number;
   constructor(
-    private readonly socket: Socket,
+    socket: Socket,
     keys: SessionKeys,
     /** Bytes that arrived after the handshake, before the link took over. */
     leftover: Buffer[],
     /** Socket send buffer above which data writers wait for 'drain'. */
-    private readonly highWater: number,
+    highWater: number,
   ) {
+    this.socket = socket;
+    this.highWater = highWater;
     this.sealer = new RecordSealer(keys.sendKey);
     this.opener = new RecordOpener(keys.recvKey);
     this.leftover = leftover;

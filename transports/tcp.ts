@@ -69,7 +69,9 @@ class HandshakeReader {
   private readonly onEnd = () => this.fail(new QuicmapError('EPROTO', 'peer closed the connection during the handshake'));
   private readonly onError = (e: Error) => this.fail(new QuicmapError('EIO', `socket error during handshake: ${e.message}`, { cause: e }));
 
-  constructor(private readonly socket: Socket) {
+  private readonly socket: Socket;
+  constructor(socket: Socket) {
+    this.socket = socket;
     socket.on('data', this.onData);
     socket.on('end', this.onEnd);
     socket.on('close', this.onEnd);
@@ -153,12 +155,20 @@ class TcpListener implements Listener {
   /** Handshakes that failed (junk, timeouts, bad signatures); for tests and metrics. */
   failedHandshakes = 0;
 
+  private readonly server: Server;
+  private readonly me: Identity;
+  private readonly o: Resolved;
+  private readonly onClose: (l: TcpListener) => void;
   constructor(
-    private readonly server: Server,
-    private readonly me: Identity,
-    private readonly o: Resolved,
-    private readonly onClose: (l: TcpListener) => void,
+    server: Server,
+    me: Identity,
+    o: Resolved,
+    onClose: (l: TcpListener) => void,
   ) {
+    this.server = server;
+    this.me = me;
+    this.o = o;
+    this.onClose = onClose;
     server.on('connection', (s) => void this.onSocket(s));
     // A listening server only errors on accept failures (e.g. EMFILE); it keeps listening.
     server.on('error', () => {});
@@ -215,10 +225,12 @@ export class TcpTransport implements Transport {
   private readonly connections = new Set<MuxSession>();
   private isClosed = false;
 
+  private readonly identity: Identity;
   constructor(
-    private readonly identity: Identity,
+    identity: Identity,
     opts: TcpTransportOptions = {},
   ) {
+    this.identity = identity;
     this.o = resolve(opts);
   }
 

@@ -161,7 +161,9 @@ export class FileBackend implements ReadWriterAt, ThreadShareable {
   private closed = false;
   private closing: Promise<void> | undefined;
 
-  private constructor(path: string, fd: number, size: number, readOnly: boolean, isBlockDevice: boolean, private readonly holes?: SparseFile) {
+  private readonly holes?: SparseFile;
+  private constructor(path: string, fd: number, size: number, readOnly: boolean, isBlockDevice: boolean, holes?: SparseFile) {
+    this.holes = holes;
     this.path = path;
     this.fd = fd;
     this.regionSize = size;

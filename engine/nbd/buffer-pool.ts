@@ -15,7 +15,10 @@ export class BufferPool {
   private readonly free = new Map<number, Buffer[]>();
   private pooledBytes = 0;
 
-  constructor(private readonly maxPooledBytes = 64 * 1024 * 1024) {}
+  private readonly maxPooledBytes: number;
+  constructor(maxPooledBytes: number = 64 * 1024 * 1024) {
+    this.maxPooledBytes = maxPooledBytes;
+  }
 
   /** A buffer of at least n bytes (its capacity may be larger: use subarray(0, n)). */
   take(n: number): Buffer {

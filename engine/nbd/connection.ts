@@ -86,11 +86,15 @@ export class NbdConnection {
   readonly done: Promise<void>;
   private resolveDone!: () => void;
 
+  private readonly host: ConnectionHost;
+  readonly socket: Socket;
   constructor(
-    private readonly host: ConnectionHost,
-    readonly socket: Socket,
+    host: ConnectionHost,
+    socket: Socket,
     preNegotiated?: string | { name: string; structured: boolean; blockStatus: boolean },
   ) {
+    this.host = host;
+    this.socket = socket;
     this.done = new Promise((r) => (this.resolveDone = r));
     socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));

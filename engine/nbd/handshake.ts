@@ -75,7 +75,10 @@ export class NbdHandshake {
   /** Export for which base:allocation was selected by SET_META_CONTEXT. */
   private metaExport: string | undefined;
 
-  constructor(private readonly catalog: ExportCatalog) {}
+  private readonly catalog: ExportCatalog;
+  constructor(catalog: ExportCatalog) {
+    this.catalog = catalog;
+  }
 
   /** The server's opening bytes: magic, IHAVEOPT, handshake flags. */
   static greeting(): Buffer {

@@ -43,13 +43,22 @@ export class RequestDecoder {
   private skipping = 0;
   private failed: string | undefined;
 
+  private readonly maxPayload: number;
+  private readonly onRequest: RequestSink;
+  private readonly allocate: Allocate;
+  private readonly vectored: boolean;
   constructor(
-    private readonly maxPayload: number,
-    private readonly onRequest: RequestSink,
-    private readonly allocate: Allocate = Buffer.allocUnsafe,
+    maxPayload: number,
+    onRequest: RequestSink,
+    allocate: Allocate = Buffer.allocUnsafe,
     /** Hand a payload that spans chunks over as `parts` (views) instead of gathering it. */
-    private readonly vectored = false,
-  ) {}
+    vectored: boolean = false,
+  ) {
+    this.maxPayload = maxPayload;
+    this.onRequest = onRequest;
+    this.allocate = allocate;
+    this.vectored = vectored;
+  }
 
   /** Queue bytes and decode as far as possible. Throws on a protocol violation (bad magic). */
   push(chunk: Buffer): void {

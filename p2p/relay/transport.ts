@@ -53,12 +53,18 @@ class RelayListener implements Listener {
   expiresAt = 0;
   private readonly o: Required<RelayTransportOptions>;
 
+  private readonly identity: Identity;
+  private readonly relay: RelayAddress;
+  private readonly onClose: (l: RelayListener) => void;
   constructor(
-    private readonly identity: Identity,
-    private readonly relay: RelayAddress,
+    identity: Identity,
+    relay: RelayAddress,
     o: Required<RelayTransportOptions>,
-    private readonly onClose: (l: RelayListener) => void,
+    onClose: (l: RelayListener) => void,
   ) {
+    this.identity = identity;
+    this.relay = relay;
+    this.onClose = onClose;
     this.o = o;
     this.address = formatRelayAddress(relay);
   }
@@ -204,10 +210,12 @@ export class RelayTransport implements Transport {
   private readonly connections = new Set<Connection>();
   private isClosed = false;
 
+  private readonly identity: Identity;
   constructor(
-    private readonly identity: Identity,
+    identity: Identity,
     opts: RelayTransportOptions = {},
   ) {
+    this.identity = identity;
     this.o = { stepTimeoutMs: opts.stepTimeoutMs ?? 5_000, maxPendingCircuits: opts.maxPendingCircuits ?? 16, log: opts.log ?? (() => {}) };
   }
 

@@ -21,12 +21,20 @@ class ChunkShapeCheck implements ReadWriterAt {
   readonly caps;
   writes: Array<{ data: Uint8Array; offset: number }> = [];
   violations: string[] = [];
+  private readonly inner: ReadWriterAt;
+  private readonly cs: number;
+  private readonly regionSize: number;
+  private readonly delayMs: number;
   constructor(
-    private readonly inner: ReadWriterAt,
-    private readonly cs: number,
-    private readonly regionSize: number,
-    private readonly delayMs = 0,
+    inner: ReadWriterAt,
+    cs: number,
+    regionSize: number,
+    delayMs: number = 0,
   ) {
+    this.inner = inner;
+    this.cs = cs;
+    this.regionSize = regionSize;
+    this.delayMs = delayMs;
     this.caps = inner.caps;
   }
   private whole(what: string, off: number, len: number): void {

@@ -110,7 +110,10 @@ export class BufferStore implements ReadWriterAt {
 /** Wraps a store and records every mutating call and flush that reaches it. */
 export class RecordingStore implements ReadWriterAt {
   readonly events: StoreEvent[] = [];
-  constructor(readonly inner: ReadWriterAt) {}
+  readonly inner: ReadWriterAt;
+  constructor(inner: ReadWriterAt) {
+    this.inner = inner;
+  }
   get caps(): StoreCaps {
     return this.inner.caps;
   }

@@ -55,7 +55,9 @@ export class RawNbd {
   readonly closed: Promise<void>;
   private nextHandle = 1n;
 
-  private constructor(readonly socket: Socket) {
+  readonly socket: Socket;
+  private constructor(socket: Socket) {
+    this.socket = socket;
     socket.on('data', (d: Buffer) => {
       this.chunks.push(d);
       this.have += d.length;

@@ -283,7 +283,10 @@ withServer('an acknowledged write followed by FLUSH is readable by a new client;
 
 /** Random per-operation delays so replies come back out of order. */
 class JitterStore implements ReadWriterAt {
-  constructor(readonly inner: ReadWriterAt) {}
+  readonly inner: ReadWriterAt;
+  constructor(inner: ReadWriterAt) {
+    this.inner = inner;
+  }
   get caps() {
     return this.inner.caps;
   }
