@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- transport [--json] [--duration MS] [--rounds N] [--sizes 4k,64k,1m]
- *   [--subjects plain-tcp,quicmap-tcp,raw-quic,quicmap-quic] [--inproc]`
+ *   [--subjects plain-tcp,quicmap-tcp,raw-quic,quicmap-quic,quicmap-webtransport] [--inproc]`
  *
  * Request/response over each transport: the client sends a payload, the
  * server reads all of it and sends it back. Per payload size:
@@ -13,7 +13,9 @@
  *   quicmap-quic  QuicTransport, a stream per request
  *   ngtcp2        Ngtcp2Transport (the native ngtcp2 data path prototype), a stream per request;
  *                 skipped with a note where the addon lacks it
- * Ratios: quicmap-quic vs raw-quic, quicmap-tcp vs plain-tcp.
+ *   quicmap-webtransport  WebTransportTransport (TLS + HTTP/2 + WebTransport, pure JS), a stream per request
+ * Ratios: quicmap-quic and ngtcp2 vs raw-quic, ngtcp2 vs quicmap-quic,
+ *   quicmap-tcp and quicmap-webtransport vs plain-tcp.
  *
  * Servers run in a child process (this file with --serve) so client and
  * server do not share one event loop; --inproc keeps them in-process.
@@ -30,6 +32,7 @@ import { generateKeyPairFromSeed, privateKeyToProtobuf } from '@libp2p/crypto/ke
 import type { Connection, Listener, Transport } from '../transports/transport.ts';
 import { generateIdentity, type Identity } from '../crypto/identity.ts';
 import { TcpTransport } from '../transports/tcp.ts';
+import { WebTransportTransport } from '../transports/webtransport.ts';
 import { QUIC_DEFAULTS, QuicTransport } from '../transports/quic.ts';
 import { loadNativeQuic, type NativeConnection, type NativeServer } from '../transports/quic-native.ts';
 import { ByteAccumulator } from '../transports/byte-accumulator.ts';
@@ -176,7 +179,7 @@ export function sizeLabel(bytes: number): string {
 }
 
 export function formatRow(r: Row): string {
-  return `${r.subject.padEnd(14)} ${sizeLabel(r.bytes).padStart(7)}  p50 ${r.latency.p50Us.toFixed(0).padStart(6)} µs  p99 ${r.latency.p99Us
+  return `${r.subject.padEnd(20)} ${sizeLabel(r.bytes).padStart(7)}  p50 ${r.latency.p50Us.toFixed(0).padStart(6)} µs  p99 ${r.latency.p99Us
     .toFixed(0)
     .padStart(6)} µs  ${r.throughput.mbps.toFixed(0).padStart(6)} MB/s (16 in flight; rounds ${r.rounds.map((x) => x.toFixed(0)).join('/')})`;
 }
@@ -268,8 +271,15 @@ export function serveTransportEcho(l: Listener): void {
 
 // ---------------------------------------------------------------- subjects
 
-export type SubjectName = 'plain-tcp' | 'quicmap-tcp' | 'raw-quic' | 'quicmap-quic' | 'ngtcp2';
-export const SUBJECTS: SubjectName[] = ['plain-tcp', 'quicmap-tcp', 'raw-quic', 'quicmap-quic', 'ngtcp2'];
+export type SubjectName = 'plain-tcp' | 'quicmap-tcp' | 'raw-quic' | 'quicmap-quic' | 'ngtcp2' | 'quicmap-webtransport';
+export const SUBJECTS: SubjectName[] = ['plain-tcp', 'quicmap-tcp', 'raw-quic', 'quicmap-quic', 'ngtcp2', 'quicmap-webtransport'];
+
+function ourTransport(subject: 'quicmap-tcp' | 'quicmap-quic' | 'ngtcp2' | 'quicmap-webtransport', id: Identity): Transport {
+  if (subject === 'quicmap-tcp') return new TcpTransport(id);
+  if (subject === 'ngtcp2') return new Ngtcp2Transport(id);
+  if (subject === 'quicmap-webtransport') return new WebTransportTransport(id);
+  return new QuicTransport(id);
+}
 
 interface ServerInfo {
   address: string;
@@ -355,9 +365,10 @@ export async function startServer(subject: SubjectName): Promise<{ info: ServerI
     }
     case 'quicmap-tcp':
     case 'quicmap-quic':
-    case 'ngtcp2': {
+    case 'ngtcp2':
+    case 'quicmap-webtransport': {
       const id = await generateIdentity();
-      const t: Transport = subject === 'quicmap-tcp' ? new TcpTransport(id) : subject === 'ngtcp2' ? new Ngtcp2Transport(id) : new QuicTransport(id);
+      const t = ourTransport(subject, id);
       const l = await t.listen('127.0.0.1:0');
       serveTransportEcho(l);
       return { info: { address: l.address, publicKey: Buffer.from(id.publicKey).toString('hex') }, stop: () => t.close() };
@@ -425,8 +436,9 @@ export async function connectClient(subject: SubjectName, info: ServerInfo, iden
     }
     case 'quicmap-tcp':
     case 'quicmap-quic':
-    case 'ngtcp2': {
-      const t: Transport = subject === 'quicmap-tcp' ? new TcpTransport(identity) : subject === 'ngtcp2' ? new Ngtcp2Transport(identity) : new QuicTransport(identity);
+    case 'ngtcp2':
+    case 'quicmap-webtransport': {
+      const t = ourTransport(subject, identity);
       const conn = await t.dial(info.address, Buffer.from(info.publicKey, 'hex'));
       return connectionRoundTripper(subject, conn, () => t.close());
     }
@@ -510,7 +522,7 @@ export default async function main(args: string[]): Promise<void> {
     for (const c of clients) await c.close().catch(() => {});
     for (const sv of servers) await sv.stop().catch(() => {});
   }
-  const rs = [...ratios(rows, 'quicmap-quic', 'raw-quic'), ...ratios(rows, 'quicmap-tcp', 'plain-tcp'), ...ratios(rows, 'ngtcp2', 'raw-quic'), ...ratios(rows, 'ngtcp2', 'quicmap-quic')];
+  const rs = [...ratios(rows, 'quicmap-quic', 'raw-quic'), ...ratios(rows, 'quicmap-tcp', 'plain-tcp'), ...ratios(rows, 'ngtcp2', 'raw-quic'), ...ratios(rows, 'ngtcp2', 'quicmap-quic'), ...ratios(rows, 'quicmap-webtransport', 'plain-tcp')];
   if (json) {
     process.stdout.write(`${JSON.stringify({ node: process.version, durationMs, inflight: o.inflight, rows, ratios: rs }, null, 2)}\n`);
     return;

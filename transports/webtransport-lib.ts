@@ -127,40 +127,68 @@ export function http2SessionOf(session: WtSession): Http2Session | undefined {
 }
 
 /**
- * Library bug 2 (1.6.8): a stream's receive side consumes every byte that
- * arrives into its ReadableStream queue and credits it to the peer's
- * flow-control windows whether or not the application reads
- * (`HttpWTStream.commitReadBuffer` asks to stop reading only while a read is
- * pending), so a slow reader never pushes back and buffers without bound.
- * This makes it stop whenever no read is waiting and the queue is full; the
- * next read restarts it (the library's `pull` calls `startReading`). Bytes
- * left in the library's own per-stream list are not credited, so the
- * sender stalls at the stream window. Applied once per process, to the
- * class of the first library stream seen; checked by the conformance
- * suite's backpressure test.
+ * Two more library bugs (1.6.8), worked around by patching the library's
+ * stream classes once per process (reached through the first stream seen;
+ * checked by test/transport/webtransport.test.ts and the conformance suite):
+ *
+ * 2. A stream's receive side consumes every byte that arrives into its
+ *    ReadableStream queue and credits it to the peer's flow-control windows
+ *    whether or not the application reads (`HttpWTStream.commitReadBuffer`
+ *    asks to stop reading only while a read is pending), so a slow reader
+ *    never pushes back and buffers without bound. Patched: stop whenever no
+ *    read is waiting and the queue is full; the next read restarts it (the
+ *    library's `pull` calls `startReading`). Bytes left in the library's own
+ *    per-stream list are not credited, so the sender stalls at the window.
+ * 3. A stream that ends normally (FIN sent, FIN received) is never counted
+ *    as closed: only RESET_STREAM / STOP_SENDING mark the sending side done
+ *    (`Http2WebTransportStream.closeOutgoing`), so the peer's stream credit
+ *    (MAX_STREAMS) is never returned and a session can open only
+ *    `initialBidirectionalStreams` streams in its whole life. Patched: the
+ *    sending side counts as done once the FIN has been written; `onClose`
+ *    (which returns the credit) runs at most once per stream.
  */
-let receivePatched = false;
+let patched = false;
 interface LibStream {
   commitReadBuffer(args: unknown): { stopReading?: boolean };
   readableController?: { desiredSize: number | null };
   readableclosed?: boolean;
   finaldrain_?: boolean;
   pendingoperationRead?: unknown;
+  objint?: NativeStream;
 }
-export function patchReceiveBackpressure(session: WtSession): void {
-  if (receivePatched) return;
+interface NativeStream {
+  drainWrites(): void;
+  closeOutgoing(): void;
+  onClose(): void;
+  final?: boolean;
+  outgochunks?: unknown[];
+  outgoingClosed_?: boolean;
+  qmClosed?: boolean;
+}
+export function patchLibraryStreams(session: WtSession): void {
+  if (patched) return;
   const s = session as unknown as { streamObjs?: Set<LibStream>; sessionint?: { streamObjs?: Set<LibStream> } };
-  const objs = s.streamObjs ?? s.sessionint?.streamObjs;
-  const any = objs?.values().next().value;
-  if (!any) return;
+  const any = (s.streamObjs ?? s.sessionint?.streamObjs)?.values().next().value;
+  if (!any?.objint) return;
   const proto = Object.getPrototypeOf(any) as LibStream;
-  const orig = proto.commitReadBuffer;
-  if (typeof orig !== 'function') return;
+  const nproto = Object.getPrototypeOf(any.objint) as NativeStream;
+  const { commitReadBuffer } = proto;
+  const { drainWrites, onClose } = nproto;
+  if (typeof commitReadBuffer !== 'function' || typeof drainWrites !== 'function' || typeof onClose !== 'function' || typeof nproto.closeOutgoing !== 'function') return;
   proto.commitReadBuffer = function (this: LibStream, args: unknown) {
-    const r = orig.call(this, args) ?? {};
+    const r = commitReadBuffer.call(this, args) ?? {};
     const c = this.readableController;
     if (!this.readableclosed && !this.finaldrain_ && !this.pendingoperationRead && c && c.desiredSize !== null && c.desiredSize <= 0) r.stopReading = true;
     return r;
   };
-  receivePatched = true;
+  nproto.drainWrites = function (this: NativeStream) {
+    drainWrites.call(this);
+    if (this.final && this.outgochunks?.length === 0 && !this.outgoingClosed_) this.closeOutgoing();
+  };
+  nproto.onClose = function (this: NativeStream) {
+    if (this.qmClosed) return;
+    this.qmClosed = true;
+    onClose.call(this);
+  };
+  patched = true;
 }

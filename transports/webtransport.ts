@@ -20,7 +20,9 @@
  * carries the data is the one the authenticated peer holds. Data is then
  * protected by TLS alone (no second record layer).
  *
- * Library bug worked around (1.6.8, see transports/README.md): the server
+ * Library bugs worked around (1.6.8, see transports/README.md; two more in
+ * webtransport-lib.ts: unbounded receive buffering, stream credit never
+ * returned). The 16 KiB stall: the server
  * advertises `initialSessionFlowControlWindow` (default 16 KiB) but, without
  * a request callback, builds its session with a receive offset of
  * `sessionFlowControlWindowSizeLimit` (15 MiB), so it never grants more and
@@ -50,7 +52,7 @@ import { ClosedError, QuicmapError } from '../base/errors.ts';
 import { AsyncQueue } from '../base/async-queue.ts';
 import { ByteAccumulator } from './byte-accumulator.ts';
 import { formatHostPort, parseHostPort } from './util.ts';
-import { http2SessionOf, loadWebTransport, patchReceiveBackpressure, type WtBidiStream, type WtLibrary, type WtReader, type WtServer, type WtSession, type WtWriter } from './webtransport-lib.ts';
+import { http2SessionOf, loadWebTransport, patchLibraryStreams, type WtBidiStream, type WtLibrary, type WtReader, type WtServer, type WtSession, type WtWriter } from './webtransport-lib.ts';
 
 export interface WebTransportOptions {
   /** Identity handshake (and, when dialing, TLS + HTTP/2 + CONNECT) must finish within this. Default 5 000 ms. */
@@ -307,7 +309,7 @@ class WtConnection implements Connection {
   }
 
   wrap(s: WtBidiStream): WtByteStream {
-    patchReceiveBackpressure(this.session);
+    patchLibraryStreams(this.session);
     const b = new WtByteStream(s, this);
     if (this.closeError) b.fail(this.closeError);
     else this.streams.add(b);

@@ -94,6 +94,20 @@ run('the peers are bound to the TLS session (channel binding checked on both end
   assert.is((l as unknown as { failedHandshakes: number }).failedHandshakes, 0);
 });
 
+// Library bug 3 (webtransport-lib.ts): streams that end normally never gave
+// their MAX_STREAMS credit back, so a connection died after `maxStreams`
+// request streams. 16 allowed at once, 200 opened one after another.
+run('a connection opens many more streams over its life than its stream limit', async (s) => {
+  const { conn, peer } = await pair(s, { ...fast, maxStreams: 16, streamOpenTimeoutMs: 3000 });
+  void serveEcho(peer);
+  for (let i = 0; i < 200; i++) {
+    const st = await conn.openStream();
+    await st.write(Buffer.from(`req ${i}`));
+    await st.closeWrite();
+    assert.is((await readAll(st)).toString(), `req ${i}`);
+  }
+});
+
 run('IPv6 loopback', async (s) => {
   const serverId = await generateIdentity();
   const server = new WebTransportTransport(serverId, fast);
