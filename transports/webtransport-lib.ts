@@ -14,9 +14,10 @@
  * - Internals we rely on (checked by test/transport/webtransport.test.ts):
  *   a session's `objint.stream.session` is the node:http2 session carrying
  *   it (its `socket` gives the TLS exporter for channel binding, its `ping`
- *   our liveness check), on both the server and the client side.
+ *   our liveness check), on both the server and the client side; a started
+ *   server's `transportInt.serverInt` is its node:http2 server.
  */
-import type { Http2Session } from 'node:http2';
+import type { Http2SecureServer, Http2Session } from 'node:http2';
 
 export interface WtReader<T> {
   read(): Promise<{ done: true; value?: undefined } | { done: false; value: T }>;
@@ -118,6 +119,12 @@ export function loadWebTransport(): Promise<WtLibrary> {
     }
   })();
   return loading;
+}
+
+/** The node:http2 server under a started library server (`transportInt.serverInt`), or undefined if the internals changed. */
+export function http2ServerOf(server: WtServer): Http2SecureServer | undefined {
+  const s = (server as unknown as { transportInt?: { serverInt?: Http2SecureServer } }).transportInt?.serverInt;
+  return s && typeof s.on === 'function' ? s : undefined;
 }
 
 /** The node:http2 session under a library session (see the header), or undefined if the internals changed. */

@@ -34,7 +34,7 @@
  * mapping stay as they are, so nothing above this file changes.
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import type { Http2Session } from 'node:http2';
+import type { Http2Session, ServerHttp2Session } from 'node:http2';
 import type { TLSSocket } from 'node:tls';
 import type { ByteStream, Connection, Listener, Transport } from './transport.ts';
 import type { Identity } from '../crypto/identity.ts';
@@ -52,7 +52,7 @@ import { ClosedError, QuicmapError } from '../base/errors.ts';
 import { AsyncQueue } from '../base/async-queue.ts';
 import { ByteAccumulator } from './byte-accumulator.ts';
 import { formatHostPort, parseHostPort } from './util.ts';
-import { http2SessionOf, loadWebTransport, patchLibraryStreams, type WtBidiStream, type WtLibrary, type WtReader, type WtServer, type WtSession, type WtWriter } from './webtransport-lib.ts';
+import { http2ServerOf, http2SessionOf, loadWebTransport, patchLibraryStreams, type WtBidiStream, type WtLibrary, type WtReader, type WtServer, type WtSession, type WtWriter } from './webtransport-lib.ts';
 
 export interface WebTransportOptions {
   /** Identity handshake (and, when dialing, TLS + HTTP/2 + CONNECT) must finish within this. Default 5 000 ms. */
@@ -429,6 +429,7 @@ class WtListener implements Listener {
     this.o = o;
     this.onClose = onClose;
     void this.acceptLoop(server.sessionStream(SESSION_PATH).getReader());
+    this.guardTls();
   }
 
   private async acceptLoop(sessions: WtReader<WtSession>): Promise<void> {
@@ -454,6 +455,42 @@ class WtListener implements Listener {
     }
   }
 
+  /** Connections (HTTP/2 sessions, or TLS sockets of other protocols) not yet authenticated: each gets handshakeTimeoutMs to open a session and pass the handshake. */
+  private readonly unauthenticated = new Set<object>();
+
+  /**
+   * The library owns the HTTP/2 server and never times out a client that
+   * connects and then sends no CONNECT; bound those here (count and
+   * deadline). An HTTP/2 connection must be destroyed through its session
+   * (which took over the socket); anything else through its TLS socket.
+   */
+  private guardTls(): void {
+    const h2server = http2ServerOf(this.server);
+    if (!h2server) return;
+    const track = (conn: { destroy(): void; once(e: 'close', f: () => void): unknown }) => {
+      if (this.queue.isEnded || this.unauthenticated.size >= this.o.maxPendingHandshakes) {
+        this.failedHandshakes++;
+        conn.destroy();
+        return;
+      }
+      this.unauthenticated.add(conn);
+      const timer = setTimeout(() => {
+        if (!this.unauthenticated.delete(conn)) return;
+        this.failedHandshakes++;
+        conn.destroy();
+      }, this.o.handshakeTimeoutMs);
+      timer.unref();
+      conn.once('close', () => {
+        clearTimeout(timer);
+        this.unauthenticated.delete(conn);
+      });
+    };
+    h2server.on('session', (session: ServerHttp2Session) => track(session));
+    h2server.on('secureConnection', (sock: TLSSocket) => {
+      if (sock.alpnProtocol !== 'h2') track(sock);
+    });
+  }
+
   private async admit(session: WtSession): Promise<void> {
     const h2 = http2SessionOf(session);
     const sock = h2?.socket;
@@ -463,6 +500,7 @@ class WtListener implements Listener {
       const keys = await underDeadline(this.o.handshakeTimeoutMs, 'accept', this.respond(conn), () => void conn.close());
       if (this.queue.isEnded) throw new ClosedError('listener');
       conn.remotePublicKey = keys.remotePublicKey;
+      if (conn.h2) this.unauthenticated.delete(conn.h2);
       this.accepted.add(conn);
       void conn.closed.then(() => this.accepted.delete(conn));
       this.queue.push(conn);

@@ -1,6 +1,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { createHash, randomBytes } from 'node:crypto';
+import { connect as tlsConnect } from 'node:tls';
 import { WebTransportTransport } from '../../transports/webtransport.ts';
 import { loadWebTransport } from '../../transports/webtransport-lib.ts';
 import { generateIdentity } from '../../crypto/identity.ts';
@@ -15,6 +16,8 @@ defineConformance(test, {
   listenAddress: '127.0.0.1:0',
   largeBytes: 16 * 1024 * 1024,
   backpressureLimit: 4 * 1024 * 1024,
+  // A hang guard, not a timing: this transport is pure JS and slower on a loaded machine.
+  timeoutMs: 40_000,
 });
 test('a peer that vanishes mid-transfer makes pending reads reject', () =>
   vanishingPeer('webtransport', (id) => new WebTransportTransport(id, { idleTimeoutMs: 1500, keepAliveMs: 500 }), { idleTimeoutMs: 1500, keepAliveMs: 500 }, 4000),
@@ -106,6 +109,38 @@ run('a connection opens many more streams over its life than its stream limit', 
     await st.closeWrite();
     assert.is((await readAll(st)).toString(), `req ${i}`);
   }
+});
+
+run('silent TLS clients (no CONNECT) are capped and dropped at the handshake deadline; then a real peer gets in', async (s) => {
+  const serverId = await generateIdentity();
+  const server = new WebTransportTransport(serverId, { ...fast, handshakeTimeoutMs: 800, maxPendingHandshakes: 4 });
+  s.defer(() => server.close());
+  const l = await server.listen('127.0.0.1:0');
+  const port = Number(l.address.split(':')[1]);
+  const t0 = Date.now();
+  const closedAt = await withTimeout(
+    5000,
+    'silent clients dropped',
+    Promise.all(
+      Array.from({ length: 6 }, () => {
+        const sock = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false, ALPNProtocols: ['h2'] });
+        s.defer(() => void sock.destroy());
+        sock.on('error', () => {});
+        sock.resume(); // read, or the end never shows
+        return new Promise<number>((r) => sock.once('close', () => r(Date.now() - t0)));
+      }),
+    ),
+  );
+  assert.is(closedAt.length, 6, 'every silent client was dropped (2 over the cap at once, 4 at the deadline)');
+  assert.ok((l as unknown as { failedHandshakes: number }).failedHandshakes >= 6, 'and counted');
+  const client = new WebTransportTransport(await generateIdentity(), fast);
+  s.defer(() => client.close());
+  const [conn, peer] = await Promise.all([client.dial(l.address, serverId.publicKey), l.accept()]);
+  void serveEcho(peer!);
+  const st = await conn.openStream();
+  await st.write(Buffer.from('in'));
+  await st.closeWrite();
+  assert.is((await readAll(st)).toString(), 'in');
 });
 
 run('IPv6 loopback', async (s) => {
