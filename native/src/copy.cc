@@ -100,14 +100,25 @@ Pool* g_pool = new Pool();
 std::once_flag g_pool_once;
 
 void Deliver(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job) {
-  if (env != nullptr) {
-    if (job->err == 0) {
-      job->deferred.Resolve(env.Undefined());
-    } else {
-      job->deferred.Reject(ErrnoError(env, job->err, job->toMapping ? "copy into mapping" : "copy from mapping").Value());
+  // While a worker thread is being terminated, Node 24 still runs this
+  // callback but every call into its env fails; node-addon-api turns that
+  // into a C++ exception, which escaping here would abort the process
+  // ("terminate called after throwing an instance of 'Napi::Error'"). Nobody
+  // can wait for the promise any more: drop it without touching the env.
+  bool live = env != nullptr;
+  if (live) {
+    try {
+      if (job->err == 0) {
+        job->deferred.Resolve(env.Undefined());
+      } else {
+        job->deferred.Reject(ErrnoError(env, job->err, job->toMapping ? "copy into mapping" : "copy from mapping").Value());
+      }
+      job->keep.Reset();
+    } catch (const Napi::Error&) {
+      live = false;
     }
-    job->keep.Reset();
   }
+  if (!live) job->keep.SuppressDestruct();
   MappingUnref(job->m);
   delete job;
 }

@@ -29,8 +29,15 @@ class FallocateWorker : public Napi::AsyncWorker {
   }
 
   void OnOK() override {
-    if (err_ != 0) deferred_.Reject(ErrnoError(Env(), err_, "fallocate").Value());
-    else deferred_.Resolve(Env().Undefined());
+    // A worker thread being terminated still completes its queued work
+    // (Node 24, during FreeEnvironment), but every call into its env fails;
+    // node-addon-api throws for that, and the exception escaping here aborts
+    // the process. Nobody can await this promise any more: drop the result.
+    try {
+      if (err_ != 0) deferred_.Reject(ErrnoError(Env(), err_, "fallocate").Value());
+      else deferred_.Resolve(Env().Undefined());
+    } catch (const Napi::Error&) {
+    }
   }
 
  private:
