@@ -1,6 +1,6 @@
 /**
- * Many logical streams over one secure link (the TCP transport; later the
- * relay). Frames, all with a 9-byte header:
+ * Many logical streams over one secure link (TCP over TLS, one long-lived
+ * QUIC stream, relayed channels). Frames, all with a 9-byte header:
  *
  *   u8 type | u32 stream id | u32 value | payload (DATA, SETTINGS, CLOSE only)
  *
@@ -33,7 +33,7 @@ import { AsyncQueue } from '../base/async-queue.ts';
 import { Wakeup, wallClock } from '../base/clock.ts';
 import { KeepAlive } from './keepalive.ts';
 import { InboundBuffer } from './inbound.ts';
-import type { SecureLink } from './secure-link.ts';
+import type { Link } from './frame-link.ts';
 
 const enum Frame {
   DATA = 0,
@@ -324,7 +324,7 @@ export class MuxSession implements Connection {
   private readonly o: Required<MuxOptions>;
 
   constructor(
-    readonly link: SecureLink,
+    readonly link: Link,
     readonly remotePublicKey: Uint8Array,
     readonly remoteAddress: string,
     private readonly isDialer: boolean,
