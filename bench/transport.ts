@@ -8,12 +8,13 @@
  *   - throughput: 16 in flight, MB/s of payload echoed (one direction).
  * Subjects, all in one run:
  *   plain-tcp     node:net, one connection, length-prefixed, no crypto (floor)
- *   quicmap-tcp   TcpTransport (handshake + AES-GCM records + mux), a stream per request
+ *   node-tls      node:tls 1.3 (OpenSSL defaults), one connection, length-prefixed (reference for quicmap-tcp)
+ *   quicmap-tcp   TcpTransport (TLS 1.3 + identity check + mux), a stream per request
  *   raw-quic      the chainsafe native layer with a trivial echo (floor), a stream per request
  *   quicmap-quic  QuicTransport, a stream per request
  *   ngtcp2        Ngtcp2Transport (the native ngtcp2 data path prototype), a stream per request;
  *                 skipped with a note where the addon lacks it
- * Ratios: quicmap-quic vs raw-quic, quicmap-tcp vs plain-tcp.
+ * Ratios: quicmap-quic vs raw-quic, quicmap-tcp vs node-tls and plain-tcp, ngtcp2 vs both QUIC subjects.
  *
  * Servers run in a child process (this file with --serve) so client and
  * server do not share one event loop; --inproc keeps them in-process.
@@ -25,6 +26,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, connect, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { randomBytes } from 'node:crypto';
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
+import { createPeerCertificate } from '../crypto/peer-cert.ts';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { generateKeyPairFromSeed, privateKeyToProtobuf } from '@libp2p/crypto/keys';
 import type { Connection, Listener, Transport } from '../transports/transport.ts';
@@ -268,8 +271,63 @@ export function serveTransportEcho(l: Listener): void {
 
 // ---------------------------------------------------------------- subjects
 
-export type SubjectName = 'plain-tcp' | 'quicmap-tcp' | 'raw-quic' | 'quicmap-quic' | 'ngtcp2';
-export const SUBJECTS: SubjectName[] = ['plain-tcp', 'quicmap-tcp', 'raw-quic', 'quicmap-quic', 'ngtcp2'];
+export type SubjectName = 'plain-tcp' | 'node-tls' | 'quicmap-tcp' | 'raw-quic' | 'quicmap-quic' | 'ngtcp2';
+export const SUBJECTS: SubjectName[] = ['plain-tcp', 'node-tls', 'quicmap-tcp', 'raw-quic', 'quicmap-quic', 'ngtcp2'];
+
+/** A throwaway certificate for the node:tls reference (its check is not part of what is measured). */
+async function referenceCert(): Promise<{ key: string; cert: string }> {
+  const c = createPeerCertificate(await generateIdentity());
+  return { key: c.keyPem, cert: c.certPem };
+}
+
+/** Echo length-prefixed messages on a stream socket (plain-tcp, node-tls). */
+function echoFramed(sock: Socket): void {
+  const acc = new ByteAccumulator();
+  sock.on('data', (d: Buffer) => {
+    acc.push(d);
+    while (acc.length >= 4) {
+      const n = acc.peekU32();
+      if (acc.length < 4 + n) break;
+      const msg = acc.take(4 + n);
+      sock.write(msg);
+    }
+  });
+  sock.on('error', () => {});
+}
+
+/** Client side of echoFramed: pipelined requests on one socket, answers in order. */
+function framedClient(name: string, sock: Socket): RoundTripper {
+  const waiting: Array<{ n: number; resolve: () => void }> = [];
+  const acc = new ByteAccumulator();
+  sock.on('data', (d: Buffer) => {
+    acc.push(d);
+    while (acc.length >= 4 && waiting.length) {
+      const n = acc.peekU32();
+      if (acc.length < 4 + n) break;
+      acc.take(4 + n);
+      const w = waiting.shift()!;
+      check(n, w.n);
+      w.resolve();
+    }
+  });
+  return {
+    name,
+    roundTrip(payload) {
+      return new Promise<void>((resolve) => {
+        waiting.push({ n: payload.length, resolve });
+        const h = Buffer.allocUnsafe(4);
+        h.writeUInt32BE(payload.length, 0);
+        sock.cork();
+        sock.write(h);
+        sock.write(payload);
+        sock.uncork();
+      });
+    },
+    async close() {
+      sock.destroy();
+    },
+  };
+}
 
 interface ServerInfo {
   address: string;
@@ -301,20 +359,15 @@ async function rawQuicConfig(): Promise<object> {
 /** Start the server half of a subject; returns how to reach it and how to stop it. */
 export async function startServer(subject: SubjectName): Promise<{ info: ServerInfo; stop: () => Promise<void> }> {
   switch (subject) {
-    case 'plain-tcp': {
-      const server = createServer({ noDelay: true }, (sock) => {
-        const acc = new ByteAccumulator();
-        sock.on('data', (d: Buffer) => {
-          acc.push(d);
-          while (acc.length >= 4) {
-            const n = acc.peekU32();
-            if (acc.length < 4 + n) break;
-            const msg = acc.take(4 + n);
-            sock.write(msg);
-          }
-        });
-        sock.on('error', () => {});
-      });
+    case 'plain-tcp':
+    case 'node-tls': {
+      const server =
+        subject === 'plain-tcp'
+          ? createServer({ noDelay: true }, echoFramed)
+          : createTlsServer({ ...(await referenceCert()), minVersion: 'TLSv1.3' }, (sock) => {
+              sock.setNoDelay(true);
+              echoFramed(sock);
+            });
       await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
       const a = server.address() as { port: number };
       return { info: { address: `127.0.0.1:${a.port}`, publicKey: '' }, stop: () => new Promise<void>((r) => server.close(() => r())) };
@@ -368,41 +421,13 @@ export async function startServer(subject: SubjectName): Promise<{ info: ServerI
 /** The client half of a subject. */
 export async function connectClient(subject: SubjectName, info: ServerInfo, identity: Identity): Promise<RoundTripper> {
   switch (subject) {
-    case 'plain-tcp': {
+    case 'plain-tcp':
+    case 'node-tls': {
       const [host, port] = [info.address.slice(0, info.address.lastIndexOf(':')), Number(info.address.slice(info.address.lastIndexOf(':') + 1))];
-      const sock: Socket = connect({ host, port, noDelay: true });
-      await new Promise<void>((r, j) => sock.once('connect', r).once('error', j));
-      // In-order answers: a FIFO of waiting requests, pipelined on one connection.
-      const waiting: Array<{ n: number; resolve: () => void }> = [];
-      const acc = new ByteAccumulator();
-      sock.on('data', (d: Buffer) => {
-        acc.push(d);
-        while (acc.length >= 4 && waiting.length) {
-          const n = acc.peekU32();
-          if (acc.length < 4 + n) break;
-          acc.take(4 + n);
-          const w = waiting.shift()!;
-          check(n, w.n);
-          w.resolve();
-        }
-      });
-      return {
-        name: subject,
-        roundTrip(payload) {
-          return new Promise<void>((resolve) => {
-            waiting.push({ n: payload.length, resolve });
-            const h = Buffer.allocUnsafe(4);
-            h.writeUInt32BE(payload.length, 0);
-            sock.cork();
-            sock.write(h);
-            sock.write(payload);
-            sock.uncork();
-          });
-        },
-        async close() {
-          sock.destroy();
-        },
-      };
+      const sock: Socket =
+        subject === 'plain-tcp' ? connect({ host, port, noDelay: true }) : tlsConnect({ host, port, rejectUnauthorized: false, minVersion: 'TLSv1.3' }).setNoDelay(true);
+      await new Promise<void>((r, j) => sock.once(subject === 'plain-tcp' ? 'connect' : 'secureConnect', r).once('error', j));
+      return framedClient(subject, sock);
     }
     case 'raw-quic': {
       const native = await loadNativeQuic();
@@ -510,7 +535,13 @@ export default async function main(args: string[]): Promise<void> {
     for (const c of clients) await c.close().catch(() => {});
     for (const sv of servers) await sv.stop().catch(() => {});
   }
-  const rs = [...ratios(rows, 'quicmap-quic', 'raw-quic'), ...ratios(rows, 'quicmap-tcp', 'plain-tcp'), ...ratios(rows, 'ngtcp2', 'raw-quic'), ...ratios(rows, 'ngtcp2', 'quicmap-quic')];
+  const rs = [
+    ...ratios(rows, 'quicmap-quic', 'raw-quic'),
+    ...ratios(rows, 'quicmap-tcp', 'node-tls'),
+    ...ratios(rows, 'quicmap-tcp', 'plain-tcp'),
+    ...ratios(rows, 'ngtcp2', 'raw-quic'),
+    ...ratios(rows, 'ngtcp2', 'quicmap-quic'),
+  ];
   if (json) {
     process.stdout.write(`${JSON.stringify({ node: process.version, durationMs, inflight: o.inflight, rows, ratios: rs }, null, 2)}\n`);
     return;
