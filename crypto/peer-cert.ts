@@ -61,11 +61,19 @@ function identityPrivateKey(identity: Identity): KeyObject {
   return createPrivateKey({ key: der, format: 'der', type: 'pkcs8' });
 }
 
-function signedKeyExtension(identity: Identity, spkiDer: Buffer): Extension {
+/** Test hooks: build certificates that must be refused. */
+export interface CertificateForgery {
+  /** Put this key in the extension while `identity` signs (a stolen or made-up identity). */
+  claimKey?: Uint8Array;
+  /** Leave the libp2p extension out. */
+  omitExtension?: boolean;
+}
+
+function signedKeyExtension(identity: Identity, spkiDer: Buffer, claimKey: Uint8Array): Extension {
   const signature = sign(null, Buffer.concat([SIGNING_PREFIX, spkiDer]), identityPrivateKey(identity));
   const signedKey = new asn1js.Sequence({
     value: [
-      new asn1js.OctetString({ valueHex: Buffer.concat([ED25519_PROTO_PREFIX, identity.publicKey]) }),
+      new asn1js.OctetString({ valueHex: Buffer.concat([ED25519_PROTO_PREFIX, claimKey]) }),
       new asn1js.OctetString({ valueHex: signature }),
     ],
   });
@@ -73,7 +81,7 @@ function signedKeyExtension(identity: Identity, spkiDer: Buffer): Extension {
 }
 
 /** A fresh certificate key and a self-signed certificate binding `identity` to it. */
-export function createPeerCertificate(identity: Identity): PeerCertificate {
+export function createPeerCertificate(identity: Identity, forgery: CertificateForgery = {}): PeerCertificate {
   const { publicKey, privateKey } = generateKeyPairSync('ed25519');
   const spkiDer = publicKey.export({ type: 'spki', format: 'der' });
   const algorithm = new AlgorithmIdentifier({ algorithm: ED25519_OID });
@@ -81,7 +89,7 @@ export function createPeerCertificate(identity: Identity): PeerCertificate {
     new RelativeDistinguishedName([new AttributeTypeAndValue({ type: COMMON_NAME_OID, value: new AttributeValue({ utf8String: 'quicmap' }) })]),
   ]);
   const serial = randomBytes(16);
-  serial[0]! &= 0x7f; // a positive INTEGER
+  serial[0] = (serial[0]! & 0x7f) | 0x40; // positive, and minimal DER (no leading zero byte)
   const tbs = new TBSCertificate({
     version: Version.v3,
     serialNumber: serial.buffer.slice(serial.byteOffset, serial.byteOffset + serial.length),
@@ -91,7 +99,7 @@ export function createPeerCertificate(identity: Identity): PeerCertificate {
     validity: new Validity({ notBefore: new Date(Date.UTC(1975, 0, 1)), notAfter: new Date(Date.UTC(4096, 0, 1)) }),
     subject: name,
     subjectPublicKeyInfo: AsnConvert.parse(spkiDer, SubjectPublicKeyInfo),
-    extensions: new Extensions([signedKeyExtension(identity, spkiDer)]),
+    extensions: new Extensions(forgery.omitExtension ? [] : [signedKeyExtension(identity, spkiDer, forgery.claimKey ?? identity.publicKey)]),
   });
   const tbsDer = Buffer.from(AsnConvert.serialize(tbs));
   const cert = new Certificate({ tbsCertificate: tbs, signatureAlgorithm: algorithm, signatureValue: new Uint8Array(sign(null, tbsDer, privateKey)).buffer });
@@ -109,6 +117,16 @@ function refuse(why: string): never {
  * the self-signature, the validity period and the libp2p key binding.
  */
 export function identityFromCertificate(der: Uint8Array): Uint8Array {
+  try {
+    return checkCertificate(der);
+  } catch (e) {
+    // OpenSSL and the ASN.1 parser throw plain errors on malformed parts (e.g. a broken key).
+    if (e instanceof QuicmapError) throw e;
+    refuse(`malformed (${(e as Error).message})`);
+  }
+}
+
+function checkCertificate(der: Uint8Array): Uint8Array {
   let x509: X509Certificate;
   let cert: Certificate;
   try {

@@ -101,6 +101,9 @@ export function secureDuplex(duplex: Duplex, identity: Identity, expected: Uint8
     const onError = (e: Error) => fail(tlsError(e, 'TLS handshake'));
     const onClose = () => fail(new QuicmapError('EPROTO', 'peer closed the connection during the TLS handshake'));
     socket.on('error', onError);
+    // A TLSSocket made without a tls.Server reports server-side TLS errors
+    // only as the internal '_tlsError' event until control is released.
+    if (role === 'server') socket.on('_tlsError', onError);
     socket.on('close', onClose);
     socket.once(role === 'client' ? 'secureConnect' : 'secure', () => {
       if (done) return;
@@ -111,13 +114,26 @@ export function secureDuplex(duplex: Duplex, identity: Identity, expected: Uint8
         done = true;
         clearTimeout(timer);
         socket.off('error', onError);
+        socket.off('_tlsError', onError);
         socket.off('close', onClose);
+        if (role === 'server') releaseControl(socket);
         resolve({ socket, remotePublicKey: key });
       } catch (e) {
         fail(e instanceof QuicmapError ? e : new QuicmapError('EACCES', `TLS: ${(e as Error).message}`, { cause: e }));
       }
     });
   });
+}
+
+/**
+ * From now on report TLS errors of a server-side socket as 'error', as
+ * tls.Server does once a handshake is done (`_releaseControl`, internal since
+ * Node 0.11); if that is gone, forward '_tlsError' by hand.
+ */
+function releaseControl(socket: TLSSocket): void {
+  const s = socket as TLSSocket & { _releaseControl?: () => boolean };
+  if (typeof s._releaseControl === 'function') s._releaseControl();
+  else socket.on('_tlsError', (e: Error) => socket.emit('error', e));
 }
 
 /**
