@@ -315,8 +315,10 @@ export class MuxSession implements Connection {
   private slotWaiters: Array<() => void> = [];
   private isClosed = false;
   private gotSettings = false;
-  /** Round trip of the last keep-alive PING, ms (for status); undefined until one came back. */
-  rttMs: number | undefined;
+  /** Round trip of the last keep-alive PING, ms; undefined until one came back. */
+  private pingRttMs: number | undefined;
+  /** A better round-trip source than our PINGs (the QUIC stack's smoothed RTT under a carrier stream). */
+  rttSource: (() => number | undefined) | undefined;
   private closeError: QuicmapError = new ClosedError('connection');
   private readonly keepAlive: KeepAlive;
   private pingedAt = 0;
@@ -493,7 +495,7 @@ export class MuxSession implements Connection {
           break;
         case Frame.PONG:
           // The PING's value is our clock (ms, 32 bits) when it left.
-          this.rttMs = ((Date.now() >>> 0) - value) >>> 0;
+          this.pingRttMs = ((Date.now() >>> 0) - value) >>> 0;
           break;
         case Frame.CLOSE: {
           if (value > MAX_CLOSE_REASON || value > rec.remaining) throw new ProtocolError('bad close frame');
@@ -569,6 +571,11 @@ export class MuxSession implements Connection {
     this.localOpen++;
     this.send(header(Frame.OPEN, id, 0));
     return s;
+  }
+
+  /** The connection's round-trip time, ms (for status): the link's own measure if it has one, else the last PING's. */
+  get rttMs(): number | undefined {
+    return this.rttSource?.() ?? this.pingRttMs;
   }
 
   acceptStream(): Promise<ByteStream | null> {
