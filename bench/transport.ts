@@ -10,8 +10,11 @@
  *   plain-tcp     node:net, one connection, length-prefixed, no crypto (floor)
  *   node-tls      node:tls 1.3 (OpenSSL defaults), one connection, length-prefixed (reference for quicmap-tcp)
  *   quicmap-tcp   TcpTransport (TLS 1.3 + identity check + mux), a stream per request
- *   raw-quic      the chainsafe native layer with a trivial echo (floor), a stream per request
- *   quicmap-quic  QuicTransport, a stream per request
+ *   raw-quic      the chainsafe native layer in its best design (reference for quicmap-quic): one
+ *                 long-lived stream, pipelined length-prefixed messages, 64 KiB combined writes,
+ *                 256 KiB reads, 4 MiB server UDP buffer
+ *   raw-quic-streams  the same library with a new stream per request (not run unless asked)
+ *   quicmap-quic  QuicTransport, a stream per request (mux streams over its carrier stream)
  *   ngtcp2        Ngtcp2Transport (the native ngtcp2 data path prototype), a stream per request;
  *                 skipped with a note where the addon lacks it
  * Ratios: quicmap-quic vs raw-quic, quicmap-tcp vs node-tls and plain-tcp, ngtcp2 vs both QUIC subjects.
@@ -33,8 +36,9 @@ import { generateKeyPairFromSeed, privateKeyToProtobuf } from '@libp2p/crypto/ke
 import type { Connection, Listener, Transport } from '../transports/transport.ts';
 import { generateIdentity, type Identity } from '../crypto/identity.ts';
 import { TcpTransport } from '../transports/tcp.ts';
-import { QUIC_DEFAULTS, QuicTransport } from '../transports/quic.ts';
-import { loadNativeQuic, type NativeConnection, type NativeServer } from '../transports/quic-native.ts';
+import { QUIC_DEFAULTS, QuicTransport, WRITE_CHUNK, carrierWindows } from '../transports/quic.ts';
+import { setUdpBuffers } from '../transports/udp-buffer.ts';
+import { loadNativeQuic, type NativeConnection, type NativeServer, type NativeStream } from '../transports/quic-native.ts';
 import { ByteAccumulator } from '../transports/byte-accumulator.ts';
 import { Ngtcp2Transport } from '../transports/ngtcp2.ts';
 
@@ -271,8 +275,73 @@ export function serveTransportEcho(l: Listener): void {
 
 // ---------------------------------------------------------------- subjects
 
-export type SubjectName = 'plain-tcp' | 'node-tls' | 'quicmap-tcp' | 'raw-quic' | 'quicmap-quic' | 'ngtcp2';
+export type SubjectName = 'plain-tcp' | 'node-tls' | 'quicmap-tcp' | 'raw-quic' | 'raw-quic-streams' | 'quicmap-quic' | 'ngtcp2';
 export const SUBJECTS: SubjectName[] = ['plain-tcp', 'node-tls', 'quicmap-tcp', 'raw-quic', 'quicmap-quic', 'ngtcp2'];
+
+/**
+ * The raw library's best request/response design (FACTS.md, measured
+ * ceiling): one long-lived stream, length-prefixed messages pipelined on it,
+ * small writes combined into 64 KiB chunks (large pieces written as they
+ * are), one native write at a time, 256 KiB reads.
+ */
+class RawQuicPipe {
+  private queue: Uint8Array[] = [];
+  private writing = false;
+  private readonly acc = new ByteAccumulator();
+
+  constructor(
+    private readonly s: NativeStream,
+    private readonly onMessage: (msg: Buffer, len: number) => void,
+  ) {
+    void this.readLoop();
+  }
+
+  private async readLoop(): Promise<void> {
+    for (;;) {
+      const c = await this.s.read(RAW_READ).catch(() => null);
+      if (!c) return;
+      this.acc.push(Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength));
+      while (this.acc.length >= 4) {
+        const n = this.acc.peekU32();
+        if (this.acc.length < 4 + n) break;
+        this.onMessage(this.acc.take(4 + n), n);
+      }
+    }
+  }
+
+  send(parts: Uint8Array[]): void {
+    for (const p of parts) this.queue.push(p);
+    if (!this.writing) void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    this.writing = true;
+    while (this.queue.length) {
+      const first = this.queue[0]!;
+      let out: Uint8Array;
+      if (first.length >= 2 * WRITE_CHUNK) out = this.queue.shift()!;
+      else {
+        let n = 0;
+        let i = 0;
+        for (; i < this.queue.length && n < WRITE_CHUNK; i++) n += this.queue[i]!.length;
+        const size = Math.min(n, WRITE_CHUNK);
+        const chunk = Buffer.allocUnsafe(size);
+        let off = 0;
+        while (off < size) {
+          const b = this.queue[0]!;
+          const take = Math.min(b.length, size - off);
+          chunk.set(take === b.length ? b : b.subarray(0, take), off);
+          off += take;
+          if (take === b.length) this.queue.shift();
+          else this.queue[0] = b.subarray(take);
+        }
+        out = chunk;
+      }
+      await this.s.write(out);
+    }
+    this.writing = false;
+  }
+}
 
 /** A throwaway certificate for the node:tls reference (its check is not part of what is measured). */
 async function referenceCert(): Promise<{ key: string; cert: string }> {
@@ -343,8 +412,8 @@ const RAW_QUIC = {
   maxIdleTimeout: QUIC_DEFAULTS.idleTimeoutMs,
   keepAliveInterval: QUIC_DEFAULTS.keepAliveMs,
   maxConcurrentStreamLimit: QUIC_DEFAULTS.maxStreams,
-  maxStreamData: QUIC_DEFAULTS.streamWindow,
-  maxConnectionData: QUIC_DEFAULTS.connectionWindow,
+  // The windows of QuicTransport's carrier stream.
+  ...carrierWindows(QUIC_DEFAULTS),
   receiveBufferSize: QUIC_DEFAULTS.udpBufferBytes,
   sendBufferSize: QUIC_DEFAULTS.udpBufferBytes,
 };
@@ -372,14 +441,21 @@ export async function startServer(subject: SubjectName): Promise<{ info: ServerI
       const a = server.address() as { port: number };
       return { info: { address: `127.0.0.1:${a.port}`, publicKey: '' }, stop: () => new Promise<void>((r) => server.close(() => r())) };
     }
-    case 'raw-quic': {
+    case 'raw-quic':
+    case 'raw-quic-streams': {
       const native = await loadNativeQuic();
       const server: NativeServer = new native.Server(await rawQuicConfig(), '127.0.0.1', 0);
+      // The library leaves the server socket at the OS default; the best design sets 4 MiB.
+      if (subject === 'raw-quic') setUdpBuffers(server.port(), 4, QUIC_DEFAULTS.udpBufferBytes);
       let open = true;
       const serveConn = async (c: NativeConnection) => {
         for (;;) {
           const s = await c.inboundStream().catch(() => null);
           if (!s) return;
+          if (subject === 'raw-quic') {
+            const pipe: RawQuicPipe = new RawQuicPipe(s, (msg) => pipe.send([msg]));
+            continue;
+          }
           void (async () => {
             const parts: Uint8Array[] = [];
             for (;;) {
@@ -429,23 +505,45 @@ export async function connectClient(subject: SubjectName, info: ServerInfo, iden
       await new Promise<void>((r, j) => sock.once(subject === 'plain-tcp' ? 'connect' : 'secureConnect', r).once('error', j));
       return framedClient(subject, sock);
     }
-    case 'raw-quic': {
+    case 'raw-quic':
+    case 'raw-quic-streams': {
       const native = await loadNativeQuic();
       const client = new native.Client(await rawQuicConfig(), 0);
       const [host, port] = [info.address.slice(0, info.address.lastIndexOf(':')), Number(info.address.slice(info.address.lastIndexOf(':') + 1))];
       const conn = await client.outboundConnection(host, port);
+      const close = async () => {
+        conn.abort();
+        client.abort();
+      };
+      if (subject === 'raw-quic-streams') {
+        return {
+          name: subject,
+          async roundTrip(payload) {
+            const s = await conn.outboundStream();
+            await s.write(payload);
+            await s.finishWrite();
+            check(await drain(() => s.read(RAW_READ)), payload.length);
+          },
+          close,
+        };
+      }
+      const waiting: Array<{ n: number; resolve: () => void }> = [];
+      const pipe = new RawQuicPipe(await conn.outboundStream(), (_msg, n) => {
+        const w = waiting.shift()!;
+        check(n, w.n);
+        w.resolve();
+      });
       return {
         name: subject,
-        async roundTrip(payload) {
-          const s = await conn.outboundStream();
-          await s.write(payload);
-          await s.finishWrite();
-          check(await drain(() => s.read(RAW_READ)), payload.length);
+        roundTrip(payload) {
+          return new Promise<void>((resolve) => {
+            waiting.push({ n: payload.length, resolve });
+            const h = Buffer.allocUnsafe(4);
+            h.writeUInt32BE(payload.length, 0);
+            pipe.send([h, payload]);
+          });
         },
-        async close() {
-          conn.abort();
-          client.abort();
-        },
+        close,
       };
     }
     case 'quicmap-tcp':
