@@ -13,9 +13,9 @@
  * medians in MiB/s and the ratio to nbdkit-tls.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { createServer, connect } from 'node:net';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -83,20 +83,17 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-const tcpReady = (port: number) => () =>
-  new Promise<boolean>((resolve) => {
-    const c = connect(port, '127.0.0.1');
-    c.once('connect', () => (c.destroy(), resolve(true)));
-    c.once('error', () => resolve(false));
-  });
-
 const nbdkitTls = {
   name: 'nbdkit-tls',
   async start(work: string, size: number): Promise<Running> {
     const psk = join(work, 'psk');
     writeFileSync(psk, `user:${randomBytes(32).toString('hex')}\n`, { mode: 0o600 });
     const port = await freePort();
-    const child = await startServer('nbdkit', ['-f', '-i', '127.0.0.1', '-p', String(port), '--tls=require', `--tls-psk=${psk}`, 'memory', String(size)], tcpReady(port));
+    // nbdkit writes its pid file once it accepts connections (a probe connection would log an error).
+    const pidfile = join(work, 'nbdkit.pid');
+    rmSync(pidfile, { force: true });
+    const ready = () => existsSync(pidfile) && statSync(pidfile).size > 0;
+    const child = await startServer('nbdkit', ['-f', '-P', pidfile, '-i', '127.0.0.1', '-p', String(port), '--tls=require', `--tls-psk=${psk}`, 'memory', String(size)], ready);
     return { uri: `nbds://user@127.0.0.1:${port}/?tls-psk-file=${psk}`, stop: async () => (stopServer(child), waitExit(child)) };
   },
 };

@@ -8,7 +8,8 @@
  *   - throughput: 16 in flight, MB/s of payload echoed (one direction).
  * Subjects, all in one run:
  *   plain-tcp     node:net, one connection, length-prefixed, no crypto (floor)
- *   node-tls      node:tls 1.3 (OpenSSL defaults), one connection, length-prefixed (reference for quicmap-tcp)
+ *   node-tls      node:tls 1.3 with quicmap's cipher order (AES-128-GCM), one connection,
+ *                 length-prefixed (reference for quicmap-tcp)
  *   quicmap-tcp   TcpTransport (TLS 1.3 + identity check + mux), a stream per request
  *   raw-quic      the chainsafe native layer in its best design (reference for quicmap-quic): one
  *                 long-lived stream, pipelined length-prefixed messages, 64 KiB combined writes,
@@ -31,6 +32,7 @@ import { createInterface } from 'node:readline';
 import { randomBytes } from 'node:crypto';
 import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
 import { createPeerCertificate } from '../crypto/peer-cert.ts';
+import { TLS_CIPHERSUITES } from '../transports/secure-channel.ts';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { generateKeyPairFromSeed, privateKeyToProtobuf } from '@libp2p/crypto/keys';
 import type { Connection, Listener, Transport } from '../transports/transport.ts';
@@ -433,7 +435,7 @@ export async function startServer(subject: SubjectName): Promise<{ info: ServerI
       const server =
         subject === 'plain-tcp'
           ? createServer({ noDelay: true }, echoFramed)
-          : createTlsServer({ ...(await referenceCert()), minVersion: 'TLSv1.3' }, (sock) => {
+          : createTlsServer({ ...(await referenceCert()), minVersion: 'TLSv1.3', ciphers: TLS_CIPHERSUITES }, (sock) => {
               sock.setNoDelay(true);
               echoFramed(sock);
             });
@@ -501,7 +503,7 @@ export async function connectClient(subject: SubjectName, info: ServerInfo, iden
     case 'node-tls': {
       const [host, port] = [info.address.slice(0, info.address.lastIndexOf(':')), Number(info.address.slice(info.address.lastIndexOf(':') + 1))];
       const sock: Socket =
-        subject === 'plain-tcp' ? connect({ host, port, noDelay: true }) : tlsConnect({ host, port, rejectUnauthorized: false, minVersion: 'TLSv1.3' }).setNoDelay(true);
+        subject === 'plain-tcp' ? connect({ host, port, noDelay: true }) : tlsConnect({ host, port, rejectUnauthorized: false, minVersion: 'TLSv1.3', ciphers: TLS_CIPHERSUITES }).setNoDelay(true);
       await new Promise<void>((r, j) => sock.once(subject === 'plain-tcp' ? 'connect' : 'secureConnect', r).once('error', j));
       return framedClient(subject, sock);
     }

@@ -40,6 +40,8 @@ export interface SecureChannelOptions {
 }
 
 const ALPN = 'quicmap/1';
+/** TLS 1.3 suites in order of preference (exported for the node:tls reference in the benchmark). */
+export const TLS_CIPHERSUITES = 'TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256';
 const contexts = new WeakMap<Identity, SecureContext>();
 
 /** One certificate and TLS context per identity (the spec allows reusing them). */
@@ -52,6 +54,9 @@ function contextFor(identity: Identity): SecureContext {
       cert: certPem,
       minVersion: 'TLSv1.3',
       maxVersion: 'TLSv1.3',
+      // AES-128-GCM first: ~30 % cheaper than OpenSSL's default AES-256-GCM here, and a
+      // mandatory TLS 1.3 suite; the others stay acceptable.
+      ciphers: TLS_CIPHERSUITES,
       // No resumption: every connection proves both identities afresh.
       secureOptions: constants.SSL_OP_NO_TICKET,
     });
