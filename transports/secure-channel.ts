@@ -88,7 +88,7 @@ export function secureDuplex(duplex: Duplex, identity: Identity, expected: Uint8
   const secureContext = contextFor(identity);
   const socket =
     role === 'client'
-      ? tlsConnect({ socket: duplex, secureContext, rejectUnauthorized: false, ALPNProtocols: [ALPN], servername: undefined })
+      ? tlsConnect({ socket: duplex, secureContext, rejectUnauthorized: false, ALPNProtocols: [ALPN] })
       : new TLSSocket(duplex, { isServer: true, secureContext, requestCert: true, rejectUnauthorized: false, ALPNProtocols: [ALPN] });
   // Nothing may be read before the identity check; the caller resumes.
   socket.pause();

@@ -21,8 +21,10 @@ import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 /** The adopted sockets: kept referenced (never closed; see above). */
 const adopted: Socket[] = [];
 
-function inodeOfPort(port: number): string | undefined {
-  for (const table of ['/proc/self/net/udp', '/proc/self/net/udp6']) {
+function inodeOfPort(port: number, family: 4 | 6): string | undefined {
+  // The socket's own family first (a v4 and a v6 socket may share a port number).
+  const tables = family === 6 ? ['/proc/self/net/udp6', '/proc/self/net/udp'] : ['/proc/self/net/udp', '/proc/self/net/udp6'];
+  for (const table of tables) {
     let text: string;
     try {
       text = readFileSync(table, 'utf8');
@@ -52,7 +54,7 @@ function fdOfInode(inode: string): number | undefined {
 /** Set SO_RCVBUF/SO_SNDBUF of this process's UDP socket bound to `port`. True if done. */
 export function setUdpBuffers(port: number, family: 4 | 6, bytes: number): boolean {
   try {
-    const inode = inodeOfPort(port);
+    const inode = inodeOfPort(port, family);
     const fd = inode ? fdOfInode(inode) : undefined;
     if (fd === undefined) return false;
     const sock = createSocket({ type: family === 6 ? 'udp6' : 'udp4' });
