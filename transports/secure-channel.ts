@@ -114,6 +114,8 @@ export function secureDuplex(duplex: Duplex, identity: Identity, expected: Uint8
       if (done) return;
       try {
         if (socket.getProtocol() !== 'TLSv1.3') throw new QuicmapError('EPROTO', `peer negotiated ${socket.getProtocol()}, not TLSv1.3`);
+        // Not some other TLS protocol that happens to reach this port (or this one reaching another).
+        if (socket.alpnProtocol !== ALPN) throw new QuicmapError('EPROTO', `peer did not negotiate ALPN ${ALPN}`);
         const cert = socket.getPeerX509Certificate();
         const key = checkPeerKey(cert ? identityFromCertificate(cert.raw) : undefined, expected, 'TLS');
         done = true;

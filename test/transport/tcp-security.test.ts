@@ -202,7 +202,7 @@ run('junk instead of a handshake is dropped; the listener then serves a good cli
  * listener: resolves with whether the listener accepted a connection, after
  * checking the socket was closed and an honest client is still served.
  */
-async function rawTlsClient(s: Scope, opts: { forge?: CertificateForgery; noCert?: boolean; maxVersion?: 'TLSv1.2' }): Promise<void> {
+async function rawTlsClient(s: Scope, opts: { forge?: CertificateForgery; noCert?: boolean; maxVersion?: 'TLSv1.2'; noAlpn?: boolean }): Promise<void> {
   const serverId = await generateIdentity();
   const server = new TcpTransport(serverId, OPTS);
   s.defer(() => server.close());
@@ -214,6 +214,7 @@ async function rawTlsClient(s: Scope, opts: { forge?: CertificateForgery; noCert
     host,
     port,
     rejectUnauthorized: false,
+    ...(opts.noAlpn ? {} : { ALPNProtocols: ['quicmap/1'] }),
     ...(cert ? { key: cert.keyPem, cert: cert.certPem } : {}),
     ...(opts.maxVersion ? { maxVersion: opts.maxVersion, minVersion: 'TLSv1.2' as const } : {}),
   });
@@ -244,13 +245,34 @@ run('a certificate claiming a key that did not sign the binding is refused', asy
 
 run('a client that offers only TLS 1.2 (downgrade) is refused', (s) => rawTlsClient(s, { maxVersion: 'TLSv1.2' }));
 
+run('a client with a valid certificate that does not speak the quicmap ALPN is refused', (s) => rawTlsClient(s, { noAlpn: true }));
+
+run('the raw TLS client of these tests is accepted when nothing is wrong (so the refusals above mean something)', async (s) => {
+  const serverId = await generateIdentity();
+  const server = new TcpTransport(serverId, OPTS);
+  s.defer(() => server.close());
+  const l = (await server.listen('127.0.0.1:0')) as Listener & { failedHandshakes: number };
+  const { host, port } = parseHostPort(l.address);
+  const me = await generateIdentity();
+  const cert = createPeerCertificate(me);
+  const sock: TLSSocket = tlsConnect({ host, port, rejectUnauthorized: false, ALPNProtocols: ['quicmap/1'], key: cert.keyPem, cert: cert.certPem });
+  s.defer(() => void sock.destroy());
+  sock.on('error', () => {});
+  const c = await withTimeout(3000, 'accepted', l.accept());
+  assert.ok(c && Buffer.from(c.remotePublicKey).equals(Buffer.from(me.publicKey)), 'accepted with the proven key');
+  assert.is(l.failedHandshakes, 0);
+});
+
 run('dialing a listener whose certificate claims a stolen key fails with EACCES', async (s) => {
   // A rogue listener presents the victim's public key in its extension, signed by its own key.
   const victim = await generateIdentity();
   const rogue = await generateIdentity();
   const forged = createPeerCertificate(rogue, { claimKey: victim.publicKey });
   const { createServer: createTlsServer } = await import('node:tls');
-  const srv = createTlsServer({ key: forged.keyPem, cert: forged.certPem, minVersion: 'TLSv1.3', requestCert: true, rejectUnauthorized: false }, (c) => c.on('error', () => {}));
+  const srv = createTlsServer(
+    { key: forged.keyPem, cert: forged.certPem, minVersion: 'TLSv1.3', requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['quicmap/1'] },
+    (c) => c.on('error', () => {}),
+  );
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
   s.defer(() => new Promise<void>((r) => srv.close(() => r())));
   const client = new TcpTransport(await generateIdentity(), OPTS);
