@@ -1,4 +1,7 @@
 import { suite } from 'uvu';
+import { randomBytes } from 'node:crypto';
+import { generateKeyPairFromSeed, privateKeyToProtobuf } from '@libp2p/crypto/keys';
+import { loadNativeQuic } from '../../transports/quic-native.ts';
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { QuicTransport } from '../../transports/quic.ts';
@@ -130,6 +133,41 @@ run('the listener UDP socket gets the configured buffer size', async (s) => {
   await st.write(Buffer.alloc(1 << 20, 3));
   await st.closeWrite();
   assert.is((await readAll(st)).length, 1 << 20);
+});
+
+run('a client that connects but never opens its carrier stream is dropped at the handshake deadline; others are served', async (s) => {
+  const serverId = await generateIdentity();
+  const server = new QuicTransport(serverId, { handshakeTimeoutMs: 500, idleTimeoutMs: 5000, keepAliveMs: 1000 });
+  s.defer(() => server.close());
+  const l = (await server.listen('127.0.0.1:0')) as Awaited<ReturnType<QuicTransport['listen']>> & { failedHandshakes: number };
+  // A raw client of the same library: TLS completes, then silence.
+  const native = await loadNativeQuic();
+  const key = await generateKeyPairFromSeed('Ed25519', randomBytes(32));
+  const config = new native.QuinnConfig({
+    privateKeyProto: privateKeyToProtobuf(key),
+    handshakeTimeout: 2000,
+    maxIdleTimeout: 5000,
+    keepAliveInterval: 1000,
+    maxConcurrentStreamLimit: 4,
+    maxStreamData: 1 << 20,
+    maxConnectionData: 2 << 20,
+    receiveBufferSize: 1 << 20,
+    sendBufferSize: 1 << 20,
+  });
+  const raw = new native.Client(config, 0);
+  s.defer(() => raw.abort());
+  const port = Number(l.address.slice(l.address.lastIndexOf(':') + 1));
+  const silent = await raw.outboundConnection('127.0.0.1', port);
+  await withTimeout(3000, 'silent client dropped', silent.closed().catch(() => {}));
+  assert.is(l.failedHandshakes, 1, 'counted as a failed handshake');
+  const client = new QuicTransport(await generateIdentity(), { idleTimeoutMs: 5000, keepAliveMs: 1000 });
+  s.defer(() => client.close());
+  const [conn, peer] = await Promise.all([client.dial(l.address, serverId.publicKey), l.accept()]);
+  void serveEcho(peer!);
+  const st = await conn.openStream();
+  await st.write(Buffer.from('ok'));
+  await st.closeWrite();
+  assert.is((await readAll(st)).toString(), 'ok');
 });
 
 run('IPv6 loopback works', async (s) => {
