@@ -65,9 +65,7 @@ export interface LinkIO {
 }
 
 /** Batches up to this size are joined into one buffer before writing. */
-const JOIN_LIMIT = 128 * 1024;
-/** In larger batches, pieces of this size or more are written on their own. */
-const ALONE_LIMIT = 32 * 1024;
+const JOIN_LIMIT = 4 * 1024;
 
 /** A node Duplex (net.Socket, tls.TLSSocket, a relayed stream) as a LinkIO. */
 export function duplexIO(d: Duplex, describe: (e: Error) => QuicmapError): LinkIO {
@@ -81,33 +79,22 @@ export function duplexIO(d: Duplex, describe: (e: Error) => QuicmapError): LinkI
       d.resume();
     },
     write(bufs) {
-      // Node's TLS (and JS-stream) writes copy several buffers given at once
-      // into one before encrypting; so join small batches here (one write,
-      // one record, one syscall) and hand large pieces over alone (no copy).
       if (bufs.length === 1) {
         d.write(bufs[0]!);
         return;
       }
       let total = 0;
       for (const b of bufs) total += b.length;
+      // A batch of small frames: one small (pooled) buffer, one write. Otherwise
+      // corked writes, which node:tls gathers with one native copy (no garbage
+      // for the JS heap to collect, unlike a joined Buffer).
       if (total <= JOIN_LIMIT) {
         d.write(Buffer.concat(bufs as Uint8Array[], total));
         return;
       }
-      let small: Uint8Array[] = [];
-      let smallBytes = 0;
-      for (const b of bufs) {
-        if (b.length < ALONE_LIMIT) {
-          small.push(b);
-          smallBytes += b.length;
-          continue;
-        }
-        if (small.length) d.write(small.length === 1 ? small[0]! : Buffer.concat(small, smallBytes));
-        small = [];
-        smallBytes = 0;
-        d.write(b);
-      }
-      if (small.length) d.write(small.length === 1 ? small[0]! : Buffer.concat(small, smallBytes));
+      d.cork();
+      for (const b of bufs) d.write(b);
+      d.uncork();
     },
     get queuedBytes() {
       return d.writableLength;
