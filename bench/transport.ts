@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- transport [--json] [--duration MS] [--rounds N] [--sizes 4k,64k,1m]
- *   [--subjects plain-tcp,quicmap-tcp,raw-quic,quicmap-quic,quicmap-webtransport] [--inproc]`
+ *   [--subjects plain-tcp,quicmap-tcp,raw-quic,quicmap-quic] [--inproc]`
  *
  * Request/response over each transport: the client sends a payload, the
  * server reads all of it and sends it back. Per payload size:
@@ -8,14 +8,17 @@
  *   - throughput: 16 in flight, MB/s of payload echoed (one direction).
  * Subjects, all in one run:
  *   plain-tcp     node:net, one connection, length-prefixed, no crypto (floor)
- *   quicmap-tcp   TcpTransport (handshake + AES-GCM records + mux), a stream per request
- *   raw-quic      the chainsafe native layer with a trivial echo (floor), a stream per request
- *   quicmap-quic  QuicTransport, a stream per request
+ *   node-tls      node:tls 1.3 with quicmap's cipher order (AES-128-GCM), one connection,
+ *                 length-prefixed (reference for quicmap-tcp)
+ *   quicmap-tcp   TcpTransport (TLS 1.3 + identity check + mux), a stream per request
+ *   raw-quic      the chainsafe native layer in its best design (reference for quicmap-quic): one
+ *                 long-lived stream, pipelined length-prefixed messages, 64 KiB combined writes,
+ *                 256 KiB reads, 4 MiB server UDP buffer
+ *   raw-quic-streams  the same library with a new stream per request (not run unless asked)
+ *   quicmap-quic  QuicTransport, a stream per request (mux streams over its carrier stream)
  *   ngtcp2        Ngtcp2Transport (the native ngtcp2 data path prototype), a stream per request;
  *                 skipped with a note where the addon lacks it
- *   quicmap-webtransport  WebTransportTransport (TLS + HTTP/2 + WebTransport, pure JS), a stream per request
- * Ratios: quicmap-quic and ngtcp2 vs raw-quic, ngtcp2 vs quicmap-quic,
- *   quicmap-tcp and quicmap-webtransport vs plain-tcp.
+ * Ratios: quicmap-quic vs raw-quic, quicmap-tcp vs node-tls and plain-tcp, ngtcp2 vs both QUIC subjects.
  *
  * Servers run in a child process (this file with --serve) so client and
  * server do not share one event loop; --inproc keeps them in-process.
@@ -27,14 +30,18 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, connect, type Socket } from 'node:net';
 import { createInterface } from 'node:readline';
 import { randomBytes } from 'node:crypto';
+import { connect as tlsConnect, createServer as createTlsServer } from 'node:tls';
+import { createPeerCertificate } from '../crypto/peer-cert.ts';
+import { TLS_CIPHERSUITES } from '../transports/secure-channel.ts';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { generateKeyPairFromSeed, privateKeyToProtobuf } from '@libp2p/crypto/keys';
 import type { Connection, Listener, Transport } from '../transports/transport.ts';
 import { generateIdentity, type Identity } from '../crypto/identity.ts';
 import { TcpTransport } from '../transports/tcp.ts';
+import { QUIC_DEFAULTS, QuicTransport, WRITE_CHUNK, carrierWindows } from '../transports/quic.ts';
 import { WebTransportTransport } from '../transports/webtransport.ts';
-import { QUIC_DEFAULTS, QuicTransport } from '../transports/quic.ts';
-import { loadNativeQuic, type NativeConnection, type NativeServer } from '../transports/quic-native.ts';
+import { setUdpBuffers } from '../transports/udp-buffer.ts';
+import { loadNativeQuic, type NativeConnection, type NativeServer, type NativeStream } from '../transports/quic-native.ts';
 import { ByteAccumulator } from '../transports/byte-accumulator.ts';
 import { Ngtcp2Transport } from '../transports/ngtcp2.ts';
 
@@ -179,7 +186,7 @@ export function sizeLabel(bytes: number): string {
 }
 
 export function formatRow(r: Row): string {
-  return `${r.subject.padEnd(20)} ${sizeLabel(r.bytes).padStart(7)}  p50 ${r.latency.p50Us.toFixed(0).padStart(6)} µs  p99 ${r.latency.p99Us
+  return `${r.subject.padEnd(14)} ${sizeLabel(r.bytes).padStart(7)}  p50 ${r.latency.p50Us.toFixed(0).padStart(6)} µs  p99 ${r.latency.p99Us
     .toFixed(0)
     .padStart(6)} µs  ${r.throughput.mbps.toFixed(0).padStart(6)} MB/s (16 in flight; rounds ${r.rounds.map((x) => x.toFixed(0)).join('/')})`;
 }
@@ -271,14 +278,133 @@ export function serveTransportEcho(l: Listener): void {
 
 // ---------------------------------------------------------------- subjects
 
-export type SubjectName = 'plain-tcp' | 'quicmap-tcp' | 'raw-quic' | 'quicmap-quic' | 'ngtcp2' | 'quicmap-webtransport';
-export const SUBJECTS: SubjectName[] = ['plain-tcp', 'quicmap-tcp', 'raw-quic', 'quicmap-quic', 'ngtcp2', 'quicmap-webtransport'];
+export type SubjectName = 'plain-tcp' | 'node-tls' | 'quicmap-tcp' | 'raw-quic' | 'raw-quic-streams' | 'quicmap-quic' | 'ngtcp2' | 'quicmap-webtransport';
+export const SUBJECTS: SubjectName[] = ['plain-tcp', 'node-tls', 'quicmap-tcp', 'raw-quic', 'quicmap-quic', 'ngtcp2', 'quicmap-webtransport'];
 
-function ourTransport(subject: 'quicmap-tcp' | 'quicmap-quic' | 'ngtcp2' | 'quicmap-webtransport', id: Identity): Transport {
-  if (subject === 'quicmap-tcp') return new TcpTransport(id);
-  if (subject === 'ngtcp2') return new Ngtcp2Transport(id);
-  if (subject === 'quicmap-webtransport') return new WebTransportTransport(id);
-  return new QuicTransport(id);
+/**
+ * The raw library's best request/response design (FACTS.md, measured
+ * ceiling): one long-lived stream, length-prefixed messages pipelined on it,
+ * small writes combined into 64 KiB chunks (large pieces written as they
+ * are), one native write at a time, 256 KiB reads.
+ */
+class RawQuicPipe {
+  private queue: Uint8Array[] = [];
+  private writing = false;
+  private readonly acc = new ByteAccumulator();
+
+  private readonly s: NativeStream;
+
+  private readonly onMessage: (msg: Buffer, len: number) => void;
+
+  constructor(
+    s: NativeStream,
+    onMessage: (msg: Buffer, len: number) => void,) {
+    this.s = s;
+
+    this.onMessage = onMessage;
+    void this.readLoop();
+  }
+
+  private async readLoop(): Promise<void> {
+    for (;;) {
+      const c = await this.s.read(RAW_READ).catch(() => null);
+      if (!c) return;
+      this.acc.push(Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength));
+      while (this.acc.length >= 4) {
+        const n = this.acc.peekU32();
+        if (this.acc.length < 4 + n) break;
+        this.onMessage(this.acc.take(4 + n), n);
+      }
+    }
+  }
+
+  send(parts: Uint8Array[]): void {
+    for (const p of parts) this.queue.push(p);
+    if (!this.writing) void this.pump();
+  }
+
+  private async pump(): Promise<void> {
+    this.writing = true;
+    while (this.queue.length) {
+      const first = this.queue[0]!;
+      let out: Uint8Array;
+      if (first.length >= 2 * WRITE_CHUNK) out = this.queue.shift()!;
+      else {
+        let n = 0;
+        let i = 0;
+        for (; i < this.queue.length && n < WRITE_CHUNK; i++) n += this.queue[i]!.length;
+        const size = Math.min(n, WRITE_CHUNK);
+        const chunk = Buffer.allocUnsafe(size);
+        let off = 0;
+        while (off < size) {
+          const b = this.queue[0]!;
+          const take = Math.min(b.length, size - off);
+          chunk.set(take === b.length ? b : b.subarray(0, take), off);
+          off += take;
+          if (take === b.length) this.queue.shift();
+          else this.queue[0] = b.subarray(take);
+        }
+        out = chunk;
+      }
+      await this.s.write(out);
+    }
+    this.writing = false;
+  }
+}
+
+/** A throwaway certificate for the node:tls reference (its check is not part of what is measured). */
+async function referenceCert(): Promise<{ key: string; cert: string }> {
+  const c = createPeerCertificate(await generateIdentity());
+  return { key: c.keyPem, cert: c.certPem };
+}
+
+/** Echo length-prefixed messages on a stream socket (plain-tcp, node-tls). */
+function echoFramed(sock: Socket): void {
+  const acc = new ByteAccumulator();
+  sock.on('data', (d: Buffer) => {
+    acc.push(d);
+    while (acc.length >= 4) {
+      const n = acc.peekU32();
+      if (acc.length < 4 + n) break;
+      const msg = acc.take(4 + n);
+      sock.write(msg);
+    }
+  });
+  sock.on('error', () => {});
+}
+
+/** Client side of echoFramed: pipelined requests on one socket, answers in order. */
+function framedClient(name: string, sock: Socket): RoundTripper {
+  const waiting: Array<{ n: number; resolve: () => void }> = [];
+  const acc = new ByteAccumulator();
+  sock.on('data', (d: Buffer) => {
+    acc.push(d);
+    while (acc.length >= 4 && waiting.length) {
+      const n = acc.peekU32();
+      if (acc.length < 4 + n) break;
+      acc.take(4 + n);
+      const w = waiting.shift()!;
+      check(n, w.n);
+      w.resolve();
+    }
+  });
+  return {
+    name,
+    roundTrip(payload) {
+      return new Promise<void>((resolve) => {
+        waiting.push({ n: payload.length, resolve });
+        const h = Buffer.allocUnsafe(4);
+        h.writeUInt32BE(payload.length, 0);
+        sock.cork();
+        sock.write(h);
+        sock.write(payload);
+        sock.uncork();
+      });
+    },
+    async close() {
+      sock.destroy();
+    },
+  };
 }
 
 interface ServerInfo {
@@ -295,8 +421,8 @@ const RAW_QUIC = {
   maxIdleTimeout: QUIC_DEFAULTS.idleTimeoutMs,
   keepAliveInterval: QUIC_DEFAULTS.keepAliveMs,
   maxConcurrentStreamLimit: QUIC_DEFAULTS.maxStreams,
-  maxStreamData: QUIC_DEFAULTS.streamWindow,
-  maxConnectionData: QUIC_DEFAULTS.connectionWindow,
+  // The windows of QuicTransport's carrier stream.
+  ...carrierWindows(QUIC_DEFAULTS),
   receiveBufferSize: QUIC_DEFAULTS.udpBufferBytes,
   sendBufferSize: QUIC_DEFAULTS.udpBufferBytes,
 };
@@ -311,32 +437,34 @@ async function rawQuicConfig(): Promise<object> {
 /** Start the server half of a subject; returns how to reach it and how to stop it. */
 export async function startServer(subject: SubjectName): Promise<{ info: ServerInfo; stop: () => Promise<void> }> {
   switch (subject) {
-    case 'plain-tcp': {
-      const server = createServer({ noDelay: true }, (sock) => {
-        const acc = new ByteAccumulator();
-        sock.on('data', (d: Buffer) => {
-          acc.push(d);
-          while (acc.length >= 4) {
-            const n = acc.peekU32();
-            if (acc.length < 4 + n) break;
-            const msg = acc.take(4 + n);
-            sock.write(msg);
-          }
-        });
-        sock.on('error', () => {});
-      });
+    case 'plain-tcp':
+    case 'node-tls': {
+      const server =
+        subject === 'plain-tcp'
+          ? createServer({ noDelay: true }, echoFramed)
+          : createTlsServer({ ...(await referenceCert()), minVersion: 'TLSv1.3', ciphers: TLS_CIPHERSUITES }, (sock) => {
+              sock.setNoDelay(true);
+              echoFramed(sock);
+            });
       await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
       const a = server.address() as { port: number };
       return { info: { address: `127.0.0.1:${a.port}`, publicKey: '' }, stop: () => new Promise<void>((r) => server.close(() => r())) };
     }
-    case 'raw-quic': {
+    case 'raw-quic':
+    case 'raw-quic-streams': {
       const native = await loadNativeQuic();
       const server: NativeServer = new native.Server(await rawQuicConfig(), '127.0.0.1', 0);
+      // The library leaves the server socket at the OS default; the best design sets 4 MiB.
+      if (subject === 'raw-quic') setUdpBuffers(server.port(), 4, QUIC_DEFAULTS.udpBufferBytes);
       let open = true;
       const serveConn = async (c: NativeConnection) => {
         for (;;) {
           const s = await c.inboundStream().catch(() => null);
           if (!s) return;
+          if (subject === 'raw-quic') {
+            const pipe: RawQuicPipe = new RawQuicPipe(s, (msg) => pipe.send([msg]));
+            continue;
+          }
           void (async () => {
             const parts: Uint8Array[] = [];
             for (;;) {
@@ -368,7 +496,7 @@ export async function startServer(subject: SubjectName): Promise<{ info: ServerI
     case 'ngtcp2':
     case 'quicmap-webtransport': {
       const id = await generateIdentity();
-      const t = ourTransport(subject, id);
+      const t: Transport = subject === 'quicmap-tcp' ? new TcpTransport(id) : subject === 'ngtcp2' ? new Ngtcp2Transport(id) : subject === 'quicmap-webtransport' ? new WebTransportTransport(id) : new QuicTransport(id);
       const l = await t.listen('127.0.0.1:0');
       serveTransportEcho(l);
       return { info: { address: l.address, publicKey: Buffer.from(id.publicKey).toString('hex') }, stop: () => t.close() };
@@ -379,23 +507,41 @@ export async function startServer(subject: SubjectName): Promise<{ info: ServerI
 /** The client half of a subject. */
 export async function connectClient(subject: SubjectName, info: ServerInfo, identity: Identity): Promise<RoundTripper> {
   switch (subject) {
-    case 'plain-tcp': {
+    case 'plain-tcp':
+    case 'node-tls': {
       const [host, port] = [info.address.slice(0, info.address.lastIndexOf(':')), Number(info.address.slice(info.address.lastIndexOf(':') + 1))];
-      const sock: Socket = connect({ host, port, noDelay: true });
-      await new Promise<void>((r, j) => sock.once('connect', r).once('error', j));
-      // In-order answers: a FIFO of waiting requests, pipelined on one connection.
+      const sock: Socket =
+        subject === 'plain-tcp' ? connect({ host, port, noDelay: true }) : tlsConnect({ host, port, rejectUnauthorized: false, minVersion: 'TLSv1.3', ciphers: TLS_CIPHERSUITES }).setNoDelay(true);
+      await new Promise<void>((r, j) => sock.once(subject === 'plain-tcp' ? 'connect' : 'secureConnect', r).once('error', j));
+      return framedClient(subject, sock);
+    }
+    case 'raw-quic':
+    case 'raw-quic-streams': {
+      const native = await loadNativeQuic();
+      const client = new native.Client(await rawQuicConfig(), 0);
+      const [host, port] = [info.address.slice(0, info.address.lastIndexOf(':')), Number(info.address.slice(info.address.lastIndexOf(':') + 1))];
+      const conn = await client.outboundConnection(host, port);
+      const close = async () => {
+        conn.abort();
+        client.abort();
+      };
+      if (subject === 'raw-quic-streams') {
+        return {
+          name: subject,
+          async roundTrip(payload) {
+            const s = await conn.outboundStream();
+            await s.write(payload);
+            await s.finishWrite();
+            check(await drain(() => s.read(RAW_READ)), payload.length);
+          },
+          close,
+        };
+      }
       const waiting: Array<{ n: number; resolve: () => void }> = [];
-      const acc = new ByteAccumulator();
-      sock.on('data', (d: Buffer) => {
-        acc.push(d);
-        while (acc.length >= 4 && waiting.length) {
-          const n = acc.peekU32();
-          if (acc.length < 4 + n) break;
-          acc.take(4 + n);
-          const w = waiting.shift()!;
-          check(n, w.n);
-          w.resolve();
-        }
+      const pipe = new RawQuicPipe(await conn.outboundStream(), (_msg, n) => {
+        const w = waiting.shift()!;
+        check(n, w.n);
+        w.resolve();
       });
       return {
         name: subject,
@@ -404,41 +550,17 @@ export async function connectClient(subject: SubjectName, info: ServerInfo, iden
             waiting.push({ n: payload.length, resolve });
             const h = Buffer.allocUnsafe(4);
             h.writeUInt32BE(payload.length, 0);
-            sock.cork();
-            sock.write(h);
-            sock.write(payload);
-            sock.uncork();
+            pipe.send([h, payload]);
           });
         },
-        async close() {
-          sock.destroy();
-        },
-      };
-    }
-    case 'raw-quic': {
-      const native = await loadNativeQuic();
-      const client = new native.Client(await rawQuicConfig(), 0);
-      const [host, port] = [info.address.slice(0, info.address.lastIndexOf(':')), Number(info.address.slice(info.address.lastIndexOf(':') + 1))];
-      const conn = await client.outboundConnection(host, port);
-      return {
-        name: subject,
-        async roundTrip(payload) {
-          const s = await conn.outboundStream();
-          await s.write(payload);
-          await s.finishWrite();
-          check(await drain(() => s.read(RAW_READ)), payload.length);
-        },
-        async close() {
-          conn.abort();
-          client.abort();
-        },
+        close,
       };
     }
     case 'quicmap-tcp':
     case 'quicmap-quic':
     case 'ngtcp2':
     case 'quicmap-webtransport': {
-      const t = ourTransport(subject, identity);
+      const t: Transport = subject === 'quicmap-tcp' ? new TcpTransport(identity) : subject === 'ngtcp2' ? new Ngtcp2Transport(identity) : subject === 'quicmap-webtransport' ? new WebTransportTransport(identity) : new QuicTransport(identity);
       const conn = await t.dial(info.address, Buffer.from(info.publicKey, 'hex'));
       return connectionRoundTripper(subject, conn, () => t.close());
     }
@@ -522,7 +644,14 @@ export default async function main(args: string[]): Promise<void> {
     for (const c of clients) await c.close().catch(() => {});
     for (const sv of servers) await sv.stop().catch(() => {});
   }
-  const rs = [...ratios(rows, 'quicmap-quic', 'raw-quic'), ...ratios(rows, 'quicmap-tcp', 'plain-tcp'), ...ratios(rows, 'ngtcp2', 'raw-quic'), ...ratios(rows, 'ngtcp2', 'quicmap-quic'), ...ratios(rows, 'quicmap-webtransport', 'plain-tcp')];
+  const rs = [
+    ...ratios(rows, 'quicmap-quic', 'raw-quic'),
+    ...ratios(rows, 'quicmap-tcp', 'node-tls'),
+    ...ratios(rows, 'quicmap-tcp', 'plain-tcp'),
+    ...ratios(rows, 'ngtcp2', 'raw-quic'),
+    ...ratios(rows, 'ngtcp2', 'quicmap-quic'),
+    ...ratios(rows, 'quicmap-webtransport', 'plain-tcp'),
+  ];
   if (json) {
     process.stdout.write(`${JSON.stringify({ node: process.version, durationMs, inflight: o.inflight, rows, ratios: rs }, null, 2)}\n`);
     return;

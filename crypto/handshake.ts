@@ -1,6 +1,6 @@
 /**
- * Authenticated key exchange for links that are not QUIC (TCP, relayed
- * streams). A SIGMA-I pattern over ephemeral X25519 with Ed25519 identities:
+ * Authenticated key exchange for binding identities inside another session
+ * (e.g. WebTransport; TCP and QUIC use TLS 1.3 with crypto/peer-cert.ts). A SIGMA-I pattern over ephemeral X25519 with Ed25519 identities:
  *
  *   1. I -> R   MAGIC, e_I
  *   2. R -> I   e_R, AEAD_kR( s_R, sig_R(ROLE_R || h2 || s_R) )

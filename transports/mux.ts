@@ -1,6 +1,6 @@
 /**
- * Many logical streams over one secure link (the TCP transport; later the
- * relay). Frames, all with a 9-byte header:
+ * Many logical streams over one secure link (TCP over TLS, one long-lived
+ * QUIC stream, relayed channels). Frames, all with a 9-byte header:
  *
  *   u8 type | u32 stream id | u32 value | payload (DATA, SETTINGS, CLOSE only)
  *
@@ -33,7 +33,7 @@ import { AsyncQueue } from '../base/async-queue.ts';
 import { Wakeup, wallClock } from '../base/clock.ts';
 import { KeepAlive } from './keepalive.ts';
 import { InboundBuffer } from './inbound.ts';
-import type { SecureLink } from './secure-link.ts';
+import type { Link } from './frame-link.ts';
 
 // A plain object, not an enum: only erasable TypeScript (Node's type stripping).
 const Frame = {
@@ -89,6 +89,7 @@ class PieceCursor {
   remaining: number;
 
   private readonly pieces: Buffer[];
+
   constructor(pieces: Buffer[]) {
     this.pieces = pieces;
     this.remaining = pieces.reduce((n, p) => n + p.length, 0);
@@ -150,16 +151,20 @@ class MuxStream implements ByteStream {
   error: QuicmapError | undefined;
 
   readonly id: number;
+
   private readonly session: MuxSession;
+
   private readonly window: number;
+
   constructor(
     id: number,
     session: MuxSession,
     sendCredit: number,
-    window: number,
-  ) {
+    window: number) {
     this.id = id;
+
     this.session = session;
+
     this.window = window;
     this.sendCredit = sendCredit;
     this.recvAllowance = window;
@@ -325,28 +330,36 @@ export class MuxSession implements Connection {
   private slotWaiters: Array<() => void> = [];
   private isClosed = false;
   private gotSettings = false;
-  /** Round trip of the last keep-alive PING, ms (for status); undefined until one came back. */
-  rttMs: number | undefined;
+  /** Round trip of the last keep-alive PING, ms; undefined until one came back. */
+  private pingRttMs: number | undefined;
+  /** A better round-trip source than our PINGs (the QUIC stack's smoothed RTT under a carrier stream). */
+  rttSource: (() => number | undefined) | undefined;
   private closeError: QuicmapError = new ClosedError('connection');
   private readonly keepAlive: KeepAlive;
   private pingedAt = 0;
   private readonly wakeup: Wakeup;
   private readonly o: Required<MuxOptions>;
 
-  readonly link: SecureLink;
+  readonly link: Link;
+
   readonly remotePublicKey: Uint8Array;
+
   readonly remoteAddress: string;
+
   private readonly isDialer: boolean;
+
   constructor(
-    link: SecureLink,
+    link: Link,
     remotePublicKey: Uint8Array,
     remoteAddress: string,
     isDialer: boolean,
-    opts: MuxOptions = {},
-  ) {
+    opts: MuxOptions = {}) {
     this.link = link;
+
     this.remotePublicKey = remotePublicKey;
+
     this.remoteAddress = remoteAddress;
+
     this.isDialer = isDialer;
     this.o = {
       streamWindow: Math.max(DEFAULT_PEER_WINDOW, opts.streamWindow ?? 1024 * 1024),
@@ -511,7 +524,7 @@ export class MuxSession implements Connection {
           break;
         case Frame.PONG:
           // The PING's value is our clock (ms, 32 bits) when it left.
-          this.rttMs = ((Date.now() >>> 0) - value) >>> 0;
+          this.pingRttMs = ((Date.now() >>> 0) - value) >>> 0;
           break;
         case Frame.CLOSE: {
           if (value > MAX_CLOSE_REASON || value > rec.remaining) throw new ProtocolError('bad close frame');
@@ -587,6 +600,11 @@ export class MuxSession implements Connection {
     this.localOpen++;
     this.send(header(Frame.OPEN, id, 0));
     return s;
+  }
+
+  /** The connection's round-trip time, ms (for status): the link's own measure if it has one, else the last PING's. */
+  get rttMs(): number | undefined {
+    return this.rttSource?.() ?? this.pingRttMs;
   }
 
   acceptStream(): Promise<ByteStream | null> {

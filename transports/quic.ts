@@ -1,23 +1,35 @@
 /**
- * QUIC transport: a thin adapter from our Transport interface to the native
- * layer of @chainsafe/libp2p-quic (quinn + rustls). Each side presents a
- * libp2p-TLS certificate signed by its Ed25519 identity key, so both ends are
- * authenticated by the TLS handshake itself. The native layer has no verify
- * callback, so after connecting we read the proven key from the peer id and
- * abort with EACCES if it is not the one the caller expected.
+ * QUIC transport over the native layer of @chainsafe/libp2p-quic (quinn +
+ * rustls), shaped after what that library does best here (FACTS.md,
+ * "measured ceiling"): every connection carries ONE long-lived bidirectional
+ * QUIC stream, and our multiplexer (mux.ts, the same as TCP's) runs over it,
+ * so a stream per request costs a 9-byte OPEN frame instead of a QUIC stream
+ * (which cost the library 3-5x at small sizes). The carrier stream:
  *
- * Flow control is quinn's: `write` resolves once quinn took the bytes, which
- * waits while the peer's stream/connection window is full, and we read from
- * quinn only when the application calls `read` (no read-ahead in JS), so a
- * slow reader bounds the writer at about `streamWindow` bytes.
+ * - writes are combined in JS into chunks of up to 64 KiB and issued one at
+ *   a time, in order (concurrent native writes on one stream reorder data);
+ * - reads ask for 256 KiB at a time and run eagerly (the mux's windows bound
+ *   what is buffered);
+ * - is never reset: ending or dropping a connection aborts the QUIC
+ *   connection (`resetWrite()` hangs while a write waits for flow control);
+ * - is opened and accepted under deadlines (`outboundStream()` waits forever
+ *   at the stream limit; a stream is invisible to the peer until written, so
+ *   the dialer writes its SETTINGS at once);
+ * - window options are checked below 2^32 (quinn wraps them: 2^32 becomes 0).
  *
- * QUIC only tells the peer about a new stream when its first bytes arrive:
- * `acceptStream` on the other side returns once the opener has written.
+ * Identity: each side presents a libp2p-TLS certificate for its Ed25519 key;
+ * rustls checks the binding and the native layer reports the proven key as a
+ * peer id, which goes through the same `checkPeerKey` as TCP's certificates.
+ * The listener's UDP socket gets `udpBufferBytes` (the library sets buffers
+ * on client sockets only): see udp-buffer.ts.
  */
 import { isIP } from 'node:net';
 import { lookup } from 'node:dns/promises';
 import { generateKeyPairFromSeed, privateKeyToProtobuf } from '@libp2p/crypto/keys';
-import type { ByteStream, Connection, Listener, Transport } from './transport.ts';
+import type { Connection, Listener, Transport } from './transport.ts';
+import { checkPeerKey } from '../crypto/peer-cert.ts';
+import { FrameLink, type LinkIO, type LinkIOEvents } from './frame-link.ts';
+import { MuxSession } from './mux.ts';
 import type { Identity } from '../crypto/identity.ts';
 import { ClosedError, QuicmapError } from '../base/errors.ts';
 import { AsyncQueue } from '../base/async-queue.ts';
@@ -25,30 +37,33 @@ import { withDeadline } from '../base/deadline.ts';
 import { loadNativeQuic, type NativeClient, type NativeConnection, type NativeServer, type NativeStream } from './quic-native.ts';
 import { ed25519KeyFromPeerId } from './peer-id.ts';
 import { equalBytes, formatHostPort, parseHostPort } from './util.ts';
+import { setUdpBuffers } from './udp-buffer.ts';
 
 export interface QuicTransportOptions {
   /** Drop a connection after this long without any packet from the peer. Default 15 000 ms. */
   idleTimeoutMs?: number;
   /** Send a keep-alive after this much quiet; keep below the peer's idle timeout. Default 4 000 ms. */
   keepAliveMs?: number;
-  /** Limit on the TLS handshake (also bounded by idleTimeoutMs). Default 5 000 ms. */
+  /** Limit on the handshake and on the peer opening its carrier stream. Default 5 000 ms. */
   handshakeTimeoutMs?: number;
   /** Default deadline for dial() when the caller gives none. Default 10 000 ms. */
   dialTimeoutMs?: number;
-  /** openStream() fails with ETIMEDOUT if the peer grants no stream credit within this. Default 10 000 ms. */
+  /** openStream() fails with ETIMEDOUT if the peer grants no stream slot within this. Default 10 000 ms. */
   streamOpenTimeoutMs?: number;
-  /** Streams the peer may keep open at once towards us. Default 256. */
+  /** Streams the peer may keep open at once towards us (mux streams, >= 16). Default 256. */
   maxStreams?: number;
-  /** Bytes the peer may send on one stream before we read them (receive window). Default 8 MiB. */
+  /** Bytes the peer may send on one stream before we read them (receive window, >= 64 KiB). Default 8 MiB. */
   streamWindow?: number;
-  /** Bytes the peer may send on all streams of a connection before we read them. Default 16 MiB. */
+  /** Bytes the peer may send on all streams of a connection before we read them (>= 1 MiB). Default 16 MiB. */
   connectionWindow?: number;
-  /** Largest chunk one read() returns. Default 256 KiB. */
+  /** Bytes asked of the native layer per read of the carrier stream. Default 256 KiB. */
   readChunk?: number;
-  /** UDP socket send/receive buffer sizes. Default 4 MiB. */
+  /** UDP socket send/receive buffer sizes, listener sockets included. Default 4 MiB. */
   udpBufferBytes?: number;
   /** How many handshakes the listener waits on at once, so one stalled handshake does not block the others. Default 4. */
   acceptConcurrency?: number;
+  /** Bytes queued in JS for the carrier stream before data writers wait. Default 2 MiB. */
+  sendHighWater?: number;
 }
 
 type Resolved = Required<QuicTransportOptions>;
@@ -66,10 +81,26 @@ export const QUIC_DEFAULTS: Readonly<Resolved> = {
   readChunk: 256 * 1024,
   udpBufferBytes: 4 * 1024 * 1024,
   acceptConcurrency: 4,
+  sendHighWater: 2 * 1024 * 1024,
 };
 
-/** Several buffers totalling at most this are gathered into one: a native call costs more than copying that little (bigger copies cost GC). */
-const GATHER_LIMIT = 16 * 1024;
+/** Small writes to the carrier stream are combined into chunks of this size (the library's sweet spot). */
+export const WRITE_CHUNK = 64 * 1024;
+/** A piece at least this large is written as it is (copying megabytes costs more than a native call). */
+const DIRECT_WRITE = 2 * WRITE_CHUNK;
+/** quinn's window parameters wrap at 2^32. */
+const WINDOW_LIMIT = 2 ** 32 - 1;
+/** Streams the native layer lets the peer open: one carrier (a spare so a racing extra never blocks it). */
+const NATIVE_STREAMS = 2;
+
+/**
+ * Native windows of the carrier: room for the mux's whole connection window
+ * plus batches in flight, so quinn's flow control never binds before ours.
+ */
+export function carrierWindows(o: Pick<Resolved, 'connectionWindow'>): { maxStreamData: number; maxConnectionData: number } {
+  const stream = o.connectionWindow + 4 * 1024 * 1024;
+  return { maxStreamData: stream, maxConnectionData: stream + 1024 * 1024 };
+}
 
 /**
  * The one place that reads the native layer's error messages. The
@@ -101,397 +132,194 @@ export function mapNativeError(err: unknown, what: string): QuicmapError {
   return new QuicmapError('EIO', `${what}: ${msg}`, { cause: err });
 }
 
-function ignore(p: unknown): void {
-  if (p && typeof (p as Promise<unknown>).catch === 'function') (p as Promise<unknown>).catch(() => {});
-}
 
-function concat(list: readonly Uint8Array[], total: number): Uint8Array {
-  const out = Buffer.allocUnsafe(total);
-  let off = 0;
-  for (const b of list) {
-    out.set(b, off);
-    off += b.length;
-  }
-  return out;
+function asBuffer(u: Uint8Array): Buffer {
+  return Buffer.isBuffer(u) ? u : Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 }
 
 /**
- * `new Promise(capture)` leaves the promise's resolving functions here: one
- * shared executor instead of a closure per call (the executor runs
- * synchronously inside the constructor, so nothing can interleave).
+ * The carrier stream as a LinkIO: one native write at a time, in order,
+ * small pieces combined into WRITE_CHUNK buffers; eager reads of readChunk.
+ * Ending finishes the stream; destroying aborts the whole QUIC connection
+ * (never resetWrite: it can hang).
  */
-let capturedResolve: ((v?: any) => void) | undefined; // typed at each use
-let capturedReject: ((e: unknown) => void) | undefined;
-function capture(resolve: (v?: any) => void, reject: (e: unknown) => void): void {
-  capturedResolve = resolve;
-  capturedReject = reject;
-}
-
-interface WriteOp {
-  /** Buffers to write; null marks the FIN (closeWrite). */
-  bufs: readonly Uint8Array[] | null;
-  resolve: () => void;
-  reject: (e: unknown) => void;
-  next: WriteOp | undefined;
-}
-
-/**
- * One QUIC stream. Hot paths allocate little: with small requests the
- * adapter's own cost (CPU, and the garbage collections its garbage causes,
- * which take CPU from quinn's threads) is what the benchmark against the raw
- * library measures. So: no closure per call (callbacks are bound once per
- * stream, with bind() rather than arrow-function fields, which tsx's
- * keepNames wraps in a defineProperty each), no async functions, and queued
- * writes form a linked list.
- */
-class QuicByteStream implements ByteStream {
-  private error: QuicmapError | undefined;
-  private ended = false;
-  private writeClosed = false;
-  private readResolve: ((v: Uint8Array | null) => void) | undefined;
-  private readReject: ((e: unknown) => void) | undefined;
-  /** Native writes must not overlap: queued oldest first; `head` is the one being sent. */
-  private head: WriteOp | undefined;
-  private tail: WriteOp | undefined;
-  /** Next native call of `head`: index into its bufs (a FIN op has one call). */
-  private nextCall = 0;
-  /** A native write/finishWrite is in flight. */
+class CarrierIO implements LinkIO {
+  private queue: Uint8Array[] = [];
+  private queueHead = 0;
+  queuedBytes = 0;
   private writing = false;
-  private readonly onChunk: (chunk: Uint8Array | null) => void;
-  private readonly onReadError: (e: unknown) => void;
+  private ending = false;
+  private gone = false;
+  private ev: LinkIOEvents | undefined;
   private readonly onWritten: () => void;
   private readonly onWriteError: (e: unknown) => void;
+  private readonly onChunk: (c: Uint8Array | null) => void;
+  private readonly onReadError: (e: unknown) => void;
+  private inFlight = 0;
 
-  private readonly native: NativeStream;
+  private readonly conn: NativeConnection;
+
+  private readonly stream: NativeStream;
+
   private readonly readChunk: number;
-  private readonly onDone: (s: QuicByteStream) => void;
+
   constructor(
-    native: NativeStream,
-    readChunk: number,
-    onDone: (s: QuicByteStream) => void,
-  ) {
-    this.native = native;
+    conn: NativeConnection,
+    stream: NativeStream,
+    readChunk: number) {
+    this.conn = conn;
+
+    this.stream = stream;
+
     this.readChunk = readChunk;
-    this.onDone = onDone;
-    this.onChunk = this.chunkArrived.bind(this);
-    this.onReadError = this.readFailed.bind(this);
     this.onWritten = this.written.bind(this);
-    this.onWriteError = this.writeFailed.bind(this);
+    this.onWriteError = this.failed.bind(this);
+    this.onChunk = this.chunk.bind(this);
+    this.onReadError = this.failed.bind(this);
   }
 
-  private chunkArrived(chunk: Uint8Array | null): void {
-    const r = this.readResolve;
-    this.readResolve = this.readReject = undefined;
-    if (!r) return; // the stream failed meanwhile and the reader was rejected
-    if (chunk === null) {
-      this.ended = true;
-      this.maybeDone();
+  start(ev: LinkIOEvents): void {
+    this.ev = ev;
+    this.stream.read(this.readChunk).then(this.onChunk, this.onReadError);
+  }
+
+  private chunk(c: Uint8Array | null): void {
+    if (this.gone) return;
+    if (c === null) {
+      this.ev!.onEnd();
+      return;
     }
-    r(chunk);
+    this.stream.read(this.readChunk).then(this.onChunk, this.onReadError);
+    this.ev!.onBytes(asBuffer(c));
   }
 
-  private readFailed(e: unknown): void {
-    const err = mapNativeError(e, 'read');
-    const r = this.readReject;
-    this.readResolve = this.readReject = undefined;
-    this.fail(err);
-    r?.(err);
+  private failed(e: unknown): void {
+    if (this.gone) return;
+    this.ev?.onError(mapNativeError(e, 'quic carrier'));
   }
 
-  read(): Promise<Uint8Array | null> {
-    if (this.error) return Promise.reject(this.error);
-    if (this.ended) return Promise.resolve(null);
-    if (this.readResolve) return Promise.reject(new Error('read() called while another read() is pending'));
-    const p = new Promise<Uint8Array | null>(capture);
-    this.readResolve = capturedResolve;
-    this.readReject = capturedReject;
-    this.native.read(this.readChunk).then(this.onChunk, this.onReadError);
-    return p;
-  }
-
-  write(data: Uint8Array | readonly Uint8Array[]): Promise<void> {
-    if (this.error) return Promise.reject(this.error);
-    if (this.writeClosed) return Promise.reject(new QuicmapError('EINVAL', 'write after closeWrite'));
-    let bufs: readonly Uint8Array[];
-    if (data instanceof Uint8Array) bufs = [data];
-    else {
-      let total = 0;
-      for (const b of data) total += b.length;
-      bufs = data.length > 1 && total <= GATHER_LIMIT ? [concat(data, total)] : data;
+  write(bufs: readonly Uint8Array[]): void {
+    if (this.gone || this.ending) return;
+    for (const b of bufs) {
+      if (b.length === 0) continue;
+      this.queue.push(b);
+      this.queuedBytes += b.length;
     }
-    return this.enqueue(bufs);
-  }
-
-  private enqueue(bufs: readonly Uint8Array[] | null): Promise<void> {
-    const p = new Promise<void>(capture);
-    const op: WriteOp = { bufs, resolve: capturedResolve!, reject: capturedReject!, next: undefined };
-    if (this.tail) this.tail.next = op;
-    else this.head = op;
-    this.tail = op;
     if (!this.writing) this.pump();
-    return p;
   }
 
-  /**
-   * Send queued writes in order: issue the next native call, or finish the
-   * head op once its last call completed. A failure fails the stream (and so
-   * every queued write).
-   */
+  /** Next native write: a large piece as it is, else up to WRITE_CHUNK bytes of pieces copied together. */
   private pump(): void {
-    try {
-      for (let op = this.head; op && !this.error; op = this.head) {
-        const bufs = op.bufs;
-        if (bufs === null ? this.nextCall === 0 : this.nextCall < bufs.length) {
-          const i = this.nextCall++;
-          if (bufs !== null && bufs[i]!.length === 0) continue;
-          const r = bufs === null ? this.native.finishWrite() : this.native.write(bufs[i]!);
-          if (r && typeof (r as Promise<void>).then === 'function') {
-            this.writing = true;
-            (r as Promise<void>).then(this.onWritten, this.onWriteError);
-            return;
-          }
-          continue;
+    if (this.gone) return;
+    const q = this.queue;
+    if (this.queueHead >= q.length) {
+      this.queue = [];
+      this.queueHead = 0;
+      if (this.ending) this.finish();
+      return;
+    }
+    let out: Uint8Array;
+    const first = q[this.queueHead]!;
+    if (first.length >= DIRECT_WRITE || (first.length >= WRITE_CHUNK && this.queueHead + 1 === q.length)) {
+      out = first;
+      this.queueHead++;
+    } else {
+      let n = 0;
+      let i = this.queueHead;
+      for (; i < q.length && n < WRITE_CHUNK; i++) n += q[i]!.length;
+      const size = Math.min(n, WRITE_CHUNK);
+      if (i === this.queueHead + 1 && first.length <= WRITE_CHUNK) {
+        out = first;
+        this.queueHead++;
+      } else {
+        const chunk = Buffer.allocUnsafe(size);
+        let off = 0;
+        while (off < size) {
+          const b = q[this.queueHead]!;
+          const take = Math.min(b.length, size - off);
+          chunk.set(take === b.length ? b : b.subarray(0, take), off);
+          off += take;
+          if (take === b.length) this.queueHead++;
+          else q[this.queueHead] = b.subarray(take);
         }
-        this.head = op.next;
-        if (!this.head) this.tail = undefined;
-        this.nextCall = 0;
-        op.resolve();
-        if (bufs === null) this.maybeDone();
+        out = chunk;
       }
+    }
+    this.writing = true;
+    this.inFlight = out.length;
+    try {
+      this.stream.write(out).then(this.onWritten, this.onWriteError);
     } catch (e) {
-      this.fail(mapNativeError(e, 'write'));
+      this.failed(e);
     }
   }
 
   private written(): void {
     this.writing = false;
+    this.queuedBytes -= this.inFlight;
+    this.inFlight = 0;
     this.pump();
+    this.ev?.onDrain();
   }
 
-  private writeFailed(e: unknown): void {
-    this.writing = false;
-    this.fail(mapNativeError(e, 'write'));
-  }
-
-  closeWrite(): Promise<void> {
-    if (this.error) return Promise.reject(this.error);
-    if (this.writeClosed) return Promise.resolve();
-    this.writeClosed = true;
-    return this.enqueue(null);
-  }
-
-  reset(reason?: Error): void {
-    if (this.error) return;
-    this.fail(new QuicmapError('EIO', 'stream reset', { cause: reason }));
+  private finish(): void {
     try {
-      ignore(this.native.resetWrite());
-      ignore(this.native.stopRead());
+      const r = this.stream.finishWrite();
+      if (r && typeof (r as Promise<void>).catch === 'function') (r as Promise<void>).catch(() => {});
     } catch {}
   }
 
-  /** This end is dead: pending and later calls reject with `err`. */
-  fail(err: QuicmapError): void {
-    if (this.error) return;
-    this.error = err;
-    this.writeClosed = true;
-    const r = this.readReject;
-    this.readResolve = this.readReject = undefined;
-    r?.(err);
-    let op = this.head;
-    this.head = this.tail = undefined;
-    this.nextCall = 0;
-    for (; op; op = op.next) op.reject(err);
-    this.onDone(this);
+  end(): void {
+    if (this.ending || this.gone) return;
+    this.ending = true;
+    if (!this.writing) this.pump();
   }
 
-  private maybeDone(): void {
-    if (this.ended && this.writeClosed && !this.head) this.onDone(this);
-  }
-}
-
-interface OpenOp {
-  resolve: (s: ByteStream) => void;
-  reject: (e: unknown) => void;
-  /** Date.now() after which the open fails with ETIMEDOUT. */
-  deadline: number;
-  /** Settled (timed out, connection closed). */
-  done: boolean;
-}
-
-class QuicConnection implements Connection {
-  readonly closed: Promise<void>;
-  private readonly streams = new Set<QuicByteStream>();
-  private isClosed = false;
-  private closeError: QuicmapError = new ClosedError('connection');
-  /**
-   * openStream calls in call order, each with one native outboundStream call
-   * in flight. Whichever native call settles serves the oldest open still
-   * waiting (any stream does for any caller); settled (timed-out) entries are
-   * dropped on the way, and a stream that finds nobody waiting is released.
-   */
-  private opens: OpenOp[] = [];
-  private waitingOpens = 0;
-  /** acceptStream callers, oldest first, each with one native inboundStream call in flight (same scheme). */
-  private accepts: Array<(s: ByteStream | null) => void> = [];
-  private readonly onStreamDone = (s: QuicByteStream): void => void this.streams.delete(s);
-  // Bound once per connection: no closure per call on these hot paths.
-  private readonly onOutbound = this.outbound.bind(this);
-  private readonly onOutboundError = this.outboundFailed.bind(this);
-  private readonly onInbound = this.inbound.bind(this);
-  private readonly onInboundError = this.inboundFailed.bind(this);
-
-  private readonly native: NativeConnection;
-  readonly remotePublicKey: Uint8Array;
-  readonly remoteAddress: string;
-  private readonly opts: Resolved;
-  private readonly onClose: (c: QuicConnection) => void;
-  constructor(
-    native: NativeConnection,
-    remotePublicKey: Uint8Array,
-    remoteAddress: string,
-    opts: Resolved,
-    onClose: (c: QuicConnection) => void,
-  ) {
-    this.native = native;
-    this.remotePublicKey = remotePublicKey;
-    this.remoteAddress = remoteAddress;
-    this.opts = opts;
-    this.onClose = onClose;
-    this.closed = native.closed().then(
-      () => this.shutdown(new QuicmapError('ESHUTDOWN', 'connection closed')),
-      (e) => this.shutdown(mapNativeError(e, 'connection')),
-    );
-  }
-
-  /** The QUIC stack's smoothed round-trip time, ms (for status). */
-  get rttMs(): number | undefined {
+  destroy(): void {
+    if (this.gone) return;
+    this.gone = true;
+    this.queue = [];
     try {
-      const r = this.native.rtt();
+      this.conn.abort();
+    } catch {}
+  }
+}
+
+/** The mux session over a connection's carrier stream, torn down with the QUIC connection. */
+function carrierSession(native: NativeConnection, stream: NativeStream, key: Uint8Array, address: string, isDialer: boolean, o: Resolved): MuxSession {
+  const io = new CarrierIO(native, stream, o.readChunk);
+  const session = new MuxSession(new FrameLink(io, o.sendHighWater), key, address, isDialer, {
+    maxStreams: o.maxStreams,
+    streamWindow: o.streamWindow,
+    connectionWindow: o.connectionWindow,
+    streamOpenTimeoutMs: o.streamOpenTimeoutMs,
+    keepAliveMs: o.keepAliveMs,
+    idleTimeoutMs: o.idleTimeoutMs,
+  });
+  // Status reads the QUIC stack's smoothed RTT, not the mux's PING round trip.
+  session.rttSource = () => {
+    try {
+      const r = native.rtt();
       return Number.isFinite(r) ? r : undefined;
     } catch {
       return undefined;
     }
-  }
-
-  private wrap(s: NativeStream): QuicByteStream {
-    const st = new QuicByteStream(s, this.opts.readChunk, this.onStreamDone);
-    this.streams.add(st);
-    return st;
-  }
-
-  /**
-   * One sweep timer per connection (running only while opens are pending)
-   * instead of a timer per openStream: opening streams is a hot path.
-   */
-  private sweepTimer: NodeJS.Timeout | undefined;
-
-  private readonly sweepOpens = (): void => {
-    const now = Date.now();
-    for (const op of this.opens) {
-      if (op.done || now < op.deadline) continue;
-      op.done = true;
-      this.waitingOpens--;
-      op.reject(new QuicmapError('ETIMEDOUT', `peer granted no stream within ${this.opts.streamOpenTimeoutMs} ms`));
-    }
-    if (this.waitingOpens === 0) {
-      clearInterval(this.sweepTimer);
-      this.sweepTimer = undefined;
-    }
   };
-
-  openStream(): Promise<ByteStream> {
-    if (this.isClosed) return Promise.reject(this.closeError);
-    const p = new Promise<ByteStream>(capture);
-    this.opens.push({ resolve: capturedResolve!, reject: capturedReject!, deadline: Date.now() + this.opts.streamOpenTimeoutMs, done: false });
-    this.waitingOpens++;
-    this.sweepTimer ??= setInterval(this.sweepOpens, Math.max(10, Math.min(250, this.opts.streamOpenTimeoutMs >> 2)));
-    this.native.outboundStream().then(this.onOutbound, this.onOutboundError);
-    return p;
-  }
-
-  /** The oldest open still waiting, now settled; undefined if none. */
-  private takeOpen(): OpenOp | undefined {
-    for (let op = this.opens.shift(); op; op = this.opens.shift()) {
-      if (op.done) continue;
-      op.done = true;
-      this.waitingOpens--;
-      return op;
-    }
-    return undefined;
-  }
-
-  private outbound(s: NativeStream): void {
-    const op = this.takeOpen();
-    if (!op) return release(s);
-    op.resolve(this.wrap(s));
-  }
-
-  private outboundFailed(e: unknown): void {
-    this.takeOpen()?.reject(this.isClosed ? this.closeError : mapNativeError(e, 'openStream'));
-  }
-
-  acceptStream(): Promise<ByteStream | null> {
-    if (this.isClosed) return Promise.resolve(null);
-    const p = new Promise<ByteStream | null>(capture);
-    this.accepts.push(capturedResolve!);
-    this.native.inboundStream().then(this.onInbound, this.onInboundError);
-    return p;
-  }
-
-  private inbound(s: NativeStream): void {
-    const settle = this.accepts.shift();
-    if (!settle || this.isClosed) return release(s);
-    settle(this.wrap(s));
-  }
-
-  private inboundFailed(): void {
-    this.accepts.shift()?.(null);
-  }
-
-  async close(reason?: Error): Promise<void> {
-    if (this.isClosed) return;
-    this.shutdown(reason instanceof QuicmapError ? reason : new ClosedError('connection'));
-    try {
-      this.native.abort();
-    } catch {}
-  }
-
-  private shutdown(err: QuicmapError): void {
-    if (this.isClosed) return;
-    this.isClosed = true;
-    this.closeError = err;
-    for (const s of [...this.streams]) s.fail(err);
-    const opens = this.opens;
-    this.opens = [];
-    this.waitingOpens = 0;
-    for (const op of opens) {
-      if (op.done) continue;
-      op.done = true;
-      op.reject(err);
-    }
-    clearInterval(this.sweepTimer);
-    this.sweepTimer = undefined;
-    const accepts = this.accepts;
-    this.accepts = [];
-    for (const settle of accepts) settle(null);
-    this.onClose(this);
-  }
+  native.closed().then(
+    () => session.link.kill(new QuicmapError('ESHUTDOWN', 'connection closed')),
+    (e) => session.link.kill(mapNativeError(e, 'connection')),
+  );
+  return session;
 }
 
-function release(s: NativeStream): void {
-  try {
-    ignore(s.resetWrite());
-    ignore(s.stopRead());
-  } catch {}
-}
-
-/** Check the peer id the native layer reports against what we expect; returns the proven key. */
-function provenKey(native: NativeConnection): Uint8Array {
+/**
+ * The key rustls verified (reported as the peer id in the remote multiaddr),
+ * through the identity check shared with TCP.
+ */
+function provenKey(native: NativeConnection, expected: Uint8Array | null, where: string): Uint8Array {
   const ma = native.remoteMultiaddr();
   const at = ma.lastIndexOf('/p2p/');
-  const key = at >= 0 ? ed25519KeyFromPeerId(ma.slice(at + 5)) : undefined;
-  if (!key) throw new QuicmapError('EACCES', `peer presented no Ed25519 identity (${ma})`);
-  return key;
+  return checkPeerKey(at >= 0 ? ed25519KeyFromPeerId(ma.slice(at + 5)) : undefined, expected, where);
 }
 
 function addressOf(native: NativeConnection): string {
@@ -501,23 +329,33 @@ function addressOf(native: NativeConnection): string {
 }
 
 class QuicListener implements Listener {
-  readonly queue = new AsyncQueue<QuicConnection>((c) => void c.close());
-  private readonly accepted = new Set<QuicConnection>();
+  readonly queue = new AsyncQueue<MuxSession>((c) => void c.close());
+  private readonly accepted = new Set<MuxSession>();
   private closing: Promise<void> | undefined;
+  /** Connections whose carrier stream has not arrived yet. */
+  private readonly pending = new Set<NativeConnection>();
+  /** Connections dropped before being handed out (no identity, no carrier in time); for tests and metrics. */
+  failedHandshakes = 0;
 
   private readonly server: NativeServer;
+
   readonly address: string;
+
   private readonly opts: Resolved;
+
   private readonly onClose: (l: QuicListener) => void;
+
   constructor(
     server: NativeServer,
     address: string,
     opts: Resolved,
-    onClose: (l: QuicListener) => void,
-  ) {
+    onClose: (l: QuicListener) => void,) {
     this.server = server;
+
     this.address = address;
+
     this.opts = opts;
+
     this.onClose = onClose;
     for (let i = 0; i < opts.acceptConcurrency; i++) void this.acceptLoop();
   }
@@ -532,16 +370,42 @@ class QuicListener implements Listener {
         if (this.queue.isEnded) return;
         continue;
       }
-      let key: Uint8Array;
-      try {
-        key = provenKey(native);
-      } catch {
-        native.abort();
-        continue;
-      }
-      const conn = new QuicConnection(native, key, addressOf(native), this.opts, (c) => this.accepted.delete(c));
+      void this.admit(native);
+    }
+  }
+
+  /** Check the identity, wait (bounded) for the carrier stream, hand out the session. */
+  private async admit(native: NativeConnection): Promise<void> {
+    this.pending.add(native);
+    try {
+      const key = provenKey(native, null, 'accept');
+      const stream = await withDeadline(native.inboundStream(), this.opts.handshakeTimeoutMs, 'accept', {
+        error: () => new QuicmapError('ETIMEDOUT', `peer opened no stream within ${this.opts.handshakeTimeoutMs} ms`),
+      });
+      if (this.queue.isEnded) throw new ClosedError('listener');
+      const conn = carrierSession(native, stream, key, addressOf(native), false, this.opts);
       this.accepted.add(conn);
+      void conn.closed.then(() => this.accepted.delete(conn));
       this.queue.push(conn);
+      // A second stream is never used: drain and drop any (the native layer needs them accepted to free slots).
+      void this.refuseExtraStreams(native);
+    } catch {
+      this.failedHandshakes++;
+      try {
+        native.abort();
+      } catch {}
+    } finally {
+      this.pending.delete(native);
+    }
+  }
+
+  private async refuseExtraStreams(native: NativeConnection): Promise<void> {
+    for (;;) {
+      const extra = await native.inboundStream().catch(() => null);
+      if (!extra) return;
+      try {
+        void Promise.resolve(extra.stopRead()).catch(() => {});
+      } catch {}
     }
   }
 
@@ -553,6 +417,11 @@ class QuicListener implements Listener {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.queue.closeAndDrain();
+      for (const n of this.pending) {
+        try {
+          n.abort();
+        } catch {}
+      }
       for (const c of [...this.accepted]) await c.close();
       await withDeadline(this.server.abort(), 2_000, 'server abort').catch(() => {});
       this.onClose(this);
@@ -567,18 +436,25 @@ export class QuicTransport implements Transport {
   private config: Promise<object> | undefined;
   private readonly clients = new Map<4 | 6, NativeClient>();
   private readonly listeners = new Set<QuicListener>();
-  private readonly connections = new Set<QuicConnection>();
+  private readonly connections = new Set<MuxSession>();
   private isClosed = false;
+  /** Whether the last listener's UDP socket got `udpBufferBytes` (see udp-buffer.ts); for tests and diagnostics. */
+  serverBuffersSet = false;
 
   private readonly identity: Identity;
+
   constructor(
     identity: Identity,
-    opts: QuicTransportOptions = {},
-  ) {
+    opts: QuicTransportOptions = {}) {
     this.identity = identity;
     this.opts = { ...QUIC_DEFAULTS, ...opts };
     if (this.opts.keepAliveMs >= this.opts.idleTimeoutMs) {
       throw new QuicmapError('EINVAL', 'keepAliveMs must be below idleTimeoutMs, or idle connections drop');
+    }
+    const w = carrierWindows(this.opts);
+    if (this.opts.streamWindow > WINDOW_LIMIT || w.maxConnectionData > WINDOW_LIMIT) {
+      // quinn takes these as u32-wrapped values: 2^32 would become 0 and stall every stream.
+      throw new QuicmapError('EINVAL', `streamWindow and connectionWindow must stay well below 4 GiB (quinn wraps its windows at 2^32)`);
     }
   }
 
@@ -596,9 +472,8 @@ export class QuicTransport implements Transport {
         handshakeTimeout: o.handshakeTimeoutMs,
         maxIdleTimeout: o.idleTimeoutMs,
         keepAliveInterval: o.keepAliveMs,
-        maxConcurrentStreamLimit: o.maxStreams,
-        maxStreamData: o.streamWindow,
-        maxConnectionData: o.connectionWindow,
+        maxConcurrentStreamLimit: NATIVE_STREAMS,
+        ...carrierWindows(o),
         receiveBufferSize: o.udpBufferBytes,
         sendBufferSize: o.udpBufferBytes,
       });
@@ -618,6 +493,8 @@ export class QuicTransport implements Transport {
     } catch (e) {
       throw new QuicmapError('EIO', `cannot listen on ${address}: ${(e as Error).message}`, { cause: e });
     }
+    // The library sizes client sockets only; give the listener's socket the same buffers.
+    this.serverBuffersSet = setUdpBuffers(server.port(), isIP(ip) === 6 ? 6 : 4, this.opts.udpBufferBytes);
     const l = new QuicListener(server, formatHostPort(ip, server.port()), this.opts, (x) => this.listeners.delete(x));
     this.listeners.add(l);
     return l;
@@ -645,24 +522,22 @@ export class QuicTransport implements Transport {
     } catch (e) {
       throw mapNativeError(e, `dial ${address}`);
     }
-    let key: Uint8Array;
     try {
-      key = provenKey(conn);
+      const key = provenKey(conn, expectedPublicKey, `dial ${address}`);
+      // The stream limit is 2 and this is the first stream, so this cannot wait on the limit; the deadline is a guard.
+      const stream = await withDeadline(conn.outboundStream(), this.opts.handshakeTimeoutMs, `dial ${address}`, {
+        error: () => new QuicmapError('ETIMEDOUT', `dial ${address}: no stream within ${this.opts.handshakeTimeoutMs} ms`),
+      });
+      if (this.isClosed) throw new ClosedError('transport');
+      // The mux writes its SETTINGS at once, which makes the stream visible to the listener.
+      const c = carrierSession(conn, stream, key, formatHostPort(ip, port), true, this.opts);
+      this.connections.add(c);
+      void c.closed.then(() => this.connections.delete(c));
+      return c;
     } catch (e) {
       conn.abort();
       throw e;
     }
-    if (!equalBytes(key, expectedPublicKey)) {
-      conn.abort();
-      throw new QuicmapError('EACCES', `peer at ${address} proved a different identity than expected`);
-    }
-    const c = new QuicConnection(conn, key, formatHostPort(ip, port), this.opts, (x) => this.connections.delete(x));
-    this.connections.add(c);
-    if (this.isClosed) {
-      await c.close();
-      throw new ClosedError('transport');
-    }
-    return c;
   }
 
   async close(): Promise<void> {

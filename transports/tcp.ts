@@ -1,33 +1,24 @@
 /**
- * TCP transport: node:net + our own security and multiplexing, for LANs and
- * as the baseline QUIC is compared against.
+ * TCP transport: node:net + TLS 1.3 (node:tls, OpenSSL) + our multiplexer.
  *
- *   socket -> handshake (crypto/handshake.ts: SIGMA-I, Ed25519 + X25519)
- *          -> SecureLink (AES-256-GCM records, implicit counter nonces)
- *          -> MuxSession (streams with per-stream flow control)
+ *   socket -> secureDuplex (secure-channel.ts: TLS 1.3, mutual, Ed25519
+ *             identities bound into self-signed certificates, libp2p style)
+ *          -> FrameLink (batches of mux frames) -> MuxSession (streams)
  *
- * The dialer checks the key the listener proves before revealing its own
- * identity; a mismatch fails the dial with EACCES. The listener runs each
- * handshake under a deadline and caps how many may be in progress, so junk
- * or silent clients cost it little and never stop it from serving others.
+ * A dial fails with EACCES when the listener proves another key than the one
+ * dialed. The listener runs each handshake under a deadline and caps how many
+ * may be in progress, so junk or silent clients cost it little and never stop
+ * it from serving others.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import type { Connection, Listener, Transport } from './transport.ts';
 import type { Identity } from '../crypto/identity.ts';
+import type { Duplex } from 'node:stream';
 import { ClosedError, QuicmapError } from '../base/errors.ts';
-import {
-  FINISH_BYTES,
-  HELLO_BYTES,
-  HandshakeInitiator,
-  HandshakeResponder,
-  RESPONSE_BYTES,
-  handshakeReady,
-  type SessionKeys,
-} from '../crypto/handshake.ts';
 import { AsyncQueue } from '../base/async-queue.ts';
-import { ByteAccumulator } from './byte-accumulator.ts';
+import { FrameLink, duplexIO } from './frame-link.ts';
 import { MuxSession, type MuxOptions } from './mux.ts';
-import { SecureLink } from './secure-link.ts';
+import { secureDuplex, tlsError, type ChannelRole, type SecureChannel } from './secure-channel.ts';
 import { formatHostPort, parseHostPort } from './util.ts';
 
 export interface TcpTransportOptions extends MuxOptions {
@@ -41,11 +32,12 @@ export interface TcpTransportOptions extends MuxOptions {
   sendHighWater?: number;
 }
 
-type Resolved = Required<Omit<TcpTransportOptions, keyof MuxOptions>> & { mux: MuxOptions };
+type Resolved = Required<Omit<TcpTransportOptions, keyof MuxOptions>> & { mux: MuxOptions; opts: TcpTransportOptions };
 
 function resolve(opts: TcpTransportOptions): Resolved {
   const { handshakeTimeoutMs, dialTimeoutMs, maxPendingHandshakes, sendHighWater, ...mux } = opts;
   return {
+    opts,
     handshakeTimeoutMs: handshakeTimeoutMs ?? 5_000,
     dialTimeoutMs: dialTimeoutMs ?? 10_000,
     maxPendingHandshakes: maxPendingHandshakes ?? 64,
@@ -55,95 +47,30 @@ function resolve(opts: TcpTransportOptions): Resolved {
 }
 
 /**
- * Reads fixed-size handshake messages from a socket until the link takes
- * over; then hands over whatever arrived after the last message.
+ * The mux over a secured duplex: what both ends of a TCP connection (and any
+ * relay running an end-to-end channel over another stream) build once the
+ * TLS handshake and identity check are done.
  */
-class HandshakeReader {
-  private readonly acc = new ByteAccumulator();
-  private want: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
-  private error: Error | undefined;
-  private readonly onData = (b: Buffer) => {
-    this.acc.push(b);
-    this.check();
-  };
-  private readonly onEnd = () => this.fail(new QuicmapError('EPROTO', 'peer closed the connection during the handshake'));
-  private readonly onError = (e: Error) => this.fail(new QuicmapError('EIO', `socket error during handshake: ${e.message}`, { cause: e }));
-
-  private readonly socket: Socket;
-  constructor(socket: Socket) {
-    this.socket = socket;
-    socket.on('data', this.onData);
-    socket.on('end', this.onEnd);
-    socket.on('close', this.onEnd);
-    socket.on('error', this.onError);
-  }
-
-  read(n: number): Promise<Buffer> {
-    if (this.error) return Promise.reject(this.error);
-    return new Promise((resolve, reject) => {
-      this.want = { n, resolve, reject };
-      this.check();
-    });
-  }
-
-  private check(): void {
-    const w = this.want;
-    if (w && this.acc.length >= w.n) {
-      this.want = undefined;
-      w.resolve(Buffer.from(this.acc.take(w.n)));
-    }
-  }
-
-  fail(e: Error): void {
-    if (this.error) return;
-    this.error = e;
-    const w = this.want;
-    this.want = undefined;
-    w?.reject(e);
-  }
-
-  /** Stop listening and return the bytes that came after the handshake. */
-  detach(): Buffer[] {
-    // Paused first: with no 'data' listener a flowing socket would drop bytes.
-    this.socket.pause();
-    this.socket.off('data', this.onData);
-    this.socket.off('end', this.onEnd);
-    this.socket.off('close', this.onEnd);
-    this.socket.off('error', this.onError);
-    return this.acc.drain();
-  }
+export function muxOverChannel(ch: SecureChannel, remoteAddress: string, isDialer: boolean, opts: TcpTransportOptions = {}): MuxSession {
+  const o = resolve(opts);
+  const link = new FrameLink(duplexIO(ch.socket, (e) => tlsError(e, 'link')), o.sendHighWater);
+  return new MuxSession(link, ch.remotePublicKey, remoteAddress, isDialer, o.mux);
 }
 
-/** Run `work` with a deadline; `work` registers what to fail when it passes (the caller then destroys the socket). */
-async function underDeadline<T>(ms: number, what: string, work: (onTimeout: (f: (e: Error) => void) => void) => Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  let failer: (e: Error) => void = () => {};
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
-      const e = new QuicmapError('ETIMEDOUT', `${what}: no handshake within ${ms} ms`);
-      failer(e);
-      reject(e);
-    }, ms);
-  });
-  try {
-    return await Promise.race([work((f) => (failer = f)), timeout]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-async function respond(socket: Socket, me: Identity, onTimeout: (f: (e: Error) => void) => void): Promise<{ keys: SessionKeys; leftover: Buffer[] }> {
-  const reader = new HandshakeReader(socket);
-  onTimeout((e) => reader.fail(e));
-  try {
-    const hs = new HandshakeResponder(me);
-    socket.write(hs.respond(await reader.read(HELLO_BYTES)));
-    const keys = hs.finish(await reader.read(FINISH_BYTES));
-    return { keys, leftover: reader.detach() };
-  } catch (e) {
-    reader.detach();
-    throw e;
-  }
+/**
+ * `secureDuplex` + `muxOverChannel`: a Connection over any Duplex (e.g. a
+ * relayed stream wrapped with `byteStreamDuplex`), authenticated end to end.
+ */
+export async function secureConnection(
+  duplex: Duplex,
+  identity: Identity,
+  expected: Uint8Array | null,
+  role: ChannelRole,
+  remoteAddress: string,
+  opts: TcpTransportOptions = {},
+): Promise<Connection> {
+  const ch = await secureDuplex(duplex, identity, expected, role, { timeoutMs: resolve(opts).handshakeTimeoutMs });
+  return muxOverChannel(ch, remoteAddress, role === 'client', opts);
 }
 
 class TcpListener implements Listener {
@@ -156,18 +83,24 @@ class TcpListener implements Listener {
   failedHandshakes = 0;
 
   private readonly server: Server;
+
   private readonly me: Identity;
+
   private readonly o: Resolved;
+
   private readonly onClose: (l: TcpListener) => void;
+
   constructor(
     server: Server,
     me: Identity,
     o: Resolved,
-    onClose: (l: TcpListener) => void,
-  ) {
+    onClose: (l: TcpListener) => void,) {
     this.server = server;
+
     this.me = me;
+
     this.o = o;
+
     this.onClose = onClose;
     server.on('connection', (s) => void this.onSocket(s));
     // A listening server only errors on accept failures (e.g. EMFILE); it keeps listening.
@@ -185,10 +118,9 @@ class TcpListener implements Listener {
     socket.on('error', () => {});
     this.handshaking.add(socket);
     try {
-      const { keys, leftover } = await underDeadline(this.o.handshakeTimeoutMs, 'accept', (onTimeout) => respond(socket, this.me, onTimeout));
+      const ch = await secureDuplex(socket, this.me, null, 'server', { timeoutMs: this.o.handshakeTimeoutMs });
       if (this.queue.isEnded) throw new ClosedError('listener');
-      const link = new SecureLink(socket, keys, leftover, this.o.sendHighWater);
-      const conn = new MuxSession(link, keys.remotePublicKey, formatHostPort(socket.remoteAddress ?? '?', socket.remotePort ?? 0), false, this.o.mux);
+      const conn = muxOverChannel(ch, formatHostPort(socket.remoteAddress ?? '?', socket.remotePort ?? 0), false, this.o.opts);
       this.accepted.add(conn);
       void conn.closed.then(() => this.accepted.delete(conn));
       this.queue.push(conn);
@@ -226,17 +158,16 @@ export class TcpTransport implements Transport {
   private isClosed = false;
 
   private readonly identity: Identity;
+
   constructor(
     identity: Identity,
-    opts: TcpTransportOptions = {},
-  ) {
+    opts: TcpTransportOptions = {}) {
     this.identity = identity;
     this.o = resolve(opts);
   }
 
   async listen(address: string): Promise<Listener> {
     if (this.isClosed) throw new ClosedError('transport');
-    await handshakeReady();
     const { host, port } = parseHostPort(address);
     const server = createServer({ noDelay: true, pauseOnConnect: false });
     await new Promise<void>((resolve, reject) => {
@@ -256,43 +187,38 @@ export class TcpTransport implements Transport {
 
   async dial(address: string, expectedPublicKey: Uint8Array, opts: { timeoutMs?: number } = {}): Promise<Connection> {
     if (this.isClosed) throw new ClosedError('transport');
-    await handshakeReady();
     const { host, port } = parseHostPort(address);
     const socket = connect({ host, port, noDelay: true });
     socket.on('error', () => {}); // see onSocket: errors surface through 'close'
     const ms = opts.timeoutMs ?? this.o.dialTimeoutMs;
+    const t0 = Date.now();
     try {
-      const { keys, leftover } = await underDeadline(ms, `dial ${address}`, async (setFail) => {
-        await new Promise<void>((resolve, reject) => {
-          setFail(reject);
-          socket.once('connect', () => {
-            socket.setNoDelay(true);
-            resolve();
-          });
-          socket.once('error', (e) => reject(new QuicmapError('EIO', `dial ${address}: ${e.message}`, { cause: e })));
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new QuicmapError('ETIMEDOUT', `dial ${address}: no connection within ${ms} ms`)), ms);
+        socket.once('connect', () => {
+          clearTimeout(timer);
+          socket.setNoDelay(true);
+          resolve();
         });
-        const reader = new HandshakeReader(socket);
-        setFail((e) => reader.fail(e));
-        try {
-          const hs = new HandshakeInitiator(this.identity, expectedPublicKey);
-          socket.write(hs.start());
-          const { message, keys } = hs.finish(await reader.read(RESPONSE_BYTES));
-          socket.write(message);
-          return { keys, leftover: reader.detach() };
-        } catch (e) {
-          reader.detach();
-          throw e;
-        }
+        socket.once('error', (e) => {
+          clearTimeout(timer);
+          reject(new QuicmapError('EIO', `dial ${address}: ${e.message}`, { cause: e }));
+        });
       });
-      if (this.isClosed) throw new ClosedError('transport');
-      const link = new SecureLink(socket, keys, leftover, this.o.sendHighWater);
-      const conn = new MuxSession(link, keys.remotePublicKey, formatHostPort(socket.remoteAddress ?? host, socket.remotePort ?? port), true, this.o.mux);
+      const ch = await secureDuplex(socket, this.identity, expectedPublicKey, 'client', {
+        timeoutMs: Math.max(1, Math.min(this.o.handshakeTimeoutMs, ms - (Date.now() - t0))),
+      });
+      if (this.isClosed) {
+        ch.socket.destroy();
+        throw new ClosedError('transport');
+      }
+      const conn = muxOverChannel(ch, formatHostPort(socket.remoteAddress ?? host, socket.remotePort ?? port), true, this.o.opts);
       this.connections.add(conn);
       void conn.closed.then(() => this.connections.delete(conn));
       return conn;
     } catch (e) {
       socket.destroy();
-      if (e instanceof QuicmapError) throw e;
+      if (e instanceof QuicmapError) throw e.code === 'EACCES' ? new QuicmapError('EACCES', `dial ${address}: ${e.message}`, { cause: e }) : e;
       throw new QuicmapError('EIO', `dial ${address}: ${(e as Error).message}`, { cause: e });
     }
   }

@@ -1,7 +1,8 @@
-/** Unit tests of the TCP transport's crypto: record AEAD and the handshake. */
+/** Unit tests of the transports' crypto: the certificate key binding (TCP and QUIC), and the record AEAD and SIGMA-I handshake (relayed channels). */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { randomBytes } from 'node:crypto';
+import { X509Certificate, randomBytes } from 'node:crypto';
+import { checkPeerKey, createPeerCertificate, identityFromCertificate } from '../../crypto/peer-cert.ts';
 import { RecordOpener, RecordSealer } from '../../crypto/aead.ts';
 import { FINISH_BYTES, HandshakeInitiator, HandshakeResponder, handshakeReady } from '../../crypto/handshake.ts';
 import { generateIdentity } from '../../crypto/identity.ts';
@@ -85,6 +86,34 @@ test('both ends update the key at the same record', () => {
   const o3 = new RecordOpener(key, 3, 1000);
   for (let i = 0; i < 3; i++) o3.open(recs[i]!);
   assert.is(code(() => o3.open(recs[3]!)), 'EPROTO', 'old key after the update');
+});
+
+test('peer certificate: the bound identity is recovered; forgeries are EACCES', async () => {
+  const id = await generateIdentity();
+  const der = (pem: string) => new X509Certificate(pem).raw;
+  const good = der(createPeerCertificate(id).certPem);
+  assert.ok(Buffer.from(identityFromCertificate(good)).equals(Buffer.from(id.publicKey)));
+  // Claiming another key than the one that signed the binding.
+  const other = await generateIdentity();
+  assert.is(code(() => identityFromCertificate(der(createPeerCertificate(id, { claimKey: other.publicKey }).certPem))), 'EACCES', 'claimed key');
+  assert.is(code(() => identityFromCertificate(der(createPeerCertificate(id, { omitExtension: true }).certPem))), 'EACCES', 'no extension');
+  // Any flipped byte: bad DER, bad self-signature or bad binding, never accepted.
+  for (let i = 0; i < good.length; i += 7) {
+    const bad = Buffer.from(good);
+    bad[i]! ^= 0x01;
+    const c = code(() => identityFromCertificate(bad));
+    assert.ok(c === 'EACCES', `byte ${i}: ${c}`);
+  }
+  assert.is(code(() => identityFromCertificate(randomBytes(300))), 'EACCES', 'garbage');
+});
+
+test('checkPeerKey: expected key must match; the accepting side takes any proven key', async () => {
+  const a = (await generateIdentity()).publicKey;
+  const b = (await generateIdentity()).publicKey;
+  assert.ok(checkPeerKey(a, a, 't') === a);
+  assert.ok(checkPeerKey(a, null, 't') === a);
+  assert.is(code(() => checkPeerKey(a, b, 't')), 'EACCES');
+  assert.is(code(() => checkPeerKey(undefined, null, 't')), 'EACCES');
 });
 
 test('handshake: both sides prove their keys and agree on traffic keys', async () => {

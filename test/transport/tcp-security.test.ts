@@ -1,6 +1,8 @@
 /**
- * TCP transport under attack: tampering on the wire, junk and silent
- * handshakes, stream-limit exhaustion. Only loopback.
+ * TCP transport under attack: tampering and replay on the wire, junk and
+ * silent handshakes, forged or missing certificates, TLS downgrade,
+ * authenticated peers that break the mux rules, stream-limit exhaustion.
+ * Only loopback.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -12,8 +14,10 @@ import { Scope, withTimeout } from '../helpers/env.ts';
 import { background, expectCode, readAll, serveEcho } from './conformance.ts';
 import { parseHostPort } from '../../transports/util.ts';
 import type { Listener } from '../../transports/transport.ts';
-import { HandshakeInitiator, RESPONSE_BYTES, handshakeReady } from '../../crypto/handshake.ts';
-import { RecordSealer } from '../../crypto/aead.ts';
+import { connect as tlsConnect, type TLSSocket } from 'node:tls';
+import { createPeerCertificate, type CertificateForgery } from '../../crypto/peer-cert.ts';
+import { secureDuplex } from '../../transports/secure-channel.ts';
+import type { Identity } from '../../crypto/identity.ts';
 
 const test = suite('transport/tcp-security');
 const OPTS: TcpTransportOptions = { handshakeTimeoutMs: 1000, idleTimeoutMs: 3000, keepAliveMs: 1000 };
@@ -50,16 +54,23 @@ async function echoOnce(t: TcpTransport, address: string, key: Uint8Array, s: Sc
   assert.ok((await readAll(st)).equals(msg));
 }
 
-/** A TCP proxy that can flip one byte of client->server traffic on demand. */
-async function tamperingProxy(s: Scope, target: string): Promise<{ address: string; armed: { on: boolean; done: boolean } }> {
+/**
+ * A TCP proxy that, once armed, flips one byte of client->server traffic
+ * (or, with `replay`, sends the next client->server chunk twice).
+ */
+async function tamperingProxy(s: Scope, target: string): Promise<{ address: string; armed: { on: boolean; done: boolean; replay: boolean } }> {
   const { host, port } = parseHostPort(target);
-  const armed = { on: false, done: false };
+  const armed = { on: false, done: false, replay: false };
   const socks = new Set<Socket>();
   const server = createServer((inbound) => {
     const outbound = connect({ host, port });
     socks.add(inbound).add(outbound);
     inbound.on('data', (d: Buffer) => {
-      if (armed.on && !armed.done && d.length > 8) {
+      if (armed.on && !armed.done && armed.replay) {
+        armed.done = true;
+        outbound.write(d);
+        outbound.write(d);
+      } else if (armed.on && !armed.done && d.length > 8) {
         const copy = Buffer.from(d);
         copy[copy.length >> 1]! ^= 0x01;
         armed.done = true;
@@ -83,7 +94,7 @@ async function tamperingProxy(s: Scope, target: string): Promise<{ address: stri
   return { address: `127.0.0.1:${a.port}`, armed };
 }
 
-run('tampered ciphertext kills the connection with EPROTO on the receiving side', async (s) => {
+async function attackOnWire(s: Scope, replay: boolean): Promise<void> {
   const serverId = await generateIdentity();
   const server = new TcpTransport(serverId, OPTS);
   s.defer(() => server.close());
@@ -98,9 +109,12 @@ run('tampered ciphertext kills the connection with EPROTO on the receiving side'
   const remote = (await peer!.acceptStream())!;
   assert.is(Buffer.from((await remote.read())!).toString(), 'before');
   const pending = background(remote.read());
+  proxy.armed.replay = replay;
   proxy.armed.on = true;
   await st.write(randomBytes(4096));
-  const err = await expectCode(pending, ['EPROTO'], 'read after tampering');
+  // A replayed record comes after the original, which is delivered first.
+  const failing = replay ? (assert.ok(((await pending.catch(() => null)) ?? []).length > 0, 'original record delivered'), background(remote.read())) : pending;
+  const err = await expectCode(failing, ['EPROTO'], `read after ${replay ? 'replay' : 'tampering'}`);
   assert.match(err.message, /authentication|record/);
   await withTimeout(3000, 'server side closed', peer!.closed);
   await withTimeout(3000, 'client side closed', conn.closed);
@@ -108,6 +122,53 @@ run('tampered ciphertext kills the connection with EPROTO on the receiving side'
   // The listener goes on serving honest clients.
   serveAll(l);
   await echoOnce(client, l.address, serverId.publicKey, s);
+}
+
+run('tampered ciphertext kills the connection with EPROTO on the receiving side', (s) => attackOnWire(s, false));
+
+run('a replayed TLS record kills the connection with EPROTO on the receiving side', (s) => attackOnWire(s, true));
+
+run('a recorded session replayed on a new connection is refused', async (s) => {
+  const serverId = await generateIdentity();
+  const server = new TcpTransport(serverId, OPTS);
+  s.defer(() => server.close());
+  const l = await server.listen('127.0.0.1:0') as Listener & { failedHandshakes: number };
+  serveAll(l);
+  // Record everything an honest client sends in one session.
+  const { host, port } = parseHostPort(l.address);
+  const recorded: Buffer[] = [];
+  const rec = createServer((inbound) => {
+    const outbound = connect({ host, port });
+    inbound.on('data', (d: Buffer) => {
+      recorded.push(Buffer.from(d));
+      outbound.write(d);
+    });
+    outbound.on('data', (d: Buffer) => inbound.write(d));
+    const kill = () => {
+      inbound.destroy();
+      outbound.destroy();
+    };
+    inbound.on('close', kill).on('error', kill);
+    outbound.on('close', kill).on('error', kill);
+  });
+  await new Promise<void>((r) => rec.listen(0, '127.0.0.1', () => r()));
+  s.defer(() => new Promise<void>((r) => rec.close(() => r())));
+  const client = new TcpTransport(await generateIdentity(), OPTS);
+  s.defer(() => client.close());
+  await echoOnce(client, `127.0.0.1:${(rec.address() as { port: number }).port}`, serverId.publicKey, s);
+  assert.ok(recorded.length > 0);
+  const before = l.failedHandshakes;
+  // Replay it verbatim: the server's fresh randomness makes it worthless.
+  const sock = connect({ host, port });
+  s.defer(() => void sock.destroy());
+  sock.on('error', () => {});
+  const closed = new Promise<void>((r) => sock.on('close', () => r()));
+  sock.on('connect', () => {
+    for (const d of recorded) sock.write(d);
+  });
+  sock.resume(); // read what the server says, so its close is seen
+  await withTimeout(3000, 'replayed session dropped', closed);
+  assert.is(l.failedHandshakes, before + 1, 'the replay counted as a failed handshake');
 });
 
 run('junk instead of a handshake is dropped; the listener then serves a good client', async (s) => {
@@ -129,34 +190,94 @@ run('junk instead of a handshake is dropped; the listener then serves a good cli
     sock.on('data', (d: Buffer) => (reply += d.length));
     // A silent client (empty junk) is cut off by the handshake deadline.
     assert.is(await withTimeout(3000, 'junk connection dropped', closedBy), 'closed');
-    assert.ok(reply === 0 || junk.length === 40, 'no answer to junk beyond a hello');
+    assert.ok(reply <= 7, `no answer to junk beyond a TLS alert (got ${reply} bytes)`);
   }
   const client = new TcpTransport(await generateIdentity(), OPTS);
   s.defer(() => client.close());
   await echoOnce(client, l.address, serverId.publicKey, s);
 });
 
-run('a valid hello followed by a forged finish is refused', async (s) => {
+/**
+ * A raw TLS client with the given certificate (or none), against a fresh
+ * listener: resolves with whether the listener accepted a connection, after
+ * checking the socket was closed and an honest client is still served.
+ */
+async function rawTlsClient(s: Scope, opts: { forge?: CertificateForgery; noCert?: boolean; maxVersion?: 'TLSv1.2'; noAlpn?: boolean }): Promise<void> {
   const serverId = await generateIdentity();
   const server = new TcpTransport(serverId, OPTS);
   s.defer(() => server.close());
-  const l = await server.listen('127.0.0.1:0');
-  serveAll(l);
+  const l = (await server.listen('127.0.0.1:0')) as Listener & { failedHandshakes: number };
   const { host, port } = parseHostPort(l.address);
-  const sock = connect({ host, port });
-  s.defer(() => void sock.destroy());
-  const closed = new Promise<void>((r) => sock.on('close', () => r()));
-  sock.on('error', () => {});
-  sock.on('connect', () => sock.write(Buffer.concat([Buffer.from('QMTCP\x00\x00\x01', 'latin1'), randomBytes(32)])));
-  let got = 0;
-  sock.on('data', (d: Buffer) => {
-    got += d.length;
-    if (got >= 144) sock.write(randomBytes(112));
+  const signer = await generateIdentity();
+  const cert = opts.noCert ? undefined : createPeerCertificate(signer, opts.forge);
+  const sock: TLSSocket = tlsConnect({
+    host,
+    port,
+    rejectUnauthorized: false,
+    ...(opts.noAlpn ? {} : { ALPNProtocols: ['quicmap/1'] }),
+    ...(cert ? { key: cert.keyPem, cert: cert.certPem } : {}),
+    ...(opts.maxVersion ? { maxVersion: opts.maxVersion, minVersion: 'TLSv1.2' as const } : {}),
   });
-  await withTimeout(3000, 'forged finish dropped', closed);
+  s.defer(() => void sock.destroy());
+  sock.on('error', () => {});
+  const closed = new Promise<void>((r) => sock.on('close', () => r()));
+  let got = 0;
+  sock.on('data', (d: Buffer) => (got += d.length));
+  sock.on('secureConnect', () => sock.write(Buffer.from([0, 0, 0, 9, 5, 0, 0, 0, 0, 0, 0, 0, 0])));
+  await withTimeout(3000, 'refused TLS client dropped', closed);
+  assert.is(got, 0, 'the refused client got no application data');
+  assert.is(l.failedHandshakes, 1);
+  // The next connection handed out is the honest client's: the refused one never was.
+  const honestId = await generateIdentity();
+  const client = new TcpTransport(honestId, OPTS);
+  s.defer(() => client.close());
+  const [, first] = await Promise.all([echoOnce(client, l.address, serverId.publicKey, s), l.accept().then((c) => (c ? (void serveEcho(c), c) : c))]);
+  assert.ok(first && Buffer.from(first.remotePublicKey).equals(Buffer.from(honestId.publicKey)), 'first accepted connection is the honest one');
+}
+
+run('a TLS client without a certificate is refused', (s) => rawTlsClient(s, { noCert: true }));
+
+run('a certificate without the libp2p key extension is refused', (s) => rawTlsClient(s, { forge: { omitExtension: true } }));
+
+run('a certificate claiming a key that did not sign the binding is refused', async (s) => {
+  await rawTlsClient(s, { forge: { claimKey: (await generateIdentity()).publicKey } });
+});
+
+run('a client that offers only TLS 1.2 (downgrade) is refused', (s) => rawTlsClient(s, { maxVersion: 'TLSv1.2' }));
+
+run('a client with a valid certificate that does not speak the quicmap ALPN is refused', (s) => rawTlsClient(s, { noAlpn: true }));
+
+run('the raw TLS client of these tests is accepted when nothing is wrong (so the refusals above mean something)', async (s) => {
+  const serverId = await generateIdentity();
+  const server = new TcpTransport(serverId, OPTS);
+  s.defer(() => server.close());
+  const l = (await server.listen('127.0.0.1:0')) as Listener & { failedHandshakes: number };
+  const { host, port } = parseHostPort(l.address);
+  const me = await generateIdentity();
+  const cert = createPeerCertificate(me);
+  const sock: TLSSocket = tlsConnect({ host, port, rejectUnauthorized: false, ALPNProtocols: ['quicmap/1'], key: cert.keyPem, cert: cert.certPem });
+  s.defer(() => void sock.destroy());
+  sock.on('error', () => {});
+  const c = await withTimeout(3000, 'accepted', l.accept());
+  assert.ok(c && Buffer.from(c.remotePublicKey).equals(Buffer.from(me.publicKey)), 'accepted with the proven key');
+  assert.is(l.failedHandshakes, 0);
+});
+
+run('dialing a listener whose certificate claims a stolen key fails with EACCES', async (s) => {
+  // A rogue listener presents the victim's public key in its extension, signed by its own key.
+  const victim = await generateIdentity();
+  const rogue = await generateIdentity();
+  const forged = createPeerCertificate(rogue, { claimKey: victim.publicKey });
+  const { createServer: createTlsServer } = await import('node:tls');
+  const srv = createTlsServer(
+    { key: forged.keyPem, cert: forged.certPem, minVersion: 'TLSv1.3', requestCert: true, rejectUnauthorized: false, ALPNProtocols: ['quicmap/1'] },
+    (c) => c.on('error', () => {}),
+  );
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  s.defer(() => new Promise<void>((r) => srv.close(() => r())));
   const client = new TcpTransport(await generateIdentity(), OPTS);
   s.defer(() => client.close());
-  await echoOnce(client, l.address, serverId.publicKey, s);
+  await expectCode(client.dial(`127.0.0.1:${(srv.address() as { port: number }).port}`, victim.publicKey), ['EACCES'], 'dial a stolen key');
 });
 
 run('openStream waits for a slot and fails with ETIMEDOUT when none frees', async (s) => {
@@ -216,39 +337,28 @@ run('IPv6 loopback works', async (s) => {
  * well-encrypted frames that break the mux rules. The listener must drop that
  * connection and keep serving.
  */
-async function hostilePeer(s: Scope, frames: Buffer): Promise<void> {
-  await handshakeReady();
+/** `raw`: send `frames` as they are, without the batch header. */
+async function hostilePeer(s: Scope, frames: Buffer, raw = false): Promise<void> {
   const serverId = await generateIdentity();
   const server = new TcpTransport(serverId, { ...OPTS, streamWindow: 64 * 1024 });
   s.defer(() => server.close());
   const l = await server.listen('127.0.0.1:0');
   const { host, port } = parseHostPort(l.address);
-  const sock = connect({ host, port });
-  s.defer(() => void sock.destroy());
+  const tcp = connect({ host, port });
+  s.defer(() => void tcp.destroy());
+  tcp.on('error', () => {});
+  await new Promise<void>((r) => tcp.once('connect', () => r()));
+  const me: Identity = await generateIdentity();
+  const ch = await secureDuplex(tcp, me, serverId.publicKey, 'client');
+  const sock = ch.socket;
   sock.on('error', () => {});
   const closed = new Promise<void>((r) => sock.on('close', () => r()));
-  const hs = new HandshakeInitiator(await generateIdentity(), serverId.publicKey);
-  await new Promise<void>((r) => sock.once('connect', () => r()));
-  sock.write(hs.start());
-  const reply = await new Promise<Buffer>((resolve) => {
-    let buf = Buffer.alloc(0);
-    const on = (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      if (buf.length >= RESPONSE_BYTES) {
-        sock.off('data', on);
-        resolve(buf.subarray(0, RESPONSE_BYTES));
-      }
-    };
-    sock.on('data', on);
-  });
-  const { message, keys } = hs.finish(reply);
-  sock.write(message);
+  sock.resume();
   const peer = await l.accept();
   assert.ok(peer, 'the handshake itself was fine');
-  const sealer = new RecordSealer(keys.sendKey);
   const h = Buffer.alloc(4);
-  h.writeUInt32BE(frames.length + 16, 0);
-  sock.write(Buffer.concat([h, ...sealer.seal([frames], h)]));
+  h.writeUInt32BE(frames.length, 0);
+  sock.write(raw ? frames : Buffer.concat([h, frames]));
   // A stream opened before the violation may still be handed out; it fails.
   const st = await withTimeout(3000, 'hostile peer accept', peer!.acceptStream());
   if (st) await expectCode(withTimeout(3000, 'read on the dropped stream', readAll(st)), ['EPROTO', 'ESHUTDOWN'], 'stream of a dropped peer');
@@ -288,6 +398,13 @@ run('an authenticated peer sending frames for streams never opened is dropped', 
 
 run('an authenticated peer sending an unknown frame type is dropped', async (s) => {
   await hostilePeer(s, Buffer.concat([settings(), frame(99, 0, 0)]));
+});
+
+run('an authenticated peer announcing an oversized batch is dropped', async (s) => {
+  // A batch header claiming 16 MiB: refused before anything is buffered.
+  const big = Buffer.alloc(4);
+  big.writeUInt32BE(16 << 20, 0);
+  await hostilePeer(s, Buffer.concat([big, randomBytes(1024)]), true);
 });
 
 test.run();
