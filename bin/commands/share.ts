@@ -2,7 +2,8 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { type Command, UsageError, log, parseFlags, untilSignal } from '../command.ts';
+import { type Command, UsageError, log, parseDurationFlag, parseFlags, untilSignal } from '../command.ts';
+import { forFlag } from '../errors.ts';
 import { base32Decode, loadOrCreateIdentity, defaultIdentityPath } from '../../crypto/identity.ts';
 import { regionIdText } from '../../crypto/grant.ts';
 import { parseBackendSpec } from '../../engine/backends/open.ts';
@@ -35,7 +36,8 @@ Options:
   --read-only            the ticket grants reading only (the sharer refuses
                          writes, trims and zeroes with EPERM)
   --expires DURATION     the ticket expires after e.g. 30s, 15m, 12h, 7d
-                         (default: never)
+                         (at least 1s; fractions round up), or "never"
+                         (the default)
   --grantee PEER_ID      only the peer with this id (its \`quicmap\` identity,
                          as printed in its logs) may use the ticket
   --advertise HOST:PORT  address written into the ticket, if peers reach
@@ -66,6 +68,8 @@ Options:
                          peers that cannot reach this node directly come
                          through it; the DHT record lists it
 ${swarmHelp}
+  --force                with dir:PATH, make a region in a non-empty
+                         directory that is not one yet
   --identity PATH        identity file (default ${defaultIdentityPath()})
   --json                 print one JSON object instead of the bare ticket
   -h, --help             this help
@@ -78,12 +82,14 @@ Examples:
       --advertise 10.0.0.5:4433 --transport tcp --read-only --expires 1h
 `;
 
-/** "90", "30s", "15m", "12h", "7d" → seconds. */
-export function parseDuration(text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$/i.exec(text);
-  if (!m) throw new UsageError(`share: --expires: not a duration: "${text}" (try 30s, 15m, 12h, 7d)`);
-  const mult = { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's').toLowerCase() as 's']!;
-  return Math.round(Number(m[1]) * mult);
+/**
+ * --expires → seconds until expiry, 0 for "never" (the only way to ask for
+ * no expiry). Tickets expire in whole seconds: under a second is refused
+ * (0.4s must not round to 0, which would mean never), fractions round up.
+ */
+export function parseExpiry(text: string): number {
+  if (text.trim().toLowerCase() === 'never') return 0;
+  return Math.ceil(parseDurationFlag('share', '--expires', text, 1000) / 1000);
 }
 
 function regionIdFor(spec: string, sharerKey: Uint8Array, flag: string | undefined): Uint8Array | undefined {
@@ -128,6 +134,7 @@ export const share: Command = {
       'region-id': { type: 'string' },
       grantee: { type: 'string' },
       identity: { type: 'string' },
+      force: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       ...swarmOptions,
       socket: { type: 'string' },
@@ -147,7 +154,7 @@ export const share: Command = {
         throw new UsageError(`share: --size: ${(e as Error).message}`);
       }
     }
-    const expiresIn = values.expires !== undefined ? parseDuration(values.expires) : 0;
+    const expiresIn = values.expires !== undefined ? parseExpiry(values.expires) : 0;
     let grantee: Uint8Array | undefined;
     if (values.grantee !== undefined) {
       try {
@@ -155,16 +162,19 @@ export const share: Command = {
       } catch {}
       if (grantee?.length !== 32) throw new UsageError('share: --grantee must be a peer id (52 base32 characters)');
     }
-    const spec = parseBackendSpec(values.backend);
+    const spec = await forFlag('share', '--backend', values.backend, () => parseBackendSpec(values.backend));
     // A region migrated away stays read-only here: the handover is recorded beside a file or dir backend.
     const marker = spec.kind === 'file' || spec.kind === 'dir' ? `${spec.path.replace(/\/+$/, '')}.quicmap-migrated` : undefined;
     const migratedTo = marker && existsSync(marker) ? readFileSync(marker, 'utf8').trim() : undefined;
     if (migratedTo) log(`share: this region was migrated to ${migratedTo} (${marker}); sharing it read-only. Remove that file to make this node the owner again.`);
     const readOnly = values['read-only'] || migratedTo !== undefined;
-    const identity = await loadOrCreateIdentity(values.identity ?? defaultIdentityPath());
+    const identityPath = values.identity ?? defaultIdentityPath();
+    const identity = await forFlag('share', '--identity', identityPath, () => loadOrCreateIdentity(identityPath));
     const regionId = regionIdFor(values.backend, identity.publicKey, values['region-id']);
     // The region server's frame limit bounds a single request: the guard allows no more.
-    const store = await buildStack({ backend: values.backend, backendOptions: { size, readOnly, create: true }, maxRequest: DEFAULT_LIMITS.maxFrame });
+    const store = await forFlag('share', '--backend', values.backend, () =>
+      buildStack({ backend: values.backend, backendOptions: { size, readOnly, create: true, force: values.force }, maxRequest: DEFAULT_LIMITS.maxFrame }),
+    );
     let shared: Awaited<ReturnType<Awaited<ReturnType<typeof openNode>>['share']>>['shared'] | undefined;
     let node: Awaited<ReturnType<typeof openNode>> | undefined;
     let local: LocalExport | undefined;
@@ -174,7 +184,8 @@ export const share: Command = {
     try {
       const bytes = await store.size();
       node = await openNode('share', identity, values, true);
-      ({ shared } = await node.share({
+      const n = node;
+      ({ shared } = await forFlag('share', '--listen', values.listen, () => n.share({
         store: gate.wrap(store),
         transport,
         listen: values.listen,
@@ -183,7 +194,7 @@ export const share: Command = {
         ...(grantee ? { grantee } : {}),
         ...(regionId ? { regionId } : {}),
         ...(values.advertise ? { advertise: values.advertise } : {}),
-      }));
+      })));
       const feed = shared.feed;
       const onSuspend = values['on-suspend'];
       migration = serveMigration(shared.server, {

@@ -5,7 +5,8 @@
  * and the per-client glue in connection.ts.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { lstatSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { PathError, QuicmapError } from '../../base/errors.ts';
 import type { ReadWriterAt } from '../rwat.ts';
 import { transmissionFlags, type ExportCatalog, type ExportEntry, type ExportInfo } from './export.ts';
@@ -212,7 +213,11 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
     if ([...this.exports.values()].some((e) => e.shared)) await this.pool?.warm();
     const server = createServer({ noDelay: true }, (socket) => this.serveConnection(socket));
     const isUnix = 'path' in spec;
-    if (isUnix) removeStaleSocket(spec.path);
+    if (isUnix) {
+      // bind() reports a missing directory as EACCES; say what is wrong.
+      if (!existsSync(dirname(spec.path))) throw new PathError(spec.path, `directory ${dirname(spec.path)} does not exist`);
+      removeStaleSocket(spec.path);
+    }
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       if (isUnix) server.listen(spec.path, resolve);
