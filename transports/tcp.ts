@@ -8,8 +8,11 @@
  *
  * The dialer checks the key the listener proves before revealing its own
  * identity; a mismatch fails the dial with EACCES. The listener runs each
- * handshake under a deadline and caps how many may be in progress, so junk
- * or silent clients cost it little and never stop it from serving others.
+ * handshake under a deadline and admits sockets through an AdmissionGate
+ * (base/admission.ts): handshakes in progress are capped in total and per
+ * source address, and when full a newcomer evicts the oldest handshake of
+ * the fullest source, so junk, silent or slow clients cost it little and
+ * never lock real peers out; connections are capped per source too.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import type { Connection, Listener, Transport } from './transport.ts';
@@ -25,6 +28,7 @@ import {
   type SessionKeys,
 } from '../crypto/handshake.ts';
 import { AsyncQueue } from '../base/async-queue.ts';
+import { AdmissionGate, sourceOf } from '../base/admission.ts';
 import { ByteAccumulator } from './byte-accumulator.ts';
 import { MuxSession, type MuxOptions } from './mux.ts';
 import { SecureLink } from './secure-link.ts';
@@ -35,8 +39,13 @@ export interface TcpTransportOptions extends MuxOptions {
   handshakeTimeoutMs?: number;
   /** Default deadline for dial() (connect + handshake). Default 10 000 ms. */
   dialTimeoutMs?: number;
-  /** Handshakes a listener runs at once; sockets beyond are dropped. Default 64. */
+  /** Handshakes a listener runs at once (a newcomer evicts the oldest of the fullest source). Default 64. */
   maxPendingHandshakes?: number;
+  /** Handshakes at once from one source address. Default 8. */
+  maxPendingPerSource?: number;
+  /** Authenticated connections a listener keeps, in total and per source address (refused beyond). Defaults 1024 and 128. */
+  maxConnections?: number;
+  maxConnectionsPerSource?: number;
   /** Bytes queued in a socket before data writers wait. Default 1 MiB. */
   sendHighWater?: number;
 }
@@ -44,11 +53,14 @@ export interface TcpTransportOptions extends MuxOptions {
 type Resolved = Required<Omit<TcpTransportOptions, keyof MuxOptions>> & { mux: MuxOptions };
 
 function resolve(opts: TcpTransportOptions): Resolved {
-  const { handshakeTimeoutMs, dialTimeoutMs, maxPendingHandshakes, sendHighWater, ...mux } = opts;
+  const { handshakeTimeoutMs, dialTimeoutMs, maxPendingHandshakes, maxPendingPerSource, maxConnections, maxConnectionsPerSource, sendHighWater, ...mux } = opts;
   return {
     handshakeTimeoutMs: handshakeTimeoutMs ?? 5_000,
     dialTimeoutMs: dialTimeoutMs ?? 10_000,
     maxPendingHandshakes: maxPendingHandshakes ?? 64,
+    maxPendingPerSource: maxPendingPerSource ?? 8,
+    maxConnections: maxConnections ?? 1024,
+    maxConnectionsPerSource: maxConnectionsPerSource ?? 128,
     sendHighWater: sendHighWater ?? 1024 * 1024,
     mux,
   };
@@ -148,6 +160,7 @@ class TcpListener implements Listener {
   readonly queue = new AsyncQueue<MuxSession>((c) => void c.close());
   private readonly accepted = new Set<MuxSession>();
   private readonly handshaking = new Set<Socket>();
+  private readonly gate: AdmissionGate;
   private closing: Promise<void> | undefined;
   address = '';
   /** Handshakes that failed (junk, timeouts, bad signatures); for tests and metrics. */
@@ -159,13 +172,25 @@ class TcpListener implements Listener {
     private readonly o: Resolved,
     private readonly onClose: (l: TcpListener) => void,
   ) {
+    this.gate = new AdmissionGate({
+      maxPending: o.maxPendingHandshakes,
+      maxPendingPerSource: Math.min(o.maxPendingPerSource, o.maxPendingHandshakes),
+      maxActive: o.maxConnections,
+      maxActivePerSource: Math.min(o.maxConnectionsPerSource, o.maxConnections),
+    });
     server.on('connection', (s) => void this.onSocket(s));
     // A listening server only errors on accept failures (e.g. EMFILE); it keeps listening.
     server.on('error', () => {});
   }
 
   private async onSocket(socket: Socket): Promise<void> {
-    if (this.queue.isEnded || this.handshaking.size >= this.o.maxPendingHandshakes) {
+    if (this.queue.isEnded) {
+      socket.destroy();
+      return;
+    }
+    // Admission happens here, on the accepted socket, whatever handshake follows.
+    const ticket = this.gate.admit(sourceOf(socket.remoteAddress), () => socket.destroy());
+    if (!ticket) {
       socket.destroy();
       return;
     }
@@ -177,13 +202,18 @@ class TcpListener implements Listener {
     try {
       const { keys, leftover } = await underDeadline(this.o.handshakeTimeoutMs, 'accept', (onTimeout) => respond(socket, this.me, onTimeout));
       if (this.queue.isEnded) throw new ClosedError('listener');
+      if (!ticket.promote()) throw new QuicmapError('EBUSY', 'too many connections from this address');
       const link = new SecureLink(socket, keys, leftover, this.o.sendHighWater);
       const conn = new MuxSession(link, keys.remotePublicKey, formatHostPort(socket.remoteAddress ?? '?', socket.remotePort ?? 0), false, this.o.mux);
       this.accepted.add(conn);
-      void conn.closed.then(() => this.accepted.delete(conn));
+      void conn.closed.then(() => {
+        this.accepted.delete(conn);
+        ticket.release();
+      });
       this.queue.push(conn);
     } catch {
       this.failedHandshakes++;
+      ticket.release();
       socket.destroy();
     } finally {
       this.handshaking.delete(socket);
