@@ -49,6 +49,14 @@ export function sourceOf(address: string | undefined): string {
   return `${groups.slice(0, 4).map((g) => (g || '0').toLowerCase().replace(/^0+(?=.)/, '')).join(':')}::/64`;
 }
 
+/** The source key of a "host:port" / "[v6]:port" address (as transports report a peer). */
+export function sourceOfHostPort(address: string): string {
+  if (address.startsWith('[')) return sourceOf(address.slice(1, address.indexOf(']')));
+  const i = address.lastIndexOf(':');
+  // One colon: IPv4 (or a name) with a port; more: a bare IPv6 address.
+  return sourceOf(i > 0 && address.indexOf(':') === i ? address.slice(0, i) : address);
+}
+
 export class AdmissionTicket {
   /** Set by the gate; for ordering evictions. */
   readonly since: number;

@@ -22,6 +22,7 @@ import type { Identity } from '../crypto/identity.ts';
 import { ClosedError, QuicmapError } from '../base/errors.ts';
 import { AsyncQueue } from '../base/async-queue.ts';
 import { withDeadline } from '../base/deadline.ts';
+import { AdmissionGate, sourceOfHostPort } from '../base/admission.ts';
 import { loadNativeQuic, type NativeClient, type NativeConnection, type NativeServer, type NativeStream } from './quic-native.ts';
 import { ed25519KeyFromPeerId } from './peer-id.ts';
 import { equalBytes, formatHostPort, parseHostPort } from './util.ts';
@@ -49,6 +50,9 @@ export interface QuicTransportOptions {
   udpBufferBytes?: number;
   /** How many handshakes the listener waits on at once, so one stalled handshake does not block the others. Default 4. */
   acceptConcurrency?: number;
+  /** Connections a listener keeps, in total and per source address (aborted beyond). Defaults 1024 and 128. */
+  maxConnections?: number;
+  maxConnectionsPerSource?: number;
 }
 
 type Resolved = Required<QuicTransportOptions>;
@@ -66,6 +70,8 @@ export const QUIC_DEFAULTS: Readonly<Resolved> = {
   readChunk: 256 * 1024,
   udpBufferBytes: 4 * 1024 * 1024,
   acceptConcurrency: 4,
+  maxConnections: 1024,
+  maxConnectionsPerSource: 128,
 };
 
 /** Several buffers totalling at most this are gathered into one: a native call costs more than copying that little (bigger copies cost GC). */
@@ -488,6 +494,8 @@ class QuicListener implements Listener {
   readonly queue = new AsyncQueue<QuicConnection>((c) => void c.close());
   private readonly accepted = new Set<QuicConnection>();
   private closing: Promise<void> | undefined;
+  /** quinn runs the handshakes (and bounds them); connections past it are capped per source address here. */
+  private readonly gate: AdmissionGate;
 
   constructor(
     private readonly server: NativeServer,
@@ -495,6 +503,8 @@ class QuicListener implements Listener {
     private readonly opts: Resolved,
     private readonly onClose: (l: QuicListener) => void,
   ) {
+    const maxActive = opts.maxConnections;
+    this.gate = new AdmissionGate({ maxPending: maxActive, maxPendingPerSource: maxActive, maxActive, maxActivePerSource: Math.min(opts.maxConnectionsPerSource, maxActive) });
     for (let i = 0; i < opts.acceptConcurrency; i++) void this.acceptLoop();
   }
 
@@ -515,7 +525,16 @@ class QuicListener implements Listener {
         native.abort();
         continue;
       }
-      const conn = new QuicConnection(native, key, addressOf(native), this.opts, (c) => this.accepted.delete(c));
+      const remote = addressOf(native);
+      const ticket = this.gate.admit(sourceOfHostPort(remote), () => {});
+      if (!ticket || !ticket.promote()) {
+        native.abort();
+        continue;
+      }
+      const conn = new QuicConnection(native, key, remote, this.opts, (c) => {
+        this.accepted.delete(c);
+        ticket.release();
+      });
       this.accepted.add(conn);
       this.queue.push(conn);
     }

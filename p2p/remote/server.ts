@@ -33,15 +33,9 @@ import { packReply, type Capability, type HelloBody, type Limits } from '../prot
 import { ServerSession, type ServerRequest } from '../protocol/server-session.ts';
 import { FrameWriter } from './frame-writer.ts';
 import { systemClock, type Clock } from '../../base/clock.ts';
-import { AdmissionGate, sourceOf, type AdmissionTicket } from '../../base/admission.ts';
+import { AdmissionGate, sourceOfHostPort, type AdmissionTicket } from '../../base/admission.ts';
 import { ByteBudget, type BudgetHolder } from '../../base/byte-budget.ts';
 
-/** "1.2.3.4:5", "[::1]:5" -> the host part. */
-function hostOf(address: string): string {
-  if (address.startsWith('[')) return address.slice(1, address.indexOf(']'));
-  const i = address.lastIndexOf(':');
-  return i > 0 && address.indexOf(':') === i ? address.slice(0, i) : address;
-}
 
 export const DEFAULT_LIMITS: Limits = { maxFrame: 1024 * 1024, maxInFlight: 64 };
 
@@ -194,7 +188,7 @@ export class RegionServer {
   /** Serve every stream the peer opens on `conn` until it closes. Never throws. */
   async serveConnection(conn: Connection): Promise<void> {
     const peer = base32Encode(conn.remotePublicKey);
-    const source = sourceOf(hostOf(conn.remoteAddress));
+    const source = sourceOfHostPort(conn.remoteAddress);
     const ticket = this.gate.admit(source, () => {
       this.log(`peer ${peer} from ${source} evicted: it sent no HELLO yet and a newer connection needed its slot`);
       void conn.close().catch(() => {});

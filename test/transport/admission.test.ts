@@ -9,6 +9,8 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { connect, type Socket } from 'node:net';
 import { TcpTransport } from '../../transports/tcp.ts';
+import { QuicTransport } from '../../transports/quic.ts';
+import type { Connection } from '../../transports/transport.ts';
 import { generateIdentity } from '../../crypto/identity.ts';
 import { Scope, withTimeout } from '../helpers/env.ts';
 import { readAll, serveEcho } from './conformance.ts';
@@ -58,6 +60,36 @@ test('tcp: 100 idle connections from one address do not lock a new peer out', as
         setTimeout(() => r(false), 1000);
       })));
       assert.ok(closed.filter(Boolean).length >= 90, 'the idle sockets were evicted to make room');
+    });
+  } finally {
+    await s.close();
+  }
+});
+
+test('quic: connections past the handshake are capped per source address; a slot frees when one closes', async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(60_000, 'quic cap', async () => {
+      const aId = await generateIdentity();
+      const a = new QuicTransport(aId, { maxConnectionsPerSource: 3 });
+      const b = new QuicTransport(await generateIdentity());
+      s.defer(() => a.close());
+      s.defer(() => b.close());
+      const l = await a.listen('127.0.0.1:0');
+      const accepted: Connection[] = [];
+      void (async () => {
+        for (let c; (c = await l.accept()); ) accepted.push(c);
+      })();
+      const dialed: Connection[] = [];
+      for (let i = 0; i < 5; i++) dialed.push(await b.dial(l.address, aId.publicKey));
+      await new Promise((r) => setTimeout(r, 500));
+      assert.is(accepted.length, 3, 'three accepted, the rest aborted');
+      await accepted[0]!.close();
+      await new Promise((r) => setTimeout(r, 300));
+      await b.dial(l.address, aId.publicKey);
+      await withTimeout(5000, 'a fourth is accepted once a slot is free', async () => {
+        while (accepted.length < 4) await new Promise((r) => setTimeout(r, 50));
+      });
     });
   } finally {
     await s.close();
