@@ -53,6 +53,7 @@ function rss(pid: number): number {
 
 /** A legitimate client: handshake, write, read back, disconnect, within a generous timeout. */
 async function served(port: number, what: string): Promise<void> {
+  const t0 = Date.now();
   await withTimeout(15_000, `legitimate client while ${what}`, async () => {
     const { c } = await RawNbd.open({ host: '127.0.0.1', port }, 'r');
     try {
@@ -65,6 +66,8 @@ async function served(port: number, what: string): Promise<void> {
       c.destroy();
     }
   });
+  // Reported, not asserted (no timing assertions in tests): the target is well under 1 s.
+  if (what !== 'warming up') console.log(`  served in ${Date.now() - t0} ms while ${what}`);
 }
 
 /** A raw socket that never reads what the server sends. */
