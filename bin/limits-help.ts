@@ -14,6 +14,7 @@ export function nbdLimitsHelp(): string {
     (a newcomer evicts the oldest of the fullest source)
   connections: ${D.maxConnections}, ${D.maxConnectionsPerSource} per source address
   RSS stays under about: Node's own (~80 MiB) + --max-memory + ${formatSize(D.maxPayload)}
-    + 64 MiB of pooled buffers + ~100 KiB per connection
+    + 64 MiB of pooled buffers per thread (and ~15 MiB per worker thread)
+    + ~100 KiB per connection; --max-memory counts all threads together
 `;
 }
