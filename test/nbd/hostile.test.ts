@@ -13,10 +13,12 @@ import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { Scope, withTimeout } from '../helpers/env.ts';
+import { Scope, needCondition, withTimeout } from '../helpers/env.ts';
+import { nativeAvailable } from '../../native/index.ts';
 import { CMD, ERRNO, OPT, RawNbd, goData, optionHeader, requestHeader } from '../helpers/nbd-raw.ts';
 
 const test = suite('nbd/hostile');
+const withNative = needCondition(test, nativeAvailable(), 'the native addon is not built (node native/build.mjs): no worker threads');
 const MiB = 1024 * 1024;
 const FIXTURE = fileURLToPath(new URL('./fixtures/limited-server.ts', import.meta.url));
 const LIMITS = { memoryBudget: 24 * MiB, maxInFlightBytes: 8 * MiB, maxPayload: 4 * MiB, handshakeTimeoutMs: 1500, stallMs: 1000 };
@@ -27,23 +29,38 @@ interface Child {
   port: number;
   pid: number;
   stderr: () => string;
+  /** The most bytes the server-wide budget held so far (all threads). */
+  peakHeld: () => Promise<number>;
 }
 
 async function startChild(s: Scope, opts: object = LIMITS, readStderr = true): Promise<Child> {
-  const child = s.spawn(process.execPath, ['--import', 'tsx', FIXTURE, JSON.stringify(opts)], { cwd: fileURLToPath(new URL('../..', import.meta.url)) });
+  const child = s.spawn(process.execPath, ['--import', 'tsx', FIXTURE, JSON.stringify(opts)], { cwd: fileURLToPath(new URL('../..', import.meta.url)), stdio: ['pipe', 'pipe', 'pipe'] });
+  const lines: string[] = [];
+  const waiters: Array<() => void> = [];
   let err = '';
   if (readStderr) child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
   else child.stderr!.pause();
-  const line = await withTimeout(20_000, 'limited server start', new Promise<string>((resolve, reject) => {
-    let out = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      const i = out.indexOf('\n');
-      if (i >= 0) resolve(out.slice(0, i));
-    });
-    child.once('exit', (code) => reject(new Error(`server exited ${code}: ${err}`)));
-  }));
-  return { port: JSON.parse(line).port, pid: child.pid!, stderr: () => err };
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+    for (let i; (i = out.indexOf('\n')) >= 0; out = out.slice(i + 1)) lines.push(out.slice(0, i));
+    waiters.splice(0).forEach((w) => w());
+  });
+  const nextLine = (what: string) =>
+    withTimeout(20_000, what, new Promise<string>((resolve, reject) => {
+      const check = () => (lines.length ? resolve(lines.shift()!) : child.exitCode !== null ? reject(new Error(`server exited: ${err}`)) : waiters.push(check));
+      check();
+    }));
+  const line = await nextLine('limited server start');
+  return {
+    port: JSON.parse(line).port,
+    pid: child.pid!,
+    stderr: () => err,
+    peakHeld: async () => {
+      child.stdin!.write('peak\n');
+      return JSON.parse(await nextLine('peak')).peakHeld as number;
+    },
+  };
 }
 
 function rss(pid: number): number {
@@ -173,6 +190,33 @@ attackTest('40 clients stalled in the middle of 4 MiB WRITEs stay under the serv
     s.defer(() => void sock.destroy());
     sock.write(requestHeader(CMD.WRITE, 0, 1n, 0n, 4 * MiB));
     sock.write(Buffer.alloc(4 * MiB - 4096, 0x11)); // all but the last 4 KiB, then silence
+  }
+});
+
+withNative('with 2 worker threads, 40 clients with unread READs stay under one node-wide budget', async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(90_000, 'workers', async () => {
+      const c = await startChild(s, { ...LIMITS, workers: 2 });
+      await served(c.port, 'warming up');
+      for (let k = 0; k < 40; k++) {
+        const sock = await deafInTransmission(c.port);
+        s.defer(() => void sock.destroy());
+        const reqs: Buffer[] = [];
+        for (let i = 0; i < 64; i++) reqs.push(requestHeader(CMD.READ, 0, BigInt(i + 1), BigInt((i * MiB) % (15 * MiB)), MiB));
+        sock.write(Buffer.concat(reqs));
+      }
+      await new Promise((r) => setTimeout(r, 2500));
+      await served(c.port, '40 deaf clients on 2 workers');
+      const peak = await c.peakHeld();
+      // Threads charge one total; each may overshoot by one request and one input chunk per connection let through.
+      const bound = LIMITS.memoryBudget + LIMITS.maxPayload + 3 * LIMITS.maxPayload + 40 * 128 * 1024;
+      console.log(`  workers: held at most ${(peak / MiB).toFixed(1)} MiB (budget ${LIMITS.memoryBudget / MiB} MiB, bound ${(bound / MiB).toFixed(0)} MiB)`);
+      assert.ok(peak <= bound, `held ${peak} bytes, bound ${bound}`);
+      assert.ok(peak >= LIMITS.memoryBudget / 2, 'the attack did reach the budget');
+    });
+  } finally {
+    await s.close();
   }
 });
 
