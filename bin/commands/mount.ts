@@ -253,6 +253,8 @@ export const mount: Command = {
         const view = await buildStack({ backend: mm.store, ownsBackend: false, maxRequest: server.limits.maxPayload, readOnly: true });
         seed = await shareRegion({ identity, store: view, transport: mounted.ticket.claims.transport, listen: values['seed-listen'], readOnly: true, log });
       }
+      // Handle SIGINT/SIGTERM from before the first line is out: whoever reads it may signal at once.
+      const signalled = untilSignal();
       if (values.json) {
         process.stdout.write(
           `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly, sharer: mounted.sharerId, regionId: regionIdText(mounted.ticket.claims.regionId), transport: mounted.ticket.claims.transport, mount: fuse ? { method: fuse.method, path: fuse.path } : null, seedTicket: seed?.ticket ?? null })}\n`,
@@ -269,7 +271,7 @@ export const mount: Command = {
         const m = mm;
         progress = showProgress(() => synced, { json: values.json, extra: () => ({ peers: m.peers() }) });
       }
-      const sig = await untilSignal();
+      const sig = await signalled;
       log(`${sig}: unmounting`);
     } finally {
       // The region's retry and deadline timers do not hold the process open; this does, until shutdown is done

@@ -96,6 +96,8 @@ export const nbd: Command = {
       endpoint = await forFlag('nbd', values.socket ? '--socket' : '--listen', values.socket ?? values.listen ?? '127.0.0.1:10809', () => server.listen(where));
       const uri = endpoint.uri(values.name);
       if (values.mount) mounted = await forFlag('nbd', '--mount', values.mount, () => attachExport({ server, exportName: values.name, dir: values.mount!, readOnly, log }));
+      // Handle SIGINT/SIGTERM from before the first line is out: whoever reads it may signal at once.
+      const signalled = untilSignal();
       if (values.json) {
         process.stdout.write(
           `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly: info.readOnly, backend: values.backend, mount: mounted ? { method: mounted.method, path: mounted.path } : null })}\n`,
@@ -106,7 +108,7 @@ export const nbd: Command = {
       }
       log(`serving ${formatSize(info.size)} (${values.backend}${info.readOnly ? ', read-only' : ''}) at ${uri}: ${store.describe()}`);
       if (mounted) log(`mounted through ${mounted.method} at ${mounted.path}`);
-      const sig = await untilSignal();
+      const sig = await signalled;
       log(`${sig}: shutting down`);
       return 0;
     } finally {

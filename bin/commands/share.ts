@@ -212,6 +212,8 @@ export const share: Command = {
         local = await serveLocalExport(gate.wrap(new FeedLayer(store, feed)), localSpec, { readOnly, description: `quicmap shared region ${regionIdText(shared.regionId)}`, log });
       }
       const expiresAt = shared.expiresAt > 0 ? new Date(shared.expiresAt * 1000).toISOString() : null;
+      // Handle SIGINT/SIGTERM from before the first line is out: whoever reads it may signal at once.
+      const signalled = untilSignal();
       if (values.json) {
         process.stdout.write(
           `${JSON.stringify({ ticket: shared.ticket, sharer: identity.id, regionId: regionIdText(shared.regionId), transport, address: shared.address, size: bytes, readOnly, backend: values.backend, expiresAt, nbd: local?.uri ?? null })}\n`,
@@ -223,7 +225,7 @@ export const share: Command = {
       if (local) log(`local NBD export at ${local.uri} (writes tracked)`);
       log(`sharing ${formatSize(bytes)} (${values.backend}${readOnly ? ', read-only' : ''}) as ${identity.id} on ${transport}://${shared.address}${expiresAt ? `, ticket expires ${expiresAt}` : ''}`);
       log(`stack: ${store.describe()}`);
-      const sig = await untilSignal();
+      const sig = await signalled;
       log(`${sig}: stopping`);
       return 0;
     } finally {
