@@ -74,6 +74,16 @@ ${swarmHelp}
   --json                 print one JSON object instead of the bare ticket
   -h, --help             this help
 
+Limits (hostile peers cannot lock others out or exhaust memory):
+  a peer must send a valid HELLO (its grant) within 10s; until then it is
+    pending: 64 at once, 8 per source address (a newcomer evicts the
+    oldest of the fullest source); sessions: 256, 64 per source address;
+    4 streams per connection
+  memory held for requests in progress, all peers together: 256 MiB (+2 MiB
+    reserve); while it is full, a peer that has not read its replies
+    for 2s is dropped, largest first
+  tcp: 64 handshakes at once (8 per source, same eviction), 5s each
+
 Examples:
   quicmap share --size 256MiB --listen 127.0.0.1:4433
   quicmap share --size 1G --listen 10.0.0.5:4433 --dht 10.0.0.1:6881 \\
