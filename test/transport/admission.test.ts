@@ -10,9 +10,11 @@ import * as assert from 'uvu/assert';
 import { connect, type Socket } from 'node:net';
 import { TcpTransport } from '../../transports/tcp.ts';
 import { QuicTransport } from '../../transports/quic.ts';
-import type { Connection } from '../../transports/transport.ts';
+import { Ngtcp2Transport } from '../../transports/ngtcp2.ts';
+import type { Connection, Transport } from '../../transports/transport.ts';
+import type { Identity } from '../../crypto/identity.ts';
 import { generateIdentity } from '../../crypto/identity.ts';
-import { Scope, withTimeout } from '../helpers/env.ts';
+import { Scope, needCondition, withTimeout } from '../helpers/env.ts';
 import { readAll, serveEcho } from './conformance.ts';
 import { parseHostPort } from '../../transports/util.ts';
 
@@ -66,13 +68,20 @@ test('tcp: 100 idle connections from one address do not lock a new peer out', as
   }
 });
 
-test('quic: connections past the handshake are capped per source address; a slot frees when one closes', async () => {
+const quicKinds: Array<{ name: string; make: (id: Identity, o?: { maxConnectionsPerSource?: number }) => Transport; why?: string }> = [
+  { name: 'quic', make: (id, o) => new QuicTransport(id, o) },
+  { name: 'ngtcp2', make: (id, o) => new Ngtcp2Transport(id, o), why: Ngtcp2Transport.unavailableReason() },
+];
+
+for (const kind of quicKinds) {
+const register = needCondition(test, !kind.why, kind.why ?? '');
+register(`${kind.name}: connections past the handshake are capped per source address; a slot frees when one closes`, async () => {
   const s = new Scope();
   try {
-    await withTimeout(60_000, 'quic cap', async () => {
+    await withTimeout(60_000, `${kind.name} cap`, async () => {
       const aId = await generateIdentity();
-      const a = new QuicTransport(aId, { maxConnectionsPerSource: 3 });
-      const b = new QuicTransport(await generateIdentity());
+      const a = kind.make(aId, { maxConnectionsPerSource: 3 });
+      const b = kind.make(await generateIdentity());
       s.defer(() => a.close());
       s.defer(() => b.close());
       const l = await a.listen('127.0.0.1:0');
@@ -95,5 +104,6 @@ test('quic: connections past the handshake are capped per source address; a slot
     await s.close();
   }
 });
+}
 
 test.run();
