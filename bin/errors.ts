@@ -90,6 +90,8 @@ export function classify(e: unknown, forFlag = false): { exitCode: number; reaso
   // Our own path and file errors say more than the system error behind them.
   if (e instanceof DamagedFileError) return { exitCode: EXIT.damaged, reason: e.message };
   if (e instanceof PathError) return { exitCode: EXIT.path, reason: e.message };
+  // Outside a flag's step a QuicmapError is a run-time failure, whatever system error lies behind it.
+  if (!forFlag && e instanceof QuicmapError) return { exitCode: EXIT.failed, reason: e.message };
   const sys = systemCode(e);
   const path = (chain(e).find((x) => typeof (x as NodeJS.ErrnoException).path === 'string') as NodeJS.ErrnoException | undefined)?.path;
   if (sys) {
@@ -109,13 +111,20 @@ export function classify(e: unknown, forFlag = false): { exitCode: number; reaso
  * user's (bad value, unusable path or address) becomes a CliError naming the
  * command, the flag and the value. Bugs pass through untouched.
  */
-export async function forFlag<T>(command: string, flag: string, value: string | undefined, step: () => T | Promise<T>): Promise<T> {
+export async function forFlag<T>(
+  command: string,
+  flag: string,
+  value: string | undefined,
+  step: () => T | Promise<T>,
+  /** Only these exit codes are the flag's fault; other errors pass through (a step that does more than use the flag). */
+  only?: readonly number[],
+): Promise<T> {
   try {
     return await step();
   } catch (e) {
     if (e instanceof CliError) throw e;
     const c = classify(e, true);
-    if (!c) throw e;
+    if (!c || (only && !only.includes(c.exitCode))) throw e;
     const shown = value === undefined ? flag : `${flag} ${value.length > 80 ? `${value.slice(0, 77)}...` : value}`;
     throw new CliError(`${command}: ${shown}: ${c.reason}`, c.exitCode, { cause: e });
   }

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { type Command, UsageError, log, parseDurationFlag, parseFlags, untilSignal } from '../command.ts';
-import { forFlag } from '../errors.ts';
+import { EXIT, forFlag } from '../errors.ts';
 import { base32Decode, loadOrCreateIdentity, defaultIdentityPath } from '../../crypto/identity.ts';
 import { regionIdText } from '../../crypto/grant.ts';
 import { parseBackendSpec } from '../../engine/backends/open.ts';
@@ -195,6 +195,7 @@ export const share: Command = {
       const bytes = await store.size();
       node = await openNode('share', identity, values, true);
       const n = node;
+      // Sharing also reserves relay slots and publishes to the DHT: only an unusable address is --listen's fault.
       ({ shared } = await forFlag('share', '--listen', values.listen, () => n.share({
         store: gate.wrap(store),
         transport,
@@ -204,7 +205,7 @@ export const share: Command = {
         ...(grantee ? { grantee } : {}),
         ...(regionId ? { regionId } : {}),
         ...(values.advertise ? { advertise: values.advertise } : {}),
-      })));
+      }), [EXIT.address]));
       const feed = shared.feed;
       const onSuspend = values['on-suspend'];
       migration = serveMigration(shared.server, {

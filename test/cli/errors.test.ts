@@ -31,7 +31,8 @@ async function expectUserError(c: Case): Promise<void> {
     ...(c.uid !== undefined ? { uid: c.uid, gid: c.uid } : {}),
   });
   const what = `quicmap ${c.args.join(' ').slice(0, 120)}`;
-  const lines = r.stderr.trim().split('\n').filter((l) => !/^this node is /.test(l));
+  // Informational lines a command logs before it reaches the failing step are not part of the error.
+  const lines = r.stderr.trim().split('\n').filter((l) => !/^(this node is |control socket: )/.test(l));
   assert.is(r.code, c.code, `${what}: exit ${r.code}, stderr: ${r.stderr.slice(0, 500)}`);
   assert.is(lines.length, 1, `${what}: one line, got: ${r.stderr.slice(0, 500)}`);
   assert.not.match(r.stderr, /\n\s+at /, `${what}: no stack trace`);
