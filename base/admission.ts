@@ -61,14 +61,15 @@ export class AdmissionTicket {
   /** Set by the gate; for ordering evictions. */
   readonly since: number;
   state: 'pending' | 'active' | 'released' = 'pending';
+  private readonly gate: AdmissionGate;
+  readonly source: string;
+  /** Called (once) if the gate evicts this pending connection to admit a newer one. */
+  readonly evict: () => void;
 
-  constructor(
-    private readonly gate: AdmissionGate,
-    readonly source: string,
-    /** Called (once) if the gate evicts this pending connection to admit a newer one. */
-    readonly evict: () => void,
-    seq: number,
-  ) {
+  constructor(gate: AdmissionGate, source: string, evict: () => void, seq: number) {
+    this.gate = gate;
+    this.source = source;
+    this.evict = evict;
     this.since = seq;
   }
 

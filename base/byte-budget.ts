@@ -68,11 +68,13 @@ export class BudgetHolder {
   private bytes = 0;
   private waiter: (() => void) | undefined;
   released = false;
+  private readonly budget: ByteBudget;
+  readonly hooks: HolderHooks;
 
-  constructor(
-    private readonly budget: ByteBudget,
-    readonly hooks: HolderHooks,
-  ) {}
+  constructor(budget: ByteBudget, hooks: HolderHooks) {
+    this.budget = budget;
+    this.hooks = hooks;
+  }
 
   get held(): number {
     return this.bytes;

@@ -17,11 +17,10 @@ export class RateLimitedLog {
   private windowStart = -Infinity;
   private inWindow = 0;
   private suppressed = 0;
+  private readonly sink: (message: string) => void;
 
-  constructor(
-    private readonly sink: (message: string) => void,
-    opts: RateLimitOptions = {},
-  ) {
+  constructor(sink: (message: string) => void, opts: RateLimitOptions = {}) {
+    this.sink = sink;
     this.burst = opts.burst ?? 10;
     this.windowMs = opts.windowMs ?? 10_000;
     this.now = opts.now ?? Date.now;

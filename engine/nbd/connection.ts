@@ -123,13 +123,19 @@ export class NbdConnection {
   private pausedByUs = false;
   readonly done: Promise<void>;
   private resolveDone!: () => void;
+  private readonly host: ConnectionHost;
+  readonly socket: Socket;
+  private readonly ticket: AdmissionTicket | undefined;
 
   constructor(
-    private readonly host: ConnectionHost,
-    readonly socket: Socket,
+    host: ConnectionHost,
+    socket: Socket,
     preNegotiated?: string | { name: string; structured: boolean; blockStatus: boolean },
-    private readonly ticket?: AdmissionTicket,
+    ticket?: AdmissionTicket,
   ) {
+    this.host = host;
+    this.socket = socket;
+    this.ticket = ticket;
     this.done = new Promise((r) => (this.resolveDone = r));
     this.logLimited = new RateLimitedLog((m) => host.log(m), { burst: 5, windowMs: 10_000 });
     this.holder = host.budget.holder({

@@ -85,10 +85,12 @@ export class NbdHandshake {
   /** Export for which base:allocation was selected by SET_META_CONTEXT. */
   private metaExport: string | undefined;
 
-  constructor(
-    private readonly catalog: ExportCatalog,
-    private readonly maxOutput = DEFAULT_MAX_OUTPUT,
-  ) {}
+  private readonly catalog: ExportCatalog;
+  private readonly maxOutput: number;
+  constructor(catalog: ExportCatalog, maxOutput = DEFAULT_MAX_OUTPUT) {
+    this.catalog = catalog;
+    this.maxOutput = maxOutput;
+  }
 
   /** The server's opening bytes: magic, IHAVEOPT, handshake flags. */
   static greeting(): Buffer {
