@@ -60,6 +60,24 @@ export class ProtocolError extends QuicmapError {
   }
 }
 
+/** A path the user named cannot be used as asked: missing, of the wrong kind, not empty, not a socket. */
+export class PathError extends QuicmapError {
+  readonly path: string;
+  constructor(path: string, why: string, options?: { cause?: unknown }) {
+    super('EINVAL', `${path}: ${why}`, options);
+    this.path = path;
+  }
+}
+
+/** A file holds something other than what it should (a damaged identity file, say). */
+export class DamagedFileError extends QuicmapError {
+  readonly path: string;
+  constructor(path: string, why: string) {
+    super('EINVAL', `${path}: ${why}`);
+    this.path = path;
+  }
+}
+
 /** Anything thrown by a store, whatever its type, as the code a client should see. */
 export function errorCode(err: unknown): ErrorCode {
   if (err instanceof QuicmapError) return err.code;

@@ -1,5 +1,6 @@
 /** Entry point of the `quicmap` command: dispatches to bin/commands/*. */
-import { UsageError, type Command } from './command.ts';
+import { stderrLog, type Command } from './command.ts';
+import { CliError, EXIT, classify } from './errors.ts';
 import { QuicmapError } from '../base/errors.ts';
 
 // One entry per subcommand: its line in the top-level help, and the module
@@ -51,17 +52,18 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(cmd.usage.endsWith('\n') ? cmd.usage : `${cmd.usage}\n`);
     return 0;
   }
+  let code: number;
   try {
-    return await cmd.run(rest);
+    code = await cmd.run(rest);
   } catch (e) {
-    if (e instanceof UsageError) {
-      process.stderr.write(`quicmap ${e.message}\n`);
-      return 2;
-    }
-    if (e instanceof QuicmapError) {
-      process.stderr.write(`quicmap ${name}: ${e.message} [${e.code}]\n`);
-      return 1;
-    }
-    throw e;
+    // User errors: one line naming the command (and the flag, where one is
+    // to blame) and a distinct exit code; anything else is a bug: its stack.
+    const c = classify(e);
+    if (e instanceof CliError) stderrLog.line(`quicmap ${e.message}`);
+    else if (c) stderrLog.line(`quicmap ${name}: ${c.reason}${e instanceof QuicmapError ? ` [${e.code}]` : ''}`);
+    else stderrLog.line(`quicmap ${name}: internal error (a bug; please report it):\n${(e as Error)?.stack ?? String(e)}`);
+    code = c ? c.exitCode : EXIT.internal;
   }
+  await stderrLog.flush();
+  return code;
 }

@@ -4,6 +4,8 @@
  * library, print.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { LogWriter } from '../base/log-writer.ts';
+import { CliError, EXIT } from './errors.ts';
 
 export interface Command {
   name: string;
@@ -13,8 +15,12 @@ export interface Command {
   run(argv: string[]): Promise<number>;
 }
 
-/** A user error: printed without a stack trace, exit code 2. */
-export class UsageError extends Error {}
+/** A bad command line: printed without a stack trace, exit code 2 (EXIT.usage). */
+export class UsageError extends CliError {
+  constructor(message: string) {
+    super(message, EXIT.usage);
+  }
+}
 
 /** parseArgs with strict checking; unknown flags become a UsageError naming the command. */
 export function parseFlags<T extends NonNullable<ParseArgsConfig['options']>>(
@@ -30,9 +36,15 @@ export function parseFlags<T extends NonNullable<ParseArgsConfig['options']>>(
   }
 }
 
-/** Logs go to stderr so stdout stays for results (URIs, tickets, JSON). */
+/**
+ * Logs go to stderr so stdout stays for results (URIs, tickets, JSON),
+ * through a writer that never blocks serving when stderr is slow (lines are
+ * dropped, and counted, instead). cli.ts flushes it before exiting.
+ */
+export const stderrLog = new LogWriter({ fd: 2 });
+
 export function log(message: string): void {
-  process.stderr.write(`${message}\n`);
+  stderrLog.line(message);
 }
 
 /** Parse "HOST:PORT", "[v6]:PORT" or ":PORT" (host defaults to 127.0.0.1: nothing is exposed unless asked). */
@@ -56,4 +68,20 @@ export function untilSignal(): Promise<NodeJS.Signals> {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
   });
+}
+
+/**
+ * A duration flag: "500ms", "90" (seconds), "30s", "15m", "12h", "7d" →
+ * milliseconds. Anything else, or less than `minMs`, is a UsageError naming
+ * the command and the flag the user typed.
+ */
+export function parseDurationFlag(command: string, flag: string, text: string, minMs = 1): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/i.exec(text);
+  if (!m) throw new UsageError(`${command}: ${flag}: not a duration: "${text}" (try 500ms, 30s, 15m, 12h, 7d)`);
+  const mult = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? 's').toLowerCase() as 's']!;
+  const ms = Number(m[1]) * mult;
+  if (!(ms >= minMs)) {
+    throw new UsageError(`${command}: ${flag}: "${text}" is too short (at least ${minMs >= 1000 ? `${minMs / 1000}s` : `${minMs}ms`})`);
+  }
+  return Math.ceil(ms);
 }

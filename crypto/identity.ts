@@ -5,7 +5,9 @@
  * enough to copy, safe in URLs and file names.
  */
 import sodium from 'libsodium-wrappers';
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
+import { DamagedFileError } from '../base/errors.ts';
+import { makeDirsSync } from '../base/make-dirs.ts';
 import { homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -80,13 +82,13 @@ export function defaultIdentityPath(): string {
 export async function loadOrCreateIdentity(path = defaultIdentityPath()): Promise<Identity> {
   try {
     const hex = readFileSync(path, 'utf8').trim();
-    if (!/^[0-9a-f]{64}$/i.test(hex)) throw new Error(`identity file ${path} is damaged (expected 64 hex digits)`);
+    if (!/^[0-9a-f]{64}$/i.test(hex)) throw new DamagedFileError(path, 'not a quicmap identity file (expected 64 hex digits on one line)');
     return identityFromSeed(Buffer.from(hex, 'hex'));
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
   }
   const identity = await generateIdentity();
-  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  makeDirsSync(dirname(path), 0o700);
   writeFileSync(path, `${Buffer.from(identity.seed).toString('hex')}\n`, { mode: 0o600, flag: 'wx' });
   chmodSync(path, 0o600);
   return identity;

@@ -26,6 +26,7 @@ import type { ByteStream, Connection, Listener, Transport } from './transport.ts
 import type { Identity } from '../crypto/identity.ts';
 import { ClosedError, QuicmapError, type ErrorCode } from '../base/errors.ts';
 import { AsyncQueue } from '../base/async-queue.ts';
+import { AdmissionGate, sourceOfHostPort } from '../base/admission.ts';
 import {
   EVENT_FIELDS,
   EV_ACKED,
@@ -77,6 +78,8 @@ export interface Ngtcp2TransportOptions {
   maxPendingHandshakes?: number;
   /** Connections per endpoint. Default 1024. */
   maxConnections?: number;
+  /** Accepted connections from one source address (aborted beyond; base/admission.ts). Default 128. */
+  maxConnectionsPerSource?: number;
 }
 
 type Resolved = Required<Ngtcp2TransportOptions>;
@@ -96,6 +99,7 @@ export const NGTCP2_DEFAULTS: Readonly<Resolved> = {
   gso: true,
   cc: 'cubic',
   maxPendingHandshakes: 64,
+  maxConnectionsPerSource: 128,
   maxConnections: 1024,
 };
 
@@ -605,6 +609,8 @@ class Endpoint {
 class NgListener implements Listener {
   private readonly queue = new AsyncQueue<NgConnection>((c) => void c.close());
   private closing: Promise<void> | undefined;
+  /** Connections past the handshake, per source address (the handshakes themselves are bounded natively). */
+  private readonly gate: AdmissionGate;
 
   private readonly ep: Endpoint;
   readonly address: string;
@@ -613,11 +619,22 @@ class NgListener implements Listener {
     ep: Endpoint,
     address: string,
     onClose: (l: NgListener) => void,
+    maxConnections: number,
+    maxConnectionsPerSource: number,
   ) {
     this.ep = ep;
     this.address = address;
     this.onClose = onClose;
-    ep.onAccept = (c) => this.queue.push(c);
+    this.gate = new AdmissionGate({ maxPending: maxConnections, maxPendingPerSource: maxConnections, maxActive: maxConnections, maxActivePerSource: Math.min(maxConnectionsPerSource, maxConnections) });
+    ep.onAccept = (c) => {
+      const ticket = this.gate.admit(sourceOfHostPort(c.remoteAddress), () => {});
+      if (!ticket || !ticket.promote()) {
+        void c.close();
+        return;
+      }
+      void c.closed.then(() => ticket.release(), () => ticket.release());
+      this.queue.push(c);
+    };
   }
 
   accept(): Promise<Connection | null> {
@@ -670,7 +687,7 @@ export class Ngtcp2Transport implements Transport {
     const { host, port } = parseHostPort(address);
     const ip = await resolveHost(host);
     const ep = new Endpoint(this.identity, ip, port, true, this.opts);
-    const l = new NgListener(ep, formatHostPort(ip, ep.port), (x) => this.listeners.delete(x));
+    const l = new NgListener(ep, formatHostPort(ip, ep.port), (x) => this.listeners.delete(x), this.opts.maxConnections, this.opts.maxConnectionsPerSource);
     this.listeners.add(l);
     return l;
   }

@@ -38,6 +38,7 @@ import { loadNativeQuic, type NativeClient, type NativeConnection, type NativeSe
 import { ed25519KeyFromPeerId } from './peer-id.ts';
 import { equalBytes, formatHostPort, parseHostPort } from './util.ts';
 import { setUdpBuffers } from './udp-buffer.ts';
+import { AdmissionGate, sourceOfHostPort } from '../base/admission.ts';
 
 export interface QuicTransportOptions {
   /** Drop a connection after this long without any packet from the peer. Default 15 000 ms. */
@@ -64,6 +65,9 @@ export interface QuicTransportOptions {
   acceptConcurrency?: number;
   /** Bytes queued in JS for the carrier stream before data writers wait. Default 2 MiB. */
   sendHighWater?: number;
+  /** Connections a listener keeps, in total and per source address (aborted beyond). Defaults 1024 and 128. */
+  maxConnections?: number;
+  maxConnectionsPerSource?: number;
 }
 
 type Resolved = Required<QuicTransportOptions>;
@@ -82,6 +86,8 @@ export const QUIC_DEFAULTS: Readonly<Resolved> = {
   udpBufferBytes: 4 * 1024 * 1024,
   acceptConcurrency: 4,
   sendHighWater: 2 * 1024 * 1024,
+  maxConnections: 1024,
+  maxConnectionsPerSource: 128,
 };
 
 /** Small writes to the carrier stream are combined into chunks of this size (the library's sweet spot). */
@@ -336,6 +342,8 @@ class QuicListener implements Listener {
   private readonly pending = new Set<NativeConnection>();
   /** Connections dropped before being handed out (no identity, no carrier in time); for tests and metrics. */
   failedHandshakes = 0;
+  /** quinn runs the handshakes (and bounds them); connections past it are capped per source address here. */
+  private readonly gate: AdmissionGate;
 
   private readonly server: NativeServer;
 
@@ -357,6 +365,8 @@ class QuicListener implements Listener {
     this.opts = opts;
 
     this.onClose = onClose;
+    const maxActive = opts.maxConnections;
+    this.gate = new AdmissionGate({ maxPending: maxActive, maxPendingPerSource: maxActive, maxActive, maxActivePerSource: Math.min(opts.maxConnectionsPerSource, maxActive) });
     for (let i = 0; i < opts.acceptConcurrency; i++) void this.acceptLoop();
   }
 
@@ -377,20 +387,29 @@ class QuicListener implements Listener {
   /** Check the identity, wait (bounded) for the carrier stream, hand out the session. */
   private async admit(native: NativeConnection): Promise<void> {
     this.pending.add(native);
+    let ticket: ReturnType<AdmissionGate['admit']> | undefined;
     try {
       const key = provenKey(native, null, 'accept');
+      ticket = this.gate.admit(sourceOfHostPort(addressOf(native)), () => {});
+      if (!ticket || !ticket.promote()) throw new QuicmapError('EBUSY', 'too many connections from this address');
       const stream = await withDeadline(native.inboundStream(), this.opts.handshakeTimeoutMs, 'accept', {
         error: () => new QuicmapError('ETIMEDOUT', `peer opened no stream within ${this.opts.handshakeTimeoutMs} ms`),
       });
       if (this.queue.isEnded) throw new ClosedError('listener');
       const conn = carrierSession(native, stream, key, addressOf(native), false, this.opts);
       this.accepted.add(conn);
-      void conn.closed.then(() => this.accepted.delete(conn));
+      const admitted = ticket;
+      void conn.closed.then(() => {
+        this.accepted.delete(conn);
+        admitted.release();
+      });
+      ticket = undefined;
       this.queue.push(conn);
       // A second stream is never used: drain and drop any (the native layer needs them accepted to free slots).
       void this.refuseExtraStreams(native);
     } catch {
       this.failedHandshakes++;
+      ticket?.release();
       try {
         native.abort();
       } catch {}

@@ -6,9 +6,12 @@
  *          -> FrameLink (batches of mux frames) -> MuxSession (streams)
  *
  * A dial fails with EACCES when the listener proves another key than the one
- * dialed. The listener runs each handshake under a deadline and caps how many
- * may be in progress, so junk or silent clients cost it little and never stop
- * it from serving others.
+ * dialed. The listener runs each handshake under a deadline and admits
+ * sockets through an AdmissionGate (base/admission.ts): handshakes in
+ * progress are capped in total and per source address, and when full a
+ * newcomer evicts the oldest handshake of the fullest source, so junk,
+ * silent or slow clients cost it little and never lock real peers out;
+ * connections are capped per source too.
  */
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import type { Connection, Listener, Transport } from './transport.ts';
@@ -16,6 +19,7 @@ import type { Identity } from '../crypto/identity.ts';
 import type { Duplex } from 'node:stream';
 import { ClosedError, QuicmapError } from '../base/errors.ts';
 import { AsyncQueue } from '../base/async-queue.ts';
+import { AdmissionGate, sourceOf } from '../base/admission.ts';
 import { FrameLink, duplexIO } from './frame-link.ts';
 import { MuxSession, type MuxOptions } from './mux.ts';
 import { secureDuplex, tlsError, type ChannelRole, type SecureChannel } from './secure-channel.ts';
@@ -26,8 +30,13 @@ export interface TcpTransportOptions extends MuxOptions {
   handshakeTimeoutMs?: number;
   /** Default deadline for dial() (connect + handshake). Default 10 000 ms. */
   dialTimeoutMs?: number;
-  /** Handshakes a listener runs at once; sockets beyond are dropped. Default 64. */
+  /** Handshakes a listener runs at once (when full, a newcomer evicts the oldest of the fullest source). Default 64. */
   maxPendingHandshakes?: number;
+  /** Handshakes in progress from one source address. Default 8. */
+  maxPendingPerSource?: number;
+  /** Connections a listener keeps, in total and per source address. Defaults 1024 and 128. */
+  maxConnections?: number;
+  maxConnectionsPerSource?: number;
   /** Bytes queued in a socket before data writers wait. Default 1 MiB. */
   sendHighWater?: number;
 }
@@ -35,12 +44,15 @@ export interface TcpTransportOptions extends MuxOptions {
 type Resolved = Required<Omit<TcpTransportOptions, keyof MuxOptions>> & { mux: MuxOptions; opts: TcpTransportOptions };
 
 function resolve(opts: TcpTransportOptions): Resolved {
-  const { handshakeTimeoutMs, dialTimeoutMs, maxPendingHandshakes, sendHighWater, ...mux } = opts;
+  const { handshakeTimeoutMs, dialTimeoutMs, maxPendingHandshakes, maxPendingPerSource, maxConnections, maxConnectionsPerSource, sendHighWater, ...mux } = opts;
   return {
     opts,
     handshakeTimeoutMs: handshakeTimeoutMs ?? 5_000,
     dialTimeoutMs: dialTimeoutMs ?? 10_000,
     maxPendingHandshakes: maxPendingHandshakes ?? 64,
+    maxPendingPerSource: maxPendingPerSource ?? 8,
+    maxConnections: maxConnections ?? 1024,
+    maxConnectionsPerSource: maxConnectionsPerSource ?? 128,
     sendHighWater: sendHighWater ?? 1024 * 1024,
     mux,
   };
@@ -77,6 +89,7 @@ class TcpListener implements Listener {
   readonly queue = new AsyncQueue<MuxSession>((c) => void c.close());
   private readonly accepted = new Set<MuxSession>();
   private readonly handshaking = new Set<Socket>();
+  private readonly gate: AdmissionGate;
   private closing: Promise<void> | undefined;
   address = '';
   /** Handshakes that failed (junk, timeouts, bad signatures); for tests and metrics. */
@@ -102,13 +115,25 @@ class TcpListener implements Listener {
     this.o = o;
 
     this.onClose = onClose;
+    this.gate = new AdmissionGate({
+      maxPending: o.maxPendingHandshakes,
+      maxPendingPerSource: Math.min(o.maxPendingPerSource, o.maxPendingHandshakes),
+      maxActive: o.maxConnections,
+      maxActivePerSource: Math.min(o.maxConnectionsPerSource, o.maxConnections),
+    });
     server.on('connection', (s) => void this.onSocket(s));
     // A listening server only errors on accept failures (e.g. EMFILE); it keeps listening.
     server.on('error', () => {});
   }
 
   private async onSocket(socket: Socket): Promise<void> {
-    if (this.queue.isEnded || this.handshaking.size >= this.o.maxPendingHandshakes) {
+    if (this.queue.isEnded) {
+      socket.destroy();
+      return;
+    }
+    // Admission happens here, on the accepted socket, whatever handshake follows.
+    const ticket = this.gate.admit(sourceOf(socket.remoteAddress), () => socket.destroy());
+    if (!ticket) {
       socket.destroy();
       return;
     }
@@ -120,12 +145,17 @@ class TcpListener implements Listener {
     try {
       const ch = await secureDuplex(socket, this.me, null, 'server', { timeoutMs: this.o.handshakeTimeoutMs });
       if (this.queue.isEnded) throw new ClosedError('listener');
+      if (!ticket.promote()) throw new QuicmapError('EBUSY', 'too many connections from this address');
       const conn = muxOverChannel(ch, formatHostPort(socket.remoteAddress ?? '?', socket.remotePort ?? 0), false, this.o.opts);
       this.accepted.add(conn);
-      void conn.closed.then(() => this.accepted.delete(conn));
+      void conn.closed.then(() => {
+        this.accepted.delete(conn);
+        ticket.release();
+      });
       this.queue.push(conn);
     } catch {
       this.failedHandshakes++;
+      ticket.release();
       socket.destroy();
     } finally {
       this.handshaking.delete(socket);

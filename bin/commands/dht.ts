@@ -67,9 +67,11 @@ export const dht: Command = {
         peers: [],
         operations: [],
       }));
+      // Handle SIGINT/SIGTERM from before the first line is out: whoever reads it may signal at once.
+      const signalled = untilSignal();
       process.stdout.write(`${client.address}\n`);
       log(`dht node at ${client.address}${Array.isArray(boot) ? `, joined ${boot.join(', ')}` : ' (first node of a private swarm)'}; control socket: ${control.path}`);
-      const sig = await untilSignal();
+      const sig = await signalled;
       log(`${sig}: stopping`);
       return 0;
     } finally {

@@ -1,6 +1,9 @@
 /** `quicmap mount TICKET`: serve a peer's shared region as a local NBD export (a direct mount). */
 import { readFileSync } from 'node:fs';
-import { type Command, UsageError, log, parseFlags, parseHostPort, untilSignal } from '../command.ts';
+import { type Command, UsageError, log, parseDurationFlag, parseFlags, parseHostPort, untilSignal } from '../command.ts';
+import { forFlag } from '../errors.ts';
+import { nbdLimitsHelp } from '../limits-help.ts';
+import { parseSize } from '../../base/size.ts';
 import { defaultIdentityPath, loadOrCreateIdentity } from '../../crypto/identity.ts';
 import { regionIdText } from '../../crypto/grant.ts';
 import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
@@ -11,12 +14,10 @@ import { mountSwarmOptions, openNode } from '../swarm-flags.ts';
 import { buildStack } from '../../engine/stack.ts';
 import { shareRegion, type SharedRegion } from '../../p2p/share.ts';
 import { endpointText } from '../../crypto/endpoint.ts';
-import { parseDuration } from './share.ts';
 import { parseDurationMs } from '../duration.ts';
 import { openManaged, type ManagedMount, type ManagedOptions } from '../../p2p/sync/managed.ts';
 import { parseBackendSpec } from '../../engine/backends/open.ts';
 import { parsePullOrder } from '../../engine/sync/pull-order.ts';
-import { parseSize } from '../../base/size.ts';
 import { showProgress, type ProgressView } from '../progress.ts';
 
 /** Check the managed-mount flags up front, so a typo fails before anything is dialled. */
@@ -62,7 +63,7 @@ function parseManagedFlags(v: Record<string, string | boolean | string[] | undef
   return out;
 }
 
-const usage = `Usage: quicmap mount TICKET [options]
+const usage = () => `Usage: quicmap mount TICKET [options]
 
 Mount a region a peer shares: every read and write goes to the sharer (a
 direct mount). The region is served as a local NBD export; the first line
@@ -126,9 +127,12 @@ mounter) changes are dropped from the cache and pulled again.
   A progress bar shows on a terminal; with --json, progress events follow
   the first line, one JSON object per line.
   --identity PATH          identity file (default ${defaultIdentityPath()})
+  --max-memory SIZE        memory the NBD server may hold for its clients
+                           (see Limits)
   --json                   print one JSON object instead of plain lines
   -h, --help               this help
 
+${nbdLimitsHelp()}
 Examples:
   quicmap mount qm1... --listen 127.0.0.1:10810
   quicmap mount qm1... --socket /tmp/r.sock --mount /mnt/r
@@ -139,7 +143,9 @@ Examples:
 
 export const mount: Command = {
   name: 'mount',
-  usage,
+  get usage() {
+    return usage();
+  },
   async run(argv) {
     const { values, positionals } = parseFlags(
       'mount',
@@ -150,6 +156,7 @@ export const mount: Command = {
         name: { type: 'string', default: 'region' },
         mount: { type: 'string' },
         'request-timeout': { type: 'string', default: '30s' },
+        'max-memory': { type: 'string' },
         identity: { type: 'string' },
         json: { type: 'boolean', default: false },
         ...mountSwarmOptions,
@@ -176,11 +183,20 @@ export const mount: Command = {
     let ticketText = positionals[0] ?? '';
     if (ticketText === '-') ticketText = readFileSync(0, 'utf8').split('\n')[0] ?? '';
     if (ticketText === '') throw new UsageError('mount: missing TICKET (the "qm1..." line `quicmap share` printed)');
-    const requestTimeoutMs = parseDuration(values['request-timeout']) * 1000;
+    let memoryBudget: number | undefined;
+    if (values['max-memory'] !== undefined) {
+      try {
+        memoryBudget = parseSize(values['max-memory']);
+      } catch (e) {
+        throw new UsageError(`mount: --max-memory: ${(e as Error).message}`);
+      }
+    }
+    const requestTimeoutMs = parseDurationFlag('mount', '--request-timeout', values['request-timeout']);
     const listen = values.socket ? undefined : parseHostPort(values.listen ?? '127.0.0.1:10809');
-    const identity = await loadOrCreateIdentity(values.identity ?? defaultIdentityPath());
+    const identityPath = values.identity ?? defaultIdentityPath();
+    const identity = await forFlag('mount', '--identity', identityPath, () => loadOrCreateIdentity(identityPath));
     log(`this node is ${identity.id}`);
-    const server = new NbdServer({ log });
+    const server = new NbdServer({ log, ...(memoryBudget ? { memoryBudget } : {}) });
     const node = await openNode('mount', identity, values, false);
     let mounted: MountedTicket;
     let dialerPath: (() => { transport: string; address: string } | undefined) | undefined;
@@ -224,19 +240,25 @@ export const mount: Command = {
       // A managed mount serves its own stack (guard → chunked → synced → cache, pulling from the region).
       const store = mm ? await buildStack({ backend: mm.store, ownsBackend: false, maxRequest: server.limits.maxPayload, readOnly: region.caps.readOnly }) : mounted.store;
       const readOnly = store.caps.readOnly;
-      const info = await server.addExport({
-        name: values.name,
-        store,
-        readOnly,
-        description: `quicmap region ${regionIdText(mounted.ticket.claims.regionId)} from ${mounted.sharerId}`,
-      });
-      endpoint = await server.listen(values.socket ? { path: values.socket } : listen!);
+      const info = await forFlag('mount', '--name', values.name, () =>
+        server.addExport({
+          name: values.name,
+          store,
+          readOnly,
+          description: `quicmap region ${regionIdText(mounted.ticket.claims.regionId)} from ${mounted.sharerId}`,
+        }),
+      );
+      endpoint = await forFlag('mount', values.socket ? '--socket' : '--listen', values.socket ?? values.listen ?? '127.0.0.1:10809', () =>
+        server.listen(values.socket ? { path: values.socket } : listen!),
+      );
       const uri = endpoint.uri(values.name);
-      if (values.mount) fuse = await attachExport({ server, exportName: values.name, dir: values.mount, readOnly, log });
+      if (values.mount) fuse = await forFlag('mount', '--mount', values.mount, () => attachExport({ server, exportName: values.name, dir: values.mount!, readOnly, log }));
       if (mm && values['seed-listen']) {
         const view = await buildStack({ backend: mm.store, ownsBackend: false, maxRequest: server.limits.maxPayload, readOnly: true });
         seed = await shareRegion({ identity, store: view, transport: mounted.ticket.claims.endpoints[0]?.transport ?? 'quic', listen: values['seed-listen'], readOnly: true, log });
       }
+      // Handle SIGINT/SIGTERM from before the first line is out: whoever reads it may signal at once.
+      const signalled = untilSignal();
       if (values.json) {
         process.stdout.write(
           `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly, sharer: mounted.sharerId, regionId: regionIdText(mounted.ticket.claims.regionId), transport: dialerPath?.()?.transport ?? mounted.endpoint?.transport ?? null, endpoint: ((p) => (p ? `${p.transport}://${p.address}` : mounted.endpoint ? endpointText(mounted.endpoint) : null))(dialerPath?.()), mount: fuse ? { method: fuse.method, path: fuse.path } : null, seedTicket: seed?.ticket ?? null })}\n`,
@@ -253,7 +275,7 @@ export const mount: Command = {
         const m = mm;
         progress = showProgress(() => synced, { json: values.json, extra: () => ({ peers: m.peers() }) });
       }
-      const sig = await untilSignal();
+      const sig = await signalled;
       log(`${sig}: unmounting`);
     } finally {
       // The region's retry and deadline timers do not hold the process open; this does, until shutdown is done

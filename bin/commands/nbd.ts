@@ -1,12 +1,14 @@
 /** `quicmap nbd`: serve one local region over NBD, optionally mounted for mmap. */
 import { type Command, UsageError, log, parseFlags, parseHostPort, untilSignal } from '../command.ts';
 import { buildStack } from '../../engine/stack.ts';
+import { forFlag } from '../errors.ts';
+import { nbdLimitsHelp } from '../limits-help.ts';
 import { NbdServer, type NbdEndpoint } from '../../engine/nbd/server.ts';
 import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { formatSize, parseSize } from '../../base/size.ts';
 import { availableParallelism } from 'node:os';
 
-const usage = `Usage: quicmap nbd --size SIZE [options]
+const usage = () => `Usage: quicmap nbd --size SIZE [options]
 
 Serve one region over NBD. Once it accepts connections, the first line of
 stdout is its NBD URI; with --mount, the second line is the mmap-able path.
@@ -23,15 +25,20 @@ Options:
   --name NAME          export name (default "region")
   --description TEXT   export description shown by nbdinfo
   --read-only          refuse writes, trims and zeroes
+  --force              with dir:PATH, make a region in a non-empty
+                       directory that is not one yet
   --mount DIR          also make the region mmap-able: kernel NBD where the
                        kernel has it, else DIR/region through nbdfuse
   --workers N          threads serving connections' requests (default: one
                        per core; 0 serves everything on the main thread).
                        memory and file regions are served on workers; the
                        handshake always runs on the main thread
+  --max-memory SIZE    memory the server may hold for its clients (see
+                       Limits)
   --json               print one JSON object instead of plain lines
   -h, --help           this help
 
+${nbdLimitsHelp()}
 Examples:
   quicmap nbd --size 1GiB --listen 127.0.0.1:10809
   quicmap nbd --size 256MiB --socket /tmp/q.sock --mount /mnt/q
@@ -40,7 +47,9 @@ Examples:
 
 export const nbd: Command = {
   name: 'nbd',
-  usage,
+  get usage() {
+    return usage();
+  },
   async run(argv) {
     const { values } = parseFlags('nbd', argv, {
       size: { type: 'string' },
@@ -52,6 +61,8 @@ export const nbd: Command = {
       'read-only': { type: 'boolean', default: false },
       mount: { type: 'string' },
       workers: { type: 'string' },
+      force: { type: 'boolean', default: false },
+      'max-memory': { type: 'string' },
       json: { type: 'boolean', default: false },
     });
     const workers = values.workers === undefined ? availableParallelism() : Number(values.workers);
@@ -59,26 +70,34 @@ export const nbd: Command = {
     if (values.listen && values.socket) throw new UsageError('nbd: use --listen or --socket, not both');
     const size = values.size !== undefined ? parseSizeFlag(values.size) : undefined;
     const readOnly = values['read-only'];
-    const server = new NbdServer({ log, workers });
-    const store = await buildStack({
-      backend: values.backend,
-      backendOptions: { size, readOnly, create: true, shareable: workers > 0 },
-      maxRequest: server.limits.maxPayload,
-      readOnly,
-    });
+    const memoryBudget = values['max-memory'] !== undefined ? parseSizeFlag(values['max-memory'], '--max-memory') : undefined;
+    const server = new NbdServer({ log, workers, ...(memoryBudget ? { memoryBudget } : {}) });
+    const store = await forFlag('nbd', '--backend', values.backend, () =>
+      buildStack({
+        backend: values.backend,
+        backendOptions: { size, readOnly, create: true, shareable: workers > 0, force: values.force },
+        maxRequest: server.limits.maxPayload,
+        readOnly,
+      }),
+    );
     let endpoint: NbdEndpoint | undefined;
     let mounted: Attached | undefined;
     try {
       await store.start();
-      const info = await server.addExport({
-        name: values.name,
-        store,
-        readOnly,
-        description: values.description ?? `quicmap ${values.backend} region`,
-      });
-      endpoint = await server.listen(values.socket ? { path: values.socket } : parseHostPort(values.listen ?? '127.0.0.1:10809'));
+      const info = await forFlag('nbd', '--name', values.name, () =>
+        server.addExport({
+          name: values.name,
+          store,
+          readOnly,
+          description: values.description ?? `quicmap ${values.backend} region`,
+        }),
+      );
+      const where = values.socket ? { path: values.socket } : parseHostPort(values.listen ?? '127.0.0.1:10809');
+      endpoint = await forFlag('nbd', values.socket ? '--socket' : '--listen', values.socket ?? values.listen ?? '127.0.0.1:10809', () => server.listen(where));
       const uri = endpoint.uri(values.name);
-      if (values.mount) mounted = await attachExport({ server, exportName: values.name, dir: values.mount, readOnly, log });
+      if (values.mount) mounted = await forFlag('nbd', '--mount', values.mount, () => attachExport({ server, exportName: values.name, dir: values.mount!, readOnly, log }));
+      // Handle SIGINT/SIGTERM from before the first line is out: whoever reads it may signal at once.
+      const signalled = untilSignal();
       if (values.json) {
         process.stdout.write(
           `${JSON.stringify({ uri, name: values.name, size: info.size, readOnly: info.readOnly, backend: values.backend, mount: mounted ? { method: mounted.method, path: mounted.path } : null })}\n`,
@@ -89,7 +108,7 @@ export const nbd: Command = {
       }
       log(`serving ${formatSize(info.size)} (${values.backend}${info.readOnly ? ', read-only' : ''}) at ${uri}: ${store.describe()}`);
       if (mounted) log(`mounted through ${mounted.method} at ${mounted.path}`);
-      const sig = await untilSignal();
+      const sig = await signalled;
       log(`${sig}: shutting down`);
       return 0;
     } finally {
@@ -101,10 +120,10 @@ export const nbd: Command = {
   },
 };
 
-function parseSizeFlag(text: string): number {
+function parseSizeFlag(text: string, flag = '--size'): number {
   try {
     return parseSize(text);
   } catch (e) {
-    throw new UsageError(`nbd: --size: ${(e as Error).message}`);
+    throw new UsageError(`nbd: ${flag}: ${(e as Error).message}`);
   }
 }

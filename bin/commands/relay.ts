@@ -120,13 +120,15 @@ export const relay: Command = {
         operations: [],
         relay: { address: server.relayAddress, ...server.stats },
       }));
+      // Handle SIGINT/SIGTERM from before the first line is out: whoever reads it may signal at once.
+      const signalled = untilSignal();
       process.stdout.write(`${server.relayAddress}\n`);
       const q = server.book.quotas;
       log(
         `relay ${identity.id} on ${server.address}: up to ${q.maxReservations} reservations (ttl ${human(q.reservationTtlMs)}), ${q.maxCircuitsPerPeer} circuits per peer, ${q.maxCircuits} in all, ` +
           `${q.circuitBytes ? formatSize(q.circuitBytes) : 'unlimited bytes'} and ${human(q.circuitDurationMs)} per circuit; control socket: ${control.path}`,
       );
-      const sig = await untilSignal();
+      const sig = await signalled;
       log(`${sig}: stopping`);
       return 0;
     } finally {

@@ -2,7 +2,8 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { type Command, UsageError, log, parseFlags, untilSignal } from '../command.ts';
+import { type Command, UsageError, log, parseDurationFlag, parseFlags, untilSignal } from '../command.ts';
+import { EXIT, forFlag } from '../errors.ts';
 import { base32Decode, loadOrCreateIdentity, defaultIdentityPath } from '../../crypto/identity.ts';
 import { regionIdText } from '../../crypto/grant.ts';
 import { parseBackendSpec } from '../../engine/backends/open.ts';
@@ -40,7 +41,8 @@ Options:
   --read-only            the ticket grants reading only (the sharer refuses
                          writes, trims and zeroes with EPERM)
   --expires DURATION     the ticket expires after e.g. 30s, 15m, 12h, 7d
-                         (default: never)
+                         (at least 1s; fractions round up), or "never"
+                         (the default)
   --grantee PEER_ID      only the peer with this id (its \`quicmap\` identity,
                          as printed in its logs) may use the ticket
   --advertise ADDRESS    endpoint written into the ticket, if peers reach
@@ -73,9 +75,21 @@ Options:
                          peers that cannot reach this node directly come
                          through it; the DHT record lists it
 ${swarmHelp}
+  --force                with dir:PATH, make a region in a non-empty
+                         directory that is not one yet
   --identity PATH        identity file (default ${defaultIdentityPath()})
   --json                 print one JSON object instead of the bare ticket
   -h, --help             this help
+
+Limits (hostile peers cannot lock others out or exhaust memory):
+  a peer must send a valid HELLO (its grant) within 10s; until then it is
+    pending: 64 at once, 8 per source address (a newcomer evicts the
+    oldest of the fullest source); sessions: 256, 64 per source address;
+    4 streams per connection
+  memory held for requests in progress, all peers together: 256 MiB (+2 MiB
+    reserve); while it is full, a peer that has not read its replies
+    for 2s is dropped, largest first
+  tcp: 64 handshakes at once (8 per source, same eviction), 5s each
 
 Examples:
   quicmap share --size 256MiB --listen 127.0.0.1:4433
@@ -87,12 +101,14 @@ Examples:
       --listen 0.0.0.0:4433 --listen 0.0.0.0:443 --listen 0.0.0.0:4434
 `;
 
-/** "90", "30s", "15m", "12h", "7d" → seconds. */
-export function parseDuration(text: string): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$/i.exec(text);
-  if (!m) throw new UsageError(`share: --expires: not a duration: "${text}" (try 30s, 15m, 12h, 7d)`);
-  const mult = { s: 1, m: 60, h: 3600, d: 86400 }[(m[2] ?? 's').toLowerCase() as 's']!;
-  return Math.round(Number(m[1]) * mult);
+/**
+ * --expires → seconds until expiry, 0 for "never" (the only way to ask for
+ * no expiry). Tickets expire in whole seconds: under a second is refused
+ * (0.4s must not round to 0, which would mean never), fractions round up.
+ */
+export function parseExpiry(text: string): number {
+  if (text.trim().toLowerCase() === 'never') return 0;
+  return Math.ceil(parseDurationFlag('share', '--expires', text, 1000) / 1000);
 }
 
 function regionIdFor(spec: string, sharerKey: Uint8Array, flag: string | undefined): Uint8Array | undefined {
@@ -137,6 +153,7 @@ export const share: Command = {
       'region-id': { type: 'string' },
       grantee: { type: 'string' },
       identity: { type: 'string' },
+      force: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       ...swarmOptions,
       socket: { type: 'string' },
@@ -169,7 +186,7 @@ export const share: Command = {
         throw new UsageError(`share: --size: ${(e as Error).message}`);
       }
     }
-    const expiresIn = values.expires !== undefined ? parseDuration(values.expires) : 0;
+    const expiresIn = values.expires !== undefined ? parseExpiry(values.expires) : 0;
     let grantee: Uint8Array | undefined;
     if (values.grantee !== undefined) {
       try {
@@ -177,16 +194,19 @@ export const share: Command = {
       } catch {}
       if (grantee?.length !== 32) throw new UsageError('share: --grantee must be a peer id (52 base32 characters)');
     }
-    const spec = parseBackendSpec(values.backend);
+    const spec = await forFlag('share', '--backend', values.backend, () => parseBackendSpec(values.backend));
     // A region migrated away stays read-only here: the handover is recorded beside a file or dir backend.
     const marker = spec.kind === 'file' || spec.kind === 'dir' ? `${spec.path.replace(/\/+$/, '')}.quicmap-migrated` : undefined;
     const migratedTo = marker && existsSync(marker) ? readFileSync(marker, 'utf8').trim() : undefined;
     if (migratedTo) log(`share: this region was migrated to ${migratedTo} (${marker}); sharing it read-only. Remove that file to make this node the owner again.`);
     const readOnly = values['read-only'] || migratedTo !== undefined;
-    const identity = await loadOrCreateIdentity(values.identity ?? defaultIdentityPath());
+    const identityPath = values.identity ?? defaultIdentityPath();
+    const identity = await forFlag('share', '--identity', identityPath, () => loadOrCreateIdentity(identityPath));
     const regionId = regionIdFor(values.backend, identity.publicKey, values['region-id']);
     // The region server's frame limit bounds a single request: the guard allows no more.
-    const store = await buildStack({ backend: values.backend, backendOptions: { size, readOnly, create: true }, maxRequest: DEFAULT_LIMITS.maxFrame });
+    const store = await forFlag('share', '--backend', values.backend, () =>
+      buildStack({ backend: values.backend, backendOptions: { size, readOnly, create: true, force: values.force }, maxRequest: DEFAULT_LIMITS.maxFrame }),
+    );
     let shared: Awaited<ReturnType<Awaited<ReturnType<typeof openNode>>['share']>>['shared'] | undefined;
     let node: Awaited<ReturnType<typeof openNode>> | undefined;
     let local: LocalExport | undefined;
@@ -196,7 +216,9 @@ export const share: Command = {
     try {
       const bytes = await store.size();
       node = await openNode('share', identity, values, true);
-      ({ shared } = await node.share({
+      const n = node;
+      // Sharing also reserves relay slots and publishes to the DHT: only an unusable address is --listen's fault.
+      ({ shared } = await forFlag('share', '--listen', values.listen?.join(','), () => n.share({
         store: gate.wrap(store),
         transport,
         listen: listenFor(0),
@@ -206,7 +228,7 @@ export const share: Command = {
         ...(grantee ? { grantee } : {}),
         ...(regionId ? { regionId } : {}),
         ...(values.advertise ? { advertise: values.advertise } : {}),
-      }));
+      }), [EXIT.address]));
       const feed = shared.feed;
       const onSuspend = values['on-suspend'];
       migration = serveMigration(shared.server, {
@@ -224,6 +246,8 @@ export const share: Command = {
         local = await serveLocalExport(gate.wrap(new FeedLayer(store, feed)), localSpec, { readOnly, description: `quicmap shared region ${regionIdText(shared.regionId)}`, log });
       }
       const expiresAt = shared.expiresAt > 0 ? new Date(shared.expiresAt * 1000).toISOString() : null;
+      // Handle SIGINT/SIGTERM from before the first line is out: whoever reads it may signal at once.
+      const signalled = untilSignal();
       if (values.json) {
         process.stdout.write(
           `${JSON.stringify({ ticket: shared.ticket, sharer: identity.id, regionId: regionIdText(shared.regionId), transport, address: shared.address, endpoints: shared.endpoints.map(endpointText), size: bytes, readOnly, backend: values.backend, expiresAt, nbd: local?.uri ?? null })}\n`,
@@ -235,7 +259,7 @@ export const share: Command = {
       if (local) log(`local NBD export at ${local.uri} (writes tracked)`);
       log(`sharing ${formatSize(bytes)} (${values.backend}${readOnly ? ', read-only' : ''}) as ${identity.id} on ${shared.endpoints.map(endpointText).join(', ')}${expiresAt ? `, ticket expires ${expiresAt}` : ''}`);
       log(`stack: ${store.describe()}`);
-      const sig = await untilSignal();
+      const sig = await signalled;
       log(`${sig}: stopping`);
       return 0;
     } finally {

@@ -5,7 +5,8 @@
  * pid file once the file is ready, which is how we know when to return.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { makeDirsSync } from '../../base/make-dirs.ts';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QuicmapError } from '../../base/errors.ts';
@@ -46,7 +47,7 @@ export async function mountWithNbdfuse(opts: FuseMountOptions): Promise<FuseMoun
   const avail = nbdfuseAvailable();
   if (!avail.ok) throw new QuicmapError('ENOTSUP', `cannot mount: ${avail.reason}`);
   const fileName = opts.fileName ?? 'region';
-  mkdirSync(opts.dir, { recursive: true });
+  makeDirsSync(opts.dir);
   const work = mkdtempSync(join(tmpdir(), 'quicmap-fuse-'));
   const pidFile = join(work, 'nbdfuse.pid');
   const args = ['-P', pidFile, '-C', String(opts.connections ?? 4)];

@@ -36,9 +36,10 @@
  */
 import fs from 'node:fs';
 import { join } from 'node:path';
-import { ClosedError, QuicmapError, ReadOnlyError } from '../../base/errors.ts';
+import { ClosedError, PathError, QuicmapError, ReadOnlyError } from '../../base/errors.ts';
+import { makeDirs } from '../../base/make-dirs.ts';
 import { chunkPieces } from '../../base/chunk-pieces.ts';
-import { lockRegionDir } from './owner-lock.ts';
+import { LOCK_FILE, lockRegionDir } from './owner-lock.ts';
 import { EXTENTS, offer, type Capability } from '../capability.ts';
 import { pushExtent, type Extent, type ReadWriterAt, type StoreCaps, type WriteOptions, type ZeroOptions } from '../rwat.ts';
 import {
@@ -73,6 +74,8 @@ export interface DirectoryBackendOptions {
   /** Chunk size for a new directory (default 4 MiB); must match on reopen if given. */
   chunkSize?: number;
   readOnly?: boolean;
+  /** Make a region in an existing non-empty directory that is not one yet (default: refuse). */
+  force?: boolean;
   /** Create the directory and its metadata if missing. */
   create?: boolean;
   /** Bound of the open-fd LRU (default 64). */
@@ -149,7 +152,8 @@ export class DirectoryBackend implements ReadWriterAt {
     // metadata), and the lock is taken before the metadata is read or made.
     let unlock: (() => Promise<void>) | undefined;
     if (!readOnly && (opts.create || fs.existsSync(dir))) {
-      if (opts.create) await fs.promises.mkdir(dir, { recursive: true });
+      if (opts.create) await makeDirs(dir);
+      else if (!fs.statSync(dir).isDirectory()) throw new PathError(dir, 'exists and is not a directory');
       unlock = await lockRegionDir(dir);
     }
     let meta: RegionMetadata;
@@ -175,6 +179,11 @@ export class DirectoryBackend implements ReadWriterAt {
           throw new RegionMetadataError(`${dir} has no ${METADATA_FILE}: not a region directory (create it with a size)`);
         }
         if (opts.size === undefined) throw new MissingSizeError(`directory backend ${dir}`);
+        // Never scatter region files among someone's own files by mistake.
+        const others = (await fs.promises.readdir(dir)).filter((n) => n !== LOCK_FILE);
+        if (others.length && !opts.force) {
+          throw new PathError(dir, `is not empty (${others.length} entr${others.length === 1 ? 'y' : 'ies'}) and not a region directory; use an empty or new directory, or --force`);
+        }
         meta = { format: FORMAT, version: 1, size: opts.size, chunkSize: cs ?? DEFAULT_DIRECTORY_CHUNK_SIZE };
         await writeMetadata(dir, meta);
       }

@@ -22,7 +22,7 @@
  * has no lseek, so "seek to the end" is a binary search over pread).
  */
 import fs from 'node:fs';
-import { ClosedError, QuicmapError, ReadOnlyError } from '../../base/errors.ts';
+import { ClosedError, PathError, QuicmapError, ReadOnlyError } from '../../base/errors.ts';
 import type { SharedStoreDescriptor, ThreadShareable } from '../shared-store.ts';
 import { pushExtent, zeroFallback } from '../rwat.ts';
 import type { Extent, ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
@@ -208,7 +208,7 @@ export class FileBackend implements ReadWriterAt, ThreadShareable {
         }
         if (want !== undefined && want !== size) throw new SizeMismatchError(path, want, size);
       } else {
-        throw new QuicmapError('EINVAL', `${path} is neither a regular file nor a block device`);
+        throw new PathError(path, st.isDirectory() ? 'is a directory, not a file or block device' : 'is neither a regular file nor a block device');
       }
       const holes = st.isFile() && !readOnly ? await probeHolePunching(fd, size) : undefined;
       return new FileBackend(path, fd, size, readOnly, st.isBlockDevice(), holes);

@@ -29,6 +29,8 @@ export interface OpenBackendOptions {
    * shared memory (SharedMemoryBackend) where the native addon is present.
    */
   shareable?: boolean;
+  /** dir: make a region in a non-empty directory that is not one yet. */
+  force?: boolean;
 }
 
 export type BackendSpec =
@@ -82,6 +84,7 @@ export async function openBackend(spec: string, opts: OpenBackendOptions = {}): 
         readOnly: opts.readOnly,
         create: opts.create,
         chunkSize: opts.chunkSize,
+        force: opts.force,
       });
     case 'nbd': {
       let client: NbdClient;

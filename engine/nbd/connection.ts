@@ -1,10 +1,23 @@
 /**
  * One client connection: the thin I/O adapter between a socket and the
  * sans-IO handshake and request decoder. Requests run concurrently and are
- * answered by handle as they finish; in-flight requests (count and bytes)
- * and unsent replies are bounded by pausing the socket.
+ * answered by handle as they finish.
+ *
+ * Memory is bounded by pausing the socket. What the connection holds is
+ * charged to its own budget and to the server-wide one (base/byte-budget.ts):
+ * payload bytes of requests in progress, input received but not decoded yet
+ * (a WRITE payload still arriving), and every reply not yet taken by the
+ * kernel at its length plus REPLY_OVERHEAD (the bookkeeping Node keeps per
+ * queued write), so a client sending a million 1-byte READs or unknown
+ * commands and never reading is stopped after a bounded number of replies.
+ * The handshake is bounded the same way (replies are produced only while
+ * the client reads them) and must finish within a deadline.
+ * Log lines are rate-limited per connection.
  */
 import type { Socket } from 'node:net';
+import type { AdmissionTicket } from '../../base/admission.ts';
+import type { BudgetHolder, ByteBudget } from '../../base/byte-budget.ts';
+import { RateLimitedLog } from '../../base/rate-limited-log.ts';
 import { errorCode } from '../../base/errors.ts';
 import {
   CMD_BLOCK_STATUS,
@@ -34,15 +47,28 @@ import { writeParts } from '../rwat.ts';
 import { EXTENTS, VECTORED } from '../capability.ts';
 import { nbdErrnoOf } from './errno.ts';
 
+const EMPTY = Buffer.alloc(0);
+
 export interface ConnectionLimits {
   maxPayload: number;
   maxInFlight: number;
+  /** Bytes one connection may hold (requests in progress, undecoded input, unsent replies at their cost). */
   maxInFlightBytes: number;
+  /** The handshake must reach transmission within this. */
+  handshakeTimeoutMs: number;
 }
+
+/** What one queued reply costs beyond its bytes: Node's per-write bookkeeping (measured ~200 B). */
+export const REPLY_OVERHEAD = 256;
+
+/** Handshake replies queued in the socket before we stop reading options. */
+const HANDSHAKE_HIGH_WATER = 64 * 1024;
 
 export interface ConnectionHost {
   readonly limits: ConnectionLimits;
   readonly buffers: BufferPool;
+  /** The server-wide budget every connection charges. */
+  readonly budget: ByteBudget;
   handshake(): NbdHandshake;
   entry(name: string): ExportEntry | undefined;
   log(message: string): void;
@@ -61,6 +87,8 @@ export interface Negotiated {
   blockStatus: boolean;
   /** Bytes read past the end of the handshake. */
   rest: Uint8Array;
+  /** Called once the connection has ended wherever it went on (frees its admission slot). */
+  onClosed?: () => void;
 }
 
 /** Command flags each command may carry (anything else is answered EINVAL). */
@@ -80,40 +108,90 @@ export class NbdConnection {
   private entry: ExportEntry | undefined;
   private inFlight = 0;
   private inFlightBytes = 0;
+  /** Replies handed to the socket and not yet written to the kernel, at their cost (bytes + REPLY_OVERHEAD each). */
+  private unsentCost = 0;
   private disconnecting = false;
   private closed = false;
   private idle: (() => void) | undefined;
+  private handshakeTimer: NodeJS.Timeout | undefined;
+  private readonly holder: BudgetHolder;
+  private readonly logLimited: RateLimitedLog;
+  /** When the client last took our output / last sent us bytes while we were reading; for stall detection. */
+  private lastOutput = Date.now();
+  private lastInput = Date.now();
+  /** The socket is paused because of a budget (not the client's fault when it sends nothing). */
+  private pausedByUs = false;
   readonly done: Promise<void>;
   private resolveDone!: () => void;
-
   private readonly host: ConnectionHost;
   readonly socket: Socket;
+  private readonly ticket: AdmissionTicket | undefined;
+
   constructor(
     host: ConnectionHost,
     socket: Socket,
     preNegotiated?: string | { name: string; structured: boolean; blockStatus: boolean },
+    ticket?: AdmissionTicket,
   ) {
     this.host = host;
     this.socket = socket;
+    this.ticket = ticket;
     this.done = new Promise((r) => (this.resolveDone = r));
+    this.logLimited = new RateLimitedLog((m) => host.log(m), { burst: 5, windowMs: 10_000 });
+    this.holder = host.budget.holder({
+      shed: () => {
+        this.log(`nbd: dropping client ${this.peer}: it holds ${this.holder.held} bytes and has not read its replies for ${host.budget.stallMs} ms while the server is at its memory budget`);
+        this.socket.destroy();
+      },
+      stalled: (now, stallMs) =>
+        (this.unsentCost > 0 && now - this.lastOutput >= stallMs) ||
+        (!this.pausedByUs && (this.decoder?.buffered ?? 0) > 0 && now - this.lastInput >= stallMs),
+    });
     socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     // Unsent reply bytes count against the budget; draining frees it.
-    socket.on('drain', () => this.updateFlow());
+    socket.on('drain', () => {
+      this.lastOutput = Date.now();
+      this.updateFlow();
+    });
     socket.on('error', (err: NodeJS.ErrnoException) => {
       // A client that simply goes away is not worth a log line.
-      if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.host.log(`nbd: connection error: ${err.message}`);
+      if (err.code !== 'ECONNRESET' && err.code !== 'EPIPE') this.log(`nbd: connection error: ${err.message}`);
     });
     socket.on('close', () => this.finish());
     if (preNegotiated !== undefined) {
       const pre = typeof preNegotiated === 'string' ? { name: preNegotiated, structured: false, blockStatus: false } : preNegotiated;
       const entry = host.entry(pre.name);
       if (!entry) throw new Error(`no export named "${pre.name}"`);
+      ticket?.promote();
       this.startTransmission(entry, pre.structured, pre.blockStatus);
     } else {
       this.handshake = host.handshake();
       socket.write(NbdHandshake.greeting());
+      const ms = host.limits.handshakeTimeoutMs;
+      this.handshakeTimer = setTimeout(() => {
+        if (!this.handshake || this.closed) return;
+        this.log(`nbd: client ${this.peer} did not finish the handshake within ${ms} ms; closing`);
+        this.socket.destroy();
+      }, ms);
+      this.handshakeTimer.unref();
     }
+  }
+
+  private get peer(): string {
+    return this.socket.remoteAddress ? `${this.socket.remoteAddress}:${this.socket.remotePort}` : 'on the unix socket';
+  }
+
+  /** Logs of this connection, rate-limited: a client cannot flood the server's log. */
+  private log(message: string): void {
+    this.logLimited.log(message);
+  }
+
+  /** Close at once, e.g. to make room for a newer connection. */
+  evict(why: string): void {
+    if (this.closed) return;
+    this.log(`nbd: closing client ${this.peer}: ${why}`);
+    this.socket.destroy();
   }
 
   /** The export this connection is attached to, once in transmission. */
@@ -145,7 +223,22 @@ export class NbdConnection {
   private finish(): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.handshakeTimer);
+    this.ticket?.release();
+    // Replies still queued die with the socket; whatever the store is still
+    // doing is charged until it finishes (see onRequest).
+    this.unsentCost = 0;
+    this.account();
+    if (this.inFlight === 0) this.holder.release();
+    this.logLimited.flush();
     this.resolveDone();
+  }
+
+  /** Report what this connection holds to the server-wide budget. */
+  private account(): number {
+    const held = this.inFlightBytes + this.unsentCost + (this.closed ? 0 : (this.decoder?.buffered ?? 0) + (this.handshake ? this.socket.writableLength : 0));
+    this.holder.set(held);
+    return held;
   }
 
   private whenIdle(): Promise<void> {
@@ -155,11 +248,20 @@ export class NbdConnection {
 
   private onData(chunk: Buffer): void {
     if (this.closed) return;
-    if (this.handshake) {
-      const outcome = this.handshake.push(chunk);
-      for (const b of this.handshake.takeOutput()) this.socket.write(b);
+    this.lastInput = Date.now();
+    if (this.handshake) return this.handshakeData(chunk);
+    this.feed(chunk);
+  }
+
+  private handshakeData(chunk: Buffer): void {
+    const hs = this.handshake!;
+    for (;;) {
+      const outcome = hs.push(chunk);
+      chunk = EMPTY;
+      const out = hs.takeOutput();
+      if (out.length) this.socket.write(out.length === 1 ? out[0]! : Buffer.concat(out));
       if (outcome.kind === 'close') {
-        this.host.log(`nbd: closing connection during handshake: ${outcome.reason}`);
+        this.log(`nbd: closing connection during handshake: ${outcome.reason}`);
         // Destroy once our last bytes are out: a client that ignores the FIN
         // must not keep the socket (and its table entry) forever.
         this.socket.end(() => this.socket.destroy());
@@ -167,22 +269,45 @@ export class NbdConnection {
       }
       if (outcome.kind === 'transmission') {
         this.handshake = undefined;
+        clearTimeout(this.handshakeTimer);
         const entry = this.host.entry(outcome.export.name);
         if (!entry) {
           this.socket.destroy();
           return;
         }
-        if (this.host.handOff?.(this.socket, entry, { structured: outcome.structured, blockStatus: outcome.blockStatus, rest: outcome.rest })) {
-          this.closed = true; // the socket is someone else's now
+        if (this.ticket && !this.ticket.promote()) {
+          this.log(`nbd: closing client ${this.peer}: too many connections (from its address or in total)`);
+          this.socket.destroy();
+          return;
+        }
+        const ticket = this.ticket;
+        const negotiated = { structured: outcome.structured, blockStatus: outcome.blockStatus, rest: outcome.rest, onClosed: () => ticket?.release() };
+        if (this.host.handOff?.(this.socket, entry, negotiated)) {
+          // The socket is someone else's now; its admission slot is freed when the worker is done with it.
+          this.closed = true;
+          this.holder.release();
+          this.logLimited.flush();
           this.resolveDone();
           return;
         }
         this.startTransmission(entry, outcome.structured, outcome.blockStatus);
         if (outcome.rest.length) this.feed(outcome.rest);
+        else this.updateFlow();
+        return;
       }
-      return;
+      if (!hs.waitingForOutput) return;
+      // Options left, replies piling up: go on only once the client reads them.
+      if (this.socket.writableLength >= HANDSHAKE_HIGH_WATER) {
+        this.socket.pause();
+        this.account();
+        this.socket.once('drain', () => {
+          if (this.closed || this.handshake !== hs) return;
+          this.socket.resume();
+          this.handshakeData(EMPTY);
+        });
+        return;
+      }
     }
-    this.feed(chunk);
   }
 
   /** Structured replies negotiated; base:allocation selected. */
@@ -205,17 +330,18 @@ export class NbdConnection {
       this.decoder!.push(chunk);
     } catch (e) {
       // Garbage on the wire: this client is broken, others are not affected.
-      this.host.log(`nbd: dropping client: ${(e as Error).message}`);
+      this.log(`nbd: dropping client: ${(e as Error).message}`);
       this.socket.destroy();
       return;
     }
     this.updateFlow();
   }
 
+  /** Room for more work, on this connection and in the server-wide budget. */
   private canAcceptMore(): boolean {
     const { maxInFlight, maxInFlightBytes } = this.host.limits;
-    // Bytes being worked on plus reply bytes the client has not read yet.
-    return this.inFlight < maxInFlight && this.inFlightBytes + this.socket.writableLength < maxInFlightBytes;
+    const held = this.account();
+    return this.inFlight < maxInFlight && held < maxInFlightBytes && this.holder.mayTake();
   }
 
   private updateFlow(): void {
@@ -225,14 +351,21 @@ export class NbdConnection {
         try {
           this.decoder.resume();
         } catch (e) {
-          this.host.log(`nbd: dropping client: ${(e as Error).message}`);
+          this.log(`nbd: dropping client: ${(e as Error).message}`);
           this.socket.destroy();
           return;
         }
       }
-      if (!this.decoder.isPaused && this.socket.isPaused()) this.socket.resume();
-    } else if (!this.socket.isPaused()) {
-      this.socket.pause();
+      if (!this.decoder.isPaused && this.socket.isPaused()) {
+        this.pausedByUs = false;
+        this.lastInput = Date.now();
+        this.socket.resume();
+      }
+    } else {
+      if (!this.socket.isPaused()) this.socket.pause();
+      this.pausedByUs = true;
+      // Held back by the server-wide budget rather than our own: wake up when it has room.
+      if (!this.holder.mayTake()) this.holder.whenRoom(() => this.updateFlow());
     }
   }
 
@@ -257,9 +390,20 @@ export class NbdConnection {
         if (!pooled) this.corkForThisTurn();
         // write()'s false (past Node's 16 KiB high-water mark, i.e. after every
         // large READ reply) is not a reason to pause: canAcceptMore counts the
-        // unsent bytes against the in-flight budget instead.
-        if (pooled) this.socket.write(reply, () => pool.give(pooled));
-        else this.socket.write(reply);
+        // unsent replies, at their cost, against the budgets instead.
+        const cost = reply.length + REPLY_OVERHEAD;
+        this.unsentCost += cost;
+        this.socket.write(reply, () => {
+          if (pooled) pool.give(pooled);
+          if (this.closed) return;
+          this.unsentCost -= cost;
+          this.lastOutput = Date.now();
+          this.updateFlow();
+        });
+      }
+      if (this.closed) {
+        this.account();
+        if (this.inFlight === 0) this.holder.release();
       }
       if (this.inFlight === 0 && this.idle) {
         const r = this.idle;
@@ -296,7 +440,7 @@ export class NbdConnection {
     try {
       await this.entry!.store.flush();
     } catch (e) {
-      this.host.log(`nbd: flush at disconnect failed: ${(e as Error).message}`);
+      this.log(`nbd: flush at disconnect failed: ${(e as Error).message}`);
     }
     this.socket.end(() => this.socket.destroy());
   }
@@ -390,7 +534,7 @@ export class NbdConnection {
   }
 
   private errorReply(req: NbdRequest, errno: number, why: string): Buffer {
-    this.host.log(`nbd: ${this.entry?.name ?? '?'}: ${why}`);
+    this.log(`nbd: ${this.entry?.name ?? '?'}: ${why}`);
     return errorReply(req, this.structured, errno, why);
   }
 

@@ -5,7 +5,12 @@
  *
  * Bounded: an option whose declared length is above MAX_OPTION_LENGTH is
  * skipped without being buffered and answered with ERR_TOO_BIG, so a hostile
- * client cannot make the server hold more than a few KiB per connection.
+ * client cannot make the server hold more than a few KiB per connection. The
+ * replies are bounded too: once `maxOutput` bytes are queued and not yet
+ * taken, `push` stops before the next option (`waitingForOutput` is set) and
+ * the caller, once the client has read them, calls `push` again with no new
+ * bytes. A client that sends LIST or INFO options without reading the
+ * replies therefore fills its own socket buffers, not the server.
  */
 import {
   FLAG_C_FIXED_NEWSTYLE,
@@ -46,6 +51,9 @@ import type { ExportCatalog, ExportInfo } from './export.ts';
 /** Largest option payload we buffer: a GO with a 4096-byte name and a few info requests fits easily. */
 export const MAX_OPTION_LENGTH = 16 * 1024;
 
+/** Reply bytes queued before the handshake stops handling options until they are taken. */
+export const DEFAULT_MAX_OUTPUT = 64 * 1024;
+
 export type HandshakeOutcome =
   | { kind: 'continue' }
   | {
@@ -67,6 +75,8 @@ export class NbdHandshake {
   private buf: Buffer = EMPTY;
   private state: State = 'clientFlags';
   private out: Buffer[] = [];
+  private outBytes = 0;
+  private stoppedForOutput = false;
   private noZeroes = false;
   private option = 0;
   private optionLength = 0;
@@ -76,8 +86,10 @@ export class NbdHandshake {
   private metaExport: string | undefined;
 
   private readonly catalog: ExportCatalog;
-  constructor(catalog: ExportCatalog) {
+  private readonly maxOutput: number;
+  constructor(catalog: ExportCatalog, maxOutput = DEFAULT_MAX_OUTPUT) {
     this.catalog = catalog;
+    this.maxOutput = maxOutput;
   }
 
   /** The server's opening bytes: magic, IHAVEOPT, handshake flags. */
@@ -93,7 +105,13 @@ export class NbdHandshake {
   takeOutput(): Buffer[] {
     const o = this.out;
     this.out = [];
+    this.outBytes = 0;
     return o;
+  }
+
+  /** The last push stopped with options left to handle because maxOutput bytes of replies are waiting. */
+  get waitingForOutput(): boolean {
+    return this.stoppedForOutput;
   }
 
   /** The option being handled, for logs. */
@@ -102,7 +120,8 @@ export class NbdHandshake {
   }
 
   push(chunk: Buffer): HandshakeOutcome {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    if (chunk.length) this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    this.stoppedForOutput = false;
     for (;;) {
       switch (this.state) {
         case 'clientFlags': {
@@ -118,6 +137,10 @@ export class NbdHandshake {
         }
         case 'optionHeader': {
           if (this.buf.length < OPTION_HEADER_SIZE) return { kind: 'continue' };
+          if (this.outBytes >= this.maxOutput) {
+            this.stoppedForOutput = true;
+            return { kind: 'continue' };
+          }
           if (this.buf.readBigUInt64BE(0) !== IHAVEOPT) return this.close('bad option magic (expected IHAVEOPT)');
           this.option = this.buf.readUInt32BE(8);
           this.optionLength = this.buf.readUInt32BE(12);
@@ -166,6 +189,7 @@ export class NbdHandshake {
     h.writeUInt32BE(data.length, 16);
     this.out.push(h);
     if (data.length) this.out.push(data);
+    this.outBytes += 20 + data.length;
   }
 
   private error(option: number, type: number, message: string): HandshakeOutcome {
@@ -187,6 +211,7 @@ export class NbdHandshake {
         b.writeBigUInt64BE(BigInt(exp.size), 0);
         b.writeUInt16BE(exp.flags, 8);
         this.out.push(b);
+        this.outBytes += b.length;
         return this.enter(exp);
       }
       case OPT_ABORT:

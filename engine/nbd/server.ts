@@ -5,7 +5,9 @@
  * and the per-client glue in connection.ts.
  */
 import { createServer, type Server, type Socket } from 'node:net';
-import { lstatSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { PathError, QuicmapError } from '../../base/errors.ts';
 import type { ReadWriterAt } from '../rwat.ts';
 import { transmissionFlags, type ExportCatalog, type ExportEntry, type ExportInfo } from './export.ts';
 import { NbdConnection, type ConnectionHost, type ConnectionLimits, type Negotiated } from './connection.ts';
@@ -13,14 +15,48 @@ import { NbdWorkerPool } from './workers.ts';
 import { threadDescriptor, type SharedStoreDescriptor } from '../shared-store.ts';
 import { NbdHandshake } from './handshake.ts';
 import { BufferPool } from './buffer-pool.ts';
+import { AdmissionGate, sourceOf } from '../../base/admission.ts';
+import { ByteBudget } from '../../base/byte-budget.ts';
+import { RateLimitedLog } from '../../base/rate-limited-log.ts';
+
+/** The defaults, in one place: --help and the README quote them. */
+export const NBD_DEFAULTS = {
+  maxPayload: 32 * 1024 * 1024,
+  maxInFlight: 128,
+  maxInFlightBytes: 64 * 1024 * 1024,
+  memoryBudget: 256 * 1024 * 1024,
+  stallMs: 2000,
+  handshakeTimeoutMs: 10_000,
+  maxHandshakes: 64,
+  maxHandshakesPerSource: 16,
+  maxConnections: 1024,
+  maxConnectionsPerSource: 256,
+} as const;
 
 export interface NbdServerOptions {
   /** Largest READ/WRITE payload accepted (advertised as the maximum block size). Default 32 MiB. */
   maxPayload?: number;
   /** Requests one connection may have in flight before its socket is paused. Default 128. */
   maxInFlight?: number;
-  /** Payload bytes one connection may have in flight, unsent replies included. Default 64 MiB. */
+  /** Bytes one connection may hold: requests in progress, undecoded input, unsent replies at their cost. Default 64 MiB. */
   maxInFlightBytes?: number;
+  /**
+   * Bytes all connections together may hold (server-wide budget). Beyond it
+   * only connections that hold nothing get one request through (up to one
+   * maxPayload more), and connections whose clients have stalled for
+   * `stallMs` are dropped, largest first. Default 256 MiB.
+   */
+  memoryBudget?: number;
+  /** See memoryBudget. Default 2 000 ms. */
+  stallMs?: number;
+  /** A client must finish the handshake within this. Default 10 000 ms. */
+  handshakeTimeoutMs?: number;
+  /** Connections in the handshake, in total and per source address (the oldest of the fullest source makes room for a newcomer). Defaults 64 and 16. */
+  maxHandshakes?: number;
+  maxHandshakesPerSource?: number;
+  /** Connections in transmission, in total and per source address (refused beyond). Defaults 1024 and 256. */
+  maxConnections?: number;
+  maxConnectionsPerSource?: number;
   /** Where diagnostics go (refusals, dropped clients). Default: nowhere. */
   log?: (message: string) => void;
   /**
@@ -59,6 +95,9 @@ export interface NbdEndpoint {
 export class NbdServer implements ExportCatalog, ConnectionHost {
   readonly limits: ConnectionLimits;
   readonly buffers = new BufferPool();
+  readonly budget: ByteBudget;
+  readonly admission: AdmissionGate;
+  private readonly refusals: RateLimitedLog;
   readonly stats = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, connections: 0 };
   private readonly exports = new Map<string, ServerEntry>();
   private readonly pool: NbdWorkerPool | undefined;
@@ -69,15 +108,26 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
   private closing = false;
 
   constructor(opts: NbdServerOptions = {}) {
+    const d = NBD_DEFAULTS;
     this.limits = {
-      maxPayload: opts.maxPayload ?? 32 * 1024 * 1024,
-      maxInFlight: opts.maxInFlight ?? 128,
-      maxInFlightBytes: opts.maxInFlightBytes ?? 64 * 1024 * 1024,
+      maxPayload: opts.maxPayload ?? d.maxPayload,
+      maxInFlight: opts.maxInFlight ?? d.maxInFlight,
+      maxInFlightBytes: opts.maxInFlightBytes ?? d.maxInFlightBytes,
+      handshakeTimeoutMs: opts.handshakeTimeoutMs ?? d.handshakeTimeoutMs,
     };
+    // The reserve lets a client that holds nothing get one maximum-size request through at the limit.
+    this.budget = new ByteBudget({ limit: opts.memoryBudget ?? d.memoryBudget, reserve: this.limits.maxPayload, stallMs: opts.stallMs ?? d.stallMs });
+    this.admission = new AdmissionGate({
+      maxPending: opts.maxHandshakes ?? d.maxHandshakes,
+      maxPendingPerSource: opts.maxHandshakesPerSource ?? d.maxHandshakesPerSource,
+      maxActive: opts.maxConnections ?? d.maxConnections,
+      maxActivePerSource: opts.maxConnectionsPerSource ?? d.maxConnectionsPerSource,
+    });
     this.logFn = opts.log ?? (() => {});
     const workers = opts.workers ?? 0;
     if (!Number.isInteger(workers) || workers < 0) throw new RangeError(`workers must be a whole number ≥ 0, not ${workers}`);
     if (workers > 0) this.pool = new NbdWorkerPool(this, workers);
+    this.refusals = new RateLimitedLog((m) => this.logFn(m), { burst: 5, windowMs: 10_000 });
   }
 
   log(message: string): void {
@@ -85,8 +135,8 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
   }
 
   async addExport(opts: AddExportOptions): Promise<ExportInfo> {
-    if (this.exports.has(opts.name)) throw new Error(`export "${opts.name}" already exists`);
-    if (Buffer.byteLength(opts.name) > 4096) throw new Error('export names are at most 4096 bytes');
+    if (this.exports.has(opts.name)) throw new QuicmapError('EINVAL', `export "${opts.name}" already exists`);
+    if (Buffer.byteLength(opts.name) > 4096) throw new QuicmapError('EINVAL', `export names are at most 4096 bytes (this one has ${Buffer.byteLength(opts.name)})`);
     const size = await opts.store.size();
     const readOnly = opts.readOnly === true || opts.store.caps.readOnly;
     const preferred = Math.max(512, opts.store.caps.preferredBlockSize);
@@ -146,6 +196,11 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
     return new NbdHandshake(this);
   }
 
+  /** Bytes all connections hold now (the server-wide budget's use). */
+  get memoryHeld(): number {
+    return this.budget.used;
+  }
+
   /** Clients connected now, on this thread and on workers. */
   get connectionCount(): number {
     return this.connections.size + (this.pool?.connectionCount ?? 0);
@@ -158,7 +213,11 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
     if ([...this.exports.values()].some((e) => e.shared)) await this.pool?.warm();
     const server = createServer({ noDelay: true }, (socket) => this.serveConnection(socket));
     const isUnix = 'path' in spec;
-    if (isUnix) removeStaleSocket(spec.path);
+    if (isUnix) {
+      // bind() reports a missing directory as EACCES; say what is wrong.
+      if (!existsSync(dirname(spec.path))) throw new PathError(spec.path, `directory ${dirname(spec.path)} does not exist`);
+      removeStaleSocket(spec.path);
+    }
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       if (isUnix) server.listen(spec.path, resolve);
@@ -198,7 +257,15 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
       socket.destroy();
       return undefined;
     }
-    const conn = new NbdConnection(this, socket, opts.preNegotiated);
+    const source = sourceOf(socket.remoteAddress);
+    let conn: NbdConnection | undefined;
+    const ticket = this.admission.admit(source, () => conn?.evict('making room for a newer connection (too many handshakes from its address or in total)'));
+    if (!ticket) {
+      this.refusals.log(`nbd: refusing a connection from ${source}: ${this.admission.held(source).active} connections from there already (or ${this.admission.activeConnections} in total)`);
+      socket.destroy();
+      return undefined;
+    }
+    conn = new NbdConnection(this, socket, opts.preNegotiated, ticket);
     this.connections.add(conn);
     this.stats.connections++;
     void conn.done.then(() => this.connections.delete(conn));
@@ -229,7 +296,7 @@ function removeStaleSocket(path: string): void {
   } catch {
     return;
   }
-  if (!st.isSocket()) throw new Error(`${path} exists and is not a socket; refusing to replace it`);
+  if (!st.isSocket()) throw new PathError(path, 'exists and is not a socket; refusing to replace it');
   rmSync(path, { force: true });
 }
 

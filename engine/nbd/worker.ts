@@ -9,6 +9,7 @@ import { parentPort } from 'node:worker_threads';
 import type { ReadWriterAt } from '../rwat.ts';
 import { openSharedStore } from '../shared-store.ts';
 import { BufferPool } from './buffer-pool.ts';
+import { ByteBudget } from '../../base/byte-budget.ts';
 import { NbdConnection, type ConnectionHost, type ConnectionLimits } from './connection.ts';
 import type { ExportEntry } from './export.ts';
 import type { NbdHandshake } from './handshake.ts';
@@ -22,15 +23,19 @@ const connections = new Map<number, NbdConnection>();
 /** Shut down before their store had opened: not to be served. */
 const cancelled = new Set<number>();
 const buffers = new BufferPool();
+/** This thread's view of the server's memory budget (the total is shared with every thread). */
+let budget: ByteBudget | undefined;
 
 class WorkerConnectionHost implements ConnectionHost {
   readonly limits: ConnectionLimits;
   readonly buffers = buffers;
+  readonly budget: ByteBudget;
   readonly stats: WorkerStats = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0 };
   private readonly entryOf: ExportEntry;
 
-  constructor(limits: ConnectionLimits, entry: ExportEntry) {
+  constructor(limits: ConnectionLimits, entry: ExportEntry, budget: ByteBudget) {
     this.limits = limits;
+    this.budget = budget;
     this.entryOf = entry;
   }
   handshake(): NbdHandshake {
@@ -53,7 +58,8 @@ async function serve(m: Extract<ToWorker, { type: 'serve' }>): Promise<void> {
       store = openSharedStore(m.store);
       stores.set(m.storeKey, store);
     }
-    const host = new WorkerConnectionHost(m.limits, { ...m.info, store: await store });
+    budget ??= new ByteBudget(m.budget);
+    const host = new WorkerConnectionHost(m.limits, { ...m.info, store: await store }, budget);
     if (cancelled.delete(m.id)) throw new Error('shut down before it started');
     if (m.rest.length) socket.unshift(Buffer.from(m.rest.buffer, m.rest.byteOffset, m.rest.byteLength));
     const conn = new NbdConnection(host, socket, { name: m.info.name, structured: m.structured, blockStatus: m.blockStatus });

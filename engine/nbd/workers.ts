@@ -25,6 +25,7 @@ import type { ExportEntry } from './export.ts';
 import type { ConnectionLimits, Negotiated } from './connection.ts';
 import type { SharedStoreDescriptor } from '../shared-store.ts';
 import type { ExportInfo } from './export.ts';
+import type { ByteBudget, ByteBudgetDescription } from '../../base/byte-budget.ts';
 
 /** Main → worker. */
 export type ToWorker =
@@ -39,6 +40,8 @@ export type ToWorker =
       blockStatus: boolean;
       rest: Uint8Array;
       limits: ConnectionLimits;
+      /** The server's memory budget, shared across threads. */
+      budget: ByteBudgetDescription;
     }
   | { type: 'shutdown'; ids: number[]; graceMs: number; token: number }
   | { type: 'drop-store'; storeKey: string };
@@ -60,6 +63,8 @@ export interface WorkerStats {
 interface Served {
   worker: PoolWorker;
   exportName: string;
+  /** Frees the connection's admission slot in the main thread. */
+  onClosed?: () => void;
 }
 
 interface PoolWorker {
@@ -72,6 +77,7 @@ interface PoolWorker {
 /** What the pool needs from the server it belongs to. */
 export interface WorkerHost {
   readonly limits: ConnectionLimits;
+  readonly budget: ByteBudget;
   readonly stats: WorkerStats;
   log(message: string): void;
 }
@@ -122,7 +128,7 @@ export class NbdWorkerPool {
     const id = this.nextId++;
     const worker = this.pick();
     worker.active++;
-    this.served.set(id, { worker, exportName: entry.name });
+    this.served.set(id, { worker, exportName: entry.name, onClosed: neg.onClosed });
     const move = () => {
       let dup: number;
       try {
@@ -154,6 +160,7 @@ export class NbdWorkerPool {
         blockStatus: neg.blockStatus,
         rest: Buffer.concat(extra),
         limits: this.host.limits,
+        budget: this.host.budget.describe(),
       };
       worker.thread.postMessage(msg);
     };
@@ -281,5 +288,6 @@ export class NbdWorkerPool {
     if (!s) return;
     this.served.delete(id);
     s.worker.active--;
+    s.onClosed?.();
   }
 }

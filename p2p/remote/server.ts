@@ -10,6 +10,17 @@
  * uses one. Store operations of a session run concurrently up to the
  * negotiated max-in-flight; at the limit the server stops reading the stream,
  * so a client that ignores the limit is slowed by backpressure, not buffered.
+ *
+ * Admission and memory (issue 8): connections enter through an
+ * AdmissionGate (base/admission.ts) keyed by source address — a connection
+ * is pending until its first valid HELLO (the transport proved a key, but
+ * keys cost nothing; the grant is what counts), pending ones are capped per
+ * source and in total with the oldest of the fullest source evicted for a
+ * newcomer, sessions are capped per source and in total. Streams per
+ * connection are capped. Bytes held for requests in progress (read buffers
+ * until their reply is sent, write payloads until stored) are charged to a
+ * server-wide ByteBudget; at its limit streams stop reading, and a peer
+ * whose replies have not moved for `stallMs` is dropped, largest first.
  */
 import type { Identity } from '../../crypto/identity.ts';
 import { base32Encode } from '../../crypto/identity.ts';
@@ -22,6 +33,9 @@ import { packReply, type Capability, type HelloBody, type Limits } from '../prot
 import { ServerSession, type ServerRequest } from '../protocol/server-session.ts';
 import { FrameWriter } from './frame-writer.ts';
 import { systemClock, type Clock } from '../../base/clock.ts';
+import { AdmissionGate, sourceOfHostPort, type AdmissionTicket } from '../../base/admission.ts';
+import { ByteBudget, type BudgetHolder } from '../../base/byte-budget.ts';
+
 
 export const DEFAULT_LIMITS: Limits = { maxFrame: 1024 * 1024, maxInFlight: 64 };
 
@@ -37,10 +51,20 @@ export interface RegionServerOptions {
   generation?: number;
   /** A connection that has not completed HELLO within this is dropped. Default 10 000 ms. */
   helloTimeoutMs?: number;
-  /** Connections served at once; more are closed at once. Default 256. */
+  /** Connections with a session, in total and per source address; more are closed at once. Defaults 256 and 64. */
   maxConnections?: number;
   /** Time source for the HELLO deadline and the grace before closing (tests: a VirtualClock). */
   clock?: Clock;
+  maxConnectionsPerSource?: number;
+  /** Connections still without a valid HELLO, in total and per source (a newcomer evicts the oldest of the fullest source). Defaults 64 and 8. */
+  maxPending?: number;
+  maxPendingPerSource?: number;
+  /** Streams (sessions) one connection may have open. Default 4. */
+  maxStreamsPerConnection?: number;
+  /** Bytes all sessions together may hold for requests in progress. Default 256 MiB. */
+  memoryBudget?: number;
+  /** A peer holding budget whose replies have not moved for this long is dropped when the budget is full. Default 2 000 ms. */
+  stallMs?: number;
   log?: (message: string) => void;
   /** Called after each write, trim or zero a peer made succeeded (the change feed records it, by session). */
   onWrite?: (offset: number, length: number, session: number) => void;
@@ -58,6 +82,20 @@ export interface CallContext {
 
 /** Serves one named CALL; throws a QuicmapError to answer with an error. The value is sent as msgpack. */
 export type CallHandler = (args: unknown, ctx: CallContext) => Promise<unknown>;
+
+/** Per-connection bookkeeping for admission and the memory budget. */
+interface ConnState {
+  authed: boolean;
+  ticket: AdmissionTicket;
+  streams: number;
+  /** Sends waiting on the transport (the peer not reading shows here) and when one last completed. */
+  pendingSends: number;
+  lastSend: number;
+  /** Bytes held for this connection's requests in progress. */
+  charged: number;
+  holder: BudgetHolder;
+  roomWaiters: Array<() => void>;
+}
 
 export interface RegionServerStats {
   connections: number;
@@ -81,6 +119,8 @@ export class RegionServer {
   private readonly handlers = new Map<string, CallHandler>();
   private sessionSeq = 0;
   private readonly clock: Clock;
+  private readonly gate: AdmissionGate;
+  readonly budget: ByteBudget;
   private closed = false;
 
   constructor(opts: RegionServerOptions) {
@@ -91,6 +131,15 @@ export class RegionServer {
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
     this.log = opts.log ?? (() => {});
     this.clock = opts.clock ?? systemClock;
+    const maxActive = opts.maxConnections ?? 256;
+    const maxPending = opts.maxPending ?? 64;
+    this.gate = new AdmissionGate({
+      maxPending,
+      maxPendingPerSource: Math.min(opts.maxPendingPerSource ?? 8, maxPending),
+      maxActive,
+      maxActivePerSource: Math.min(opts.maxConnectionsPerSource ?? 64, maxActive),
+    });
+    this.budget = new ByteBudget({ limit: opts.memoryBudget ?? 256 * 1024 * 1024, reserve: this.limits.maxFrame * 2, stallMs: opts.stallMs ?? 2000 });
   }
 
   private async manifest(): Promise<{ manifest: Uint8Array; manifestSig: Uint8Array; size: number }> {
@@ -139,8 +188,13 @@ export class RegionServer {
   /** Serve every stream the peer opens on `conn` until it closes. Never throws. */
   async serveConnection(conn: Connection): Promise<void> {
     const peer = base32Encode(conn.remotePublicKey);
-    if (this.connections.size >= (this.opts.maxConnections ?? 256)) {
-      this.log(`peer ${peer} turned away: ${this.connections.size} connections already`);
+    const source = sourceOfHostPort(conn.remoteAddress);
+    const ticket = this.gate.admit(source, () => {
+      this.log(`peer ${peer} from ${source} evicted: it sent no HELLO yet and a newer connection needed its slot`);
+      void conn.close().catch(() => {});
+    });
+    if (!ticket) {
+      this.log(`peer ${peer} turned away: ${this.gate.held(source).active} sessions from ${source} already (${this.gate.activeConnections} in total)`);
       await conn.close().catch(() => {});
       return;
     }
@@ -148,7 +202,22 @@ export class RegionServer {
     this.stats.connections++;
     this.log(`peer ${peer} connected from ${conn.remoteAddress}`);
     // A peer that never gets a session going (no stream, no HELLO) does not keep a slot.
-    const state = { authed: false };
+    const state: ConnState = {
+      authed: false,
+      ticket,
+      streams: 0,
+      pendingSends: 0,
+      lastSend: Date.now(),
+      charged: 0,
+      roomWaiters: [],
+      holder: this.budget.holder({
+        shed: () => {
+          this.log(`peer ${peer} dropped: it holds ${state.holder.held} bytes and has not read its replies for ${this.budget.stallMs} ms while the server is at its memory budget`);
+          void conn.close().catch(() => {});
+        },
+        stalled: (now, stallMs) => state.pendingSends > 0 && now - state.lastSend >= stallMs,
+      }),
+    };
     const helloMs = this.opts.helloTimeoutMs ?? 10_000;
     const cancelHello = this.clock.schedule(this.clock.now() + helloMs, () => {
       if (state.authed) return;
@@ -164,16 +233,24 @@ export class RegionServer {
           return;
         }
         if (!stream) return;
-        void this.serveStream(conn, stream, peer, state);
+        if (state.streams >= (this.opts.maxStreamsPerConnection ?? 4)) {
+          stream.reset(new QuicmapError('EBUSY', 'too many streams on this connection'));
+          continue;
+        }
+        state.streams++;
+        void this.serveStream(conn, stream, peer, state).finally(() => state.streams--);
       }
     } finally {
       cancelHello();
+      ticket.release();
+      state.holder.release();
+      state.roomWaiters.splice(0).forEach((f) => f());
       this.connections.delete(conn);
       this.log(`peer ${peer} disconnected`);
     }
   }
 
-  private async serveStream(conn: Connection, stream: ByteStream, peer: string, state: { authed: boolean }): Promise<void> {
+  private async serveStream(conn: Connection, stream: ByteStream, peer: string, state: ConnState): Promise<void> {
     const session = new ServerSession({ limits: this.limits, caps: this.capsOffered() });
     const ctx: CallContext = { session: ++this.sessionSeq, peer: conn.remotePublicKey, readOnly: true, maxReply: 0 };
     let slotFreed: (() => void) | undefined;
@@ -181,10 +258,14 @@ export class RegionServer {
     const writer = new FrameWriter(stream);
     const send = async (frames: Uint8Array[]) => {
       if (frames.length === 0 || dead) return;
+      if (state.pendingSends++ === 0) state.lastSend = Date.now();
       try {
         await writer.write(frames);
       } catch {
         dead = true;
+      } finally {
+        state.pendingSends--;
+        state.lastSend = Date.now();
       }
     };
     // Set when the stream was ended on purpose (refusal, protocol error) with
@@ -201,6 +282,8 @@ export class RegionServer {
         while (session.isServing && session.inFlightCount >= session.limits.maxInFlight && !dead) {
           await new Promise<void>((r) => (slotFreed = r));
         }
+        // The server-wide budget: wait for room (peers that stall get shed meanwhile).
+        while (session.isServing && !dead && !state.holder.released && !state.holder.mayTake()) await this.room(state);
         let chunk: Uint8Array | null;
         try {
           chunk = await stream.read();
@@ -213,8 +296,15 @@ export class RegionServer {
             case 'hello':
               ctx.readOnly = await this.authorize(conn, session, ev.hello, peer, send);
               ctx.maxReply = session.limits.maxFrame;
-              if (session.isServing) state.authed = true;
-              else {
+              if (session.isServing) {
+                // The first valid HELLO moves the connection from the pending pool to a session slot.
+                if (!state.authed && !state.ticket.promote()) {
+                  this.log(`peer ${peer} turned away: too many sessions from its address (or in total)`);
+                  void conn.close().catch(() => {});
+                  dead = true;
+                }
+                state.authed = true;
+              } else {
                 await stream.closeWrite().catch(() => {});
                 // Give the refusal a moment to reach the peer before tearing down.
                 this.later(500, () => void conn.close().catch(() => {}));
@@ -226,7 +316,9 @@ export class RegionServer {
               await send(ev.frames);
               break;
             case 'request':
-              void this.execute(session, ev.request, send, ctx).then(() => {
+              // Each request needs room in the server-wide budget before it may hold bytes.
+              while (!dead && !state.holder.released && !state.holder.mayTake()) await this.room(state);
+              void this.execute(session, ev.request, send, ctx, state).then(() => {
                 const f = slotFreed;
                 slotFreed = undefined;
                 f?.();
@@ -258,6 +350,14 @@ export class RegionServer {
     this.clock.schedule(this.clock.now() + ms, fn);
   }
 
+  /** Resolves when the server-wide budget may have room for this connection again (or it closed). */
+  private room(state: ConnState): Promise<void> {
+    return new Promise<void>((r) => {
+      state.roomWaiters.push(r);
+      state.holder.whenRoom(() => state.roomWaiters.splice(0).forEach((f) => f()));
+    });
+  }
+
   private capsOffered(): Capability[] {
     const caps: Capability[] = ['zero', 'fua', 'ping', 'call'];
     if (this.store.caps.canTrim) caps.push('trim');
@@ -287,8 +387,21 @@ export class RegionServer {
     return readOnly;
   }
 
-  private async execute(session: ServerSession, req: ServerRequest, send: (f: Uint8Array[]) => Promise<void>, ctx: CallContext): Promise<void> {
+  private async execute(session: ServerSession, req: ServerRequest, send: (f: Uint8Array[]) => Promise<void>, ctx: CallContext, state: ConnState): Promise<void> {
     const s = this.store;
+    // Bytes this request holds until its reply has been sent: the read buffer, or the write payload.
+    const held = req.op === 'read' ? req.length : req.op === 'write' ? req.data.length : 0;
+    state.charged += held;
+    state.holder.set(state.charged);
+    try {
+      await this.run(session, req, send, s, ctx);
+    } finally {
+      state.charged -= held;
+      state.holder.set(state.charged);
+    }
+  }
+
+  private async run(session: ServerSession, req: ServerRequest, send: (f: Uint8Array[]) => Promise<void>, s: ReadWriterAt, ctx: CallContext): Promise<void> {
     try {
       switch (req.op) {
         case 'read': {

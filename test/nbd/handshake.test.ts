@@ -419,4 +419,24 @@ test('the server derives truthful flags and block sizes from the store', async (
   assert.is(ro.get(2)!.toString(), 'frozen');
 });
 
+test('replies are produced only as fast as they are taken: 10 000 LIST options queue at most ~maxOutput', () => {
+  const hs = new NbdHandshake(two(), 4096);
+  const flood = Buffer.concat([u32(3), ...Array(10_000).fill(option(OPT.LIST))]);
+  let outcome = hs.push(flood);
+  assert.is(outcome.kind, 'continue');
+  assert.ok(hs.waitingForOutput, 'stopped with options left');
+  let total = 0;
+  let rounds = 0;
+  for (;;) {
+    const out = Buffer.concat(hs.takeOutput());
+    assert.ok(out.length <= 4096 + 200, `one round queued ${out.length} bytes`);
+    total += parseReplies(out).filter((r) => r.type === REP.ACK).length;
+    if (!hs.waitingForOutput) break;
+    outcome = hs.push(Buffer.alloc(0));
+    rounds++;
+  }
+  assert.is(total, 10_000, 'every LIST answered, in bounded rounds');
+  assert.ok(rounds > 10);
+});
+
 test.run();

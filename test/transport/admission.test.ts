@@ -1,0 +1,109 @@
+/**
+ * Fair admission on the transport listeners (issue 8): idle sockets held
+ * open by one source used to take every pending-handshake slot of the TCP
+ * listener (64 × 5 s), so no new peer got in. Now a newcomer evicts the
+ * oldest pending handshake of the fullest source; here 100 idle sockets are
+ * held while a real peer dials, handshakes and echoes.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { connect, type Socket } from 'node:net';
+import { TcpTransport } from '../../transports/tcp.ts';
+import { QuicTransport } from '../../transports/quic.ts';
+import { Ngtcp2Transport } from '../../transports/ngtcp2.ts';
+import type { Connection, Transport } from '../../transports/transport.ts';
+import type { Identity } from '../../crypto/identity.ts';
+import { generateIdentity } from '../../crypto/identity.ts';
+import { Scope, needCondition, withTimeout } from '../helpers/env.ts';
+import { readAll, serveEcho } from './conformance.ts';
+import { parseHostPort } from '../../transports/util.ts';
+
+const test = suite('transport/admission');
+
+function idle(address: string): Promise<Socket> {
+  const { host, port } = parseHostPort(address);
+  return new Promise((resolve, reject) => {
+    const s = connect(port, host);
+    s.on('error', () => {});
+    s.once('connect', () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+test('tcp: 100 idle connections from one address do not lock a new peer out', async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(60_000, 'idle flood', async () => {
+      const aId = await generateIdentity();
+      const a = new TcpTransport(aId, { handshakeTimeoutMs: 30_000 });
+      const bId = await generateIdentity();
+      const b = new TcpTransport(bId);
+      s.defer(() => a.close());
+      s.defer(() => b.close());
+      const l = await a.listen('127.0.0.1:0');
+      void (async () => {
+        for (let c; (c = await l.accept()); ) void serveEcho(c);
+      })();
+      const held: Socket[] = [];
+      s.defer(() => held.forEach((x) => x.destroy()));
+      for (let i = 0; i < 100; i++) held.push(await idle(l.address));
+      await new Promise((r) => setTimeout(r, 200));
+      for (let round = 0; round < 3; round++) {
+        const conn = await b.dial(l.address, aId.publicKey, { timeoutMs: 15_000 });
+        const st = await conn.openStream();
+        await st.write(Buffer.from('hello'));
+        await st.closeWrite();
+        assert.is((await readAll(st)).toString(), 'hello');
+        await conn.close();
+      }
+      const closed = await Promise.all(held.map((x) => new Promise<boolean>((r) => {
+        if (x.destroyed) return r(true);
+        x.once('close', () => r(true));
+        setTimeout(() => r(false), 1000);
+      })));
+      assert.ok(closed.filter(Boolean).length >= 90, 'the idle sockets were evicted to make room');
+    });
+  } finally {
+    await s.close();
+  }
+});
+
+const quicKinds: Array<{ name: string; make: (id: Identity, o?: { maxConnectionsPerSource?: number }) => Transport; why?: string }> = [
+  { name: 'quic', make: (id, o) => new QuicTransport(id, o) },
+  { name: 'ngtcp2', make: (id, o) => new Ngtcp2Transport(id, o), why: Ngtcp2Transport.unavailableReason() },
+];
+
+for (const kind of quicKinds) {
+const register = needCondition(test, !kind.why, kind.why ?? '');
+register(`${kind.name}: connections past the handshake are capped per source address; a slot frees when one closes`, async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(60_000, `${kind.name} cap`, async () => {
+      const aId = await generateIdentity();
+      const a = kind.make(aId, { maxConnectionsPerSource: 3 });
+      const b = kind.make(await generateIdentity());
+      s.defer(() => a.close());
+      s.defer(() => b.close());
+      const l = await a.listen('127.0.0.1:0');
+      const accepted: Connection[] = [];
+      void (async () => {
+        for (let c; (c = await l.accept()); ) accepted.push(c);
+      })();
+      const dialed: Connection[] = [];
+      for (let i = 0; i < 5; i++) dialed.push(await b.dial(l.address, aId.publicKey));
+      await new Promise((r) => setTimeout(r, 500));
+      assert.is(accepted.length, 3, 'three accepted, the rest aborted');
+      await accepted[0]!.close();
+      await new Promise((r) => setTimeout(r, 300));
+      await b.dial(l.address, aId.publicKey);
+      await withTimeout(5000, 'a fourth is accepted once a slot is free', async () => {
+        while (accepted.length < 4) await new Promise((r) => setTimeout(r, 50));
+      });
+    });
+  } finally {
+    await s.close();
+  }
+});
+}
+
+test.run();
