@@ -16,17 +16,8 @@ import * as assert from 'uvu/assert';
 import { QuicmapError } from '../../base/errors.ts';
 import { TxnChannel, type TxnRecord } from '../../p2p/protocol/txn-channel.ts';
 import { SessionTable } from '../../p2p/protocol/session-table.ts';
+import { rng } from '../engine/model.ts';
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Op = { kind: 'write'; off: number; data: number[] } | { kind: 'read'; off: number; len: number };
 type Reply = { replyTo: number; data?: number[] };
