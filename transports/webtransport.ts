@@ -577,6 +577,7 @@ export class WebTransportTransport implements Transport {
     });
     server.sessionStream(SESSION_PATH);
     server.startServer();
+    guardRttPings(server);
     try {
       await server.ready;
     } catch (e) {
@@ -658,4 +659,19 @@ function closeQuietly(s: WtSession | undefined): void {
   s.closed.catch(() => {});
   const h2 = http2SessionOf(s);
   if (h2) setTimeout(() => h2.destroy(), 1000).unref();
+}
+
+/**
+ * Library bug (1.6.8, lib/http2/node/server.js): each session's RTT ping
+ * timer checks `session.closed` but not `destroyed`, and `ping()` on a
+ * destroyed session throws from the timer — an uncaught exception that
+ * ends the process (seen in CI when a peer vanished). Make ping a no-op
+ * once the session is destroyed. Registered before any session arrives.
+ */
+function guardRttPings(server: WtServer): void {
+  const h2 = http2ServerOf(server);
+  h2?.prependListener('session', (session: Http2Session) => {
+    const ping = session.ping.bind(session);
+    session.ping = ((...args: Parameters<Http2Session['ping']>) => (session.destroyed ? false : ping(...args))) as Http2Session['ping'];
+  });
 }
