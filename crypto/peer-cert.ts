@@ -17,29 +17,16 @@
  * @chainsafe/libp2p-quic) checks the same binding and reports the key as a
  * peer id; TCP (node:tls) checks it here. Both end in `checkPeerKey`.
  */
-import { X509Certificate, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, sign, verify, type KeyObject } from 'node:crypto';
+import { X509Certificate, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 import { AsnConvert, OctetString } from '@peculiar/asn1-schema';
-import {
-  AlgorithmIdentifier,
-  AttributeTypeAndValue,
-  AttributeValue,
-  Certificate,
-  Extension,
-  Extensions,
-  Name,
-  RelativeDistinguishedName,
-  SubjectPublicKeyInfo,
-  TBSCertificate,
-  Validity,
-  Version,
-} from '@peculiar/asn1-x509';
+import { Certificate, Extension } from '@peculiar/asn1-x509';
 import * as asn1js from 'asn1js';
 import type { Identity } from './identity.ts';
+import { pem, selfSignedDer } from './x509.ts';
 import { QuicmapError } from '../base/errors.ts';
 
 export const LIBP2P_EXTENSION_OID = '1.3.6.1.4.1.53594.1.1';
 const ED25519_OID = '1.3.101.112';
-const COMMON_NAME_OID = '2.5.4.3';
 const SIGNING_PREFIX = Buffer.from('libp2p-tls-handshake:', 'utf8');
 /** libp2p protobuf PublicKey { Type: Ed25519 (1), Data: 32 bytes }. */
 const ED25519_PROTO_PREFIX = Buffer.from([0x08, 0x01, 0x12, 0x20]);
@@ -84,28 +71,17 @@ function signedKeyExtension(identity: Identity, spkiDer: Buffer, claimKey: Uint8
 export function createPeerCertificate(identity: Identity, forgery: CertificateForgery = {}): PeerCertificate {
   const { publicKey, privateKey } = generateKeyPairSync('ed25519');
   const spkiDer = publicKey.export({ type: 'spki', format: 'der' });
-  const algorithm = new AlgorithmIdentifier({ algorithm: ED25519_OID });
-  const name = new Name([
-    new RelativeDistinguishedName([new AttributeTypeAndValue({ type: COMMON_NAME_OID, value: new AttributeValue({ utf8String: 'quicmap' }) })]),
-  ]);
-  const serial = randomBytes(16);
-  serial[0] = (serial[0]! & 0x7f) | 0x40; // positive, and minimal DER (no leading zero byte)
-  const tbs = new TBSCertificate({
-    version: Version.v3,
-    serialNumber: serial.buffer.slice(serial.byteOffset, serial.byteOffset + serial.length),
-    signature: algorithm,
-    issuer: name,
+  const der = selfSignedDer({
+    spkiDer,
+    algorithmOid: ED25519_OID,
+    sign: (tbs) => sign(null, tbs, privateKey),
+    commonName: 'quicmap',
     // As rust-libp2p: valid from long ago to far ahead, so clocks never matter.
-    validity: new Validity({ notBefore: new Date(Date.UTC(1975, 0, 1)), notAfter: new Date(Date.UTC(4096, 0, 1)) }),
-    subject: name,
-    subjectPublicKeyInfo: AsnConvert.parse(spkiDer, SubjectPublicKeyInfo),
-    extensions: new Extensions(forgery.omitExtension ? [] : [signedKeyExtension(identity, spkiDer, forgery.claimKey ?? identity.publicKey)]),
+    notBefore: new Date(Date.UTC(1975, 0, 1)),
+    notAfter: new Date(Date.UTC(4096, 0, 1)),
+    extensions: forgery.omitExtension ? [] : [signedKeyExtension(identity, spkiDer, forgery.claimKey ?? identity.publicKey)],
   });
-  const tbsDer = Buffer.from(AsnConvert.serialize(tbs));
-  const cert = new Certificate({ tbsCertificate: tbs, signatureAlgorithm: algorithm, signatureValue: new Uint8Array(sign(null, tbsDer, privateKey)).buffer });
-  const der = Buffer.from(AsnConvert.serialize(cert));
-  const certPem = `-----BEGIN CERTIFICATE-----\n${der.toString('base64').replace(/.{1,64}/g, '$&\n')}-----END CERTIFICATE-----\n`;
-  return { keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), certPem };
+  return { keyPem: privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(), certPem: pem('CERTIFICATE', der) };
 }
 
 function refuse(why: string): never {

@@ -579,7 +579,10 @@ export class WebTransportTransport implements Transport {
     server.startServer();
     guardRttPings(server);
     try {
-      await server.ready;
+      // The library logs and swallows errors thrown while it builds its
+      // server (a certificate OpenSSL refuses, for one), and then `ready`
+      // never settles: bound the wait so listen() fails instead of hanging.
+      await underDeadline(LISTEN_DEADLINE_MS, `listen ${address}`, server.ready, () => closeServerQuietly(server));
     } catch (e) {
       throw new QuicmapError('EIO', `cannot listen on ${address}: ${describe(e)}`, { cause: e });
     }
@@ -647,6 +650,17 @@ export class WebTransportTransport implements Transport {
     this.isClosed = true;
     await Promise.all([...this.listeners].map((l) => l.close()));
     await Promise.all([...this.connections].map((c) => c.close()));
+  }
+}
+
+/** How long a listener may take to start (it binds a local port: milliseconds, unless something is broken). */
+const LISTEN_DEADLINE_MS = 10_000;
+
+function closeServerQuietly(server: WtServer): void {
+  try {
+    server.stopServer();
+  } catch {
+    // never started
   }
 }
 
