@@ -19,10 +19,14 @@ const withNbdkitAndClients = needTools(test, ['nbdkit', 'nbdinfo', 'qemu-io'], '
 
 /** Start nbdkit PLUGIN ARGS on a unix socket in the scope; returns the nbd+unix URI once it listens. */
 async function nbdkit(s: Scope, plugin: string, args: string[]): Promise<string> {
-  const sock = join(s.tmpdir('quicmap-nbdkit-'), 'kit.sock');
-  s.spawn('nbdkit', ['-f', '-U', sock, plugin, ...args], { env: { ...process.env, PATH: SYSTEM_PATH } });
+  const dir = s.tmpdir('quicmap-nbdkit-');
+  const sock = join(dir, 'kit.sock');
+  // The socket file exists from bind(), before listen(); nbdkit writes its
+  // pid file only once it accepts connections, so wait for that.
+  const pidFile = join(dir, 'kit.pid');
+  s.spawn('nbdkit', ['-f', '-U', sock, '-P', pidFile, plugin, ...args], { env: { ...process.env, PATH: SYSTEM_PATH } });
   await withTimeout(10_000, 'nbdkit listening', async () => {
-    while (!existsSync(sock)) await new Promise((r) => setTimeout(r, 20));
+    while (!existsSync(pidFile)) await new Promise((r) => setTimeout(r, 20));
   });
   return `nbd+unix:///?socket=${sock}`;
 }

@@ -48,7 +48,7 @@ run('openStream waits for a mux slot and fails with ETIMEDOUT when none frees, t
   const serverId = await generateIdentity();
   const server = new QuicTransport(serverId, { maxStreams: 16, idleTimeoutMs: 5000, keepAliveMs: 1000 });
   s.defer(() => server.close());
-  const client = new QuicTransport(await generateIdentity(), { streamOpenTimeoutMs: 300, idleTimeoutMs: 5000, keepAliveMs: 1000 });
+  const client = new QuicTransport(await generateIdentity(), { streamOpenTimeoutMs: 1500, idleTimeoutMs: 5000, keepAliveMs: 1000 });
   s.defer(() => client.close());
   const l = await server.listen('127.0.0.1:0');
   const [conn, peer] = await Promise.all([client.dial(l.address, serverId.publicKey), l.accept()]);
