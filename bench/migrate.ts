@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- migrate [--sizes 64MiB] [--dirty 1,10] [--rtt 0] [--max-downtime 50ms]
+ * `npm run bench -- migrate [--size|--sizes 64MiB[,256MiB,1GiB]] [--dirty 1,10] [--rtt 0] [--max-downtime 50ms]
  *   [--transport tcp|quic] [--post-copy] [--json]`
  *
  * Live migration downtime with a writer dirtying a share of the region's
@@ -85,7 +85,7 @@ async function once(size: number, dirtyPct: number, rtt: number, maxDowntimeMs: 
 }
 
 export default async function main(args: string[]): Promise<void> {
-  const sizes = arg(args, 'sizes', '64MiB').split(',').map(parseSize);
+  const sizes = arg(args, 'sizes', arg(args, 'size', '64MiB')).split(',').map(parseSize);
   const dirty = arg(args, 'dirty', '1,10').split(',').map(Number);
   const rtt = Number(arg(args, 'rtt', '0'));
   const maxDowntimeMs = ms(arg(args, 'max-downtime', '50ms'));

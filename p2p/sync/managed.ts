@@ -7,6 +7,7 @@
 import { QuicmapError } from '../../base/errors.ts';
 import { openBackend } from '../../engine/backends/open.ts';
 import { ChunkedLayer } from '../../engine/layers/chunked.ts';
+import { LocalReadLayer } from '../../engine/layers/local-reads.ts';
 import { SyncedLayer, type SyncEvent, type SyncProgress } from '../../engine/layers/synced.ts';
 import { loadPullOrder } from '../../engine/sync/load-order.ts';
 import { TraceFile } from '../../engine/sync/trace-file.ts';
@@ -39,6 +40,8 @@ export interface ManagedOptions {
   swarm?: boolean;
   /** A second link to the owner for reads a client waits for (no head-of-line wait behind background pulls). */
   urgent?: RemoteRegion;
+  /** Reads of local chunks straight from the cache (default true; false: every read through the chunked path, for A/B runs). */
+  localReads?: boolean;
   /** Push writes to the owner (default true). */
   push?: boolean;
   onEvent?: (e: SyncEvent) => void;
@@ -126,7 +129,9 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
       ...(trace ? { onFirstTouch: (i: number) => trace!.touch(i) } : {}),
       onEvent: opts.onEvent,
     });
-    const store = new ChunkedLayer(synced, chunkSize);
+    const chunked = new ChunkedLayer(synced, chunkSize);
+    // Reads of local chunks skip the chunked path (the cached read path: one cache read per request).
+    const store = opts.localReads === false ? chunked : new LocalReadLayer(chunked, synced);
     await synced.start();
     const src = source;
     const tr = trace;
