@@ -5,6 +5,9 @@
  * a lying seeder cannot poison a mount. Pushes, flushes and the change
  * feed always go to the owner.
  *
+ * Runs of adjacent chunks (`fetchRange`) go to the owner in one request
+ * while no seeder can take any, else chunk by chunk.
+ *
  * Scheduling: each peer has a window (requests in flight it may have)
  * sized from its measured delivery rate and round trip (`PeerWindow`, fed
  * by the clock), so a fast seeder gets a deep pipeline and a slow one only
@@ -106,6 +109,40 @@ export class SwarmSource implements ChunkSource {
     this.clock = opts.clock ?? systemClock;
     this.peers = [this.newPeer('owner', true, opts.owner)];
     for (const s of opts.seeders) this.addSeeder(s);
+    if (opts.owner.fetchRange) this.fetchRange = (first, count, buf) => this.fetchRun(first, count, buf);
+  }
+
+  /**
+   * Runs of adjacent chunks (the puller's background runs): in one request
+   * to the owner while no seeder can take any (no seeder known yet, all
+   * banned or backing off) — so a swarm mount without seeders pulls as fast
+   * as a plain one — else chunk by chunk through the scheduler.
+   */
+  fetchRange?: (first: number, count: number, buf: Uint8Array) => Promise<void>;
+
+  private async fetchRun(first: number, count: number, buf: Uint8Array): Promise<void> {
+    const now = this.clock.now();
+    const cs = this.chunkSize;
+    if (!this.peers.some((p) => !p.owner && !p.banned && now >= p.retryAt)) {
+      const o = this.peers[0]!;
+      const ticket = o.win.start(now);
+      try {
+        await this.owner.fetchRange!(first, count, buf);
+      } catch (e) {
+        o.win.failed(ticket, this.clock.now());
+        o.failures++;
+        throw e;
+      }
+      o.win.done(ticket, this.clock.now(), buf.length);
+      o.fetched += count;
+      o.bytes += buf.length;
+      return;
+    }
+    const jobs: Promise<void>[] = [];
+    for (let k = 0; k < count; k++) jobs.push(this.fetch(first + k, buf.subarray(k * cs, Math.min(buf.length, (k + 1) * cs)), false));
+    const results = await Promise.allSettled(jobs);
+    const bad = results.find((r) => r.status === 'rejected');
+    if (bad) throw (bad as PromiseRejectedResult).reason;
   }
 
   private readonly clock: Clock;
