@@ -14,8 +14,9 @@
  * what it delivers in time; a fetch goes to the peer with room that would
  * finish it soonest. Seeders come before the owner: while a seeder could
  * serve the chunk, background pulls go to the owner only when no seeder has
- * room, and then use at most `ownerWindow` requests of the owner's (spreading load off it; urgent reads are not capped). Seeders
- * found later (the DHT) join with `addSeeder`. A failed or too-slow fetch is
+ * room, and then use at most `ownerWindow` requests of the owner's
+ * (spreading load off it; urgent reads are not capped). Seeders found later
+ * (the DHT) join with `addSeeder`. A failed or too-slow fetch is
  * rescheduled on another peer; a chunk that fails verification is fetched
  * elsewhere and the peer gets a strike (three: it is dropped for good,
  * logged). A chunk whose hash is not known for its current version (the
