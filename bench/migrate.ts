@@ -98,12 +98,12 @@ export default async function main(args: string[]): Promise<void> {
     for (const d of dirty) {
       const r = await once(size, d, rtt, maxDowntimeMs, transportName, postCopy, pullWorkers);
       results.push({ size, dirtyPctPerS: d, rttMs: rtt, ...r });
-      rows.push([`${size / MiB} MiB`, `${d} %/s`, r.downtimeMs.toFixed(1), (r.totalMs / 1000).toFixed(2), (r.bytes / MiB).toFixed(1), r.rounds, r.writes]);
+      rows.push([`${size / MiB} MiB`, `${d} %/s`, r.downtimeMs.toFixed(1), (r.totalMs / 1000).toFixed(2), (r.bytes / MiB).toFixed(1), `${r.rounds} (${r.dirtyRounds})`, r.writes]);
     }
   }
   if (args.includes('--json')) process.stdout.write(`${JSON.stringify({ transport: transportName, maxDowntimeMs, postCopy, results })}\n`);
   else {
     process.stdout.write(`migration downtime over ${transportName}, RTT ${rtt} ms (userspace delay), max-downtime ${maxDowntimeMs} ms${postCopy ? ', post-copy' : ''} (noisy, one process)\n`);
-    process.stdout.write(table(['region', 'dirtied', 'downtime ms', 'total s', 'pulled MiB', 'rounds', 'app writes'], rows) + '\n');
+    process.stdout.write(table(['region', 'dirtied', 'downtime ms', 'total s', 'pulled MiB', 'rounds (dirty)', 'app writes'], rows) + '\n');
   }
 }

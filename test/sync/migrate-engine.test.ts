@@ -36,6 +36,10 @@ test('finalize policy: auto waits for the predicted stop-and-copy to fit; now an
   assert.is(decideFinalize({ kind: 'auto' }, 200, base).finalize, true);
   assert.is(decideFinalize({ kind: 'auto' }, 50, { ...base, bytesPerMs: 0 }).predictedMs, Infinity);
   assert.is(decideFinalize({ kind: 'auto' }, 50, { ...base, rounds: 30 }).finalize, true, 'gives up waiting after max rounds');
+  // Giving up waits for a round near the least pending seen (not a peak of the writer), for at most twice as long.
+  assert.is(decideFinalize({ kind: 'auto' }, 50, { ...base, rounds: 30, minPendingBytes: 4_000_000 }).finalize, false, 'pending 2.5x the best seen: not now');
+  assert.is(decideFinalize({ kind: 'auto' }, 50, { ...base, rounds: 30, minPendingBytes: 9_000_000 }).finalize, true, 'near the best seen');
+  assert.is(decideFinalize({ kind: 'auto' }, 50, { ...base, rounds: 60, minPendingBytes: 1_000_000 }).finalize, true, 'after twice max rounds in any case');
   assert.is(decideFinalize({ kind: 'now' }, 1, base).finalize, true);
   assert.is(decideFinalize({ kind: 'after', ms: 500 }, 1, { ...base, now: 499 }).finalize, false);
   assert.is(decideFinalize({ kind: 'after', ms: 500 }, 1, { ...base, now: 500 }).finalize, true);
