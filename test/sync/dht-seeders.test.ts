@@ -139,7 +139,6 @@ test('a managed mount finds a seeder through the DHT, pulls mostly from it, and 
       const fromOwner = peers.find((p) => p.owner)!.bytes;
       const fromSeeder = peers.find((p) => !p.owner)!.bytes;
       assert.ok(fromSeeder > size / 2, `most bytes from the seeder: ${fromSeeder} of ${size} (owner ${fromOwner})`);
-      if (process.env.QUICMAP_DEBUG) console.log({ fromOwner, fromSeeder, peers });
       assert.ok(fromSeeder > fromOwner);
       assert.ok(view.reads > 0, 'the seeder served through its view');
     });
