@@ -1,5 +1,5 @@
 /**
- * `npm run bench -- migrate [--sizes 64MiB] [--dirty 1,10] [--rtt 0] [--max-downtime 50ms]
+ * `npm run bench -- migrate [--size|--sizes 64MiB[,256MiB,1GiB]] [--dirty 1,10] [--pull-workers 8] [--rtt 0] [--max-downtime 50ms]
  *   [--transport tcp|quic] [--post-copy] [--json]`
  *
  * Live migration downtime with a writer dirtying a share of the region's
@@ -35,7 +35,7 @@ function ms(text: string): number {
   return Number(m[1]) * (m[2] === 's' ? 1000 : 1);
 }
 
-async function once(size: number, dirtyPct: number, rtt: number, maxDowntimeMs: number, transportName: 'tcp' | 'quic', postCopy: boolean) {
+async function once(size: number, dirtyPct: number, rtt: number, maxDowntimeMs: number, transportName: 'tcp' | 'quic', postCopy: boolean, pullWorkers: number) {
   const a = await generateIdentity();
   const b = await generateIdentity();
   const store = new MemoryBackend(size);
@@ -63,7 +63,7 @@ async function once(size: number, dirtyPct: number, rtt: number, maxDowntimeMs: 
   const transport = delayTransport(await openTransport(transportName, b), rtt);
   try {
     const m = await mountTicket({ identity: b, ticket: shared.ticket, transport });
-    const mm = await openManaged(m.region, { pullWorkers: 8, pullOrder: 'volatility', push: false });
+    const mm = await openManaged(m.region, { pullWorkers, pullOrder: 'volatility', push: false });
     const targetGate = new WriteGate(false);
     const r = await runMigration({
       synced: mm.synced,
@@ -85,24 +85,25 @@ async function once(size: number, dirtyPct: number, rtt: number, maxDowntimeMs: 
 }
 
 export default async function main(args: string[]): Promise<void> {
-  const sizes = arg(args, 'sizes', '64MiB').split(',').map(parseSize);
+  const sizes = arg(args, 'sizes', arg(args, 'size', '64MiB')).split(',').map(parseSize);
   const dirty = arg(args, 'dirty', '1,10').split(',').map(Number);
   const rtt = Number(arg(args, 'rtt', '0'));
   const maxDowntimeMs = ms(arg(args, 'max-downtime', '50ms'));
   const transportName = arg(args, 'transport', 'tcp') as 'tcp' | 'quic';
   const postCopy = args.includes('--post-copy');
+  const pullWorkers = Number(arg(args, 'pull-workers', '8'));
   const rows: (string | number)[][] = [];
   const results: unknown[] = [];
   for (const size of sizes) {
     for (const d of dirty) {
-      const r = await once(size, d, rtt, maxDowntimeMs, transportName, postCopy);
+      const r = await once(size, d, rtt, maxDowntimeMs, transportName, postCopy, pullWorkers);
       results.push({ size, dirtyPctPerS: d, rttMs: rtt, ...r });
-      rows.push([`${size / MiB} MiB`, `${d} %/s`, r.downtimeMs.toFixed(1), (r.totalMs / 1000).toFixed(2), (r.bytes / MiB).toFixed(1), r.rounds, r.writes]);
+      rows.push([`${size / MiB} MiB`, `${d} %/s`, r.downtimeMs.toFixed(1), (r.totalMs / 1000).toFixed(2), (r.bytes / MiB).toFixed(1), `${r.rounds} (${r.dirtyRounds})`, r.writes]);
     }
   }
   if (args.includes('--json')) process.stdout.write(`${JSON.stringify({ transport: transportName, maxDowntimeMs, postCopy, results })}\n`);
   else {
     process.stdout.write(`migration downtime over ${transportName}, RTT ${rtt} ms (userspace delay), max-downtime ${maxDowntimeMs} ms${postCopy ? ', post-copy' : ''} (noisy, one process)\n`);
-    process.stdout.write(table(['region', 'dirtied', 'downtime ms', 'total s', 'pulled MiB', 'rounds', 'app writes'], rows) + '\n');
+    process.stdout.write(table(['region', 'dirtied', 'downtime ms', 'total s', 'pulled MiB', 'rounds (dirty)', 'app writes'], rows) + '\n');
   }
 }

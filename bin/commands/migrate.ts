@@ -139,8 +139,8 @@ export const migrate: Command = {
           if (phase !== 'rounds') log(`migrate: ${phase}${Object.keys(detail).length ? ` ${JSON.stringify(detail)}` : ''}`);
         },
       });
-      log(`migrated ${formatSize(mm.synced.progress().size)} from ${mounted.sharerId}: downtime ${result.downtimeMs.toFixed(1)} ms, total ${(result.totalMs / 1000).toFixed(2)} s, ${formatSize(result.bytes)} pulled, ${result.rounds} rounds (${result.why}); this node owns the region, serving ${uri}`);
-      if (values.json) emit({ downtimeMs: Number(result.downtimeMs.toFixed(3)), totalMs: Number(result.totalMs.toFixed(3)), bytes: result.bytes, rounds: result.rounds, predictedMs: Number.isFinite(result.predictedMs) ? Number(result.predictedMs.toFixed(3)) : null, postCopy: result.postCopy, uri, source: mounted.sharerId });
+      log(`migrated ${formatSize(mm.synced.progress().size)} from ${mounted.sharerId}: downtime ${result.downtimeMs.toFixed(1)} ms, total ${(result.totalMs / 1000).toFixed(2)} s, ${formatSize(result.bytes)} pulled, ${result.rounds} rounds, ${result.dirtyRounds} after the first pass (${result.why}); this node owns the region, serving ${uri}`);
+      if (values.json) emit({ downtimeMs: Number(result.downtimeMs.toFixed(3)), totalMs: Number(result.totalMs.toFixed(3)), bytes: result.bytes, rounds: result.rounds, dirtyRounds: result.dirtyRounds, predictedMs: Number.isFinite(result.predictedMs) ? Number(result.predictedMs.toFixed(3)) : null, postCopy: result.postCopy, uri, source: mounted.sharerId });
       const sig = await untilSignal();
       log(`${sig}: stopping`);
       return 0;

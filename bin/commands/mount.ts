@@ -19,6 +19,7 @@ import { openManaged, type ManagedMount, type ManagedOptions } from '../../p2p/s
 import { parseBackendSpec } from '../../engine/backends/open.ts';
 import { parsePullOrder } from '../../engine/sync/pull-order.ts';
 import { showProgress, type ProgressView } from '../progress.ts';
+import { SeedPublisher, SeederFinder, type FoundSeeder } from '../../p2p/sync/dht-seeders.ts';
 
 /** Check the managed-mount flags up front, so a typo fails before anything is dialled. */
 function parseManagedFlags(v: Record<string, string | boolean | string[] | undefined>): ManagedOptions {
@@ -123,7 +124,12 @@ mounter) changes are dropped from the cache and pulled again.
   --seed-listen HOST:PORT  serve this mount's copy to other mounters as a
                            read-only seeder (missing chunks are fetched from
                            the owner on demand); its ticket is printed after
-                           the NBD URI (with --json: "seedTicket")
+                           the NBD URI (with --json: "seedTicket"). With
+                           --dht: default 0.0.0.0:0, and the seeder is
+                           announced in the DHT once the copy holds chunks
+                           ("off": do not seed)
+  With --dht a managed mount also finds the region's other seeders in the
+  DHT (at start and every 10s) and pulls from them, verified as above.
   A progress bar shows on a terminal; with --json, progress events follow
   the first line, one JSON object per line.
   --identity PATH          identity file (default ${defaultIdentityPath()})
@@ -215,8 +221,11 @@ export const mount: Command = {
     let exitCode = 0;
     let seed: SharedRegion | undefined;
     const seeders: MountedTicket[] = [];
-    let urgentLink: MountedTicket | undefined;
+    let urgentLink: { region: MountedTicket['region']; close(): Promise<void> } | undefined;
     let progress: ProgressView | undefined;
+    let finder: SeederFinder | undefined;
+    let seedPublisher: SeedPublisher | undefined;
+    const early: FoundSeeder[] = [];
     try {
       const region = mounted.region;
       if (managed) {
@@ -224,16 +233,38 @@ export const mount: Command = {
           const s = await mountTicket({ identity, ticket: t, region: { requestTimeoutMs }, log });
           seeders.push(s);
         }
+        // With a DHT: the region's other seeders, asked once before the pull starts, then again now and then.
+        if (node.dht) {
+          const claims = mounted.ticket.claims;
+          finder = new SeederFinder({
+            dht: node.dht,
+            identity,
+            sharer: claims.sharer,
+            regionId: claims.regionId,
+            size: region.manifest.size,
+            region: { requestTimeoutMs },
+            log,
+            onSeeder: (f) => (mm ? mm.addSeeder(f.name, f.mounted.region) : void early.push(f)),
+          });
+          await finder.lookOnce().catch((e) => log(`dht: looking for seeders failed: ${(e as Error).message}`));
+        }
         // Reads a client waits for get a link of their own (no wait behind background pulls).
-        urgentLink = await mountTicket({ identity, ticket: ticketText, region: { requestTimeoutMs }, log: () => {} });
+        // A ticket without addresses (the DHT finds the sharer) gets its second link through the node's dialer too.
+        const urgent =
+          mounted.ticket.claims.endpoints.length > 0
+            ? await mountTicket({ identity, ticket: ticketText, region: { requestTimeoutMs }, log: () => {} })
+            : await node.mount({ ticket: ticketText, region: { requestTimeoutMs }, maxRequest: server.limits.maxPayload }).then((u) => ({ region: u.mounted.region, close: () => u.close() }));
+        urgentLink = urgent;
         mm = await openManaged(region, {
           ...managed,
-          urgent: urgentLink.region,
-          seeders: seeders.map((s) => ({ name: s.sharerId.slice(0, 12), region: s.region })),
+          urgent: urgent.region,
+          seeders: [...seeders.map((s) => ({ name: s.sharerId.slice(0, 12), region: s.region })), ...early.map((f) => ({ name: f.name, region: f.mounted.region }))],
+          swarm: finder !== undefined,
           log,
           onEvent: (e) => progress?.event(e),
         });
         if (managed.pullOrder) log(`pull order: ${mm.synced.progress().pullOrder}`);
+        finder?.start();
         const status = mm.status;
         node.extra.managed = () => ({ ...status.progress(), peers: status.peers() ?? null });
       }
@@ -253,9 +284,20 @@ export const mount: Command = {
       );
       const uri = endpoint.uri(values.name);
       if (values.mount) fuse = await forFlag('mount', '--mount', values.mount, () => attachExport({ server, exportName: values.name, dir: values.mount!, readOnly, log }));
-      if (mm && values['seed-listen']) {
+      const seedListen = values['seed-listen'] ?? (node.dht ? '0.0.0.0:0' : undefined);
+      if (mm && seedListen !== undefined && seedListen !== 'off') {
         const view = await buildStack({ backend: mm.store, ownsBackend: false, maxRequest: server.limits.maxPayload, readOnly: true });
-        seed = await shareRegion({ identity, store: view, transport: mounted.ticket.claims.endpoints[0]?.transport ?? 'quic', listen: values['seed-listen'], readOnly: true, log });
+        // Seed over the transport the sharer was reached by (other mounters of the region dial the same way).
+        const transport = (dialerPath?.()?.transport ?? mounted.endpoint?.transport ?? mounted.ticket.claims.endpoints[0]?.transport ?? 'quic') as 'quic' | 'tcp' | 'webtransport';
+        seed = await forFlag('mount', '--seed-listen', seedListen, () => shareRegion({ identity, store: view, transport, listen: seedListen, readOnly: true, log }));
+        if (node.dht) {
+          const m = mm;
+          const claims = mounted.ticket.claims;
+          seedPublisher = new SeedPublisher({ dht: node.dht, sharer: claims.sharer, regionId: claims.regionId, ticket: seed.ticket, address: seed.address, ready: () => m.synced.progress().local > 0, log });
+          const sp = seedPublisher;
+          node.extra.seeding = () => ({ address: sp && seed ? seed.address : null, published: sp.published, lastError: sp.lastError ?? null, found: finder?.found.map((f) => ({ name: f.name, address: f.address })) ?? [] });
+          void seedPublisher.start();
+        }
       }
       // Handle SIGINT/SIGTERM from before the first line is out: whoever reads it may signal at once.
       const signalled = untilSignal();
@@ -282,6 +324,8 @@ export const mount: Command = {
       // (a last push to a sharer that is down waits for its link deadline instead of the process just ending).
       const alive = setInterval(() => {}, 60_000);
       progress?.stop();
+      seedPublisher?.stop();
+      await finder?.stop();
       await seed?.close().catch(() => {});
       if (fuse) await fuse.unmount().catch((e) => log(`unmount failed: ${(e as Error).message}`));
       await server.close();

@@ -365,6 +365,25 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     }
   }
 
+  /**
+   * The cached read path: when every chunk under [offset, offset + length)
+   * is local, one read of the cache for the whole range (no per-chunk
+   * split, no extra promise per layer); undefined otherwise (the caller
+   * goes through the chunked path, which fetches what is missing). Reads
+   * take no lock here either: a read racing a write may see either.
+   */
+  readIfLocal(buf: Uint8Array, offset: number): Promise<void> | undefined {
+    if (this.closed || buf.length === 0) return undefined;
+    const end = offset + buf.length;
+    if (offset < 0 || end > this.regionSize) return undefined;
+    const cs = this.chunkSize;
+    const first = Math.floor(offset / cs);
+    const last = Math.floor((end - 1) / cs);
+    for (let i = first; i <= last; i++) if (!this.states.isLocal(i)) return undefined;
+    for (let i = first; i <= last; i++) if (!this.touched[i]) this.touch(i);
+    return this.cache.readAt(buf, offset);
+  }
+
   async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
     if (this.closed) throw new ClosedError('synced layer');
     if (data.length === 0) return;

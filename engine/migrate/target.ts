@@ -64,7 +64,10 @@ export interface MigrationResult {
   totalMs: number;
   /** Bytes pulled from the source. */
   bytes: number;
+  /** Rounds of asking the source's change feed, pre-copy included. */
   rounds: number;
+  /** Of those, the rounds after the first full pass (the dirty rounds proper). */
+  dirtyRounds: number;
   predictedMs: number;
   postCopy: boolean;
   why: string;
@@ -93,6 +96,9 @@ export async function runMigration(o: MigrationOptions): Promise<MigrationResult
 
   // ---- pre-copy and dirty rounds (the source is unaffected by anything failing here) ----
   let rounds = 0;
+  /** Rounds after the first full pass (what the give-up rule counts), and the least pending seen in them. */
+  let dirtyRounds = 0;
+  let minPending = Infinity;
   let lastBytes = synced.progress().pulledBytes;
   let lastAt = clock.now();
   let bytesPerMs = 0;
@@ -120,7 +126,19 @@ export async function runMigration(o: MigrationOptions): Promise<MigrationResult
       firstPass ||= p.remote + p.fetching === 0 || p.pulledBytes >= p.size;
       const firstPassDone = firstPass || o.postCopy === true;
       const pendingBytes = o.postCopy ? 0 : (p.remote + p.fetching) * cs;
-      decision = decideFinalize(o.finalize, o.maxDowntimeMs, { now, startedAt, pendingBytes, bytesPerMs, rttMs: rtt, rounds });
+      if (firstPassDone) {
+        dirtyRounds++;
+        minPending = Math.min(minPending, pendingBytes);
+      }
+      decision = decideFinalize(o.finalize, o.maxDowntimeMs, {
+        now,
+        startedAt,
+        pendingBytes,
+        bytesPerMs,
+        rttMs: rtt,
+        rounds: dirtyRounds,
+        ...(dirtyRounds > 0 ? { minPendingBytes: minPending } : {}),
+      });
       phase('rounds', { round: rounds, dirty, local: p.local, chunks: p.chunks, predictedMs: decision.predictedMs });
       if (decision.finalize && (firstPassDone || o.finalize.kind !== 'auto')) break;
     } catch (e) {
@@ -193,6 +211,7 @@ export async function runMigration(o: MigrationOptions): Promise<MigrationResult
     totalMs: clock.now() - startedAt,
     bytes: synced.progress().pulledBytes,
     rounds,
+    dirtyRounds,
     predictedMs: decision.predictedMs,
     postCopy: o.postCopy === true,
     why: decision.why,

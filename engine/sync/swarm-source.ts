@@ -5,17 +5,27 @@
  * a lying seeder cannot poison a mount. Pushes, flushes and the change
  * feed always go to the owner.
  *
- * Scheduling: each peer has a window (requests in flight it may have),
- * grown on success and halved on failure, and a throughput estimate; a
- * fetch goes to the peer with the most free window, faster first, seeders
- * before the owner (spreading load off it). A failed or too-slow fetch is
+ * Runs of adjacent chunks (`fetchRange`) go to the owner in one request
+ * while no seeder can take any, else chunk by chunk.
+ *
+ * Scheduling: each peer has a window (requests in flight it may have)
+ * sized from its measured delivery rate and round trip (`PeerWindow`, fed
+ * by the clock), so a fast seeder gets a deep pipeline and a slow one only
+ * what it delivers in time; a fetch goes to the peer with room that would
+ * finish it soonest. Seeders come before the owner: while a seeder could
+ * serve the chunk, background pulls go to the owner only when no seeder has
+ * room, and then use at most `ownerWindow` requests of the owner's
+ * (spreading load off it; urgent reads are not capped). Seeders found later
+ * (the DHT) join with `addSeeder`. A failed or too-slow fetch is
  * rescheduled on another peer; a chunk that fails verification is fetched
  * elsewhere and the peer gets a strike (three: it is dropped for good,
  * logged). A chunk whose hash is not known for its current version (the
  * owner changed it since the list was taken) comes from the owner only.
  */
 import { QuicmapError } from '../../base/errors.ts';
+import { systemClock, type Clock } from '../../base/clock.ts';
 import type { ChunkSource } from './chunk-source.ts';
+import { PeerWindow } from './peer-window.ts';
 
 export type Verdict = 'ok' | 'bad' | 'unknown';
 
@@ -51,17 +61,14 @@ interface Peer {
   name: string;
   owner: boolean;
   source: Pick<ChunkSource, 'fetch'>;
-  window: number;
-  inFlight: number;
+  win: PeerWindow;
   fetched: number;
   bytes: number;
   failures: number;
   badChunks: number;
   strikes: number;
   banned: boolean;
-  /** Bytes per ms, EWMA. */
-  rate: number;
-  /** Not before this time after a failure (performance.now ms). */
+  /** Not before this time after a failure (clock ms). */
   retryAt: number;
 }
 
@@ -73,10 +80,13 @@ export interface SwarmOptions {
   slowMs?: number;
   /** Strikes (chunks failing verification) before a seeder is dropped (default 3). */
   maxStrikes?: number;
+  /** Owner requests background pulls may use while a seeder can serve the chunk (default 1). */
+  ownerWindow?: number;
+  /** Largest per-peer window (default 32). */
+  maxWindow?: number;
+  clock?: Clock;
   log?: (m: string) => void;
 }
-
-const MAX_WINDOW = 32;
 
 export class SwarmSource implements ChunkSource {
   readonly size: number;
@@ -97,29 +107,92 @@ export class SwarmSource implements ChunkSource {
     this.readOnly = opts.owner.readOnly;
     this.verifier = opts.verifier;
     this.log = opts.log ?? (() => {});
-    const peer = (name: string, owner: boolean, source: Pick<ChunkSource, 'fetch'>): Peer => ({
-      name, owner, source, window: 4, inFlight: 0, fetched: 0, bytes: 0, failures: 0, badChunks: 0, strikes: 0, banned: false, rate: 0, retryAt: 0,
-    });
-    this.peers = [peer('owner', true, opts.owner), ...opts.seeders.map((s) => peer(s.name, false, s.source))];
+    this.clock = opts.clock ?? systemClock;
+    this.peers = [this.newPeer('owner', true, opts.owner)];
+    for (const s of opts.seeders) this.addSeeder(s);
+    if (opts.owner.fetchRange) this.fetchRange = (first, count, buf) => this.fetchRun(first, count, buf);
+  }
+
+  /**
+   * Runs of adjacent chunks (the puller's background runs): in one request
+   * to the owner while no seeder can take any (no seeder known yet, all
+   * banned or backing off) — so a swarm mount without seeders pulls as fast
+   * as a plain one — else chunk by chunk through the scheduler.
+   */
+  fetchRange?: (first: number, count: number, buf: Uint8Array) => Promise<void>;
+
+  private async fetchRun(first: number, count: number, buf: Uint8Array): Promise<void> {
+    const now = this.clock.now();
+    const cs = this.chunkSize;
+    if (!this.peers.some((p) => !p.owner && !p.banned && now >= p.retryAt)) {
+      const o = this.peers[0]!;
+      const ticket = o.win.start(now);
+      try {
+        await this.owner.fetchRange!(first, count, buf);
+      } catch (e) {
+        o.win.failed(ticket, this.clock.now());
+        o.failures++;
+        throw e;
+      }
+      o.win.done(ticket, this.clock.now(), buf.length);
+      o.fetched += count;
+      o.bytes += buf.length;
+      return;
+    }
+    const jobs: Promise<void>[] = [];
+    for (let k = 0; k < count; k++) jobs.push(this.fetch(first + k, buf.subarray(k * cs, Math.min(buf.length, (k + 1) * cs)), false));
+    const results = await Promise.allSettled(jobs);
+    const bad = results.find((r) => r.status === 'rejected');
+    if (bad) throw (bad as PromiseRejectedResult).reason;
+  }
+
+  private readonly clock: Clock;
+
+  private newPeer(name: string, owner: boolean, source: Pick<ChunkSource, 'fetch'>): Peer {
+    const win = new PeerWindow({ chunkBytes: this.chunkSize, maxWindow: this.opts.maxWindow ?? 32 });
+    return { name, owner, source, win, fetched: 0, bytes: 0, failures: 0, badChunks: 0, strikes: 0, banned: false, retryAt: 0 };
+  }
+
+  /** A seeder found after the start (the DHT, an announce): pulls use it from now on. False if one of that name is known. */
+  addSeeder(s: Seeder): boolean {
+    if (this.peers.some((p) => p.name === s.name)) return false;
+    this.peers.push(this.newPeer(s.name, false, s.source));
+    this.wake();
+    return true;
+  }
+
+  has(name: string): boolean {
+    return this.peers.some((p) => p.name === name);
   }
 
   status(): PeerStatus[] {
+    const now = this.clock.now();
     return this.peers.map((p) => ({
-      name: p.name, owner: p.owner, fetched: p.fetched, bytes: p.bytes, failures: p.failures, badChunks: p.badChunks, banned: p.banned, window: p.window, inFlight: p.inFlight, mbps: p.rate / 1000,
+      name: p.name, owner: p.owner, fetched: p.fetched, bytes: p.bytes, failures: p.failures, badChunks: p.badChunks, banned: p.banned,
+      window: p.win.window(now), inFlight: p.win.inFlight, mbps: p.win.rate(now) / 1000,
     }));
   }
 
-  /** The best peer with a free slot for chunk `index`, excluding `tried`; undefined when all are busy. */
-  private pick(index: number, tried: Set<Peer>, ownerOnly: boolean): Peer | undefined {
-    const now = performance.now();
+  /** A seeder that may serve chunk `index` now (known hash, not banned, not backing off). */
+  private seederFor(index: number, p: Peer, now: number): boolean {
+    return !p.owner && !p.banned && now >= p.retryAt && this.verifier.known(index);
+  }
+
+  /** The peer with room that would finish chunk `index` soonest, excluding `tried`; undefined when all are busy. */
+  private pick(index: number, tried: Set<Peer>, urgent: boolean): Peer | undefined {
+    const now = this.clock.now();
+    const seedersCan = this.peers.some((p) => !tried.has(p) && this.seederFor(index, p, now));
     let best: Peer | undefined;
-    let bestScore = -Infinity;
+    let bestMs = Infinity;
     for (const p of this.peers) {
-      if (p.banned || tried.has(p) || p.inFlight >= p.window) continue;
-      if (!p.owner && (ownerOnly || now < p.retryAt || !this.verifier.known(index))) continue;
-      // Free share of the window, then speed; seeders get a small edge to keep load off the owner.
-      const score = (p.window - p.inFlight) / p.window + p.rate / 1e6 + (p.owner ? 0 : 0.05);
-      if (score > bestScore) (best = p), (bestScore = score);
+      if (p.banned || tried.has(p) || !p.win.hasRoom(now)) continue;
+      if (p.owner) {
+        if (!urgent && seedersCan && p.win.inFlight >= (this.opts.ownerWindow ?? 1)) continue;
+        if (seedersCan && now < p.retryAt) continue;
+      } else if (!this.seederFor(index, p, now)) continue;
+      // Background pulls take the owner only when no seeder has room (urgent reads: whoever is soonest).
+      const ms = p.win.expectedMs(now) + (p.owner && !urgent && seedersCan ? 1e9 : 0);
+      if (ms < bestMs) (best = p), (bestMs = ms);
     }
     return best;
   }
@@ -139,7 +212,7 @@ export class SwarmSource implements ChunkSource {
     let lastErr: unknown;
     for (;;) {
       const ownerOnly = false;
-      const p = this.pick(index, tried, ownerOnly);
+      const p = this.pick(index, tried, urgent);
       if (!p) {
         if (!this.candidatesLeft(index, tried, ownerOnly)) {
           throw lastErr instanceof Error ? lastErr : new QuicmapError('EIO', `chunk ${index}: no peer could supply it`);
@@ -152,12 +225,12 @@ export class SwarmSource implements ChunkSource {
         continue;
       }
       tried.add(p);
-      p.inFlight++;
-      const t0 = performance.now();
+      const ticket = p.win.start(this.clock.now());
+      let settled = false;
       try {
         await this.fetchFrom(p, index, buf, urgent);
-        const dt = Math.max(0.05, performance.now() - t0);
-        p.rate = p.rate === 0 ? buf.length / dt : 0.8 * p.rate + 0.2 * (buf.length / dt);
+        p.win.done(ticket, this.clock.now(), buf.length);
+        settled = true;
         if (!p.owner) {
           const v = this.verifier.check(index, buf);
           if (v !== 'ok') {
@@ -168,16 +241,15 @@ export class SwarmSource implements ChunkSource {
         }
         p.fetched++;
         p.bytes += buf.length;
-        p.window = Math.min(MAX_WINDOW, p.window + 1);
         return;
       } catch (e) {
         lastErr = e;
         p.failures++;
-        p.window = Math.max(1, Math.floor(p.window / 2));
-        if (!p.owner) p.retryAt = performance.now() + Math.min(5_000, 100 * 2 ** Math.min(6, p.failures));
+        if (!settled) p.win.failed(ticket, this.clock.now());
+        // The owner backs off too (while seeders can stand in for it: pick() only then honours it).
+        p.retryAt = this.clock.now() + Math.min(5_000, 100 * 2 ** Math.min(6, p.failures));
         if (p.owner && !this.candidatesLeft(index, tried, false)) throw e;
       } finally {
-        p.inFlight--;
         this.wake();
       }
     }

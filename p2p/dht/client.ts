@@ -12,7 +12,8 @@
 import DHT, { type DhtPeer, type MutableRecord } from 'bittorrent-dht';
 import { QuicmapError } from '../../base/errors.ts';
 import type { Identity } from '../../crypto/identity.ts';
-import { recordReady, signRecord, encodeRecordValue, validateRecord, verifyEd25519, type RecordExpectation, type RecordVerdict, type RegionRecord } from './record.ts';
+import { createHash } from 'node:crypto';
+import { recordReady, signRecord, signedForm, encodeRecordValue, validateRecord, verifyEd25519, type RecordExpectation, type RecordVerdict, type RegionRecord } from './record.ts';
 import { recordTarget } from './topic.ts';
 
 export type DhtBootstrap = string[] | 'none' | 'public';
@@ -154,6 +155,42 @@ export class DhtClient {
     if (verdict.ok) this.seenSeq.set(key, verdict.seq);
     else this.log(`dht: ignored a record for region ${Buffer.from(expect.regionId).toString('hex')}: ${verdict.reason}`);
     return verdict;
+  }
+
+  /**
+   * BEP44: publish any mutable value `v` under (`signer`'s key, `salt`) — the
+   * seeder board (seeder-record.ts) uses it with a key derived from the
+   * region. Resolves to the number of nodes that stored it.
+   */
+  putValue(signer: Pick<Identity, 'publicKey' | 'secretKey'>, salt: Uint8Array, v: Uint8Array, seq: number, timeoutMs = 10_000): Promise<number> {
+    const value = Buffer.from(v);
+    const s = Buffer.from(salt);
+    return withDeadline<number>(timeoutMs, 'dht put', (done) =>
+      this.dht.put({ k: Buffer.from(signer.publicKey), v: value, seq, salt: s, sign: () => signRecord(signer, seq, value, s) }, (err, _hash, n) => done(err, n)),
+    );
+  }
+
+  /**
+   * BEP44: the mutable value under (`key`, `salt`), its signature checked
+   * here (not trusting the DHT library); null when no node has one or the
+   * signature or salt is wrong (logged).
+   */
+  async getValue(key: Uint8Array, salt: Uint8Array, timeoutMs = 5_000): Promise<{ v: Uint8Array; seq: number } | null> {
+    const target = createHash('sha1').update(key).update(salt).digest();
+    const raw = await withDeadline<MutableRecord | null>(timeoutMs, 'dht get', (done) =>
+      this.dht.get(target, { salt: Buffer.from(salt), cache: false }, (err, res) => done(err, res)),
+    );
+    if (!raw) return null;
+    const ok =
+      Buffer.from(raw.k).equals(Buffer.from(key)) &&
+      Number.isSafeInteger(raw.seq) &&
+      raw.seq >= 0 &&
+      verifyEd25519(raw.sig, signedForm(raw.seq, raw.v, salt), key);
+    if (!ok) {
+      this.log(`dht: ignored a value under ${target.toString('hex')}: bad key or signature`);
+      return null;
+    }
+    return { v: Uint8Array.from(raw.v), seq: raw.seq };
   }
 
   destroy(): Promise<void> {

@@ -122,7 +122,7 @@ export async function recordReady(): Promise<void> {
 }
 
 /** Sign a record value (call `recordReady` once first). */
-export function signRecord(identity: Identity, seq: number, v: Uint8Array, salt: Uint8Array): Buffer {
+export function signRecord(identity: Pick<Identity, 'secretKey'>, seq: number, v: Uint8Array, salt: Uint8Array): Buffer {
   return Buffer.from(sodium.crypto_sign_detached(signedForm(seq, v, salt), identity.secretKey));
 }
 

@@ -7,6 +7,7 @@
 import { QuicmapError } from '../../base/errors.ts';
 import { openBackend } from '../../engine/backends/open.ts';
 import { ChunkedLayer } from '../../engine/layers/chunked.ts';
+import { LocalReadLayer } from '../../engine/layers/local-reads.ts';
 import { SyncedLayer, type SyncEvent, type SyncProgress } from '../../engine/layers/synced.ts';
 import { loadPullOrder } from '../../engine/sync/load-order.ts';
 import { TraceFile } from '../../engine/sync/trace-file.ts';
@@ -35,8 +36,12 @@ export interface ManagedOptions {
    * are used only when they match the owner's signed chunk-hash list.
    */
   seeders?: ReadonlyArray<{ name: string; region: RemoteRegion }>;
+  /** Pull through the swarm scheduler even with no seeder yet (seeders found later join with `addSeeder`: the DHT). */
+  swarm?: boolean;
   /** A second link to the owner for reads a client waits for (no head-of-line wait behind background pulls). */
   urgent?: RemoteRegion;
+  /** Reads of local chunks straight from the cache (default true; false: every read through the chunked path, for A/B runs). */
+  localReads?: boolean;
   /** Push writes to the owner (default true). */
   push?: boolean;
   onEvent?: (e: SyncEvent) => void;
@@ -62,6 +67,12 @@ export interface ManagedMount {
   peers(): PeerStatus[] | undefined;
   /** The status view of this mount. */
   status: ManagedStatus;
+  /**
+   * Pull from another seeder from now on (needs `seeders` or `swarm` at
+   * open). False when the mount has no swarm or knows the name already;
+   * throws EINVAL when the seeder's region has another size.
+   */
+  addSeeder(name: string, region: RemoteRegion): boolean;
   close(): Promise<void>;
 }
 
@@ -84,17 +95,19 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
     source = await RemoteChunkSource.open(region, { chunkSize, log: opts.log, ...(opts.urgent ? { urgent: opts.urgent } : {}) });
     let swarm: SwarmSource | undefined;
     let refresh: NodeJS.Timeout | undefined;
-    if (opts.seeders && opts.seeders.length > 0) {
-      for (const s of opts.seeders) {
-        if (s.region.manifest.size !== size) throw new QuicmapError('EINVAL', `seeder ${s.name} serves ${s.region.manifest.size} bytes, the region has ${size}`);
-      }
+    const seederOf = (name: string, r: RemoteRegion) => {
+      if (r.manifest.size !== size) throw new QuicmapError('EINVAL', `seeder ${name} serves ${r.manifest.size} bytes, the region has ${size}`);
+      return { name, source: { fetch: (i: number, buf: Uint8Array) => r.readAt(buf, i * chunkSize) } };
+    };
+    if ((opts.seeders && opts.seeders.length > 0) || opts.swarm) {
+      const initial = (opts.seeders ?? []).map((s) => seederOf(s.name, s.region));
       const verifier = new HashListVerifier(Math.ceil(size / chunkSize));
       const owner = region.manifest.sharer;
       const regionId = region.manifest.regionId;
       await loadHashList(region, verifier, owner, regionId);
       swarm = new SwarmSource({
         owner: source,
-        seeders: opts.seeders.map((s) => ({ name: s.name, source: { fetch: (i: number, buf: Uint8Array) => s.region.readAt(buf, i * chunkSize) } })),
+        seeders: initial,
         verifier,
         log: opts.log,
       });
@@ -116,7 +129,9 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
       ...(trace ? { onFirstTouch: (i: number) => trace!.touch(i) } : {}),
       onEvent: opts.onEvent,
     });
-    const store = new ChunkedLayer(synced, chunkSize);
+    const chunked = new ChunkedLayer(synced, chunkSize);
+    // Reads of local chunks skip the chunked path (the cached read path: one cache read per request).
+    const store = opts.localReads === false ? chunked : new LocalReadLayer(chunked, synced);
     await synced.start();
     const src = source;
     const tr = trace;
@@ -127,6 +142,7 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
       source: src,
       peers: () => swarm?.status(),
       status: { progress: () => synced.progress(), peers: () => swarm?.status() },
+      addSeeder: (name, r) => (swarm ? swarm.addSeeder(seederOf(name, r)) : false),
       close() {
         closing ??= (async () => {
           try {

@@ -100,4 +100,43 @@ needTools(test, ['nbdcopy'])('a managed mount seeds its copy (--seed-listen): a 
   }
 });
 
+needTools(test, ['nbdcopy'])('--dht: a managed mount announces itself as a seeder, and a second one finds it in the DHT and pulls from it', async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(90_000, 'dht seeders', async () => {
+      const dir = s.tmpdir();
+      const img = join(dir, 'owner.img');
+      const data = Buffer.alloc(8 * MiB);
+      for (let i = 0; i < data.length; i++) data[i] = (i * 11 + (i >> 13)) & 0xff;
+      writeFileSync(img, data);
+      // A private DHT on loopback: one bootstrap node the test starts.
+      const boot = await start(s, ['dht', '--listen', '127.0.0.1:0'], join(dir, 'd'));
+      const dht = ['--dht', boot.first.trim(), '--dht-listen', '127.0.0.1:0'];
+      const owner = await start(s, ['share', '--backend', `file:${img}`, '--listen', '127.0.0.1:0', '--transport', 'tcp', ...dht], join(dir, 'o'));
+      const a = await start(s, ['mount', owner.first, '--managed', ...dht, '--seed-listen', '127.0.0.1:0', '--listen', '127.0.0.1:0', '--json'], join(dir, 'a'));
+      let outA = a.lines.join('\n') + '\n';
+      a.child.stdout!.on('data', (d: string) => (outA += d));
+      await waitFor('A complete', () => /"event":"pull-complete"/.test(outA));
+      await waitFor('A announced as a seeder', () => /dht: seeding region/.test(a.stderr()));
+      const b = await start(s, ['mount', owner.first, '--managed', ...dht, '--seed-listen', 'off', '--pull-workers', '4', '--listen', '127.0.0.1:0', '--json'], join(dir, 'b'));
+      let outB = b.lines.join('\n') + '\n';
+      b.child.stdout!.on('data', (d: string) => (outB += d));
+      await waitFor('B complete', () => /"event":"pull-complete"/.test(outB));
+      assert.match(b.stderr(), /dht: pulling from seeder/);
+      await waitFor('B reports chunks from the seeder', () =>
+        outB.split('\n').some((l) => {
+          if (!l.includes('"peers"')) return false;
+          const peers = (JSON.parse(l) as { peers: Array<{ owner: boolean; fetched: number }> | null }).peers ?? [];
+          return peers.some((p) => !p.owner && p.fetched > 0);
+        }), 10_000);
+      const copy = join(dir, 'b.img');
+      const r = await tool('nbdcopy', ['--no-extents', (JSON.parse(b.first) as { uri: string }).uri, copy]);
+      assert.is(r.code, 0, r.stderr);
+      assert.ok(Buffer.compare(readFileSync(copy), data) === 0);
+    });
+  } finally {
+    await s.close();
+  }
+});
+
 test.run();

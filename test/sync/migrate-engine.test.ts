@@ -36,6 +36,10 @@ test('finalize policy: auto waits for the predicted stop-and-copy to fit; now an
   assert.is(decideFinalize({ kind: 'auto' }, 200, base).finalize, true);
   assert.is(decideFinalize({ kind: 'auto' }, 50, { ...base, bytesPerMs: 0 }).predictedMs, Infinity);
   assert.is(decideFinalize({ kind: 'auto' }, 50, { ...base, rounds: 30 }).finalize, true, 'gives up waiting after max rounds');
+  // Giving up waits for a round near the least pending seen (not a peak of the writer), for at most twice as long.
+  assert.is(decideFinalize({ kind: 'auto' }, 50, { ...base, rounds: 30, minPendingBytes: 4_000_000 }).finalize, false, 'pending 2.5x the best seen: not now');
+  assert.is(decideFinalize({ kind: 'auto' }, 50, { ...base, rounds: 30, minPendingBytes: 9_000_000 }).finalize, true, 'near the best seen');
+  assert.is(decideFinalize({ kind: 'auto' }, 50, { ...base, rounds: 60, minPendingBytes: 1_000_000 }).finalize, true, 'after twice max rounds in any case');
   assert.is(decideFinalize({ kind: 'now' }, 1, base).finalize, true);
   assert.is(decideFinalize({ kind: 'after', ms: 500 }, 1, { ...base, now: 499 }).finalize, false);
   assert.is(decideFinalize({ kind: 'after', ms: 500 }, 1, { ...base, now: 500 }).finalize, true);
@@ -174,6 +178,45 @@ test('runMigration finalizes even when a busy writer keeps some chunk remote at 
   void run.then(() => (done = true));
   for (let i = 0; i < 100 && !done; i++) await clock.advance(100);
   assert.ok(done, 'the migration finalized');
+  await synced.stop();
+});
+
+test('runMigration: a long pre-copy does not count as non-convergence (auto does not give up the moment the first pass ends)', async () => {
+  const CS = 4096;
+  const N = 16;
+  const source = new GatedSource(N * CS, CS, (i) => i & 0xff);
+  const clock = new VirtualClock();
+  const synced = new SyncedLayer({ cache: new MemoryBackend(N * CS), source, clock, pullWorkers: 2, push: false });
+  const log: string[] = [];
+  const gate = new WriteGate(false);
+  let result: Awaited<ReturnType<typeof runMigration>> | undefined;
+  // maxDowntime 1 ms: with chunks pending the prediction never fits, so only the give-up rule can finalize.
+  const run = runMigration({ synced, control: fakeControl(source, () => synced, log), finalize: { kind: 'auto' }, maxDowntimeMs: 1, clock, resume: async () => gate.open() }).then((r) => (result = r));
+  // A pre-copy 40 rounds long: every fetch held.
+  source.holdFetches = true;
+  for (let i = 0; i < 40; i++) await clock.advance(100);
+  assert.ok(log.filter((l) => l === 'sync').length >= 35, 'many rounds during the pre-copy');
+  // The first pass completes, and right away a writer dirties 4 chunks that cannot be re-pulled yet.
+  source.holdFetches = false;
+  source.release();
+  await settle(20);
+  assert.ok(synced.progress().complete, 'first pass done');
+  source.holdFetches = true;
+  for (let i = 0; i < 4; i++) source.ownerWrite(i * CS, new Uint8Array(CS).fill(0xa0 + i));
+  for (let i = 0; i < 5; i++) await clock.advance(100);
+  assert.not.ok(log.includes('suspend'), 'no finalize yet: 5 dirty rounds, not 45');
+  // Not converging: after 30 dirty rounds auto finalizes anyway.
+  for (let i = 0; i < 40 && !log.includes('suspend'); i++) await clock.advance(100);
+  assert.ok(log.includes('suspend'), 'gave up after the dirty rounds');
+  source.holdFetches = false;
+  source.release();
+  for (let i = 0; i < 50 && !result; i++) (source.release(), await clock.advance(100));
+  await run;
+  assert.ok(result!.dirtyRounds >= 30 && result!.dirtyRounds < 40, `dirty rounds ${result!.dirtyRounds}`);
+  assert.ok(result!.rounds >= result!.dirtyRounds + 35);
+  const b = new Uint8Array(CS);
+  await synced.readAt(b, 2 * CS);
+  assert.is(b[0], 0xa2, 'the dirtied chunks were pulled before the handover');
   await synced.stop();
 });
 

@@ -84,4 +84,26 @@ test('a corrupting seeder gets strikes and is dropped; the data is still right',
   assert.ok(logs.some((l) => /dropped/.test(l)));
 });
 
+test('runs: one owner request while no seeder can take any; chunk by chunk through the scheduler once one can', async () => {
+  const o = await owner();
+  const ranges: Array<[number, number]> = [];
+  const src = { ...o.source, fetchRange: async (first: number, count: number, buf: Uint8Array) => (ranges.push([first, count]), buf.set(o.content.subarray(first * CS, first * CS + buf.length))) };
+  const swarm = new SwarmSource({ owner: src, seeders: [], verifier: verifierFor(o.content) });
+  assert.type(swarm.fetchRange, 'function');
+  const buf = new Uint8Array(4 * CS);
+  await swarm.fetchRange!(2, 4, buf);
+  assert.equal(ranges, [[2, 4]]);
+  assert.ok(Buffer.from(buf).equals(Buffer.from(o.content.subarray(2 * CS, 6 * CS))));
+  assert.is(swarm.status()[0]!.bytes, 4 * CS);
+  const s = seederOf(o.content);
+  swarm.addSeeder({ name: 's', source: s.source });
+  const buf2 = new Uint8Array(4 * CS);
+  await swarm.fetchRange!(8, 4, buf2);
+  assert.equal(ranges, [[2, 4]], 'no owner range once a seeder can serve');
+  assert.equal(s.calls.sort((a, b) => a - b), [8, 9, 10, 11]);
+  assert.ok(Buffer.from(buf2).equals(Buffer.from(o.content.subarray(8 * CS, 12 * CS))));
+  const plain = new SwarmSource({ owner: o.source, seeders: [], verifier: verifierFor(o.content) });
+  assert.is(plain.fetchRange, undefined, 'no runs when the owner has none');
+});
+
 test.run();
