@@ -19,6 +19,8 @@ export interface WanRun {
   noisy: boolean;
   link: { bandwidthBps: number; jitterMs: number; tcpCongestion?: string };
   subjects: SubjectName[];
+  /** Which class each quicmap subject was and its congestion controller, where chosen (absent in older runs). */
+  subjectInfo?: Partial<Record<SubjectName, { impl?: string; cc?: string }>>;
   workloads: WorkloadName[];
   conditions: Condition[];
 }
@@ -31,6 +33,10 @@ export interface Cell {
   rrP99: number;
   bulkMBps: number;
   mountMBps: number;
+  /** Managed mount: ready to working set read (ms), and full pull as MB/s. */
+  managedWorkingSetMs: number;
+  managedFullPullMs: number;
+  managedPullMBps: number;
   holCleanP50: number;
   holCleanP99: number;
   holLossyP50: number;
@@ -47,6 +53,9 @@ export function cell(c: Condition, s: SubjectName): Cell {
     rrP99: quantile(r?.rr ?? [], 0.99),
     bulkMBps: r?.bulk ? r.bulk.bytes / r.bulk.seconds / 1e6 : NaN,
     mountMBps: r?.mount ? r.mount.bytes / r.mount.seconds / 1e6 : NaN,
+    managedWorkingSetMs: r?.managed ? r.managed.workingSetMs : NaN,
+    managedFullPullMs: r?.managed ? r.managed.fullPullMs : NaN,
+    managedPullMBps: r?.managed ? r.managed.bytes / (r.managed.fullPullMs / 1000) / 1e6 : NaN,
     holCleanP50: quantile(clean, 0.5),
     holCleanP99: quantile(clean, 0.99),
     holLossyP50: quantile(r?.hol?.lossy ?? [], 0.5),
@@ -126,16 +135,16 @@ export interface Headline {
 }
 
 export function headline(run: WanRun): Headline {
-  const header = ['RTT', 'loss', 'subject', 'new endpoint ms', 'connect ms', 'first byte ms', '4K p50 ms', '4K p99 ms', 'bulk MB/s', 'mount MB/s', 'HOL clean p99 ms'];
+  const header = ['RTT', 'loss', 'subject', 'new endpoint ms', 'connect ms', 'first byte ms', '4K p50 ms', '4K p99 ms', 'bulk MB/s', 'mount MB/s', 'managed WS ms', 'managed pull MB/s', 'HOL clean p99 ms'];
   const rows: string[][] = [];
   for (const c of run.conditions) {
     if (c.skipped) {
-      rows.push([`${c.rttMs}`, `${c.loss * 100}%`, `skipped: ${c.skipped}`, '', '', '', '', '', '', '', '']);
+      rows.push([`${c.rttMs}`, `${c.loss * 100}%`, `skipped: ${c.skipped}`, ...header.slice(3).map(() => '')]);
       continue;
     }
     for (const s of run.subjects) {
       const x = cell(c, s);
-      rows.push([`${c.rttMs}`, `${c.loss * 100}%`, s, fmt(x.endpointMs), fmt(x.connectMs), fmt(x.firstByteMs), fmt(x.rrP50), fmt(x.rrP99), fmt(x.bulkMBps), fmt(x.mountMBps), fmt(x.holCleanP99)]);
+      rows.push([`${c.rttMs}`, `${c.loss * 100}%`, s, fmt(x.endpointMs), fmt(x.connectMs), fmt(x.firstByteMs), fmt(x.rrP50), fmt(x.rrP99), fmt(x.bulkMBps), fmt(x.mountMBps), fmt(x.managedWorkingSetMs), fmt(x.managedPullMBps), fmt(x.holCleanP99)]);
     }
   }
   return { header, rows, targets: targets(run) };
