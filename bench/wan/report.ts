@@ -25,6 +25,7 @@ const FONT = 'DejaVu Sans';
 export const COLORS: Record<SubjectName, string> = {
   'quicmap-quic': '#d9480f',
   'quicmap-ngtcp2': '#c2255c',
+  'quicmap-ngtcp2-cubic': '#e64980',
   'quicmap-ngtcp2-reno': '#ae3ec9',
   'quicmap-ngtcp2-bbr': '#7048e8',
   'quicmap-ngtcp2-bbr2': '#0ca678',

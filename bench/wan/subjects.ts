@@ -4,8 +4,9 @@
  *   quicmap-quic  the project's QUIC transport (p2p openTransport('quic'));
  *                 its implementation's class is recorded (ServerInfo.impl)
  *   quicmap-ngtcp2  Ngtcp2Transport (native ngtcp2 data path, one QUIC
- *                 stream per ByteStream), CUBIC; -reno/-bbr/-bbr2 are the
- *                 same with that congestion controller (opt-in subjects)
+ *                 stream per ByteStream) with its default congestion
+ *                 controller; -cubic/-reno/-bbr/-bbr2 are the same with
+ *                 that controller (opt-in subjects)
  *   quicmap-tcp   the project's TCP transport (TCP + its secure channel + mux)
  *   raw-quic      the QUIC library the project uses, with a trivial server
  *   tls-tcp       node:tls (TLS 1.3) over TCP, one connection
@@ -30,19 +31,21 @@ import type { Identity } from '../../crypto/identity.ts';
 import { loadNativeQuic, type NativeConnection, type NativeStream } from '../../transports/quic-native.ts';
 import { openTransport } from '../../p2p/transports.ts';
 import { ByteAccumulator } from '../../transports/byte-accumulator.ts';
-import { Ngtcp2Transport, type Ngtcp2TransportOptions } from '../../transports/ngtcp2.ts';
+import { NGTCP2_DEFAULTS, Ngtcp2Transport, type Ngtcp2TransportOptions } from '../../transports/ngtcp2.ts';
 
-export type Ngtcp2Subject = 'quicmap-ngtcp2' | 'quicmap-ngtcp2-reno' | 'quicmap-ngtcp2-bbr' | 'quicmap-ngtcp2-bbr2';
+export type Ngtcp2Subject = 'quicmap-ngtcp2' | 'quicmap-ngtcp2-cubic' | 'quicmap-ngtcp2-reno' | 'quicmap-ngtcp2-bbr' | 'quicmap-ngtcp2-bbr2';
 export type SubjectName = 'quicmap-quic' | Ngtcp2Subject | 'quicmap-tcp' | 'raw-quic' | 'tls-tcp' | 'plain-tcp';
 /** The subjects a run has unless --subjects says otherwise. */
 export const SUBJECTS: SubjectName[] = ['quicmap-quic', 'quicmap-ngtcp2', 'quicmap-tcp', 'raw-quic', 'tls-tcp', 'plain-tcp'];
 /** Every subject --subjects may name (the congestion-control variants of ngtcp2 are opt-in). */
-export const ALL_SUBJECTS: SubjectName[] = [...SUBJECTS, 'quicmap-ngtcp2-reno', 'quicmap-ngtcp2-bbr', 'quicmap-ngtcp2-bbr2'];
+export const ALL_SUBJECTS: SubjectName[] = [...SUBJECTS, 'quicmap-ngtcp2-cubic', 'quicmap-ngtcp2-reno', 'quicmap-ngtcp2-bbr', 'quicmap-ngtcp2-bbr2'];
 /** Subjects with many streams on one connection (the head-of-line test needs them). */
-export const STREAM_SUBJECTS: SubjectName[] = ['quicmap-quic', 'quicmap-ngtcp2', 'quicmap-ngtcp2-reno', 'quicmap-ngtcp2-bbr', 'quicmap-ngtcp2-bbr2', 'quicmap-tcp', 'raw-quic'];
+export const STREAM_SUBJECTS: SubjectName[] = ['quicmap-quic', 'quicmap-ngtcp2', 'quicmap-ngtcp2-cubic', 'quicmap-ngtcp2-reno', 'quicmap-ngtcp2-bbr', 'quicmap-ngtcp2-bbr2', 'quicmap-tcp', 'raw-quic'];
 
-const NGTCP2_CC: Record<Ngtcp2Subject, NonNullable<Ngtcp2TransportOptions['cc']>> = {
-  'quicmap-ngtcp2': 'cubic',
+/** The controller each ngtcp2 subject asks for (undefined: the transport's default). */
+const NGTCP2_CC: Record<Ngtcp2Subject, Ngtcp2TransportOptions['cc']> = {
+  'quicmap-ngtcp2': undefined,
+  'quicmap-ngtcp2-cubic': 'cubic',
   'quicmap-ngtcp2-reno': 'reno',
   'quicmap-ngtcp2-bbr': 'bbr',
   'quicmap-ngtcp2-bbr2': 'bbr2',
@@ -59,7 +62,10 @@ export function subjectUnavailable(subject: SubjectName): string | undefined {
 
 /** A transport of the project's for a quicmap-* subject (the same options on both sides). */
 async function quicmapTransport(subject: 'quicmap-quic' | 'quicmap-tcp' | Ngtcp2Subject, identity: Identity): Promise<Transport> {
-  if (isNgtcp2(subject)) return new Ngtcp2Transport(identity, { idleTimeoutMs: 15_000, keepAliveMs: 4_000, cc: NGTCP2_CC[subject] });
+  if (isNgtcp2(subject)) {
+    const cc = NGTCP2_CC[subject];
+    return new Ngtcp2Transport(identity, { idleTimeoutMs: 15_000, keepAliveMs: 4_000, ...(cc ? { cc } : {}) });
+  }
   return openTransport(subject === 'quicmap-quic' ? 'quic' : 'tcp', identity);
 }
 
@@ -252,7 +258,7 @@ export async function startServer(subject: SubjectName, host: string, identity: 
           })();
         }
       })();
-      const cc = isNgtcp2(subject) ? NGTCP2_CC[subject] : undefined;
+      const cc = isNgtcp2(subject) ? (NGTCP2_CC[subject] ?? NGTCP2_DEFAULTS.cc) : undefined;
       return { info: { address: l.address, publicKey: Buffer.from(identity.publicKey).toString('hex'), impl: t.constructor.name, ...(cc ? { cc } : {}) }, stop: () => t.close() };
     }
   }
