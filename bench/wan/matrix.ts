@@ -143,7 +143,7 @@ class Worker {
     return new Promise<T>((resolve, reject) => {
       const t = setTimeout(() => {
         this.waiting.delete(id);
-        reject(new Error(`${q.op} over ${q.subject} timed out after ${timeoutMs} ms`));
+        reject(new WorkerTimeout(`${q.op} over ${q.subject} timed out after ${timeoutMs} ms`));
       }, timeoutMs);
       this.waiting.set(id, {
         resolve: (v) => (clearTimeout(t), resolve(v as T)),
@@ -156,7 +156,15 @@ class Worker {
   stop(): void {
     this.child.stdin!.end();
   }
+
+  /** Kill it (a workload that hung keeps it busy: it runs one request at a time). */
+  kill(): void {
+    kill(this.child);
+  }
 }
+
+/** A request the client worker did not answer in time. */
+class WorkerTimeout extends Error {}
 
 function firstLine(child: ChildProcess, what: string, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -274,7 +282,8 @@ async function managedRead(lab: Lab, worker: Worker, transport: 'quic' | 'tcp', 
       ]);
     const uri = await guard(uriP, 'NBD URI');
     const ws = workingSetSize(bytes);
-    const r = await guard(worker.request<{ ms: number; sha256: string }>({ op: 'nbdread', subject: 'quicmap-tcp', info: { address: '' }, uri, offset: bytes - ws, length: ws, requestBytes: 256 * 1024, inFlight: 8 }, timeoutMs), 'working set');
+    // (The worker's own deadline, so that a hang there is a WorkerTimeout and the worker gets replaced.)
+    const r = await Promise.race([worker.request<{ ms: number; sha256: string }>({ op: 'nbdread', subject: 'quicmap-tcp', info: { address: '' }, uri, offset: bytes - ws, length: ws, requestBytes: 256 * 1024, inFlight: 8 }, timeoutMs), exited]);
     const workingSetMs = Number(process.hrtime.bigint() - t0) / 1e6;
     await guard(pullP, 'pull-complete event');
     return { bytes, workingSetBytes: ws, workingSetMs, fullPullMs: fullPullMs!, workingSetVerified: r.sha256 === workingSetSha256 };
@@ -332,6 +341,11 @@ export async function runMatrix(o: MatrixOptions): Promise<MatrixResult> {
           } catch (e) {
             res(s).errors.push(`${what}: ${(e as Error).message}`);
             o.log(`   ${s} ${what}: ERROR ${(e as Error).message.split('\n')[0]}`);
+            if (e instanceof WorkerTimeout) {
+              // The worker is still inside the hung workload: the next subjects get a fresh one.
+              worker!.kill();
+              worker = new Worker(lab);
+            }
           }
         };
         const has = (w: WorkloadName) => o.workloads.includes(w);
