@@ -208,26 +208,32 @@ export function workingSetSize(bytes: number): number {
   return Math.max(64 * 1024, Math.floor(bytes / 8 / (64 * 1024)) * 64 * 1024);
 }
 
-/** `quicmap share` of a fresh random region file in the server namespace; resolves to its ticket and the working set's SHA-256. */
-async function startShare(lab: Lab, dir: string, transport: 'quic' | 'tcp', bytes: number, procs: ChildProcess[]): Promise<{ ticket: string; workingSetSha256: string }> {
+interface Share {
+  ticket: string;
+  bytes: number;
+  /** SHA-256 of the region's working set (workingSetSize at its end). */
+  workingSetSha256: string;
+}
+
+/** `quicmap share` of a fresh random region file (in `dir`) in the server namespace; the process goes into `procs`. */
+async function startShare(lab: Lab, dir: string, transport: 'quic' | 'tcp', bytes: number, procs: ChildProcess[]): Promise<Share> {
   const img = join(dir, 'region.img');
   const digest = writeRegion(img, bytes);
   const share = lab.spawn(lab.server, process.execPath, [CLI, 'share', '--backend', `file:${img}`, '--listen', `${SERVER_ADDR}:0`, '--transport', transport], { cwd: ROOT, env: cliEnv(dir, 'a') });
   procs.push(share);
-  return { ticket: await firstLine(share, 'quicmap share', 30_000), workingSetSha256: digest.toString('hex') };
+  return { ticket: await firstLine(share, 'quicmap share', 30_000), bytes, workingSetSha256: digest.toString('hex') };
 }
 
 function cliEnv(dir: string, home: string): NodeJS.ProcessEnv {
   return { ...process.env, QUICMAP_HOME: join(dir, home), PATH: SYSTEM_PATH };
 }
 
-/** `quicmap share` in the server namespace, `quicmap mount` in the client's, nbdcopy from the mount to null. */
-async function mountRead(lab: Lab, transport: 'quic' | 'tcp', bytes: number, timeoutMs: number): Promise<MountResult> {
-  const dir = mkdtempSync(join(tmpdir(), 'qm-wan-mount-'));
+/** `quicmap mount` of the share in the client namespace, nbdcopy from the mount to null. */
+async function mountRead(lab: Lab, dir: string, share: Share, timeoutMs: number): Promise<MountResult> {
   const procs: ChildProcess[] = [];
+  const bytes = share.bytes;
   try {
-    const { ticket } = await startShare(lab, dir, transport, bytes, procs);
-    const mount = lab.spawn(lab.client, process.execPath, [CLI, 'mount', ticket, '--listen', '127.0.0.1:0'], { cwd: ROOT, env: cliEnv(dir, 'b') });
+    const mount = lab.spawn(lab.client, process.execPath, [CLI, 'mount', share.ticket, '--listen', '127.0.0.1:0'], { cwd: ROOT, env: cliEnv(dir, 'b') });
     procs.push(mount);
     const uri = await firstLine(mount, 'quicmap mount', 60_000);
     const t0 = process.hrtime.bigint();
@@ -237,17 +243,15 @@ async function mountRead(lab: Lab, transport: 'quic' | 'tcp', bytes: number, tim
     return { bytes, seconds };
   } finally {
     for (const p of procs.reverse()) kill(p);
-    rmSync(dir, { recursive: true, force: true });
   }
 }
 
 /** The managed workload (see ManagedResult): share, `quicmap mount --managed --json`, the working set read by the client worker. */
-async function managedRead(lab: Lab, worker: Worker, transport: 'quic' | 'tcp', bytes: number, timeoutMs: number): Promise<ManagedResult> {
-  const dir = mkdtempSync(join(tmpdir(), 'qm-wan-managed-'));
+async function managedRead(lab: Lab, worker: Worker, dir: string, share: Share, timeoutMs: number): Promise<ManagedResult> {
   const procs: ChildProcess[] = [];
+  const { bytes, workingSetSha256 } = share;
   try {
-    const { ticket, workingSetSha256 } = await startShare(lab, dir, transport, bytes, procs);
-    const mount = lab.spawn(lab.client, process.execPath, [CLI, 'mount', ticket, '--managed', '--json', '--pull-workers', '8', '--listen', '127.0.0.1:0'], { cwd: ROOT, env: cliEnv(dir, 'b') });
+    const mount = lab.spawn(lab.client, process.execPath, [CLI, 'mount', share.ticket, '--managed', '--json', '--pull-workers', '8', '--listen', '127.0.0.1:0'], { cwd: ROOT, env: cliEnv(dir, 'b') });
     procs.push(mount);
     let err = '';
     mount.stderr?.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-4000)));
@@ -289,7 +293,6 @@ async function managedRead(lab: Lab, worker: Worker, transport: 'quic' | 'tcp', 
     return { bytes, workingSetBytes: ws, workingSetMs, fullPullMs: fullPullMs!, workingSetVerified: r.sha256 === workingSetSha256 };
   } finally {
     for (const p of procs.reverse()) kill(p);
-    rmSync(dir, { recursive: true, force: true });
   }
 }
 
@@ -376,26 +379,34 @@ export async function runMatrix(o: MatrixOptions): Promise<MatrixResult> {
             });
           }
         }
-        if (has('mount')) {
+        if (has('mount') || has('managed')) {
+          // One `quicmap share` per transport serves the direct mount, then the managed one (CLI start-ups are slow).
           for (const s of o.subjects.filter((x) => x === 'quicmap-quic' || x === 'quicmap-tcp')) {
-            await attempt(s, 'mount', async () => {
-              const rate = res(s).bulk ? res(s).bulk!.bytes / res(s).bulk!.seconds : 1e6;
-              const mib = Math.max(1, Math.min(p.mountMaxMiB, Math.round((rate * p.mountSeconds) / MiB)));
-              const r = await mountRead(lab, s === 'quicmap-quic' ? 'quic' : 'tcp', mib * MiB, deadline(p.mountSeconds * 4000, rttMs));
-              res(s).mount = r;
-              o.log(`   ${s.padEnd(NAME_W)} mount read ${fmt(r.bytes / r.seconds / 1e6)} MB/s (nbdcopy of ${mib} MiB through quicmap mount in ${fmt(r.seconds)} s)`);
-            });
-          }
-        }
-        if (has('managed')) {
-          for (const s of o.subjects.filter((x) => x === 'quicmap-quic' || x === 'quicmap-tcp')) {
-            await attempt(s, 'managed', async () => {
-              const rate = res(s).bulk ? res(s).bulk!.bytes / res(s).bulk!.seconds : 1e6;
-              const mib = Math.max(1, Math.min(p.mountMaxMiB, Math.round((rate * p.mountSeconds) / MiB)));
-              const r = await managedRead(lab, worker!, s === 'quicmap-quic' ? 'quic' : 'tcp', mib * MiB, deadline(p.mountSeconds * 6000, rttMs));
-              res(s).managed = r;
-              o.log(`   ${s.padEnd(NAME_W)} managed    working set (${fmt(r.workingSetBytes / MiB)} MiB) in ${fmt(r.workingSetMs)} ms${r.workingSetVerified ? '' : ' (DATA MISMATCH)'}, full pull of ${mib} MiB in ${fmt(r.fullPullMs)} ms (${fmt(r.bytes / (r.fullPullMs / 1000) / 1e6)} MB/s)`);
-            });
+            const rate = res(s).bulk ? res(s).bulk!.bytes / res(s).bulk!.seconds : 1e6;
+            const mib = Math.max(1, Math.min(p.mountMaxMiB, Math.round((rate * p.mountSeconds) / MiB)));
+            const dir = mkdtempSync(join(tmpdir(), 'qm-wan-mount-'));
+            const procs: ChildProcess[] = [];
+            try {
+              let share: Share | undefined;
+              await attempt(s, 'share', async () => void (share = await startShare(lab, dir, s === 'quicmap-quic' ? 'quic' : 'tcp', mib * MiB, procs)));
+              if (share && has('mount')) {
+                await attempt(s, 'mount', async () => {
+                  const r = await mountRead(lab, dir, share!, deadline(p.mountSeconds * 4000, rttMs));
+                  res(s).mount = r;
+                  o.log(`   ${s.padEnd(NAME_W)} mount read ${fmt(r.bytes / r.seconds / 1e6)} MB/s (nbdcopy of ${mib} MiB through quicmap mount in ${fmt(r.seconds)} s)`);
+                });
+              }
+              if (share && has('managed')) {
+                await attempt(s, 'managed', async () => {
+                  const r = await managedRead(lab, worker!, dir, share!, deadline(p.mountSeconds * 6000, rttMs));
+                  res(s).managed = r;
+                  o.log(`   ${s.padEnd(NAME_W)} managed    working set (${fmt(r.workingSetBytes / MiB)} MiB) in ${fmt(r.workingSetMs)} ms${r.workingSetVerified ? '' : ' (DATA MISMATCH)'}, full pull of ${mib} MiB in ${fmt(r.fullPullMs)} ms (${fmt(r.bytes / (r.fullPullMs / 1000) / 1e6)} MB/s)`);
+                });
+              }
+            } finally {
+              for (const x of procs.reverse()) kill(x);
+              rmSync(dir, { recursive: true, force: true });
+            }
           }
         }
         if (has('hol')) {
