@@ -381,9 +381,12 @@ export async function runMatrix(o: MatrixOptions): Promise<MatrixResult> {
         }
         if (has('mount') || has('managed')) {
           // One `quicmap share` per transport serves the direct mount, then the managed one (CLI start-ups are slow).
-          for (const s of o.subjects.filter((x) => x === 'quicmap-quic' || x === 'quicmap-tcp')) {
-            const rate = res(s).bulk ? res(s).bulk!.bytes / res(s).bulk!.seconds : 1e6;
-            const mib = Math.max(1, Math.min(p.mountMaxMiB, Math.round((rate * p.mountSeconds) / MiB)));
+          // Both transports read a region of the same size (so their times compare): what the faster of
+          // their bulk transfers moved in mountSeconds.
+          const mountSubjects = o.subjects.filter((x) => x === 'quicmap-quic' || x === 'quicmap-tcp');
+          const rates = mountSubjects.map((x) => res(x).bulk).filter((b): b is BulkResult => !!b).map((b) => b.bytes / b.seconds);
+          const mib = Math.max(1, Math.min(p.mountMaxMiB, Math.round((Math.max(1e6, ...rates) * p.mountSeconds) / MiB)));
+          for (const s of mountSubjects) {
             const dir = mkdtempSync(join(tmpdir(), 'qm-wan-mount-'));
             const procs: ChildProcess[] = [];
             try {
