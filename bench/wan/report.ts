@@ -177,12 +177,12 @@ function managedPlot(run: WanRun, conds: Condition[], rtt: number, subjects: Sub
   const series: object[] = [];
   const label = { show: true, position: 'top', fontSize: 11, formatter: (p: { value: number }) => fmt(p.value) };
   for (const s of subjects) {
-    series.push({ name: `${s} working set`, type: 'bar', barGap: '10%', color: COLORS[s], data: conds.map((c) => finite(cell(c, s).managedWorkingSetMs / 1000)), label });
+    series.push({ name: `${s} work set`, type: 'bar', barGap: '10%', color: COLORS[s], data: conds.map((c) => finite(cell(c, s).managedWorkingSetMs / 1000)), label });
     series.push({ name: `${s} full pull`, type: 'bar', color: `${COLORS[s]}66`, data: conds.map((c) => finite(cell(c, s).managedFullPullMs / 1000)), label });
   }
   const sizes = [...new Set(conds.flatMap((c) => subjects.map((s) => c.results[s]?.managed?.bytes).filter((x): x is number => !!x)))].map((b) => `${fmt(b / 1024 / 1024)} MiB`);
   return {
-    ...common(`Managed mount at ${rtt} ms RTT`, `quicmap mount --managed of a ${sizes.join(' / ')} region: from ready until its last eighth was read (on demand, strong) and until the background pull had it all (light)${noisyNote(run)}`),
+    ...common(`Managed mount at ${rtt} ms RTT`, `mount --managed, ${sizes.join(' / ')}: from ready until the last eighth is read (strong), until all is pulled (light)${noisyNote(run)}`),
     tooltip: { trigger: 'axis' },
     xAxis: { type: 'category', data: conds.map((c) => lossLabel(c.loss)), ...axisName('random loss per direction') },
     yAxis: { type: 'value', min: 0, ...axisName('seconds'), nameGap: 46 },
