@@ -1,6 +1,6 @@
 /**
  * `npm run bench -- wan [--rtt 0,10,50,100] [--loss 0,0.1,1,3] [--bw 100mbit]
- *   [--jitter MS] [--quick | --ci] [--subjects a,b] [--workloads setup,rr,bulk,mount,hol]
+ *   [--jitter MS] [--quick | --ci] [--subjects a,b] [--workloads setup,rr,bulk,mount,managed,hol]
  *   [--tcp-cc cubic|bbr|reno] [--name NAME] [--out-dir DIR] [--report FILE.json [--markdown]]`
  *
  * QUIC vs TCP over emulated wide-area links (bench/wan/: namespaces, a
@@ -19,7 +19,7 @@ import { cpus, loadavg } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PROFILES, WORKLOADS, runMatrix, type Profile, type WorkloadName } from './wan/matrix.ts';
-import { SUBJECTS, type SubjectName } from './wan/subjects.ts';
+import { ALL_SUBJECTS, SUBJECTS, subjectUnavailable, type SubjectName } from './wan/subjects.ts';
 import { Lab } from './wan/lab.ts';
 import { renderReport } from './wan/report.ts';
 import type { WanRun } from './wan/summary.ts';
@@ -60,8 +60,18 @@ export default async function main(args: string[]): Promise<void> {
   const losses = list(opt('--loss') ?? (quickish ? '0,1' : '0,0.1,1,3'), '--loss').map((x) => x / 100);
   if (losses.some((x) => x >= 1)) throw new Error('wan: --loss is in percent, below 100');
   const bandwidthBps = opt('--bw') === undefined ? 100e6 : opt('--bw') === '0' ? 0 : parseRate(opt('--bw')!);
-  const subjects = (opt('--subjects')?.split(',') ?? SUBJECTS) as SubjectName[];
-  for (const s of subjects) if (!SUBJECTS.includes(s)) throw new Error(`wan: unknown subject "${s}" (${SUBJECTS.join(', ')})`);
+  const named = opt('--subjects')?.split(',') as SubjectName[] | undefined;
+  for (const s of named ?? []) {
+    if (!ALL_SUBJECTS.includes(s)) throw new Error(`wan: unknown subject "${s}" (${ALL_SUBJECTS.join(', ')})`);
+    const why = subjectUnavailable(s);
+    if (why) throw new Error(`wan: subject ${s} cannot run here: ${why}`);
+  }
+  // By default every subject that can run here (the ngtcp2 addon may be missing: say so, go on without it).
+  const subjects = named ?? SUBJECTS.filter((s) => {
+    const why = subjectUnavailable(s);
+    if (why) process.stdout.write(`(subject ${s} skipped: ${why})\n`);
+    return !why;
+  });
   const workloads = (opt('--workloads')?.split(',') ?? WORKLOADS) as WorkloadName[];
   for (const w of workloads) if (!WORKLOADS.includes(w)) throw new Error(`wan: unknown workload "${w}" (${WORKLOADS.join(', ')})`);
   const jitterMs = Number(opt('--jitter') ?? 0);
@@ -77,7 +87,7 @@ export default async function main(args: string[]): Promise<void> {
   const log = (l: string) => process.stdout.write(`${l}\n`);
   const startedAt = new Date();
   log(`wan bench (${profile.name}): RTT ${rtts.join(', ')} ms × loss ${losses.map((x) => x * 100).join(', ')} % × ${subjects.join(', ')}; load average ${loadavg().map((x) => x.toFixed(1)).join(' ')} on ${cpus().length} cores`);
-  const { conditions, tcpCongestion: tcpUsed } = await runMatrix({ rtts, losses, bandwidthBps, jitterMs, subjects, workloads, profile, tcpCongestion, log });
+  const { conditions, tcpCongestion: tcpUsed, subjectInfo } = await runMatrix({ rtts, losses, bandwidthBps, jitterMs, subjects, workloads, profile, tcpCongestion, log });
   const run: WanRun = {
     kind: 'quicmap-wan',
     version: 1,
@@ -90,6 +100,7 @@ export default async function main(args: string[]): Promise<void> {
     noisy: loadavg()[0]! > cpus().length * 0.5,
     link: { bandwidthBps, jitterMs, tcpCongestion: tcpUsed },
     subjects,
+    subjectInfo,
     workloads,
     conditions,
   };

@@ -50,7 +50,7 @@ export interface QuicEndpointOptions {
   udpBufferBytes: number;
   maxPendingHandshakes: number;
   maxConnections: number;
-  /** Congestion control: cubic (default), reno, bbr, bbr2. */
+  /** Congestion control: bbr, cubic, reno, bbr2 (the addon takes cubic when absent; Ngtcp2Transport always passes one, bbr by default). */
   cc: string;
 }
 

@@ -8,6 +8,7 @@
  *   DIR/NAME/latency-vs-rtt.svg|png       4 KiB request/response p50/p99 vs RTT
  *   DIR/NAME/throughput-vs-loss-rttR.svg|png  bulk and mount read vs loss, per RTT
  *   DIR/NAME/hol-rttR.svg|png             head-of-line: clean streams' p99 vs loss
+ *   DIR/NAME/managed-rttR.svg|png         managed mount: time to working set and full pull vs loss
  *   DIR/index.html
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -23,6 +24,11 @@ const FONT = 'DejaVu Sans';
 /** One colour per subject, the same on every plot: quicmap's in strong hues, references muted. */
 export const COLORS: Record<SubjectName, string> = {
   'quicmap-quic': '#d9480f',
+  'quicmap-ngtcp2': '#c2255c',
+  'quicmap-ngtcp2-cubic': '#e64980',
+  'quicmap-ngtcp2-reno': '#ae3ec9',
+  'quicmap-ngtcp2-bbr': '#7048e8',
+  'quicmap-ngtcp2-bbr2': '#0ca678',
   'quicmap-tcp': '#1c7ed6',
   'raw-quic': '#f59f00',
   'tls-tcp': '#5c940d',
@@ -129,8 +135,10 @@ function throughputPlot(run: WanRun, conds: Condition[], rtt: number): echarts.E
     series.push({ name: `${s}`, type: 'line', symbolSize: 9, lineStyle: { width: 2.5 }, color: COLORS[s], data: conds.map((c) => finite(cell(c, s).bulkMBps)) });
   }
   for (const s of ['quicmap-quic', 'quicmap-tcp'] as const) {
-    if (!run.subjects.includes(s) || !conds.some((c) => Number.isFinite(cell(c, s).mountMBps))) continue;
-    series.push({ name: `${s} mount`, type: 'line', symbol: 'diamond', symbolSize: 9, lineStyle: { width: 1.5, type: 'dashed' }, color: COLORS[s], data: conds.map((c) => finite(cell(c, s).mountMBps)) });
+    if (run.subjects.includes(s) && conds.some((c) => Number.isFinite(cell(c, s).mountMBps)))
+      series.push({ name: `${s} mount`, type: 'line', symbol: 'diamond', symbolSize: 9, lineStyle: { width: 1.5, type: 'dashed' }, color: COLORS[s], data: conds.map((c) => finite(cell(c, s).mountMBps)) });
+    if (run.subjects.includes(s) && conds.some((c) => Number.isFinite(cell(c, s).managedPullMBps)))
+      series.push({ name: `${s} managed pull`, type: 'line', symbol: 'rect', symbolSize: 8, lineStyle: { width: 1.5, type: 'dotted' }, color: COLORS[s], data: conds.map((c) => finite(cell(c, s).managedPullMBps)) });
   }
   const cap = run.link.bandwidthBps ? run.link.bandwidthBps / 8 / 1e6 : undefined;
   if (cap)
@@ -142,7 +150,7 @@ function throughputPlot(run: WanRun, conds: Condition[], rtt: number): echarts.E
       data: [{ yAxis: cap }],
     };
   return {
-    ...common(`Throughput vs loss at ${rtt} ms RTT`, `one stream, server to client (solid); region read through quicmap mount (dashed); log scale${noisyNote(run)}`),
+    ...common(`Throughput vs loss at ${rtt} ms RTT`, `one stream, server to client (solid); region read through a direct mount (dashed), managed mount's full pull (dotted); log scale${noisyNote(run)}`),
     tooltip: { trigger: 'axis' },
     xAxis: { type: 'category', data: cats, ...axisName('random loss per direction') },
     yAxis: { type: 'log', ...axisName('MB/s'), nameGap: 46 },
@@ -161,6 +169,23 @@ function holPlot(run: WanRun, conds: Condition[], rtt: number, subjects: Subject
     tooltip: { trigger: 'axis' },
     xAxis: { type: 'category', data: conds.map((c) => lossLabel(c.loss)), ...axisName('loss per direction on full-size packets') },
     yAxis: { type: 'value', min: 0, ...axisName("clean streams' latency (ms)"), nameGap: 46 },
+    series,
+  };
+}
+
+function managedPlot(run: WanRun, conds: Condition[], rtt: number, subjects: SubjectName[]): echarts.EChartsCoreOption {
+  const series: object[] = [];
+  const label = { show: true, position: 'top', fontSize: 11, formatter: (p: { value: number }) => fmt(p.value) };
+  for (const s of subjects) {
+    series.push({ name: `${s} work set`, type: 'bar', barGap: '10%', color: COLORS[s], data: conds.map((c) => finite(cell(c, s).managedWorkingSetMs / 1000)), label });
+    series.push({ name: `${s} full pull`, type: 'bar', color: `${COLORS[s]}66`, data: conds.map((c) => finite(cell(c, s).managedFullPullMs / 1000)), label });
+  }
+  const sizes = [...new Set(conds.flatMap((c) => subjects.map((s) => c.results[s]?.managed?.bytes).filter((x): x is number => !!x)))].map((b) => `${fmt(b / 1024 / 1024)} MiB`);
+  return {
+    ...common(`Managed mount at ${rtt} ms RTT`, `mount --managed, ${sizes.join(' / ')}: from ready until the last eighth is read (strong), until all is pulled (light)${noisyNote(run)}`),
+    tooltip: { trigger: 'axis' },
+    xAxis: { type: 'category', data: conds.map((c) => lossLabel(c.loss)), ...axisName('random loss per direction') },
+    yAxis: { type: 'value', min: 0, ...axisName('seconds'), nameGap: 46 },
     series,
   };
 }
@@ -273,7 +298,7 @@ ${figures}
 <div class="wide"><table class="results"><tr>${h.header.map((x) => `<th>${esc(x)}</th>`).join('')}</tr>
 ${rows}
 </table></div>
-<p><small>new endpoint: the first dial of a new client endpoint, its lazy local setup (socket, key, certificate) included; connect: a second new connection from it, until authenticated (full handshake, no resumption); first byte: until a 1-byte echo came back on that connection. 4K: 4 KiB echo, one in flight, warm connection. bulk: one stream, server to client, ${run.profile.bulkMs / 1000} s from a cold connection (slow start included). mount: <code>nbdcopy</code> of a region from <code>quicmap share</code> (server namespace) through <code>quicmap mount</code> (client namespace). HOL: 15 clean 256-byte echo streams beside one 64 KiB echo stream on one connection, loss applied only to packets of at least 1000 bytes.</small></p>
+<p><small>new endpoint: the first dial of a new client endpoint, its lazy local setup (socket, key, certificate) included; connect: a second new connection from it, until authenticated (full handshake, no resumption); first byte: until a 1-byte echo came back on that connection. 4K: 4 KiB echo, one in flight, warm connection. bulk: one stream, server to client, ${run.profile.bulkMs / 1000} s from a cold connection (slow start included). mount: <code>nbdcopy</code> of a region from <code>quicmap share</code> (server namespace) through <code>quicmap mount</code> (client namespace). managed: <code>quicmap mount --managed</code> (8 pull workers, sequential order) of such a region; WS: from the mount being ready until its last eighth (which a sequential pull reaches last) was read through it, 8 × 256 KiB reads in flight; pull: the region's size over the time from ready to the mount's pull-complete event. HOL: 15 clean 256-byte echo streams beside one 64 KiB echo stream on one connection, loss applied only to packets of at least 1000 bytes.</small></p>
 ${errors.length ? `<h2>Errors</h2><ul>${errors.join('\n')}</ul>` : ''}
 <h2>Lab self-check (measured before each condition)</h2>
 <table><tr><th>asked RTT</th><th>asked loss</th><th>ping RTT (median)</th><th>round-trip loss (ping burst)</th><th>delay line dropped</th><th>UDP bandwidth</th><th></th></tr>
@@ -311,6 +336,13 @@ export async function renderReport(run: WanRun, outDir: string, name: string): P
     for (const r of rtts) {
       const byLoss = losses.map((l) => at(r, l)).filter((c): c is Condition => !!c);
       if (run.workloads.includes('bulk')) add(`throughput-vs-loss-rtt${r}`, `Throughput vs loss, ${r} ms`, `Bulk throughput vs loss at ${r} ms RTT.`, throughputPlot(run, byLoss, r));
+    }
+    const managedSubjects = run.subjects.filter((s) => ok.some((c) => c.results[s]?.managed));
+    if (managedSubjects.length) {
+      for (const r of rtts) {
+        const byLoss = losses.map((l) => at(r, l)).filter((c): c is Condition => !!c);
+        add(`managed-rtt${r}`, `Managed mount, ${r} ms`, `Managed mount: time to the working set and to the full pull at ${r} ms RTT.`, managedPlot(run, byLoss, r, managedSubjects));
+      }
     }
     const holSubjects = run.subjects.filter((s) => ok.some((c) => c.results[s]?.hol));
     if (holSubjects.length) {

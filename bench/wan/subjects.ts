@@ -1,7 +1,12 @@
 /**
  * The subjects the WAN lab compares, each as a server (run in the server
  * namespace) and a client (run in the client namespace):
- *   quicmap-quic  the project's QUIC transport (p2p openTransport('quic'))
+ *   quicmap-quic  the project's QUIC transport (p2p openTransport('quic'));
+ *                 its implementation's class is recorded (ServerInfo.impl)
+ *   quicmap-ngtcp2  Ngtcp2Transport (native ngtcp2 data path, one QUIC
+ *                 stream per ByteStream) with its default congestion
+ *                 controller; -cubic/-reno/-bbr/-bbr2 are the same with
+ *                 that controller (opt-in subjects)
  *   quicmap-tcp   the project's TCP transport (TCP + its secure channel + mux)
  *   raw-quic      the QUIC library the project uses, with a trivial server
  *   tls-tcp       node:tls (TLS 1.3) over TCP, one connection
@@ -26,11 +31,43 @@ import type { Identity } from '../../crypto/identity.ts';
 import { loadNativeQuic, type NativeConnection, type NativeStream } from '../../transports/quic-native.ts';
 import { openTransport } from '../../p2p/transports.ts';
 import { ByteAccumulator } from '../../transports/byte-accumulator.ts';
+import { NGTCP2_DEFAULTS, Ngtcp2Transport, type Ngtcp2TransportOptions } from '../../transports/ngtcp2.ts';
 
-export type SubjectName = 'quicmap-quic' | 'quicmap-tcp' | 'raw-quic' | 'tls-tcp' | 'plain-tcp';
-export const SUBJECTS: SubjectName[] = ['quicmap-quic', 'quicmap-tcp', 'raw-quic', 'tls-tcp', 'plain-tcp'];
+export type Ngtcp2Subject = 'quicmap-ngtcp2' | 'quicmap-ngtcp2-cubic' | 'quicmap-ngtcp2-reno' | 'quicmap-ngtcp2-bbr' | 'quicmap-ngtcp2-bbr2';
+export type SubjectName = 'quicmap-quic' | Ngtcp2Subject | 'quicmap-tcp' | 'raw-quic' | 'tls-tcp' | 'plain-tcp';
+/** The subjects a run has unless --subjects says otherwise. */
+export const SUBJECTS: SubjectName[] = ['quicmap-quic', 'quicmap-ngtcp2', 'quicmap-tcp', 'raw-quic', 'tls-tcp', 'plain-tcp'];
+/** Every subject --subjects may name (the congestion-control variants of ngtcp2 are opt-in). */
+export const ALL_SUBJECTS: SubjectName[] = [...SUBJECTS, 'quicmap-ngtcp2-cubic', 'quicmap-ngtcp2-reno', 'quicmap-ngtcp2-bbr', 'quicmap-ngtcp2-bbr2'];
 /** Subjects with many streams on one connection (the head-of-line test needs them). */
-export const STREAM_SUBJECTS: SubjectName[] = ['quicmap-quic', 'quicmap-tcp', 'raw-quic'];
+export const STREAM_SUBJECTS: SubjectName[] = ['quicmap-quic', 'quicmap-ngtcp2', 'quicmap-ngtcp2-cubic', 'quicmap-ngtcp2-reno', 'quicmap-ngtcp2-bbr', 'quicmap-ngtcp2-bbr2', 'quicmap-tcp', 'raw-quic'];
+
+/** The controller each ngtcp2 subject asks for (undefined: the transport's default). */
+const NGTCP2_CC: Record<Ngtcp2Subject, Ngtcp2TransportOptions['cc']> = {
+  'quicmap-ngtcp2': undefined,
+  'quicmap-ngtcp2-cubic': 'cubic',
+  'quicmap-ngtcp2-reno': 'reno',
+  'quicmap-ngtcp2-bbr': 'bbr',
+  'quicmap-ngtcp2-bbr2': 'bbr2',
+};
+
+function isNgtcp2(s: SubjectName): s is Ngtcp2Subject {
+  return s in NGTCP2_CC;
+}
+
+/** Why `subject` cannot run on this machine (the ngtcp2 addon missing), or undefined. */
+export function subjectUnavailable(subject: SubjectName): string | undefined {
+  return isNgtcp2(subject) ? Ngtcp2Transport.unavailableReason() : undefined;
+}
+
+/** A transport of the project's for a quicmap-* subject (the same options on both sides). */
+async function quicmapTransport(subject: 'quicmap-quic' | 'quicmap-tcp' | Ngtcp2Subject, identity: Identity): Promise<Transport> {
+  if (isNgtcp2(subject)) {
+    const cc = NGTCP2_CC[subject];
+    return new Ngtcp2Transport(identity, { idleTimeoutMs: 15_000, keepAliveMs: 4_000, ...(cc ? { cc } : {}) });
+  }
+  return openTransport(subject === 'quicmap-quic' ? 'quic' : 'tcp', identity);
+}
 
 export interface ServerInfo {
   address: string;
@@ -38,6 +75,10 @@ export interface ServerInfo {
   publicKey?: string;
   /** PEM certificate to pin (tls-tcp) */
   cert?: string;
+  /** The class behind a quicmap subject (which QUIC implementation quicmap-quic was). */
+  impl?: string;
+  /** Congestion controller of the QUIC subjects where it is chosen (ngtcp2). */
+  cc?: string;
 }
 
 const OP_ECHO = 0x45; // 'E'
@@ -201,9 +242,8 @@ export async function startServer(subject: SubjectName, host: string, identity: 
         },
       };
     }
-    case 'quicmap-quic':
-    case 'quicmap-tcp': {
-      const t = await openTransport(subject === 'quicmap-quic' ? 'quic' : 'tcp', identity);
+    default: {
+      const t = await quicmapTransport(subject, identity);
       const l = await t.listen(`${host}:0`);
       void (async () => {
         for (;;) {
@@ -218,7 +258,8 @@ export async function startServer(subject: SubjectName, host: string, identity: 
           })();
         }
       })();
-      return { info: { address: l.address, publicKey: Buffer.from(identity.publicKey).toString('hex') }, stop: () => t.close() };
+      const cc = isNgtcp2(subject) ? (NGTCP2_CC[subject] ?? NGTCP2_DEFAULTS.cc) : undefined;
+      return { info: { address: l.address, publicKey: Buffer.from(identity.publicKey).toString('hex'), impl: t.constructor.name, ...(cc ? { cc } : {}) }, stop: () => t.close() };
     }
   }
 }
@@ -394,9 +435,8 @@ export async function makeDialer(subject: SubjectName, info: ServerInfo, identit
         close: async () => client.abort(),
       };
     }
-    case 'quicmap-quic':
-    case 'quicmap-tcp': {
-      const t: Transport = await openTransport(subject === 'quicmap-quic' ? 'quic' : 'tcp', identity);
+    default: {
+      const t: Transport = await quicmapTransport(subject, identity);
       const key = Uint8Array.from(Buffer.from(info.publicKey!, 'hex'));
       return {
         async dial() {

@@ -19,6 +19,8 @@ export interface WanRun {
   noisy: boolean;
   link: { bandwidthBps: number; jitterMs: number; tcpCongestion?: string };
   subjects: SubjectName[];
+  /** Which class each quicmap subject was and its congestion controller, where chosen (absent in older runs). */
+  subjectInfo?: Partial<Record<SubjectName, { impl?: string; cc?: string }>>;
   workloads: WorkloadName[];
   conditions: Condition[];
 }
@@ -31,6 +33,10 @@ export interface Cell {
   rrP99: number;
   bulkMBps: number;
   mountMBps: number;
+  /** Managed mount: ready to working set read (ms), and full pull as MB/s. */
+  managedWorkingSetMs: number;
+  managedFullPullMs: number;
+  managedPullMBps: number;
   holCleanP50: number;
   holCleanP99: number;
   holLossyP50: number;
@@ -47,6 +53,9 @@ export function cell(c: Condition, s: SubjectName): Cell {
     rrP99: quantile(r?.rr ?? [], 0.99),
     bulkMBps: r?.bulk ? r.bulk.bytes / r.bulk.seconds / 1e6 : NaN,
     mountMBps: r?.mount ? r.mount.bytes / r.mount.seconds / 1e6 : NaN,
+    managedWorkingSetMs: r?.managed ? r.managed.workingSetMs : NaN,
+    managedFullPullMs: r?.managed ? r.managed.fullPullMs : NaN,
+    managedPullMBps: r?.managed ? r.managed.bytes / (r.managed.fullPullMs / 1000) / 1e6 : NaN,
     holCleanP50: quantile(clean, 0.5),
     holCleanP99: quantile(clean, 0.99),
     holLossyP50: quantile(r?.hol?.lossy ?? [], 0.5),
@@ -84,6 +93,11 @@ export function targets(run: WanRun): Target[] {
     out.push({ name: 'quicmap-quic connection setup ≤ 1.5 RTT + 2 ms at every RTT', met: parts.every((p) => p.ok), detail: parts.map((p) => p.text).join('; ') });
   } else out.push({ name: 'quicmap-quic connection setup ≤ 1.5 RTT + 2 ms at every RTT', met: null, detail: 'no setup samples' });
 
+  // The ngtcp2 transport (to become the project's QUIC) beside quicmap-quic, where the run has it.
+  const ng = (c: Condition, f: (x: Cell) => number, unit: string) => {
+    const alt = run.subjects.filter((s) => s.startsWith('quicmap-ngtcp2') && c.results[s]);
+    return alt.length ? `; ${alt.map((s) => `${s} ${fmt(f(cell(c, s)))}${unit}`).join(', ')}` : '';
+  };
   const lossy = find(run, 50, 0.01);
   if (lossy) {
     const q = cell(lossy, 'quicmap-quic');
@@ -92,13 +106,13 @@ export function targets(run: WanRun): Target[] {
     out.push({
       name: 'at 1 % loss, 50 ms: quicmap-quic bulk ≥ quicmap-tcp',
       met: Number.isFinite(q.bulkMBps) && Number.isFinite(t.bulkMBps) ? bulkOk : null,
-      detail: `stream ${fmt(q.bulkMBps)} vs ${fmt(t.bulkMBps)} MB/s; mount read ${fmt(q.mountMBps)} vs ${fmt(t.mountMBps)} MB/s`,
+      detail: `stream ${fmt(q.bulkMBps)} vs ${fmt(t.bulkMBps)} MB/s; mount read ${fmt(q.mountMBps)} vs ${fmt(t.mountMBps)} MB/s${ng(lossy, (x) => x.bulkMBps, ' MB/s')}`,
     });
     const ratio = t.holCleanP99 / q.holCleanP99;
     out.push({
       name: "at 1 % loss, 50 ms: clean streams' p99 ≥ 2× better than over TCP (head of line)",
       met: Number.isFinite(ratio) ? ratio >= 2 : null,
-      detail: `clean-stream p99 quicmap-quic ${fmt(q.holCleanP99)} ms vs quicmap-tcp ${fmt(t.holCleanP99)} ms: ${fmt(ratio)}×`,
+      detail: `clean-stream p99 quicmap-quic ${fmt(q.holCleanP99)} ms vs quicmap-tcp ${fmt(t.holCleanP99)} ms: ${fmt(ratio)}×${ng(lossy, (x) => x.holCleanP99, ' ms')}`,
     });
   } else {
     out.push({ name: 'at 1 % loss, 50 ms: quicmap-quic bulk ≥ quicmap-tcp', met: null, detail: 'not in this run (needs --rtt 50 --loss 1)' });
@@ -113,7 +127,7 @@ export function targets(run: WanRun): Target[] {
     out.push({
       name: 'at 0 loss, 50 ms: quicmap-quic bulk ≥ 0.9× quicmap-tcp',
       met: Number.isFinite(q.bulkMBps / t.bulkMBps) ? q.bulkMBps >= 0.9 * t.bulkMBps : null,
-      detail: `${fmt(q.bulkMBps)} vs ${fmt(t.bulkMBps)} MB/s (${fmt(q.bulkMBps / t.bulkMBps)}×); bandwidth-delay product reached: quicmap-quic ${bdp(q.bulkMBps)}, quicmap-tcp ${bdp(t.bulkMBps)} of ${run.link.bandwidthBps ? `${fmt((run.link.bandwidthBps / 8) * rtt / 1024)} KiB` : 'unlimited'}; mount read ${fmt(q.mountMBps)} vs ${fmt(t.mountMBps)} MB/s`,
+      detail: `${fmt(q.bulkMBps)} vs ${fmt(t.bulkMBps)} MB/s (${fmt(q.bulkMBps / t.bulkMBps)}×); bandwidth-delay product reached: quicmap-quic ${bdp(q.bulkMBps)}, quicmap-tcp ${bdp(t.bulkMBps)} of ${run.link.bandwidthBps ? `${fmt((run.link.bandwidthBps / 8) * rtt / 1024)} KiB` : 'unlimited'}; mount read ${fmt(q.mountMBps)} vs ${fmt(t.mountMBps)} MB/s${ng(clean, (x) => x.bulkMBps, ' MB/s')}`,
     });
   } else out.push({ name: 'at 0 loss, 50 ms: quicmap-quic bulk ≥ 0.9× quicmap-tcp', met: null, detail: 'not in this run (needs --rtt 50 --loss 0)' });
   return out;
@@ -126,16 +140,16 @@ export interface Headline {
 }
 
 export function headline(run: WanRun): Headline {
-  const header = ['RTT', 'loss', 'subject', 'new endpoint ms', 'connect ms', 'first byte ms', '4K p50 ms', '4K p99 ms', 'bulk MB/s', 'mount MB/s', 'HOL clean p99 ms'];
+  const header = ['RTT', 'loss', 'subject', 'new endpoint ms', 'connect ms', 'first byte ms', '4K p50 ms', '4K p99 ms', 'bulk MB/s', 'mount MB/s', 'managed WS ms', 'managed pull MB/s', 'HOL clean p99 ms'];
   const rows: string[][] = [];
   for (const c of run.conditions) {
     if (c.skipped) {
-      rows.push([`${c.rttMs}`, `${c.loss * 100}%`, `skipped: ${c.skipped}`, '', '', '', '', '', '', '', '']);
+      rows.push([`${c.rttMs}`, `${c.loss * 100}%`, `skipped: ${c.skipped}`, ...header.slice(3).map(() => '')]);
       continue;
     }
     for (const s of run.subjects) {
       const x = cell(c, s);
-      rows.push([`${c.rttMs}`, `${c.loss * 100}%`, s, fmt(x.endpointMs), fmt(x.connectMs), fmt(x.firstByteMs), fmt(x.rrP50), fmt(x.rrP99), fmt(x.bulkMBps), fmt(x.mountMBps), fmt(x.holCleanP99)]);
+      rows.push([`${c.rttMs}`, `${c.loss * 100}%`, s, fmt(x.endpointMs), fmt(x.connectMs), fmt(x.firstByteMs), fmt(x.rrP50), fmt(x.rrP99), fmt(x.bulkMBps), fmt(x.mountMBps), fmt(x.managedWorkingSetMs), fmt(x.managedPullMBps), fmt(x.holCleanP99)]);
     }
   }
   return { header, rows, targets: targets(run) };

@@ -5,18 +5,28 @@
  *                           until stdin closes
  *   worker.ts client        reads one JSON request per line on stdin
  *                           ({id, op, subject, info, ...}), runs the
- *                           workload, answers {id, result} or {id, error}
+ *                           workload, answers {id, result} or {id, error};
+ *                           op 'nbdread' reads a range of an NBD export
+ *                           in the client namespace (a mount's working set)
  */
 import { createInterface } from 'node:readline';
 import { generateIdentity } from '../../crypto/identity.ts';
-import { SUBJECTS, startServer, type RunningServer, type ServerInfo, type SubjectName } from './subjects.ts';
+import { createHash } from 'node:crypto';
+import { NbdClient } from '../../engine/nbd/client.ts';
+import { ALL_SUBJECTS, subjectUnavailable, startServer, type RunningServer, type ServerInfo, type SubjectName } from './subjects.ts';
 import { bulk, hol, rr, setup } from './workloads.ts';
 
 export interface WorkRequest {
   id: number;
-  op: 'setup' | 'rr' | 'bulk' | 'hol';
+  op: 'setup' | 'rr' | 'bulk' | 'hol' | 'nbdread';
   subject: SubjectName;
   info: ServerInfo;
+  /** nbdread: the export, the range, and how it is read. */
+  uri?: string;
+  offset?: number;
+  length?: number;
+  requestBytes?: number;
+  inFlight?: number;
   n?: number;
   durationMs?: number;
   maxSamples?: number;
@@ -26,7 +36,8 @@ async function server(host: string): Promise<void> {
   const identity = await generateIdentity();
   const running: RunningServer[] = [];
   const infos: Record<string, ServerInfo> = {};
-  for (const s of SUBJECTS) {
+  for (const s of ALL_SUBJECTS) {
+    if (subjectUnavailable(s)) continue; // the orchestrator reports why
     const r = await startServer(s, host, identity);
     running.push(r);
     infos[s] = r.info;
@@ -60,6 +71,9 @@ async function client(): Promise<void> {
         case 'hol':
           result = await hol(q.subject, q.info, identity, q.durationMs ?? 3000);
           break;
+        case 'nbdread':
+          result = await nbdRead(q.uri!, q.offset ?? 0, q.length ?? 0, q.requestBytes ?? 256 * 1024, q.inFlight ?? 8);
+          break;
       }
       process.stdout.write(`${JSON.stringify({ id: q.id, result })}\n`);
     } catch (e) {
@@ -67,6 +81,34 @@ async function client(): Promise<void> {
     }
   }
   process.exit(0);
+}
+
+/** Read [offset, offset+length) of an NBD export, `inFlight` requests at a time; the data's SHA-256 and the time taken. */
+async function nbdRead(uri: string, offset: number, length: number, requestBytes: number, inFlight: number): Promise<{ ms: number; sha256: string }> {
+  const t0 = process.hrtime.bigint();
+  const c = await NbdClient.connect(uri, { timeoutMs: 30_000 });
+  try {
+    const parts: Buffer[] = [];
+    let next = offset;
+    const end = offset + length;
+    await Promise.all(
+      Array.from({ length: inFlight }, async () => {
+        while (next < end) {
+          const at = next;
+          const n = Math.min(requestBytes, end - at);
+          next += n;
+          const b = Buffer.alloc(n);
+          await c.readAt(b, at);
+          parts[(at - offset) / requestBytes] = b;
+        }
+      }),
+    );
+    const h = createHash('sha256');
+    for (const p of parts) h.update(p);
+    return { ms: Number(process.hrtime.bigint() - t0) / 1e6, sha256: h.digest('hex') };
+  } finally {
+    await c.close();
+  }
 }
 
 const [mode, host] = process.argv.slice(2);
