@@ -11,7 +11,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { join } from 'node:path';
 import { readdirSync } from 'node:fs';
-import { Scope, SYSTEM_PATH, needCondition, needTools, run, withTimeout } from '../helpers/env.ts';
+import { Scope, SYSTEM_PATH, eventually, needCondition, needTools, run, withTimeout } from '../helpers/env.ts';
 import { startCli } from '../helpers/cli.ts';
 import { canUseNetns, link, netns, type Ns } from '../helpers/netns.ts';
 
@@ -85,7 +85,7 @@ const caseOf = (name: string, fn: (s: Scope) => Promise<void>) =>
     ? tools(name, async () => {
         const s = new Scope();
         try {
-          await withTimeout(90_000, name, fn(s));
+          await withTimeout(100_000, name, fn(s));
         } finally {
           await withTimeout(20_000, `${name} cleanup`, s.close());
         }
@@ -97,17 +97,18 @@ caseOf('two NATs: the hole punch through the relay succeeds and traffic then byp
   // The first path is the relay (A's endpoint is a private address behind its NAT).
   let st = await c.sb();
   assert.ok(/^relay /.test(st.mounts[0].path) || /hole punched/.test(st.mounts[0].path), st.mounts[0].path);
-  for (let i = 0; !/hole punched/.test(st.mounts[0].path); i++) {
-    assert.ok(i < 100, `no hole punch: ${JSON.stringify(st.mounts[0])}\n${c.mount.stderr().slice(-2000)}`);
-    await new Promise((r) => setTimeout(r, 200));
-    st = await c.sb();
-  }
+  await eventually(60_000, () => `no hole punch: ${JSON.stringify(st.mounts[0])}\n${c.mount.stderr().slice(-2000)}`, async () => /hole punched/.test((st = await c.sb()).mounts[0].path));
   assert.match(st.mounts[0].path, /^direct tcp:\/\/10\.88\.1\.2:\d+ \(hole punched\)$/, 'direct to A\'s public (NAT) address');
   assert.match(st.mounts[0].punch, /^succeeded/);
   assert.ok(st.peers[0].history.some((x: { to: string }) => x.to.startsWith('relay')), 'the path went relay -> direct');
+  assert.is(st.peers[0].via, 'punched');
   const before = await c.relayed();
+  const relayedByB = st.peers[0].bytes.relayed.sent;
   await c.io('0x42');
   assert.is(await c.relayed(), before, 'nothing more went through the relay after the punch');
+  const after = (await c.sb()).peers[0];
+  assert.ok(after.bytes.punched.sent > 1 << 20, `B's write went over the punched path: ${JSON.stringify(after.bytes)}`);
+  assert.is(after.bytes.relayed.sent, relayedByB, 'and none of it through the relay');
 });
 
 // This case once failed about half the runs: the remote region's liveness
@@ -117,15 +118,14 @@ caseOf('two NATs: the hole punch through the relay succeeds and traffic then byp
 caseOf('a NAT that randomises ports: the punch fails, the mount stays on the relay and says so', async (s) => {
   const c = await natCase(s, true);
   let st = await c.sb();
-  for (let i = 0; !st.mounts[0].punch; i++) {
-    assert.ok(i < 100, 'no punch attempt');
-    await new Promise((r) => setTimeout(r, 200));
-    st = await c.sb();
-  }
+  await eventually(60_000, () => `no punch attempt: ${JSON.stringify(st.mounts[0])}\n${c.mount.stderr().slice(-2000)}`, async () => Boolean((st = await c.sb()).mounts[0].punch));
   assert.match(st.mounts[0].punch, /^failed, staying on the relay/);
   assert.match(st.mounts[0].path, /^relay /);
+  assert.is(st.peers[0].via, 'relayed');
   const before = await c.relayed();
   await c.io('0x43');
+  const peer = (await c.sb()).peers[0];
+  assert.ok(peer.bytes.relayed.sent > 1 << 20 && peer.bytes.punched.sent === 0, `status counts the bytes as relayed: ${JSON.stringify(peer.bytes)}`);
   assert.ok((await c.relayed()) > before, 'traffic still flows through the relay');
   assert.not.match(c.mount.stderr(), /stopped answering/, 'the quiet relayed link was never declared dead');
 });
