@@ -2,7 +2,8 @@
  * The node's peer table: for each peer id, the addresses it is known by,
  * when it was last seen, the path in use (direct, or via which relay), the
  * dial time of the current path as its round-trip estimate, and the bytes
- * exchanged (in all, and per kind of path: direct, relayed, hole punched). Path changes are kept (bounded) so `status` can show an upgrade.
+ * exchanged (in all, and per kind of path: direct, relayed, hole punched).
+ * Path changes are kept (bounded) so `status` can show an upgrade.
  */
 import { newMeter, type Meter } from './metered.ts';
 
