@@ -37,9 +37,9 @@ function natBox(s: Scope, name: string, inside: Ns, insideNet: string, upstream:
   return nat;
 }
 
-async function status(ns: Ns, home: string, control: string): Promise<Record<string, any>> {
+async function status(ns: Ns, home: string, control: string, log: () => string = () => ''): Promise<Record<string, any>> {
   const r = await run('ip', ['netns', 'exec', ns.name, process.execPath, QUICMAP, 'status', '--control', control, '--json'], { env: env(home), timeoutMs: 20_000 });
-  assert.is(r.code, 0, r.stderr);
+  assert.is(r.code, 0, `${r.stderr}${log()}`);
   return JSON.parse(r.stdout);
 }
 
@@ -76,7 +76,7 @@ async function natCase(s: Scope, randomPorts: boolean) {
   await io('0x41');
   const relaySock = () => readdirSync(join(dir, 'r', 'run')).map((f) => join(dir, 'r', 'run', f)).find((f) => f.includes('relay-'))!;
   const relayed = async () => (await status(r, join(dir, 'r'), relaySock())).relay.bytesRelayed as number;
-  return { a, b, r, dir, io, relayed, mount, share, sb: () => status(b, join(dir, 'b'), join(dir, 'b.sock')) };
+  return { a, b, r, dir, io, relayed, mount, share, sb: () => status(b, join(dir, 'b'), join(dir, 'b.sock'), () => `\nmount (exit ${mount.child.exitCode}, ${mount.child.signalCode}) log:\n${mount.stderr().slice(-3000)}\nshare log:\n${share.stderr().slice(-1500)}`) };
 }
 
 
