@@ -69,10 +69,13 @@ function contextFor(identity: Identity): SecureContext {
 export function tlsError(e: Error, what: string): QuicmapError {
   if (e instanceof QuicmapError) return e;
   const code = (e as NodeJS.ErrnoException).code ?? '';
+  // First: a peer that went away is not a protocol failure, even where node's message mentions TLS
+  // ("Client network socket disconnected before secure TLS connection was established", ECONNRESET).
+  // EPROTO is final for a mount (a refusal); a lost connection is redialled.
+  if (code === 'ECONNRESET' || code === 'EPIPE') return new QuicmapError('ESHUTDOWN', `${what}: connection lost (${e.message})`, { cause: e });
   if (code.startsWith('ERR_SSL') || /ssl|tls|decrypt|bad record mac|alert/i.test(e.message)) {
     return new QuicmapError('EPROTO', `${what}: TLS record authentication or protocol failure (${e.message})`, { cause: e });
   }
-  if (code === 'ECONNRESET' || code === 'EPIPE') return new QuicmapError('ESHUTDOWN', `${what}: connection lost (${e.message})`, { cause: e });
   return new QuicmapError('EIO', `${what}: ${e.message}`, { cause: e });
 }
 
@@ -80,8 +83,8 @@ export function tlsError(e: Error, what: string): QuicmapError {
  * Run TLS 1.3 over `duplex` as `role`, prove `identity`, and check the peer:
  * a client names the key it expects (`expected`), a server passes null and
  * accepts any proven key. Rejects with EACCES (wrong or missing identity),
- * EPROTO (not TLS 1.3, broken handshake), ETIMEDOUT or EIO; the duplex is
- * destroyed then.
+ * EPROTO (not TLS 1.3, broken handshake), ESHUTDOWN (the peer went away
+ * during the handshake), ETIMEDOUT or EIO; the duplex is destroyed then.
  */
 export function secureDuplex(duplex: Duplex, identity: Identity, expected: Uint8Array | null, role: ChannelRole, opts: SecureChannelOptions = {}): Promise<SecureChannel> {
   const timeoutMs = opts.timeoutMs ?? 5_000;
@@ -104,7 +107,7 @@ export function secureDuplex(duplex: Duplex, identity: Identity, expected: Uint8
     };
     const timer = setTimeout(() => fail(new QuicmapError('ETIMEDOUT', `TLS handshake not done within ${timeoutMs} ms`)), timeoutMs);
     const onError = (e: Error) => fail(tlsError(e, 'TLS handshake'));
-    const onClose = () => fail(new QuicmapError('EPROTO', 'peer closed the connection during the TLS handshake'));
+    const onClose = () => fail(new QuicmapError('ESHUTDOWN', 'peer closed the connection during the TLS handshake'));
     socket.on('error', onError);
     // A TLSSocket made without a tls.Server reports server-side TLS errors
     // only as the internal '_tlsError' event until control is released.

@@ -11,8 +11,8 @@
  *
  * Identity: HTTP/2 needs a real certificate and its client cannot pin a
  * hash it does not know yet, so the certificate proves nothing. The peers
- * prove their Ed25519 identities inside the session with the same SIGMA-I
- * handshake as the TCP transport (the dialer checks the listener's key
+ * prove their Ed25519 identities inside the session with the SIGMA-I
+ * handshake of crypto/handshake.ts (the dialer checks the listener's key
  * before revealing its own; a wrong key is EACCES), then each side sends
  * HMAC(its handshake key, sessionHash ‖ TLS exporter) and checks the
  * other's: a man in the middle terminating TLS on both sides has two

@@ -161,7 +161,7 @@ export class PathDialer {
 
   private adopt(got: { conn: Connection; path: PeerPath; rttMs: number }, fellBack: string[] = []): Connection {
     const entry = this.o.peers.connected(this.sharerId, got.path, got.rttMs, Date.now(), got.conn);
-    const conn = meterConnection(got.conn, [entry.meter, ...this.o.meters]);
+    const conn = meterConnection(got.conn, [...this.o.peers.meters(entry, got.path), ...this.o.meters]);
     this.current = { conn, path: got.path };
     this.log(`path to sharer: ${got.path.kind === 'direct' ? `direct ${got.path.transport}://${got.path.address}` : `relay ${got.path.address}`} (${got.rttMs.toFixed(1)} ms to connect${fellBack.length ? `; fell back: ${fellBack.join('; ')}` : ''})`);
     clearInterval(this.upgradeTimer);

@@ -36,7 +36,7 @@ import { ControlServer } from './control.ts';
 import { PathDialer } from './dialer.ts';
 import { reachableAddresses } from './endpoints.ts';
 import { meterListener, newMeter, type Meter } from './metered.ts';
-import { PeerTable, describePath } from './peer-table.ts';
+import { PATH_VIAS, PeerTable, describePath, pathVia, type PathVia } from './peer-table.ts';
 import type { NodeStatus } from './status.ts';
 
 export interface NodeOptions {
@@ -160,21 +160,15 @@ export class QuicmapNode {
     const transportName = o.transport ?? 'quic';
     const transport = await this.transport(transportName);
     const meter = newMeter();
-    const peerMeters = (c: { remotePublicKey: Uint8Array }) => {
-      const e = this.peers.get(base32Encode(c.remotePublicKey));
-      e.lastSeen = Date.now();
-      return [e.meter, meter];
-    };
     // Connections from a relay listener are circuits ("RELAY@HOST:PORT#id") or hole-punched TCP ("ip:port").
     const wrap = (l: Listener, viaRelay: boolean) =>
       meterListener(l, (c) => {
-        const ms = peerMeters(c);
         const relayed = viaRelay && c.remoteAddress.includes('@');
         const path = relayed
           ? { kind: 'relay' as const, transport: 'relay', address: c.remoteAddress }
           : { kind: 'direct' as const, transport: viaRelay ? 'tcp' : transportName, address: c.remoteAddress, ...(viaRelay ? { punched: true } : {}) };
-        this.peers.connected(base32Encode(c.remotePublicKey), path, undefined, Date.now(), c);
-        return ms;
+        const e = this.peers.connected(base32Encode(c.remotePublicKey), path, undefined, Date.now(), c);
+        return [...this.peers.meters(e, path), meter];
       });
     // With a DHT the ticket needs no addresses (unless hints were asked for).
     const advertise = o.advertise ?? (this.dht ? [] : undefined);
@@ -338,10 +332,14 @@ export class QuicmapNode {
       peers: this.peers.all().map((p) => ({
         id: p.id,
         path: describePath(p.path),
+        via: p.path ? pathVia(p.path) : null,
+        transport: p.path?.transport ?? null,
+        address: p.path?.address ?? null,
         rttMs: ((r) => (r === undefined ? null : Math.round(r * 10) / 10))(p.liveRtt?.() ?? p.rttMs),
         lastSeen: p.lastSeen ? new Date(p.lastSeen).toISOString() : null,
         sent: p.meter.sent,
         received: p.meter.received,
+        bytes: Object.fromEntries(PATH_VIAS.map((v) => [v, { sent: p.byVia[v].sent, received: p.byVia[v].received }])) as Record<PathVia, { sent: number; received: number }>,
         history: p.history.map((h) => ({ at: new Date(h.at).toISOString(), from: h.from, to: h.to })),
       })),
       operations: [...this.operations].map((op) => ({ name: op.name, elapsedMs: Date.now() - op.startedAt, progress: op.progress ?? null })),

@@ -2,11 +2,20 @@
  * The node's peer table: for each peer id, the addresses it is known by,
  * when it was last seen, the path in use (direct, or via which relay), the
  * dial time of the current path as its round-trip estimate, and the bytes
- * exchanged. Path changes are kept (bounded) so `status` can show an upgrade.
+ * exchanged (in all, and per kind of path: direct, relayed, hole punched).
+ * Path changes are kept (bounded) so `status` can show an upgrade.
  */
 import { newMeter, type Meter } from './metered.ts';
 
 export type PathKind = 'direct' | 'relay';
+
+/** How a peer is reached, as `status` reports it: a hole-punched path is direct but made through a relay. */
+export type PathVia = 'direct' | 'relayed' | 'punched';
+export const PATH_VIAS: readonly PathVia[] = ['direct', 'relayed', 'punched'];
+
+export function pathVia(p: PeerPath): PathVia {
+  return p.kind === 'relay' ? 'relayed' : p.punched ? 'punched' : 'direct';
+}
 
 export interface PeerPath {
   kind: PathKind;
@@ -28,6 +37,8 @@ export interface PeerEntry {
   /** The current connection's own RTT measurement (QUIC's smoothed RTT, the TCP mux's keep-alive round trip), when it has one. */
   liveRtt: (() => number | undefined) | undefined;
   meter: Meter;
+  /** The same bytes split by the kind of path they took. */
+  byVia: Record<PathVia, Meter>;
   /** Path changes, newest last (at most 16). */
   history: Array<{ at: number; from: string; to: string }>;
 }
@@ -43,7 +54,7 @@ export class PeerTable {
   get(id: string): PeerEntry {
     let e = this.peers.get(id);
     if (!e) {
-      e = { id, addresses: new Set(), lastSeen: 0, path: undefined, rttMs: undefined, liveRtt: undefined, meter: newMeter(), history: [] };
+      e = { id, addresses: new Set(), lastSeen: 0, path: undefined, rttMs: undefined, liveRtt: undefined, meter: newMeter(), byVia: { direct: newMeter(), relayed: newMeter(), punched: newMeter() }, history: [] };
       this.peers.set(id, e);
     }
     return e;
@@ -64,6 +75,11 @@ export class PeerTable {
     e.lastSeen = now;
     e.addresses.add(path.address);
     return e;
+  }
+
+  /** The meters a connection to this peer on `path` feeds: the peer's total and its path kind's. */
+  meters(e: PeerEntry, path: PeerPath): Meter[] {
+    return [e.meter, e.byVia[pathVia(path)]];
   }
 
   seen(id: string, now = Date.now()): void {

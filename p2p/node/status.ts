@@ -37,12 +37,19 @@ export interface NodeStatus {
   }>;
   peers: Array<{
     id: string;
+    /** The path in use, as text ("direct tcp://…", "relay RELAY@…", "… (hole punched)"; "none" before any). */
     path: string;
+    /** The kind of path in use; null before any. */
+    via: 'direct' | 'relayed' | 'punched' | null;
+    transport: string | null;
+    address: string | null;
     /** Live RTT of the connection when it measures one, else its dial time (ms). */
     rttMs: number | null;
     lastSeen: string | null;
     sent: number;
     received: number;
+    /** The same bytes split by the kind of path they took (a peer that moved from a relay to a punched path has both). */
+    bytes: Record<'direct' | 'relayed' | 'punched', { sent: number; received: number }>;
     history: Array<{ at: string; from: string; to: string }>;
   }>;
   operations: Array<{ name: string; elapsedMs: number; progress: string | null }>;
@@ -76,7 +83,9 @@ export function formatStatus(s: NodeStatus): string {
   }
   if (s.peers.length) out.push('peers:');
   for (const p of s.peers) {
-    out.push(`  ${p.id.slice(0, 12)}  ${p.path}${p.rttMs !== null ? `, rtt ~${p.rttMs} ms` : ''}, sent ${bytes(p.sent)}, received ${bytes(p.received)}${p.lastSeen ? `, last seen ${p.lastSeen}` : ''}`);
+    const split = Object.entries(p.bytes ?? {}).filter(([, b]) => b.sent + b.received > 0);
+    const perPath = split.length > 1 ? ` (${split.map(([via, b]) => `${via} ${bytes(b.sent)} / ${bytes(b.received)}`).join(', ')})` : '';
+    out.push(`  ${p.id.slice(0, 12)}  ${p.path}${p.rttMs !== null ? `, rtt ~${p.rttMs} ms` : ''}, sent ${bytes(p.sent)}, received ${bytes(p.received)}${perPath}${p.lastSeen ? `, last seen ${p.lastSeen}` : ''}`);
     for (const h of p.history.slice(1)) out.push(`    ${h.at}: ${h.from} -> ${h.to}`);
   }
   if (s.operations.length) out.push('in progress:');

@@ -33,7 +33,7 @@ import { QuicmapError, type ErrorCode } from '../../base/errors.ts';
 const packr = new Packr({ useRecords: false, int64AsType: 'number', mapsAsObjects: true, moreTypes: false });
 
 export const MAX_CONTROL_MESSAGE = 4096;
-/** First bytes of a circuit socket (a control connection starts with the handshake's MAGIC instead; same length). */
+/** First bytes of a circuit socket (a control connection starts with a TLS ClientHello instead). */
 export const CIRCUIT_MAGIC = Buffer.from('QMCIRC01', 'latin1');
 export const TOKEN_BYTES = 16;
 

@@ -1,22 +1,22 @@
 /**
  * The end-to-end secure channel over a socket that is not the peer's own
  * TCP connection: a relay control connection, or a spliced relay circuit.
- * The same handshake (crypto/handshake.ts: SIGMA-I, Ed25519 identities,
- * the initiator checks the responder's key before revealing its own), the
- * same records (transports/secure-link.ts) and multiplexing (transports/mux.ts)
- * as the TCP transport, so a relayed connection has the identities and
- * checks of a direct one and the relay in between sees ciphertext only.
+ * The same channel as the TCP transport (transports/secure-channel.ts:
+ * TLS 1.3, mutual, Ed25519 identities bound into libp2p-style certificates)
+ * and multiplexing (transports/mux.ts), so a relayed connection has the
+ * identities and checks of a direct one and the relay in between sees
+ * ciphertext only.
  *
- * The one function the relay uses to secure a byte stream: when the TCP
- * transport moves to node:tls with a `secureDuplex`, this is what changes.
+ * The one function the relay uses to secure a byte stream.
  */
+import { Duplex } from 'node:stream';
 import type { Socket } from 'node:net';
 import type { Identity } from '../../crypto/identity.ts';
 import { QuicmapError } from '../../base/errors.ts';
-import { FINISH_BYTES, HELLO_BYTES, HandshakeInitiator, HandshakeResponder, RESPONSE_BYTES, handshakeReady } from '../../crypto/handshake.ts';
-import { MuxSession, type MuxOptions } from '../../transports/mux.ts';
-import { SecureLink } from '../../transports/secure-link.ts';
-import { SocketReader, readerDeadline } from './socket-reader.ts';
+import type { MuxOptions, MuxSession } from '../../transports/mux.ts';
+import { secureDuplex } from '../../transports/secure-channel.ts';
+import { muxOverChannel } from '../../transports/tcp.ts';
+import type { SocketReader } from './socket-reader.ts';
 
 export interface SecureSocketOptions {
   /** The peer's key: required for the initiator, checked by the responder when given. */
@@ -30,32 +30,46 @@ export interface SecureSocketOptions {
   sendHighWater?: number;
 }
 
-export async function secureSocket(socket: Socket, identity: Identity, role: 'initiator' | 'responder', o: SecureSocketOptions): Promise<MuxSession> {
-  await handshakeReady();
-  const reader = o.reader ?? new SocketReader(socket);
-  const keys = await readerDeadline(reader, o.timeoutMs ?? 5_000, `handshake with ${o.remoteAddress}`, async () => {
-    try {
-      if (role === 'initiator') {
-        if (!o.expectedKey) throw new QuicmapError('EINVAL', 'an initiator must name the key it expects');
-        const hs = new HandshakeInitiator(identity, o.expectedKey);
-        socket.write(hs.start());
-        const { message, keys } = hs.finish(await reader.read(RESPONSE_BYTES));
-        socket.write(message);
-        return keys;
-      }
-      const hs = new HandshakeResponder(identity);
-      socket.write(hs.respond(await reader.read(HELLO_BYTES)));
-      const keys = hs.finish(await reader.read(FINISH_BYTES));
-      if (o.expectedKey && !Buffer.from(keys.remotePublicKey).equals(Buffer.from(o.expectedKey))) {
-        throw new QuicmapError('EACCES', 'handshake: peer is not the expected identity');
-      }
-      return keys;
-    } catch (e) {
-      reader.detach();
-      throw e;
-    }
+/**
+ * `socket` with `first` in front of what it will still deliver, as a Duplex
+ * that is not a net.Socket (node:tls wrapping a net.Socket reads its native
+ * handle and would never see bytes already taken out of it).
+ */
+function withLeftover(socket: Socket, first: Buffer): Duplex {
+  const d: Duplex = new Duplex({
+    read() {
+      socket.resume();
+    },
+    write(chunk: Buffer, _enc, cb) {
+      socket.write(chunk, cb);
+    },
+    final(cb) {
+      socket.end();
+      cb();
+    },
+    destroy(err, cb) {
+      socket.destroy(err ?? undefined);
+      cb(err);
+    },
   });
-  const leftover = reader.detach();
-  const link = new SecureLink(socket, keys, leftover, o.sendHighWater ?? 1024 * 1024);
-  return new MuxSession(link, keys.remotePublicKey, o.remoteAddress, role === 'initiator', o.mux ?? {});
+  d.push(first);
+  socket.on('data', (b: Buffer) => {
+    if (!d.push(b)) socket.pause();
+  });
+  socket.on('end', () => d.push(null));
+  socket.on('error', (e) => d.destroy(e));
+  socket.on('close', () => d.destroy());
+  return d;
+}
+
+export async function secureSocket(socket: Socket, identity: Identity, role: 'initiator' | 'responder', o: SecureSocketOptions): Promise<MuxSession> {
+  if (role === 'initiator' && !o.expectedKey) throw new QuicmapError('EINVAL', 'an initiator must name the key it expects');
+  const leftover = o.reader?.detach() ?? [];
+  const pipe: Duplex = leftover.length ? withLeftover(socket, Buffer.concat(leftover)) : socket;
+  const ch = await secureDuplex(pipe, identity, o.expectedKey ?? null, role === 'initiator' ? 'client' : 'server', { timeoutMs: o.timeoutMs ?? 5_000 }).catch((e: unknown) => {
+    socket.destroy();
+    if (e instanceof QuicmapError && e.code === 'EACCES') throw new QuicmapError('EACCES', `handshake with ${o.remoteAddress}: ${e.message}`, { cause: e });
+    throw e;
+  });
+  return muxOverChannel(ch, o.remoteAddress, role === 'initiator', { ...(o.mux ?? {}), ...(o.sendHighWater !== undefined ? { sendHighWater: o.sendHighWater } : {}) });
 }

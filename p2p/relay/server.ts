@@ -2,7 +2,7 @@
  * RelayServer: `quicmap relay`. One TCP port, two kinds of connection,
  * told apart by their first 8 bytes:
  *
- * - control (starts with the handshake's MAGIC): an authenticated
+ * - control (starts with a TLS ClientHello: the secure channel): an authenticated
  *   connection from a peer (secure-socket.ts, the relay as responder), one
  *   stream of control messages: reserve / connect (messages.ts);
  * - circuit (starts with CIRCUIT_MAGIC + a token the relay issued): one end
@@ -20,7 +20,6 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { QuicmapError } from '../../base/errors.ts';
 import type { Identity } from '../../crypto/identity.ts';
-import { MAGIC } from '../../crypto/handshake.ts';
 import type { Connection } from '../../transports/transport.ts';
 import { formatHostPort, parseHostPort } from '../../transports/util.ts';
 import { RelayBook, type Expiry, type RelayQuotas } from './book.ts';
@@ -146,7 +145,8 @@ export class RelayServer {
         this.onCircuitSocket(socket, hex(pre.subarray(CIRCUIT_MAGIC.length)), reader.detach());
         return;
       }
-      if (!first.equals(MAGIC.subarray(0, CIRCUIT_MAGIC.length))) throw new QuicmapError('EPROTO', 'not a quicmap relay client');
+      // A control connection opens with the secure channel's TLS ClientHello (a TLS handshake record).
+      if (!isTlsHandshakeRecord(first)) throw new QuicmapError('EPROTO', 'not a quicmap relay client');
       if (this.controls.size >= this.o.maxControlConnections) throw new QuicmapError('EBUSY', 'too many control connections');
       const conn = await secureSocket(socket, this.o.identity, 'responder', { reader, timeoutMs: this.o.setupTimeoutMs, remoteAddress: remote });
       this.pending.delete(socket);
@@ -376,4 +376,9 @@ export class RelayServer {
     })();
     return this.closing;
   }
+}
+
+/** The first bytes of a TLS handshake record (content type 22, version 3.x): a ClientHello. */
+function isTlsHandshakeRecord(b: Buffer): boolean {
+  return b.length >= 3 && b[0] === 0x16 && b[1] === 0x03 && b[2]! <= 0x04;
 }

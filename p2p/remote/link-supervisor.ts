@@ -5,7 +5,11 @@
  * what happened. Time is an input: `handleTimeout(now)` at `nextTimeout()`.
  *
  * - Liveness: while requests are pending, silence for `livenessMs/2` sends
- *   a PING and silence for `livenessMs` declares the link dead. This catches
+ *   a PING and silence for `livenessMs` declares the link dead. Silence
+ *   counts from the later of the last arrival and the first send after it:
+ *   a link that was quiet (idle) gets the full limit to answer a new
+ *   request, so only a peer that leaves something it was sent unanswered
+ *   for `livenessMs` is dead. This catches
  *   a sharer that vanished without closing (SIGKILL under QUIC sends no
  *   close) much sooner than the transport's idle timeout would. An idle link
  *   pings after `idlePingMs` of silence, so a dead link is found (and
@@ -78,6 +82,8 @@ export class LinkSupervisor {
   private readonly first: SessionFacts;
   private stateName: State = 'up';
   private lastReceived: number;
+  /** The first send since the last arrival (undefined: nothing sent since). */
+  private awaitingSince: number | undefined;
   private lastPing = -Infinity;
   private retryAt = 0;
   private delay: number;
@@ -103,6 +109,17 @@ export class LinkSupervisor {
   /** Anything arrived on the link. */
   received(now: number): void {
     this.lastReceived = now;
+    this.awaitingSince = undefined;
+  }
+
+  /** A request (or ping) went out on the link: the peer owes an answer from now on. */
+  sent(now: number): void {
+    this.awaitingSince ??= now;
+  }
+
+  /** Where silence counts from: the peer cannot be late before it was asked anything. */
+  private silentSince(): number {
+    return this.awaitingSince ?? this.lastReceived;
   }
 
   /** A ping went out. */
@@ -128,6 +145,7 @@ export class LinkSupervisor {
     if (changes.length) return this.fail(new RegionChangedError(changes));
     this.stateName = 'up';
     this.lastReceived = now;
+    this.awaitingSince = undefined;
     this.lastPing = -Infinity;
     this.delay = this.timing.minBackoffMs;
     return undefined;
@@ -156,8 +174,9 @@ export class LinkSupervisor {
       case 'up': {
         const t = this.timing;
         if (!busy) return Math.max(this.lastReceived, this.lastPing) + t.idlePingMs;
-        const ping = Math.max(this.lastReceived + t.livenessMs / 2, this.lastPing + t.livenessMs / 4);
-        return Math.min(ping, this.lastReceived + t.livenessMs);
+        const since = this.silentSince();
+        const ping = Math.max(since + t.livenessMs / 2, this.lastPing + t.livenessMs / 4);
+        return Math.min(ping, since + t.livenessMs);
       }
       default:
         return undefined;
@@ -172,7 +191,7 @@ export class LinkSupervisor {
       return { kind: 'dial' };
     }
     if (this.stateName !== 'up') return undefined;
-    const silent = now - this.lastReceived;
+    const silent = now - this.silentSince();
     if (!busy) {
       // Idle: an occasional PING finds a vanished sharer before the next
       // request does, so the reconnect happens in the background.

@@ -160,7 +160,16 @@ export class RemoteRegion implements ReadWriterAt {
       received: () => this.supervisor.received(this.clock.now()),
       dead: (reason) => this.onLinkDead(no, reason),
     });
-    this.table.dispatch(no, this.clock.now(), (id, op) => link.send(id, op));
+    this.dispatch(link);
+  }
+
+  /** Send what waits in the table on `link`; the supervisor times the peer's answer from the first send. */
+  private dispatch(link: ClientLink): void {
+    const now = this.clock.now();
+    this.table.dispatch(this.linkNo, now, (id, op) => {
+      this.supervisor.sent(now);
+      link.send(id, op);
+    });
   }
 
   private onLinkDead(no: number, reason: QuicmapError): void {
@@ -183,7 +192,7 @@ export class RemoteRegion implements ReadWriterAt {
           if (link) {
             const { id, done } = this.table.add({ op: 'ping' }, this.clock.now());
             done.catch(() => {}); // its answer (or absence) is all that matters
-            this.table.dispatch(this.linkNo, this.clock.now(), (i, op) => link.send(i, op));
+            this.dispatch(link);
             void id;
           }
           break;
@@ -269,7 +278,7 @@ export class RemoteRegion implements ReadWriterAt {
       const now = this.clock.now();
       const { done } = this.table.add(op, now);
       const link = this.link;
-      if (link && !link.isDead) this.table.dispatch(this.linkNo, now, (id, o) => link.send(id, o));
+      if (link && !link.isDead) this.dispatch(link);
       this.rearm();
       await done;
     } finally {

@@ -75,6 +75,19 @@ export async function withTimeout<T>(ms: number, what: string, work: Promise<T> 
 }
 
 /**
+ * Wait for a condition that other processes make true (a log line, a status
+ * field): checked every `everyMs` until it holds, failing with `what()` after
+ * `ms`. The deadline is a hang guard, not a timing assertion: keep it generous.
+ */
+export async function eventually(ms: number, what: () => string, check: () => boolean | Promise<boolean>, everyMs = 200): Promise<void> {
+  const end = performance.now() + ms;
+  while (!(await check())) {
+    if (performance.now() > end) throw new Error(`${what()} (waited ${ms} ms)`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+/**
  * A scope that owns temp dirs, processes and close callbacks and releases all
  * of them in reverse order, whatever happened. Use one per test:
  *   const s = new Scope(); try { ... } finally { await s.close(); }

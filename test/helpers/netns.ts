@@ -1,8 +1,11 @@
 /**
  * Network namespaces a test creates and always removes (also on failure):
  * `netns(scope, name)` makes one with loopback up; `link` joins two with a
- * veth pair and addresses. Names carry the test's pid so parallel or
- * leftover runs never collide. Needs root and iproute2.
+ * veth pair and addresses. Names are `qmsw<pid>-<name>`: the test's pid
+ * keeps parallel runs apart, and the first `netns` of a process removes the
+ * namespaces (and kills the processes inside) of earlier runs whose process
+ * is gone, e.g. a run killed by a signal before its Scope could clean up.
+ * Needs root and iproute2.
  */
 import { spawnSync } from 'node:child_process';
 import type { Scope } from './env.ts';
@@ -30,8 +33,51 @@ export interface Ns {
   prefix: string[];
 }
 
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Namespaces of earlier test runs whose process no longer runs (also the older `qm<pid><name>` form). */
+export function staleNamespaces(): string[] {
+  const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });
+  return (r.stdout ?? '')
+    .split('\n')
+    .map((l) => l.split(' ')[0]!)
+    .filter((n) => {
+      const m = /^qmsw(\d+)-[a-z0-9]+$/.exec(n) ?? /^qm(\d+)[a-z]+$/.exec(n);
+      return m !== null && Number(m[1]) !== process.pid && !pidAlive(Number(m[1]));
+    });
+}
+
+/** Remove stale namespaces: first the processes still inside (they would run on), then the namespace. */
+export function cleanStaleNamespaces(): string[] {
+  const stale = staleNamespaces();
+  for (const ns of stale) {
+    const pids = spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' }).stdout ?? '';
+    for (const pid of pids.split('\n').filter(Boolean)) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {}
+    }
+    spawnSync('ip', ['netns', 'del', ns]);
+  }
+  return stale;
+}
+
+let cleaned = false;
+
 export function netns(scope: Scope, short: string): Ns {
-  const name = `qm${process.pid}${short}`;
+  if (!cleaned) {
+    cleaned = true;
+    const stale = cleanStaleNamespaces();
+    if (stale.length) console.log(`  (removed ${stale.length} namespaces left by earlier killed runs: ${stale.join(' ')})`);
+  }
+  const name = `qmsw${process.pid}-${short}`;
   spawnSync('ip', ['netns', 'del', name]);
   sh('ip', ['netns', 'add', name]);
   scope.defer(() => {

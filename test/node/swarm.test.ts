@@ -69,6 +69,10 @@ caseOf('a ticket without addresses mounts through the DHT; direct is preferred a
   const st = (await askControl(b.control!.path, { op: 'status' })) as NodeStatus;
   assert.match(st.mounts[0]!.path, /^direct tcp:\/\//);
   assert.ok(st.peers[0]!.sent > 64 * 1024, 'per-peer bytes counted');
+  assert.is(st.peers[0]!.via, 'direct');
+  assert.is(st.peers[0]!.transport, 'tcp');
+  assert.is(st.peers[0]!.bytes.direct.sent, st.peers[0]!.sent, 'every byte went direct');
+  assert.equal(st.peers[0]!.bytes.relayed, { sent: 0, received: 0 });
   assert.ok(st.mounts[0]!.sent > 64 * 1024, 'per-mount bytes counted');
   assert.is(relay.stats.bytesRelayed, 0, 'nothing went through the relay');
   assert.is(statSync(b.control!.path).mode & 0o777, 0o600, 'control socket is 0600');
@@ -109,6 +113,14 @@ caseOf('unreachable direct endpoints: the mount goes through the relay, then upg
   assert.is(st.mounts[0]!.upgrades, 1);
   const hist = st.peers[0]!.history.map((h) => h.to);
   assert.ok(hist.some((h) => h.startsWith('relay')) && hist.at(-1)!.startsWith('direct'), JSON.stringify(hist));
+  const peer = st.peers[0]!;
+  assert.is(peer.via, 'direct', 'the path in use');
+  assert.ok(peer.bytes.relayed.sent > data.length && peer.bytes.relayed.received > data.length, `bytes before the move are counted as relayed: ${JSON.stringify(peer.bytes)}`);
+  assert.ok(peer.bytes.direct.received >= data.length, `the read after the move came direct: ${JSON.stringify(peer.bytes)}`);
+  assert.is(peer.bytes.direct.sent + peer.bytes.relayed.sent + peer.bytes.punched.sent, peer.sent, 'the split adds up');
+  const sharerView = ((await askControl(a.control!.path, { op: 'status' })) as NodeStatus).peers.find((p) => p.id === b.identity.id)!;
+  assert.is(sharerView.via, 'direct', 'the sharer sees the same path');
+  assert.ok(sharerView.bytes.relayed.received > data.length, 'and the relayed bytes it took in');
   // After the move, reads no longer cross the relay.
   const relayedAfterMove = relay.stats.bytesRelayed;
   await m.mounted.region.readAt(back, 0);

@@ -320,6 +320,50 @@ test('a sharer that goes silent (no close, no data) is detected by liveness ping
     }
   }));
 
+test('a healthy link left quiet past the liveness limit serves the next request (and its idle ping) without a reconnect', () =>
+  withTimeout(10_000, 'test', async () => {
+    const clock = new VirtualClock();
+    const inner = new MemoryBackend(1 << 20);
+    let gate: Promise<void> | undefined;
+    let open = () => {};
+    let asked = 0;
+    const slow: ReadWriterAt = Object.assign(Object.create(inner), {
+      caps: inner.caps,
+      size: () => inner.size(),
+      async readAt(buf: Uint8Array, off: number) {
+        asked++;
+        if (gate) await gate;
+        return inner.readAt(buf, off);
+      },
+    });
+    const s = await setup({ store: slow });
+    try {
+      const r = await s.open({ clock, livenessMs: 400, idlePingMs: 1000 });
+      await r.writeAt(new Uint8Array([7]), 0);
+      await clock.advance(700); // quiet: over the liveness limit, before the idle ping
+      gate = new Promise((x) => (open = x));
+      const read = r.readAt(new Uint8Array(1), 0);
+      read.catch(() => {}); // awaited below; a kill here must fail the assertion, not the process
+      await until(() => asked === 1); // the sharer has it and takes its time (under the limit)
+      await clock.advance(1);
+      assert.is(r.stats.linkFailures, 0, 'a request after a quiet spell is not declared dead at once');
+      gate = undefined;
+      open();
+      await read;
+      // Quiet until the idle ping goes out; the sharer answers it (no clock moves meanwhile).
+      await clock.advance(1000);
+      await clock.advance(1);
+      assert.is(r.stats.linkFailures, 0, 'the idle ping does not kill the link it probes');
+      const buf = new Uint8Array(1);
+      await r.readAt(buf, 0);
+      assert.is(buf[0], 7);
+      assert.is(r.stats.connects, 1);
+      await r.close();
+    } finally {
+      await s.close();
+    }
+  }));
+
 test('a sharer that returns with another size or refuses the grant ends the mount with a clear error', () =>
   withTimeout(10_000, 'test', async () => {
     const clock = new VirtualClock();

@@ -50,8 +50,27 @@ test('idle link: one ping after idlePingMs of silence, then the busy rules apply
   assert.is(s.handleTimeout(999, false), undefined);
   assert.equal(s.handleTimeout(1000, false), { kind: 'ping' });
   assert.is(s.nextTimeout(false), 2000, 'no second idle ping before another idlePingMs');
-  // The ping is pending now: silence since 0 is far past the limit.
-  assert.is(s.handleTimeout(1000, true)?.kind, 'kill');
+  // The ping is pending now: the sharer has the full liveness limit to answer it.
+  s.sent(1000);
+  assert.is(s.handleTimeout(1001, true), undefined, 'a quiet link is not dead the moment its idle ping goes out');
+  assert.is(s.nextTimeout(true), 1200);
+  assert.equal(s.handleTimeout(1200, true), { kind: 'ping' });
+  assert.is(s.handleTimeout(1250, true), undefined, 'the next ping a quarter later');
+  assert.is(s.handleTimeout(1400, true)?.kind, 'kill', 'the ping unanswered for the limit');
+});
+
+test('a request after a quiet spell longer than the liveness limit gets the full limit to be answered', () => {
+  const s = new LinkSupervisor(timing, facts(), 0);
+  s.received(100);
+  // 700 ms of quiet (over the 400 ms limit, under the idle ping): a new request goes out.
+  s.sent(800);
+  assert.is(s.handleTimeout(801, true), undefined, 'not dead at once');
+  assert.is(s.nextTimeout(true), 1000, 'ping at half the limit after the send');
+  s.sent(900); // more requests do not move the start of the wait
+  s.received(950);
+  assert.is(s.handleTimeout(1000, true), undefined, 'answered');
+  assert.is(s.nextTimeout(true), 1150, 'a request still pending: silence counts from the last arrival');
+  assert.is(s.handleTimeout(1350, true)?.kind, 'kill');
 });
 
 test('reconnect: at once, then backoff doubling up to the maximum; success resets it', () => {

@@ -14,7 +14,7 @@ import * as assert from 'uvu/assert';
 import { readFileSync, writeFileSync, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
-import { Scope, SYSTEM_PATH, killTree, needCondition, needTools, run, withTimeout } from '../helpers/env.ts';
+import { Scope, SYSTEM_PATH, eventually, killTree, needCondition, needTools, run, withTimeout } from '../helpers/env.ts';
 import { startCli, type CliProcess } from '../helpers/cli.ts';
 import { canUseNetns, link, netns, type Ns } from '../helpers/netns.ts';
 
@@ -78,7 +78,7 @@ function startCapture(s: Scope, r: Ns, file: string): Promise<() => Promise<void
     } catch {}
   };
   s.defer(stop);
-  return withTimeout(10_000, 'tcpdump start', new Promise<() => Promise<void>>((resolve, reject) => {
+  return withTimeout(20_000, 'tcpdump start', new Promise<() => Promise<void>>((resolve, reject) => {
     let err = '';
     child.stderr!.setEncoding('utf8').on('data', (d: string) => {
       err += d;
@@ -93,7 +93,7 @@ const run1 = (name: string, fn: (s: Scope) => Promise<void>) =>
     ? tools(name, async () => {
         const s = new Scope();
         try {
-          await withTimeout(90_000, name, fn(s));
+          await withTimeout(120_000, name, fn(s));
         } finally {
           await withTimeout(20_000, `${name} cleanup`, s.close());
         }
@@ -145,6 +145,8 @@ run1('hub A—R—B: B mounts A by a ticket without addresses through the relay;
   const sb = await status(h.b, join(h.dir, 'b'), join(h.dir, 'b.sock'));
   assert.match(sb.mounts[0].path, /^relay /, JSON.stringify(sb.mounts));
   assert.ok(sb.peers[0].sent > 1 << 20, 'bytes per peer');
+  assert.is(sb.peers[0].via, 'relayed');
+  assert.is(sb.peers[0].bytes.relayed.sent, sb.peers[0].sent, 'every byte counted as relayed');
   const relayStatus = await status(h.r, join(h.dir, 'r'), (await import('node:fs')).readdirSync(join(h.dir, 'r', 'run')).map((f) => join(h.dir, 'r', 'run', f)).find((f) => f.includes('relay-'))!);
   assert.ok(relayStatus.relay.bytesRelayed > 9 << 20, `relay carried the traffic (${relayStatus.relay.bytesRelayed})`);
   await stopCapture();
@@ -174,6 +176,8 @@ run1('with a direct A–B link the mount goes direct and R relays nothing', asyn
   assert.is(q.code, 0, q.stderr + q.stdout);
   const sb = await status(h.b, join(h.dir, 'b'), join(h.dir, 'b.sock'));
   assert.match(sb.mounts[0].path, /^direct quic:\/\/10\.77\.3\.1:4433$/, JSON.stringify(sb.mounts));
+  assert.is(sb.peers[0].via, 'direct');
+  assert.is(sb.peers[0].bytes.relayed.sent + sb.peers[0].bytes.relayed.received, 0, 'status: no byte relayed');
   assert.ok(sb.mounts[0].sent > 4 << 20);
   const sa = await status(h.a, join(h.dir, 'a'), join(h.dir, 'a.sock'));
   assert.ok(sa.regions[0].relays[0].expiresAt > 0, 'A holds its reservation all the same');
@@ -207,35 +211,88 @@ run1('relay quotas and restart: a circuit over its byte cap is closed (typed, lo
   // 8 MiB read + writes cannot fit one 6 MiB circuit.
   const big = await run('ip', ['netns', 'exec', h.b.name, 'qemu-io', '-f', 'raw', uri, '-c', 'write -P 0x11 0 8M'], { env: env(h.dir), timeoutMs: 60_000 });
   void big;
-  for (let i = 0; !/circuit \d+ closed by the relay: relay: circuit byte limit/.test(mount.stderr()); i++) {
-    assert.ok(i < 50, `mount never logged the byte limit: ${mount.stderr()}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await eventually(30_000, () => `mount never logged the byte limit: ${mount.stderr()}`, () => /circuit \d+ closed by the relay: relay: circuit byte limit/.test(mount.stderr()));
   assert.match(share.stderr(), /circuit byte limit/);
   assert.match(h.relay.stderr(), /CIRCUIT_BYTE_LIMIT/);
   // The mount recovers on a new circuit: small I/O works again.
   const readSmall = async () => {
-    for (let i = 0; ; i++) {
+    let last = '';
+    await eventually(40_000, () => `mount did not recover: ${last}\n${mount.stderr().slice(-2000)}`, async () => {
       const q = await run('ip', ['netns', 'exec', h.b.name, 'qemu-io', '-f', 'raw', uri, '-c', 'write -P 0x22 0 64k', '-c', 'read -P 0x22 0 64k'], { env: env(h.dir), timeoutMs: 30_000 });
-      if (q.code === 0 && !/failed|error/i.test(q.stdout)) return;
-      assert.ok(i < 20, `mount did not recover: ${q.stdout}${q.stderr}\n${mount.stderr().slice(-2000)}`);
-      await new Promise((r) => setTimeout(r, 500));
-    }
+      last = `${q.stdout}${q.stderr}`;
+      return q.code === 0 && !/failed|error/i.test(q.stdout);
+    }, 500);
   };
   await readSmall();
   // Relay restart: same identity, same address.
   await killTree(h.relay.child);
   const again = startCli(s, ['relay', '--listen', '10.77.0.1:4000', '--identity', join(h.dir, 'relay.id'), ...relayFlags], env(join(h.dir, 'r')), h.r.prefix);
   assert.is(await again.line(), h.relayAddress);
-  for (let i = 0; !/reserved until/.test(again.stderr()) && !/reservation for/.test(again.stderr()); i++) {
-    assert.ok(i < 100, `A did not reserve again: ${share.stderr().slice(-1500)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await eventually(30_000, () => `A did not reserve again: ${share.stderr().slice(-1500)}`, () => /reserved until/.test(again.stderr()) || /reservation for/.test(again.stderr()), 100);
   assert.match(share.stderr(), /control connection lost; reserving again/);
   await readSmall();
   const sb = await status(h.b, join(h.dir, 'b'), join(h.dir, 'b.sock'));
   assert.match(sb.mounts[0].path, /^relay /);
   assert.ok(sb.mounts[0].connected);
+});
+
+run1('two relays, the one in use dies mid-mount: the mount moves to the other relay and no acknowledged write is lost', async (s) => {
+  const h = await hub(s, false);
+  const relay2 = startCli(s, ['relay', '--listen', '10.77.0.1:4001', '--identity', join(h.dir, 'relay2.id')], env(join(h.dir, 'r2')), h.r.prefix);
+  const relay2Address = await relay2.line();
+  const aImage = join(h.dir, 'a.img');
+  writeFileSync(aImage, Buffer.alloc(16 << 20));
+  const share = startCli(
+    s,
+    ['share', '--backend', `file:${aImage}`, '--listen', '10.77.1.2:4433', '--dht', h.dht, '--dht-listen', '10.77.1.2:0', '--relay', h.relayAddress, '--relay', relay2Address, '--control', join(h.dir, 'a.sock')],
+    env(join(h.dir, 'a')),
+    h.a.prefix,
+  );
+  const ticket = await share.line(30_000);
+  await eventually(30_000, () => `A did not reserve on both relays: ${share.stderr().slice(-1500)}`, async () => {
+    const sa = await status(h.a, join(h.dir, 'a'), join(h.dir, 'a.sock'));
+    return sa.regions[0].relays.length === 2 && sa.regions[0].relays.every((r: { expiresAt: number }) => r.expiresAt > 0);
+  });
+  const mount = startCli(
+    s,
+    ['mount', ticket, '--dht', h.dht, '--dht-listen', '10.77.2.2:0', '--listen', '127.0.0.1:0', '--control', join(h.dir, 'b.sock')],
+    env(join(h.dir, 'b')),
+    h.b.prefix,
+  );
+  const uri = await mount.line(40_000);
+  const path = async () => (await status(h.b, join(h.dir, 'b'), join(h.dir, 'b.sock'))).mounts[0].path as string;
+  const first = await path();
+  assert.match(first, /^relay /);
+  const [dying, other] = first.includes(h.relayAddress) ? [h.relay, relay2Address] : [relay2, h.relayAddress];
+  // 256 KiB pieces, each its own pattern; a piece counts once qemu-io says its write went through (the NBD reply: acknowledged).
+  const PIECE = 256 << 10;
+  const write = (k: number) =>
+    run('ip', ['netns', 'exec', h.b.name, 'qemu-io', '-f', 'raw', uri, '-c', `write -P ${0x10 + k} ${k * PIECE} ${PIECE}`], { env: env(h.dir), timeoutMs: 60_000 })
+      .then((q) => q.code === 0 && /wrote \d+\/\d+ bytes/.test(q.stdout) && !/error|failed/i.test(q.stdout + q.stderr));
+  const acked = new Set<number>();
+  for (let k = 0; k < 4; k++) if (await write(k)) acked.add(k);
+  assert.is(acked.size, 4, 'writes through the first relay are acknowledged');
+  // Kill the relay in use while the next write is on its way.
+  const inFlight = write(4);
+  await killTree(dying.child);
+  if (await inFlight) acked.add(4);
+  // Pieces after it: each retried until acknowledged (the mount reconnects through the other relay meanwhile).
+  for (let k = 5; k < 10; k++) {
+    await eventually(60_000, () => `piece ${k} never acknowledged after the relay died:\n${mount.stderr().slice(-2500)}`, () => write(k), 500);
+    acked.add(k);
+  }
+  assert.ok((await path()).includes(other), `the mount moved to the other relay: ${await path()}`);
+  // Every acknowledged piece is in A's file.
+  const a = readFileSync(aImage);
+  for (const k of acked) {
+    assert.ok(a.subarray(k * PIECE, (k + 1) * PIECE).every((x) => x === 0x10 + k), `acknowledged piece ${k} is in A's file`);
+  }
+  // And reads through the new path see them.
+  const checks = [...acked].flatMap((k) => ['-c', `read -P ${0x10 + k} ${k * PIECE} ${PIECE}`]);
+  const q = await run('ip', ['netns', 'exec', h.b.name, 'qemu-io', '-f', 'raw', uri, ...checks], { env: env(h.dir), timeoutMs: 60_000 });
+  assert.is(q.code, 0, q.stderr + q.stdout);
+  assert.not.match(q.stdout, /Pattern verification failed|error/i);
+  assert.match(mount.stderr(), /link to sharer lost/);
 });
 
 test.run();

@@ -1,9 +1,8 @@
-/** Unit tests of the transports' crypto: the certificate key binding (TCP and QUIC), and the record AEAD and SIGMA-I handshake (relayed channels). */
+/** Unit tests of the transports' crypto: the certificate key binding (TCP, QUIC, relayed channels) and the SIGMA-I handshake (WebTransport's identity binding). */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { X509Certificate, randomBytes } from 'node:crypto';
 import { checkPeerKey, createPeerCertificate, identityFromCertificate } from '../../crypto/peer-cert.ts';
-import { RecordOpener, RecordSealer } from '../../crypto/aead.ts';
 import { FINISH_BYTES, HandshakeInitiator, HandshakeResponder, handshakeReady } from '../../crypto/handshake.ts';
 import { generateIdentity } from '../../crypto/identity.ts';
 import { QuicmapError } from '../../base/errors.ts';
@@ -34,59 +33,6 @@ function code(fn: () => unknown): string {
 }
 
 const join = (parts: Uint8Array[]) => Buffer.concat(parts);
-
-test('records round-trip, in parts, with associated data', () => {
-  const key = randomBytes(32);
-  const s = new RecordSealer(key);
-  const o = new RecordOpener(key);
-  for (let i = 0; i < 50; i++) {
-    const a = randomBytes(i * 37);
-    const b = randomBytes(1000);
-    const aad = Buffer.from([i]);
-    assert.ok(o.open(join(s.seal([a, b], aad)), aad).equals(Buffer.concat([a, b])));
-  }
-});
-
-test('tampered ciphertext, tag or associated data is refused with EPROTO', () => {
-  const key = randomBytes(32);
-  for (const where of ['ct', 'tag', 'aad']) {
-    const s = new RecordSealer(key);
-    const o = new RecordOpener(key);
-    const rec = join(s.seal([Buffer.from('hello world')], Buffer.from([1])));
-    if (where === 'ct') rec[0]! ^= 1;
-    if (where === 'tag') rec[rec.length - 1]! ^= 0x80;
-    assert.is(code(() => o.open(rec, Buffer.from([where === 'aad' ? 2 : 1]))), 'EPROTO', where);
-  }
-});
-
-test('replayed and reordered records are refused', () => {
-  const key = randomBytes(32);
-  const s = new RecordSealer(key);
-  const r1 = join(s.seal([Buffer.from('one')]));
-  const r2 = join(s.seal([Buffer.from('two')]));
-  const o = new RecordOpener(key);
-  assert.is(code(() => o.open(r2)), 'EPROTO', 'reordered');
-  const o2 = new RecordOpener(key);
-  o2.open(r1);
-  assert.is(code(() => o2.open(r1)), 'EPROTO', 'replayed');
-});
-
-test('both ends update the key at the same record', () => {
-  const key = randomBytes(32);
-  const s = new RecordSealer(key, 3, 1000);
-  const o = new RecordOpener(key, 3, 1000);
-  const plain = new RecordSealer(key); // never rekeys: its 4th record must not open
-  const recs: Buffer[] = [];
-  for (let i = 0; i < 10; i++) {
-    const m = randomBytes(i === 5 ? 1200 : 10); // a big record triggers the byte limit too
-    const r = join(s.seal([m]));
-    recs.push(join(plain.seal([m])));
-    assert.ok(o.open(r).equals(m), `record ${i}`);
-  }
-  const o3 = new RecordOpener(key, 3, 1000);
-  for (let i = 0; i < 3; i++) o3.open(recs[i]!);
-  assert.is(code(() => o3.open(recs[3]!)), 'EPROTO', 'old key after the update');
-});
 
 test('peer certificate: the bound identity is recovered; forgeries are EACCES', async () => {
   const id = await generateIdentity();

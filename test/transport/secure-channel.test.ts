@@ -7,7 +7,9 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { randomBytes } from 'node:crypto';
 import { LoopbackNetwork, LoopbackTransport } from '../../transports/loopback.ts';
-import { byteStreamDuplex } from '../../transports/secure-channel.ts';
+import { createServer, connect, type Socket } from 'node:net';
+import { byteStreamDuplex, secureDuplex } from '../../transports/secure-channel.ts';
+import { isRefusal } from '../../p2p/remote/link.ts';
 import { secureConnection } from '../../transports/tcp.ts';
 import { generateIdentity } from '../../crypto/identity.ts';
 import { Scope, withTimeout } from '../helpers/env.ts';
@@ -74,6 +76,52 @@ run('TLS over a relayed stream: the wrong expected key is EACCES', async (s) => 
   const accept = secureConnection(byteStreamDuplex(pb), bob, null, 'server', 'relay:bob');
   await expectCode(dial, ['EACCES'], 'dial through the relay with a wrong key');
   await expectCode(accept, ['EPROTO', 'EACCES', 'ESHUTDOWN', 'EIO'], 'the accepting side sees the dialer give up');
+});
+
+// A far end that goes away mid-handshake (a sharer restarting, a relay
+// dropping a circuit whose other end never joined) is a lost connection to
+// redial, not EPROTO: a mount takes EPROTO as a refusal and stops for good.
+run('a peer that disconnects during the TLS handshake is ESHUTDOWN on both sides, never a refusal', async (s) => {
+  const me = await generateIdentity();
+  const sockets = new Set<Socket>();
+  const listen = async (onConn: (c: Socket) => void) => {
+    const server = createServer((c) => {
+      sockets.add(c);
+      onConn(c);
+    });
+    s.defer(() => new Promise<void>((r) => {
+      for (const x of sockets) x.destroy();
+      server.close(() => r());
+    }));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const sock = connect((server.address() as { port: number }).port, '127.0.0.1');
+    sockets.add(sock);
+    sock.on('error', () => {});
+    await new Promise((r) => sock.once('connect', r));
+    return sock;
+  };
+  for (const how of ['destroy', 'end', 'after the ClientHello'] as const) {
+    const sock = await listen((c) => {
+      c.on('error', () => {});
+      if (how === 'destroy') c.destroy();
+      else if (how === 'end') c.end();
+      else c.once('data', () => c.end());
+    });
+    const e = await expectCode(secureDuplex(sock, me, me.publicKey, 'client', { timeoutMs: 10_000 }), ['ESHUTDOWN'], `client, server ${how}`);
+    assert.ok(!isRefusal(e.code));
+  }
+  // The accepting side, when the dialer goes away.
+  for (const how of ['end', 'destroy'] as const) {
+    let result: Promise<unknown> | undefined;
+    const sock = await listen((c) => {
+      result = secureDuplex(c, me, null, 'server', { timeoutMs: 10_000 });
+      result.catch(() => {});
+    });
+    while (!result) await new Promise((r) => setImmediate(r));
+    if (how === 'end') sock.end();
+    else sock.destroy();
+    await expectCode(result, ['ESHUTDOWN'], `server, client ${how}`);
+  }
 });
 
 test.run();
