@@ -347,8 +347,11 @@ export class RemoteRegion implements ReadWriterAt {
   private maybeCut(link: ClientLink): void {
     const h = this.cutHook;
     if (!h || this.cuts >= h.max || ++this.cutCount % h.every !== 0) return;
-    this.cuts++;
-    setTimeout(() => link.kill(new QuicmapError('EIO', `test hook: link cut (${this.cuts} of ${h.max})`)), 0);
+    const n = ++this.cuts;
+    // A few turns later (0..3, varying), so the cut lands at different points of the frames in flight.
+    let p = Promise.resolve();
+    for (let i = 0; i < n % 4; i++) p = p.then(() => {});
+    void p.then(() => link.kill(new QuicmapError('EIO', `test hook: link cut (${n} of ${h.max})`)));
   }
 
   async size(): Promise<number> {
