@@ -54,6 +54,12 @@ export interface RemoteRegionOptions {
   /** While idle, PING after this much silence (default 5 000 ms). */
   idlePingMs?: number;
   waitForLinkMs?: number;
+  /**
+   * How long requests that were on a link when it died wait for a link that
+   * resumes their session (default 6 000 ms: a short outage costs nothing;
+   * a sharer gone for good fails them soon after). Then EIO.
+   */
+  resumeWaitMs?: number;
   backoff?: { minMs?: number; maxMs?: number };
   agent?: string;
   log?: (message: string) => void;
@@ -213,7 +219,7 @@ export class RemoteRegion implements ReadWriterAt {
 
   private onLinkDead(no: number, link: ClientLink, reason: QuicmapError): void {
     // A resumable session keeps its requests for the next link; otherwise they fail now.
-    if (link.granted && !this.closed) this.table.requeue(no, this.clock.now(), (op) => op.op !== 'ping', reason);
+    if (link.granted && !this.closed) this.table.requeue(no, this.clock.now(), (op) => op.op !== 'ping', reason, Math.max(this.opts.resumeWaitMs ?? 6_000, this.opts.waitForLinkMs ?? 2_000));
     else this.table.linkLost(no, reason);
     if (no !== this.linkNo || this.closed) return;
     this.link = undefined;

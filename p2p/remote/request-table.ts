@@ -92,10 +92,11 @@ export class RequestTable<Op> {
 
   /**
    * Link `link` of a resumable session died: its requests wait for the next
-   * link (up to `waitMs`), ahead of newer ones and keeping their ids; those
-   * `keep` rejects (liveness pings of the dead link) fail with `err`.
+   * link (up to `waitMs`, default the table's), ahead of newer ones and
+   * keeping their ids; those `keep` rejects (liveness pings of the dead
+   * link) fail with `err`.
    */
-  requeue(link: number, now: number, keep: (op: Op) => boolean, err: Error): void {
+  requeue(link: number, now: number, keep: (op: Op) => boolean, err: Error, waitMs = this.timeouts.waitMs): void {
     const back: Entry<Op>[] = [];
     for (const e of [...this.sent.values()]) {
       if (e.link !== link) continue;
@@ -105,7 +106,7 @@ export class RequestTable<Op> {
         continue;
       }
       e.link = 0;
-      e.deadline = now + this.timeouts.waitMs;
+      e.deadline = now + waitMs;
       back.push(e);
     }
     if (back.length === 0) return;

@@ -185,7 +185,7 @@ test('missing, foreign, expired and wrong-region grants are refused with clear e
     }
   }));
 
-test('when the sharer goes away, pending requests wait for its session at most waitForLinkMs, then fail with EIO; the region recovers', () =>
+test('when the sharer goes away, pending requests wait for its session at most resumeWaitMs, then fail with EIO; the region recovers', () =>
   withTimeout(15_000, 'test', async () => {
     const clock = new VirtualClock();
     let hold: Promise<void> | undefined;
@@ -205,18 +205,18 @@ test('when the sharer goes away, pending requests wait for its session at most w
     });
     const s = await setup({ store: gated });
     try {
-      const r = await s.open({ clock });
+      const r = await s.open({ clock, resumeWaitMs: 500 });
       await r.writeAt(new Uint8Array([1, 2, 3]), 0);
       hold = new Promise((r) => (release = r));
       const pending = r.readAt(new Uint8Array(3), 0);
       pending.catch(() => {});
       await until(() => entered); // the sharer holds the read
       // The sharer goes away: its connections close. The read waits for a
-      // link that could resume its session, at most waitForLinkMs.
+      // link that could resume its session, at most resumeWaitMs.
       await s.listener.close();
       await s.server.close();
       await until(() => !r.connected);
-      await clock.advance(299);
+      await clock.advance(499);
       let settled = false;
       pending.then(() => (settled = true), () => (settled = true));
       await turn();
