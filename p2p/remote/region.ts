@@ -200,7 +200,8 @@ export class RemoteRegion implements ReadWriterAt {
     const no = ++this.linkNo;
     this.link = link;
     const g = link.granted;
-    if (this.txn && g) this.txn.resume = { session: g.session, token: g.token };
+    // Copied: the decoded fields may be views of a received chunk.
+    if (this.txn && g) this.txn.resume = { session: Uint8Array.from(g.session), token: Uint8Array.from(g.token) };
     link.start({
       reply: (id, err) => this.table.settle(id, err),
       received: () => this.supervisor.received(this.clock.now()),

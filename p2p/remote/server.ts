@@ -123,14 +123,12 @@ export interface RegionServerStats {
   resumesRefused: number;
   /** Requests received again after a resume and dropped by id (answered from the log). */
   duplicates: number;
-  /** Replies held for resume, not yet acknowledged (all sessions). */
-  replayHeld: number;
 }
 
 export class RegionServer {
   readonly regionId: Uint8Array;
   readonly limits: Limits;
-  readonly stats: RegionServerStats = { connections: 0, sessions: 0, refused: 0, bytesRead: 0, bytesWritten: 0, writesApplied: 0, resumes: 0, resumesRefused: 0, duplicates: 0, replayHeld: 0 };
+  readonly stats: RegionServerStats = { connections: 0, sessions: 0, refused: 0, bytesRead: 0, bytesWritten: 0, writesApplied: 0, resumes: 0, resumesRefused: 0, duplicates: 0 };
   private readonly sessions: SessionTable<LiveSession>;
   private readonly live = new Set<LiveSession>();
   private readonly store: ReadWriterAt;
@@ -318,7 +316,6 @@ export class RegionServer {
       if (live) {
         const l = live;
         l.reply(frames, this.clock.now());
-        this.stats.replayHeld = this.heldReplies();
         if (l.log.overflowing) this.dropSession(l, `client left more than ${l.log.window} replies unacknowledged`);
       } else await send(frames);
     };
@@ -394,7 +391,6 @@ export class RegionServer {
             case 'ack':
               // An ack of replies never sent is a broken peer: the ProtocolError ends this stream (catch below).
               live?.ack(ev.received, this.clock.now(), gen);
-              this.stats.replayHeld = this.heldReplies();
               break;
             case 'duplicate':
               this.stats.duplicates++;
@@ -430,7 +426,8 @@ export class RegionServer {
     }
   }
 
-  private heldReplies(): number {
+  /** Replies held for resume, not yet acknowledged (all sessions). */
+  get repliesHeld(): number {
     let n = 0;
     for (const l of this.live) n += l.log.unackedCount;
     return n;
