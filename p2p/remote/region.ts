@@ -114,6 +114,8 @@ export class RemoteRegion implements ReadWriterAt {
   private readonly cutHook: { every: number; max: number } | undefined;
   private cutCount = 0;
   private cuts = 0;
+  /** While a lost link's session may still be resumed: new requests wait until then for a link. */
+  private resumeUntil = 0;
   private current: Manifest;
   private link: ClientLink | undefined;
   /** Generation of `link` (request table entries name the link they were sent on). */
@@ -220,8 +222,12 @@ export class RemoteRegion implements ReadWriterAt {
 
   private onLinkDead(no: number, link: ClientLink, reason: QuicmapError): void {
     // A resumable session keeps its requests for the next link; otherwise they fail now.
-    if (link.granted && !this.closed) this.table.requeue(no, this.clock.now(), (op) => op.op !== 'ping', reason, Math.max(this.opts.resumeWaitMs ?? 6_000, this.opts.waitForLinkMs ?? 2_000));
-    else this.table.linkLost(no, reason);
+    if (link.granted && !this.closed) {
+      // Until then, requests made meanwhile wait as long: a short outage is invisible to the NBD client.
+      const wait = Math.max(this.opts.resumeWaitMs ?? 6_000, this.opts.waitForLinkMs ?? 2_000);
+      this.resumeUntil = this.clock.now() + wait;
+      this.table.requeue(no, this.clock.now(), (op) => op.op !== 'ping', reason, wait);
+    } else this.table.linkLost(no, reason);
     if (no !== this.linkNo || this.closed) return;
     this.link = undefined;
     this.stats.linkFailures++;
@@ -295,6 +301,7 @@ export class RemoteRegion implements ReadWriterAt {
   }
 
   private giveUp(err: QuicmapError): void {
+    this.resumeUntil = 0;
     this.log(`giving up on the sharer: ${err.message}`);
     this.table.failWaiting(err);
     this.rearm();
@@ -337,7 +344,7 @@ export class RemoteRegion implements ReadWriterAt {
       this.stats.requests++;
       if (op.op === 'write') this.stats.writes++;
       const now = this.clock.now();
-      const { done } = this.table.add(op, now);
+      const { done } = this.table.add(op, now, this.link ? 0 : this.resumeUntil);
       const link = this.link;
       if (link && !link.isDead) {
         this.table.dispatch(this.linkNo, now, (id, o) => link.send(id, o));

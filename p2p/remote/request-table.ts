@@ -64,12 +64,12 @@ export class RequestTable<Op> {
     return this.waiting.size;
   }
 
-  /** Accept a request; it waits for `dispatch`. The promise settles with its answer. */
-  add(op: Op, now: number): { id: number; done: Promise<void> } {
+  /** Accept a request; it waits for `dispatch` (until `now + waitMs`, or `waitUntil` if later). The promise settles with its answer. */
+  add(op: Op, now: number, waitUntil = 0): { id: number; done: Promise<void> } {
     const id = this.allocate();
     let entry!: Entry<Op>;
     const done = new Promise<void>((resolve, reject) => {
-      entry = { id, op, link: 0, deadline: now + this.timeouts.waitMs, sentOnce: false, resolve, reject };
+      entry = { id, op, link: 0, deadline: Math.max(now + this.timeouts.waitMs, waitUntil), sentOnce: false, resolve, reject };
     });
     this.waiting.set(id, entry);
     return { id, done };
