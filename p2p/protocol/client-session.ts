@@ -90,10 +90,10 @@ export class ClientSession {
     return c.received;
   }
 
-  /** The cumulative ack to send now, if replies arrived since the last one. */
-  takeAck(): number | undefined {
+  /** The cumulative ack to send now, if at least `atLeast` replies arrived since the last one. */
+  takeAck(atLeast = 1): number | undefined {
     const c = this.counter;
-    if (!c || c.received <= c.acked) return undefined;
+    if (!c || c.received - c.acked < Math.max(1, atLeast)) return undefined;
     c.acked = c.received;
     return c.received;
   }

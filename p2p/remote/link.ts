@@ -78,9 +78,14 @@ export class ClientLink {
   private readonly writer: FrameWriter;
   private handlers: LinkHandlers | undefined;
   private deathReason: QuicmapError | undefined;
+  /** Unacknowledged replies at which an ACK goes alone / in front of a request (resumable sessions). */
+  private readonly ackAlone: number;
+  private readonly ackWithRequest: number;
 
   private constructor(conn: Connection, stream: ByteStream, session: ClientSession, manifest: Manifest, caps: string[], granted: SessionGrant | undefined) {
     this.granted = granted;
+    this.ackAlone = Math.max(1, Math.floor((granted?.window ?? 4) / 4));
+    this.ackWithRequest = Math.max(1, Math.floor((granted?.window ?? 16) / 16));
     this.conn = conn;
     this.stream = stream;
     this.session = session;
@@ -162,7 +167,10 @@ export class ClientLink {
         if (this.deathReason) return;
         this.handlers!.received();
         this.deliver(this.session.receive(chunk));
-        const ack = this.session.takeAck();
+        // Acks are batched: one alone once a quarter of the sharer's window
+        // is unacknowledged; smaller ones ride in front of the next request
+        // (same write) or the next ping.
+        const ack = this.session.takeAck(this.ackAlone);
         if (ack !== undefined) this.writer.write(encodeAck(ack)).catch(() => {});
       }
     } catch (e) {
@@ -239,6 +247,8 @@ export class ClientLink {
         frames = encodeCall(id, op.method, op.args);
         break;
     }
+    const ack = this.session.takeAck(op.op === 'ping' ? 1 : this.ackWithRequest);
+    if (ack !== undefined) frames = [...encodeAck(ack), ...frames];
     this.writer.write(frames).catch((e: Error) => this.kill(new QuicmapError('EIO', `sending to the sharer failed: ${e.message}`, { cause: e })));
   }
 

@@ -84,7 +84,8 @@ for (const transport of ['tcp', 'quic'] as const) {
         assert.is(m.lost, 0, 'no request failed');
         assert.ok(m.writes >= SIZE / MiB, `writes issued: ${m.writes}`);
         assert.is(a.writesApplied, m.writes, 'the sharer applied each write exactly once');
-        assert.is(a.resumes, m.resumes);
+        // The sharer may count a resume whose WELCOME the mount never got (that link died in its handshake; the next one resumed).
+        assert.ok(a.resumes >= m.resumes, `sharer resumes ${a.resumes} >= mount resumes ${m.resumes}`);
       });
     } finally {
       await s.close();
