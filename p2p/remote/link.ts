@@ -179,21 +179,20 @@ export class ClientLink {
     }
   }
 
+  /** Hand replies to the owner. */
   private deliver(events: ReturnType<ClientSession['receive']>): void {
-    {
-      {
-        for (const ev of events) {
-          if (ev.kind === 'ok') {
-            const box = this.callReplies.get(ev.id);
-            if (box) {
-              this.callReplies.delete(ev.id);
-              // Copied: the received chunk may be reused once this loop moves on.
-              box.body = ev.payload.slice();
-            }
-            this.handlers!.reply(ev.id);
-          } else if (ev.kind === 'error') this.callReplies.delete(ev.id);
-          if (ev.kind === 'error') this.handlers!.reply(ev.id, new QuicmapError(ev.code, `sharer: ${ev.message}`));
+    for (const ev of events) {
+      if (ev.kind === 'ok') {
+        const box = this.callReplies.get(ev.id);
+        if (box) {
+          this.callReplies.delete(ev.id);
+          // Copied: the received chunk may be reused once this loop moves on.
+          box.body = ev.payload.slice();
         }
+        this.handlers!.reply(ev.id);
+      } else if (ev.kind === 'error') {
+        this.callReplies.delete(ev.id);
+        this.handlers!.reply(ev.id, new QuicmapError(ev.code, `sharer: ${ev.message}`));
       }
     }
   }

@@ -444,7 +444,11 @@ export class RegionServer {
     if (hello.resume) {
       try {
         const live = this.sessions.resume(conn.remotePublicKey, hello.resume.session, hello.resume.token, now);
-        if (hello.resume.received > live.log.lastSequence) throw new QuicmapError('EPROTO', `resume claims reply ${hello.resume.received} of ${live.log.lastSequence}`);
+        if (hello.resume.received > live.log.lastSequence) {
+          // The rightful peer, but it claims replies never sent: its state is not this session's. End it.
+          this.dropSession(live, 'resume claimed replies never sent');
+          throw new QuicmapError('EPROTO', `resume claims reply ${hello.resume.received} of ${live.log.lastSequence}`);
+        }
         const gen = live.attach(sender, true);
         this.stats.resumes++;
         this.log(`peer ${peer} resumed session ${live.number} (${live.log.unackedCount} replies to replay, ${live.txn.inFlight.size} requests in progress)`);
