@@ -17,6 +17,12 @@ export interface NodeStatus {
     sessions: number;
     bytesRead: number;
     bytesWritten: number;
+    /** Write requests applied to the store (each once, however often sent: resumable sessions). */
+    writesApplied: number;
+    /** Sessions taken back by a new link; resumes refused (a new session given); requests dropped as duplicates. */
+    resumes: number;
+    resumesRefused: number;
+    duplicates: number;
     sent: number;
     received: number;
     dht: { seq: number; published: number; lastError: string | null } | null;
@@ -32,6 +38,14 @@ export interface NodeStatus {
     requests: number;
     bytesRead: number;
     bytesWritten: number;
+    /** Write requests issued (the sharer applies each once). */
+    writes: number;
+    /** Links lost; sessions resumed after it; not resumed (new session); requests sent again; requests failed with an unknown outcome. */
+    linkFailures: number;
+    resumes: number;
+    resumesRefused: number;
+    resent: number;
+    lost: number;
     sent: number;
     received: number;
   }>;
@@ -73,13 +87,13 @@ export function formatStatus(s: NodeStatus): string {
   if (s.dht) out.push(`dht: ${s.dht.address}, ${s.dht.nodes} nodes known`);
   if (s.regions.length) out.push('regions:');
   for (const r of s.regions) {
-    out.push(`  ${r.regionId} on ${r.transport}://${r.address}: ${r.sessions} sessions, read ${bytes(r.bytesRead)}, written ${bytes(r.bytesWritten)} (sent ${bytes(r.sent)}, received ${bytes(r.received)})`);
+    out.push(`  ${r.regionId} on ${r.transport}://${r.address}: ${r.sessions} sessions, read ${bytes(r.bytesRead)}, written ${bytes(r.bytesWritten)} (sent ${bytes(r.sent)}, received ${bytes(r.received)})${r.resumes || r.resumesRefused ? `, ${r.resumes} sessions resumed, ${r.resumesRefused} resumes refused` : ''}`);
     for (const x of r.relays) out.push(`    relay ${x.relay}: ${x.expiresAt ? `reserved until ${new Date(x.expiresAt).toISOString()}` : 'not reserved (retrying)'}`);
     if (r.dht) out.push(`    dht record seq ${r.dht.seq}, published ${r.dht.published}×${r.dht.lastError ? `, last error: ${r.dht.lastError}` : ''}`);
   }
   if (s.mounts.length) out.push('mounts:');
   for (const m of s.mounts) {
-    out.push(`  ${m.regionId} from ${m.sharer.slice(0, 12)}: ${m.connected ? 'connected' : 'disconnected'}, path ${m.path}${m.upgrades ? ` (${m.upgrades} upgrades)` : ''}${m.punch ? `, hole punch ${m.punch}` : ''}, ${m.requests} requests, read ${bytes(m.bytesRead)}, written ${bytes(m.bytesWritten)}`);
+    out.push(`  ${m.regionId} from ${m.sharer.slice(0, 12)}: ${m.connected ? 'connected' : 'disconnected'}, path ${m.path}${m.upgrades ? ` (${m.upgrades} upgrades)` : ''}${m.punch ? `, hole punch ${m.punch}` : ''}, ${m.requests} requests, read ${bytes(m.bytesRead)}, written ${bytes(m.bytesWritten)}${m.linkFailures ? `, ${m.linkFailures} links lost, ${m.resumes} resumed, ${m.lost} requests lost` : ''}`);
   }
   if (s.peers.length) out.push('peers:');
   for (const p of s.peers) {

@@ -20,8 +20,19 @@ import {
   decodeWelcome,
   encodeHello,
   type Limits,
+  type ResumeRequest,
   type WelcomeBody,
 } from './messages.ts';
+
+/**
+ * The client's count of a resumable session's replies: the highest reply
+ * sequence received, kept by the owner across links (a new link of the same
+ * session continues it), and the highest it has acknowledged.
+ */
+export interface ReplyCounter {
+  received: number;
+  acked: number;
+}
 
 export type ClientEvent =
   | { kind: 'welcome'; welcome: WelcomeBody }
@@ -38,6 +49,7 @@ export class ClientSession {
   private readonly decoder: FrameDecoder;
   private readonly readTargets = new Map<number, Uint8Array>();
   private negotiated: Limits;
+  private counter: ReplyCounter | undefined;
 
   private readonly local: Limits;
 
@@ -56,10 +68,34 @@ export class ClientSession {
     return this.state === 'ready';
   }
 
-  hello(grant: Uint8Array, caps: readonly string[], agent = 'quicmap'): Uint8Array[] {
+  hello(grant: Uint8Array, caps: readonly string[], agent = 'quicmap', resume?: ResumeRequest): Uint8Array[] {
     if (this.state !== 'init') throw new Error(`hello() in state ${this.state}`);
     this.state = 'hello-sent';
-    return encodeHello({ minVersion: MIN_PROTOCOL_VERSION, maxVersion: PROTOCOL_VERSION, limits: this.local, caps: [...caps], grant, agent });
+    return encodeHello({ minVersion: MIN_PROTOCOL_VERSION, maxVersion: PROTOCOL_VERSION, limits: this.local, caps: [...caps], grant, agent, ...(resume ? { resume } : {}) });
+  }
+
+  /**
+   * After a WELCOME that granted a resumable session: replies carry sequence
+   * numbers, counted in `counter` (shared by every link of the session).
+   */
+  countReplies(counter: ReplyCounter): void {
+    this.counter = counter;
+  }
+
+  /** Replies received so far in this session (0 when not resumable). */
+  counterValue(): number {
+    const c = this.counter;
+    if (!c) return 0;
+    c.acked = c.received;
+    return c.received;
+  }
+
+  /** The cumulative ack to send now, if at least `atLeast` replies arrived since the last one. */
+  takeAck(atLeast = 1): number | undefined {
+    const c = this.counter;
+    if (!c || c.received - c.acked < Math.max(1, atLeast)) return undefined;
+    c.acked = c.received;
+    return c.received;
   }
 
   /** The reply to READ `id` goes straight into `buf` (its length is the read length). */
@@ -112,6 +148,14 @@ export class ClientSession {
         continue;
       }
       if (this.state !== 'ready') throw this.broken(`${frameTypeName(f.type)} before HELLO`);
+      if (this.counter && f.id !== 0 && (f.type === FrameType.OK || f.type === FrameType.ERROR)) {
+        // A resumable session's replies arrive in sequence; one at or below
+        // the count is a duplicate (already seen on an earlier link): dropped.
+        const seq = f.offset;
+        if (seq <= this.counter.received) continue;
+        if (seq !== this.counter.received + 1) throw this.broken(`reply sequence ${seq} after ${this.counter.received}: replies were lost`);
+        this.counter.received = seq;
+      }
       if (f.type === FrameType.OK) {
         const target = this.readTargets.get(f.id);
         if (target) {

@@ -8,7 +8,9 @@
  *   1  u8   flags          FUA, NO_HOLE
  *   2  u16  status         0 = ok; an error code on ERROR frames
  *   4  u32  request id     0 for connection-level frames (hello, refusal)
- *   8  u64  offset         big-endian, below 2^53
+ *   8  u64  offset         big-endian, below 2^53; on OK/ERROR replies of a
+ *                          resumable session: the reply's sequence number;
+ *                          on ACK: the highest reply sequence received
  *   16 u32  length         bytes the operation covers (read/trim/zero/write)
  *   20 u32  payloadLength  bytes that follow this header
  *
@@ -31,6 +33,12 @@ export const FrameType = {
   PING: 21,
   /** A named control call (msgpack body {m, a}); answered by OK with a msgpack body. */
   CALL: 22,
+  /**
+   * Client → sharer on a resumable session: "I have received your replies
+   * up to sequence number `offset`" (cumulative), so the sharer may drop them
+   * from its replay log. No payload, id 0.
+   */
+  ACK: 23,
   OK: 32,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
@@ -41,7 +49,7 @@ export function isFrameType(t: number): t is FrameType {
 }
 
 /** Frames that never carry a payload: a declared payload on them is a protocol error. */
-export const NO_PAYLOAD_TYPES = new Set<number>([FrameType.READ, FrameType.FLUSH, FrameType.TRIM, FrameType.ZERO, FrameType.PING]);
+export const NO_PAYLOAD_TYPES = new Set<number>([FrameType.READ, FrameType.FLUSH, FrameType.TRIM, FrameType.ZERO, FrameType.PING, FrameType.ACK]);
 /** Frames whose payload is a msgpack body (bounded by the control limit, not the data limit). */
 export const CONTROL_TYPES = new Set<number>([FrameType.HELLO, FrameType.WELCOME, FrameType.ERROR, FrameType.CALL]);
 

@@ -25,7 +25,7 @@ export const MIN_PROTOCOL_VERSION = 1;
 export const MAX_CONTROL_BODY = 16 * 1024;
 
 /** Optional features a side may support; the session uses the intersection. */
-export const KNOWN_CAPS = ['trim', 'zero', 'fua', 'ping', 'call'] as const;
+export const KNOWN_CAPS = ['trim', 'zero', 'fua', 'ping', 'call', 'resume'] as const;
 export type Capability = (typeof KNOWN_CAPS)[number];
 
 export interface Limits {
@@ -33,6 +33,40 @@ export interface Limits {
   maxFrame: number;
   /** Requests one side may have outstanding at once. */
   maxInFlight: number;
+}
+
+/** Sizes of the resume credentials (p2p/protocol/session-table.ts). */
+export const SESSION_ID_BYTES = 16;
+export const SESSION_TOKEN_BYTES = 32;
+
+/**
+ * HELLO `resume`: take back a session whose link broke. `received` is the
+ * highest reply sequence number the client has received of it (0: none), so
+ * the sharer replays only the replies after it.
+ */
+export interface ResumeRequest {
+  session: Uint8Array;
+  token: Uint8Array;
+  received: number;
+}
+
+/**
+ * WELCOME `session`, present when both sides offered the `resume` cap: the
+ * session's credentials (kept by the client to resume it) and, when this
+ * HELLO asked to resume, whether it was resumed. `received` is the highest
+ * request id of the session the sharer has received (0: none): the client
+ * sends again only requests above it; those at or below it are answered
+ * from the sharer's replay log. `window` is the most replies the sharer
+ * keeps unacknowledged (the client acks well before). A refused resume
+ * carries the typed reason and a fresh session.
+ */
+export interface SessionGrant {
+  session: Uint8Array;
+  token: Uint8Array;
+  resumed: boolean;
+  received: number;
+  window: number;
+  refused?: { code: ErrorCode; message: string };
 }
 
 export interface HelloBody {
@@ -45,6 +79,8 @@ export interface HelloBody {
   grant: Uint8Array;
   /** Free text for logs, e.g. "quicmap 0.1.0". */
   agent: string;
+  /** Resume this session instead of opening a new one (with the `resume` cap). */
+  resume?: ResumeRequest;
 }
 
 export interface WelcomeBody {
@@ -55,6 +91,8 @@ export interface WelcomeBody {
   /** The region manifest and the sharer's signature over it. */
   manifest: Uint8Array;
   manifestSig: Uint8Array;
+  /** With the `resume` cap: the session (see SessionGrant). */
+  session?: SessionGrant;
 }
 
 export interface ErrorBody {
@@ -133,7 +171,49 @@ export function decodeHello(payload: Uint8Array): HelloBody {
     caps: strings(o, 'caps', what),
     grant: bytes(o, 'grant', what, 4096),
     agent: o.agent === undefined ? '' : str(o, 'agent', what, 200),
+    ...(o.resume === undefined || o.resume === null ? {} : { resume: resumeRequest(o.resume, what) }),
   };
+}
+
+function map(v: unknown, what: string, key: string): Record<string, unknown> {
+  if (v === null || typeof v !== 'object' || Array.isArray(v) || v instanceof Uint8Array) throw new ProtocolError(`${what}: field "${key}" must be a map`);
+  return v as Record<string, unknown>;
+}
+
+function exactBytes(o: Record<string, unknown>, key: string, what: string, len: number): Uint8Array {
+  const v = o[key];
+  if (!(v instanceof Uint8Array) || v.length !== len) throw new ProtocolError(`${what}: field "${key}" must be ${len} bytes`);
+  return v;
+}
+
+function resumeRequest(v: unknown, what: string): ResumeRequest {
+  const m = map(v, what, 'resume');
+  return {
+    session: exactBytes(m, 'session', `${what} resume`, SESSION_ID_BYTES),
+    token: exactBytes(m, 'token', `${what} resume`, SESSION_TOKEN_BYTES),
+    received: int(m, 'received', `${what} resume`, 0, Number.MAX_SAFE_INTEGER),
+  };
+}
+
+const ERROR_CODES = new Set<string>(['EINVAL', 'EPERM', 'EACCES', 'EIO', 'ENOSPC', 'EOVERFLOW', 'ENOTSUP', 'ESHUTDOWN', 'ETIMEDOUT', 'EPROTO', 'EBUSY']);
+
+function sessionGrant(v: unknown, what: string): SessionGrant {
+  const w = `${what} session`;
+  const m = map(v, what, 'session');
+  if (typeof m.resumed !== 'boolean') throw new ProtocolError(`${w}: field "resumed" must be a boolean`);
+  const out: SessionGrant = {
+    session: exactBytes(m, 'session', w, SESSION_ID_BYTES),
+    token: exactBytes(m, 'token', w, SESSION_TOKEN_BYTES),
+    resumed: m.resumed,
+    received: int(m, 'received', w, 0, 0xffff_ffff),
+    window: int(m, 'window', w, 1, 1 << 20),
+  };
+  if (m.refused !== undefined && m.refused !== null) {
+    const r = map(m.refused, w, 'refused');
+    const code = str(r, 'code', w, 16);
+    out.refused = { code: (ERROR_CODES.has(code) ? code : 'EIO') as ErrorCode, message: str(r, 'message', w, 1000) };
+  }
+  return out;
 }
 
 // ---- WELCOME -----------------------------------------------------------
@@ -151,6 +231,7 @@ export function decodeWelcome(payload: Uint8Array): WelcomeBody {
     caps: strings(o, 'caps', what),
     manifest: bytes(o, 'manifest', what, 4096),
     manifestSig: bytes(o, 'manifestSig', what, 64),
+    ...(o.session === undefined || o.session === null ? {} : { session: sessionGrant(o.session, what) }),
   };
 }
 
@@ -237,6 +318,11 @@ export function unpackReply(payload: Uint8Array, what: string): unknown {
   } catch (e) {
     throw new ProtocolError(`${what}: reply is not valid msgpack (${(e as Error).message})`);
   }
+}
+
+/** ACK (resumable sessions): every reply up to sequence `received` has arrived. */
+export function encodeAck(received: number): Uint8Array[] {
+  return [encodeHeader({ type: FrameType.ACK, flags: 0, status: 0, id: 0, offset: received, length: 0, payloadLength: 0 })];
 }
 
 export function encodePing(id: number): Uint8Array[] {

@@ -25,6 +25,7 @@ import {
   encodeWelcome,
   type Capability,
   type HelloBody,
+  type SessionGrant,
   type Limits,
 } from './messages.ts';
 
@@ -41,8 +42,12 @@ export type ServerEvent =
   | { kind: 'hello'; hello: HelloBody }
   /** A valid request for the store; answer with reply() or replyError(). */
   | { kind: 'request'; request: ServerRequest }
-  /** Frames to send now (errors for refused requests, pongs). */
+  /** Frames to send now (errors for refused requests, pongs): replies like any other. */
   | { kind: 'send'; frames: Uint8Array[] }
+  /** Resumable session: the client has received every reply up to sequence `received`. */
+  | { kind: 'ack'; received: number }
+  /** Resumable session: a request the session already has (sent again after a resume); dropped, its reply comes from the log. */
+  | { kind: 'duplicate'; id: number }
   /** The session is over: send `frames` (may be empty), then close the connection. */
   | { kind: 'close'; frames: Uint8Array[]; error: Error };
 
@@ -60,6 +65,27 @@ export interface AcceptInfo {
   readOnly: boolean;
   manifest: Uint8Array;
   manifestSig: Uint8Array;
+  /** The session granted (resumable sessions only). */
+  session?: SessionGrant;
+}
+
+/**
+ * What a resumable session keeps across its links (one ServerSession per
+ * stream): the requests in progress — shared, so the in-flight bound spans a
+ * resume — and the highest request id received. Request ids of a session
+ * increase (mod 2^32) in the order they are sent, so a request at or below
+ * `seen` is one the session already has: a duplicate, dropped by id.
+ */
+export interface SessionTxn {
+  inFlight: Set<number>;
+  /** Highest request id received (0: none yet). */
+  seen: number;
+}
+
+/** Serial-number order on u32 ids (RFC 1982): is `a` after `b`? */
+export function idAfter(a: number, b: number): boolean {
+  const d = (a - b) >>> 0;
+  return d !== 0 && d < 0x8000_0000;
 }
 
 type State = 'awaiting-hello' | 'authorizing' | 'serving' | 'closed';
@@ -70,7 +96,8 @@ const PRE_HELLO_PAYLOAD = 0;
 export class ServerSession {
   private state: State = 'awaiting-hello';
   private readonly decoder: FrameDecoder;
-  private readonly inFlight = new Set<number>();
+  private inFlight = new Set<number>();
+  private txn: SessionTxn | undefined;
   private size = 0;
   private readOnly = true;
   private negotiated: Limits;
@@ -97,6 +124,16 @@ export class ServerSession {
     return this.state === 'serving';
   }
 
+  /** Whether this stream serves a resumable session. */
+  get resumable(): boolean {
+    return this.txn !== undefined;
+  }
+
+  /** The common capabilities (after accept). */
+  hasCap(cap: Capability): boolean {
+    return this.caps.has(cap);
+  }
+
   /** Feed received bytes. Never throws: a broken peer yields a 'close' event. */
   receive(chunk: Uint8Array): ServerEvent[] {
     if (this.state === 'closed') return [];
@@ -119,8 +156,18 @@ export class ServerSession {
     return events;
   }
 
-  /** Grant accepted: negotiate and return the WELCOME frame. */
-  accept(hello: HelloBody, info: AcceptInfo): Uint8Array[] {
+  /** The capabilities both sides offered, before accept: whether the adapter should set up a resumable session. */
+  commonCaps(hello: HelloBody): Set<string> {
+    const mine = new Set<string>(this.opts.caps);
+    return new Set(hello.caps.filter((c) => mine.has(c) && (KNOWN_CAPS as readonly string[]).includes(c)));
+  }
+
+  /**
+   * Grant accepted: negotiate and return the WELCOME frame. With `txn` (both
+   * sides offered `resume`; info.session says which session) requests are
+   * checked against the session's shared state and duplicates dropped.
+   */
+  accept(hello: HelloBody, info: AcceptInfo, txn?: SessionTxn): Uint8Array[] {
     if (this.state !== 'authorizing') throw new Error(`accept() in state ${this.state}`);
     this.size = info.size;
     this.readOnly = info.readOnly;
@@ -129,8 +176,11 @@ export class ServerSession {
       maxFrame: Math.min(this.opts.limits.maxFrame, hello.limits.maxFrame),
       maxInFlight: Math.min(this.opts.limits.maxInFlight, hello.limits.maxInFlight),
     };
-    const mine = new Set<string>(this.opts.caps);
-    this.caps = new Set(hello.caps.filter((c) => mine.has(c) && (KNOWN_CAPS as readonly string[]).includes(c)));
+    this.caps = this.commonCaps(hello);
+    if (txn && this.caps.has('resume') && info.session) {
+      this.txn = txn;
+      this.inFlight = txn.inFlight;
+    } else this.caps.delete('resume');
     this.decoder.setLimits({ maxPayload: this.negotiated.maxFrame });
     this.state = 'serving';
     return encodeWelcome({
@@ -139,6 +189,7 @@ export class ServerSession {
       caps: [...this.caps],
       manifest: info.manifest,
       manifestSig: info.manifestSig,
+      ...(this.txn && info.session ? { session: info.session } : {}),
     });
   }
 
@@ -162,7 +213,8 @@ export class ServerSession {
 
   close(): void {
     this.state = 'closed';
-    this.inFlight.clear();
+    // A resumable session's requests in progress outlive this stream.
+    if (!this.txn) this.inFlight.clear();
   }
 
   private fatal(e: Error): ServerEvent {
@@ -199,6 +251,19 @@ export class ServerSession {
   }
 
   private request(f: Frame, events: ServerEvent[]): void {
+    if (f.type === FrameType.ACK) {
+      if (!this.txn) throw new ProtocolError('ACK on a session that is not resumable');
+      events.push({ kind: 'ack', received: f.offset });
+      return;
+    }
+    if (this.txn && f.type !== FrameType.PING) {
+      if (f.id === 0) throw new ProtocolError('request id 0 is reserved');
+      if (this.txn.seen !== 0 && !idAfter(f.id, this.txn.seen)) {
+        events.push({ kind: 'duplicate', id: f.id });
+        return;
+      }
+      this.txn.seen = f.id;
+    }
     switch (f.type) {
       case FrameType.PING:
         events.push({ kind: 'send', frames: encodeOk(f.id) });

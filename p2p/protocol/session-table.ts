@@ -8,9 +8,12 @@
  * another key, a wrong token — is refused with EACCES, and the peer starts a
  * new session.
  *
- * Bounded: at most `maxSessions`; when full, the suspended session that
- * would expire first makes room, and a node whose sessions are all live
- * refuses new ones (EBUSY) rather than grow. Sans-IO: the clock is an input.
+ * Bounded: at most `maxSessions` node-wide and `maxPerPeer` per peer key;
+ * when either is full, the suspended session (of that peer, for the per-peer
+ * bound) that would expire first makes room, and when all are live a new
+ * one is refused (EBUSY) rather than grow. `onDrop` hears of every session
+ * that leaves the table other than by `close` (expired or evicted), so its
+ * owner can free what the state holds. Sans-IO: the clock is an input.
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { QuicmapError } from '../../base/errors.ts';
@@ -24,6 +27,7 @@ export interface ResumeCredentials {
 
 interface Entry<S> {
   peerKey: Uint8Array;
+  peerHex: string;
   token: Uint8Array;
   state: S;
   /** undefined while a link is attached; else when the suspended session is dropped. */
@@ -39,12 +43,28 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 export class SessionTable<S> {
   private readonly sessions = new Map<string, Entry<S>>();
   private readonly maxSessions: number;
+  private readonly maxPerPeer: number;
   private readonly ttlMs: number;
+  private readonly onDrop: ((state: S, why: 'expired' | 'evicted') => void) | undefined;
 
-  constructor(opts: { maxSessions: number; ttlMs: number }) {
+  constructor(opts: { maxSessions: number; ttlMs: number; maxPerPeer?: number; onDrop?: (state: S, why: 'expired' | 'evicted') => void }) {
     if (!(opts.maxSessions >= 1) || !(opts.ttlMs >= 0)) throw new Error('SessionTable needs maxSessions ≥ 1 and ttlMs ≥ 0');
     this.maxSessions = opts.maxSessions;
+    this.maxPerPeer = Math.max(1, Math.min(opts.maxPerPeer ?? opts.maxSessions, opts.maxSessions));
     this.ttlMs = opts.ttlMs;
+    this.onDrop = opts.onDrop;
+  }
+
+  get ttl(): number {
+    return this.ttlMs;
+  }
+
+  /** Sessions held for `peerKey` (live and suspended). */
+  countFor(peerKey: Uint8Array): number {
+    const hex = keyOf(peerKey);
+    let n = 0;
+    for (const e of this.sessions.values()) if (e.peerHex === hex) n++;
+    return n;
   }
 
   get size(): number {
@@ -54,11 +74,15 @@ export class SessionTable<S> {
   /** A new live session for `peerKey`; returns what the peer must present to resume it. */
   open(peerKey: Uint8Array, state: S, now: number): ResumeCredentials {
     this.handleTimeout(now);
+    const peerHex = keyOf(peerKey);
+    if (this.countFor(peerKey) >= this.maxPerPeer && !this.evictOneSuspended(peerHex)) {
+      throw new QuicmapError('EBUSY', `session limit reached for this peer (${this.maxPerPeer} live sessions)`);
+    }
     if (this.sessions.size >= this.maxSessions && !this.evictOneSuspended()) {
       throw new QuicmapError('EBUSY', `session limit reached (${this.maxSessions} live sessions)`);
     }
     const creds = { sessionId: new Uint8Array(randomBytes(16)), token: new Uint8Array(randomBytes(32)) };
-    this.sessions.set(keyOf(creds.sessionId), { peerKey: Uint8Array.from(peerKey), token: creds.token, state, expiresAt: undefined });
+    this.sessions.set(keyOf(creds.sessionId), { peerKey: Uint8Array.from(peerKey), peerHex, token: creds.token, state, expiresAt: undefined });
     return creds;
   }
 
@@ -87,7 +111,12 @@ export class SessionTable<S> {
   }
 
   handleTimeout(now: number): void {
-    for (const [k, e] of this.sessions) if (e.expiresAt !== undefined && now >= e.expiresAt) this.sessions.delete(k);
+    for (const [k, e] of this.sessions) {
+      if (e.expiresAt !== undefined && now >= e.expiresAt) {
+        this.sessions.delete(k);
+        this.onDrop?.(e.state, 'expired');
+      }
+    }
   }
 
   nextTimeout(): number | undefined {
@@ -96,17 +125,20 @@ export class SessionTable<S> {
     return t;
   }
 
-  private evictOneSuspended(): boolean {
+  private evictOneSuspended(peerHex?: string): boolean {
     let victim: string | undefined;
     let soonest = Number.POSITIVE_INFINITY;
     for (const [k, e] of this.sessions) {
+      if (peerHex !== undefined && e.peerHex !== peerHex) continue;
       if (e.expiresAt !== undefined && e.expiresAt < soonest) {
         soonest = e.expiresAt;
         victim = k;
       }
     }
     if (victim === undefined) return false;
+    const e = this.sessions.get(victim)!;
     this.sessions.delete(victim);
+    this.onDrop?.(e.state, 'evicted');
     return true;
   }
 }

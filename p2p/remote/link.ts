@@ -20,10 +20,10 @@
 import type { ByteStream, Connection } from '../../transports/transport.ts';
 import { QuicmapError, type ErrorCode } from '../../base/errors.ts';
 import { withDeadline } from '../../base/deadline.ts';
-import { ClientSession } from '../protocol/client-session.ts';
+import { ClientSession, type ReplyCounter } from '../protocol/client-session.ts';
 import { FrameWriter } from './frame-writer.ts';
 import { verifyManifest, type Manifest } from '../protocol/manifest.ts';
-import { encodeCall, encodeFlush, encodePing, encodeRead, encodeTrim, encodeWrite, encodeZero, type Limits } from '../protocol/messages.ts';
+import { encodeAck, encodeCall, encodeFlush, encodePing, encodeRead, encodeTrim, encodeWrite, encodeZero, type Limits, type SessionGrant } from '../protocol/messages.ts';
 
 export interface LinkOptions {
   grant: Uint8Array;
@@ -35,6 +35,12 @@ export interface LinkOptions {
   agent?: string;
   /** Deadline for the HELLO/WELCOME exchange. */
   helloTimeoutMs?: number;
+  /**
+   * Resumable sessions (offer the `resume` cap): the session's reply count,
+   * kept by the owner across links, and the credentials of the session to
+   * resume, if any. A WELCOME that grants a new session resets the count.
+   */
+  txn?: { counter: ReplyCounter; resume?: { session: Uint8Array; token: Uint8Array } };
 }
 
 /** What a link tells its owner. */
@@ -64,14 +70,22 @@ export class ClientLink {
   readonly manifest: Manifest;
   readonly limits: Limits;
   readonly caps: ReadonlySet<string>;
+  /** The session the sharer granted (resumable sessions only): credentials, whether resumed, its received mark. */
+  readonly granted: SessionGrant | undefined;
   private readonly conn: Connection;
   private readonly stream: ByteStream;
   private readonly session: ClientSession;
   private readonly writer: FrameWriter;
   private handlers: LinkHandlers | undefined;
   private deathReason: QuicmapError | undefined;
+  /** Unacknowledged replies at which an ACK goes alone / in front of a request (resumable sessions). */
+  private readonly ackAlone: number;
+  private readonly ackWithRequest: number;
 
-  private constructor(conn: Connection, stream: ByteStream, session: ClientSession, manifest: Manifest, caps: string[]) {
+  private constructor(conn: Connection, stream: ByteStream, session: ClientSession, manifest: Manifest, caps: string[], granted: SessionGrant | undefined) {
+    this.granted = granted;
+    this.ackAlone = Math.max(1, Math.floor((granted?.window ?? 4) / 4));
+    this.ackWithRequest = Math.max(1, Math.floor((granted?.window ?? 16) / 16));
     this.conn = conn;
     this.stream = stream;
     this.session = session;
@@ -94,7 +108,9 @@ export class ClientLink {
       stream = await conn.openStream();
       const s = stream;
       const handshake = (async () => {
-        await s.write(session.hello(opts.grant, opts.caps, opts.agent));
+        const resume = opts.txn?.resume ? { ...opts.txn.resume, received: opts.txn.counter.received } : undefined;
+        const caps = opts.txn ? [...new Set([...opts.caps, 'resume'])] : opts.caps.filter((c) => c !== 'resume');
+        await s.write(session.hello(opts.grant, caps, opts.agent, resume));
         for (;;) {
           const chunk = await s.read();
           if (chunk === null) throw new QuicmapError('EIO', 'sharer closed the connection during the handshake');
@@ -103,8 +119,18 @@ export class ClientLink {
             if (ev.kind === 'welcome') {
               const m = await verifyManifest(ev.welcome.manifest, ev.welcome.manifestSig, opts.sharer);
               if (Buffer.compare(m.regionId, opts.regionId) !== 0) throw new QuicmapError('EPROTO', 'sharer answered with a manifest for another region');
-              // The sharer sends nothing unasked after WELCOME, so no bytes are left over for pump().
-              return { manifest: m, caps: ev.welcome.caps };
+              const granted = opts.txn && ev.welcome.caps.includes('resume') ? ev.welcome.session : undefined;
+              if (granted && opts.txn) {
+                if (!granted.resumed) {
+                  opts.txn.counter.received = 0;
+                  opts.txn.counter.acked = 0;
+                }
+                session.countReplies(opts.txn.counter);
+              }
+              // The sharer sends nothing unasked after WELCOME — on a resumed
+              // session it replays its log only once this side's first ACK
+              // says it is ready (`ready`) — so no bytes are left over for pump().
+              return { manifest: m, caps: ev.welcome.caps, granted };
             }
           }
         }
@@ -113,7 +139,7 @@ export class ClientLink {
       const welcome = await withDeadline(handshake, helloMs, 'HELLO', {
         error: () => new QuicmapError('ETIMEDOUT', `sharer did not answer HELLO within ${helloMs} ms`),
       });
-      return new ClientLink(conn, s, session, welcome.manifest, welcome.caps);
+      return new ClientLink(conn, s, session, welcome.manifest, welcome.caps, welcome.granted);
     } catch (e) {
       stream?.reset();
       await conn.close().catch(() => {});
@@ -140,22 +166,34 @@ export class ClientLink {
         if (chunk === null) throw new QuicmapError('EIO', 'sharer closed the stream');
         if (this.deathReason) return;
         this.handlers!.received();
-        for (const ev of this.session.receive(chunk)) {
-          if (ev.kind === 'ok') {
-            const box = this.callReplies.get(ev.id);
-            if (box) {
-              this.callReplies.delete(ev.id);
-              // Copied: the received chunk may be reused once this loop moves on.
-              box.body = ev.payload.slice();
-            }
-            this.handlers!.reply(ev.id);
-          } else if (ev.kind === 'error') this.callReplies.delete(ev.id);
-          if (ev.kind === 'error') this.handlers!.reply(ev.id, new QuicmapError(ev.code, `sharer: ${ev.message}`));
-        }
+        this.deliver(this.session.receive(chunk));
+        // Acks are batched: one alone once a quarter of the sharer's window
+        // is unacknowledged; smaller ones ride in front of the next request
+        // (same write) or the next ping.
+        const ack = this.session.takeAck(this.ackAlone);
+        if (ack !== undefined) this.writer.write(encodeAck(ack)).catch(() => {});
       }
     } catch (e) {
       const err = e instanceof QuicmapError && e.code !== 'EPROTO' && e.code !== 'ESHUTDOWN' ? e : new QuicmapError('EIO', `connection to the sharer lost: ${(e as Error).message}`, { cause: e });
       this.kill(err);
+    }
+  }
+
+  /** Hand replies to the owner. */
+  private deliver(events: ReturnType<ClientSession['receive']>): void {
+    for (const ev of events) {
+      if (ev.kind === 'ok') {
+        const box = this.callReplies.get(ev.id);
+        if (box) {
+          this.callReplies.delete(ev.id);
+          // Copied: the received chunk may be reused once this loop moves on.
+          box.body = ev.payload.slice();
+        }
+        this.handlers!.reply(ev.id);
+      } else if (ev.kind === 'error') {
+        this.callReplies.delete(ev.id);
+        this.handlers!.reply(ev.id, new QuicmapError(ev.code, `sharer: ${ev.message}`));
+      }
     }
   }
 
@@ -170,9 +208,18 @@ export class ClientLink {
     this.handlers?.dead(err);
   }
 
-  /** Send request `id` (the caller allocated it); a READ reply lands in `op.buf`. */
-  send(id: number, op: LinkOp): void {
+  /**
+   * Send request `id` (the caller allocated it); a READ reply lands in
+   * `op.buf`. `onWire` false: the sharer already has this request (a resumed
+   * session received it on an earlier link); only expect its reply here.
+   */
+  send(id: number, op: LinkOp, onWire = true): void {
     if (this.deathReason) return;
+    if (!onWire) {
+      if (op.op === 'read') this.session.expectRead(id, op.buf);
+      else if (op.op === 'call') this.callReplies.set(id, op.reply);
+      return;
+    }
     let frames: Uint8Array[];
     switch (op.op) {
       case 'read':
@@ -199,7 +246,20 @@ export class ClientLink {
         frames = encodeCall(id, op.method, op.args);
         break;
     }
+    const ack = this.session.takeAck(op.op === 'ping' ? 1 : this.ackWithRequest);
+    if (ack !== undefined) frames = [...encodeAck(ack), ...frames];
     this.writer.write(frames).catch((e: Error) => this.kill(new QuicmapError('EIO', `sending to the sharer failed: ${e.message}`, { cause: e })));
+  }
+
+  /**
+   * Resumable sessions: the requests of the session are registered on this
+   * link (`send`), so the sharer may replay its log now. Sends the ACK that
+   * says so, with the count of replies received.
+   */
+  ready(): void {
+    if (this.deathReason || !this.granted) return;
+    const c = this.session.counterValue();
+    this.writer.write(encodeAck(c)).catch(() => {});
   }
 
   /** Give up on a request (timed out): a late reply is dropped, never written into its buffer. */

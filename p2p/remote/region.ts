@@ -33,7 +33,9 @@ import type { Capability } from '../../engine/capability.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../../engine/rwat.ts';
 import type { Manifest } from '../protocol/manifest.ts';
 import { unpackReply, type Limits } from '../protocol/messages.ts';
-import { ClientLink, type LinkOp } from './link.ts';
+import { ClientLink, type LinkOp, type LinkOptions } from './link.ts';
+import type { ReplyCounter } from '../protocol/client-session.ts';
+import { idAfter } from '../protocol/server-session.ts';
 import { LinkSupervisor, type SupervisorAction } from './link-supervisor.ts';
 import { RequestTable } from './request-table.ts';
 import { DEFAULT_LIMITS } from './server.ts';
@@ -52,12 +54,35 @@ export interface RemoteRegionOptions {
   /** While idle, PING after this much silence (default 5 000 ms). */
   idlePingMs?: number;
   waitForLinkMs?: number;
+  /**
+   * How long requests that were on a link when it died wait for a link that
+   * resumes their session (default 6 000 ms: a short outage costs nothing;
+   * a sharer gone for good fails them soon after). Then EIO.
+   */
+  resumeWaitMs?: number;
   backoff?: { minMs?: number; maxMs?: number };
   agent?: string;
   log?: (message: string) => void;
   /** Time source for deadlines, liveness and backoff (tests: a VirtualClock). */
   clock?: Clock;
+  /** Ask for a resumable session (default true; the sharer must offer it too). */
+  resume?: boolean;
+  /**
+   * Test hook: cut the link (reset its stream) after every `every`-th
+   * request put on the wire, at most `max` times. Default from the
+   * environment: QUICMAP_TEST_CUT_LINK_EVERY=N[xMAX] (MAX default 4).
+   */
+  cutLinkEvery?: { every: number; max: number };
 }
+
+function cutHookFromEnv(): { every: number; max: number } | undefined {
+  const m = /^(\d+)(?:x(\d+))?$/.exec(process.env.QUICMAP_TEST_CUT_LINK_EVERY ?? '');
+  if (!m || Number(m[1]) < 1) return undefined;
+  return { every: Number(m[1]), max: m[2] === undefined ? 4 : Number(m[2]) };
+}
+
+/** Ops whose effect is known without an answer: asking again is harmless. */
+const knownWithoutAnswer = (op: LinkOp): boolean => op.op === 'read' || op.op === 'ping';
 
 export interface RemoteRegionStats {
   connects: number;
@@ -65,6 +90,16 @@ export interface RemoteRegionStats {
   requests: number;
   bytesRead: number;
   bytesWritten: number;
+  /** Write requests (frames) issued: what the sharer should have applied, each once. */
+  writes: number;
+  /** Links that took back their session (nothing lost). */
+  resumes: number;
+  /** Reconnects whose session the sharer no longer had (a new one was started). */
+  resumesRefused: number;
+  /** Requests sent again on a resumed session (the sharer had not received them). */
+  resent: number;
+  /** Requests failed because a session was lost while they were on the wire (their effect unknown). */
+  lost: number;
 }
 
 /** Trim and zero carry no payload, so their pieces may be much larger than a frame. */
@@ -73,7 +108,14 @@ const MAX_RANGE_PIECE = 1 << 30;
 export class RemoteRegion implements ReadWriterAt {
   readonly caps: StoreCaps;
   readonly limits: Limits;
-  readonly stats: RemoteRegionStats = { connects: 0, linkFailures: 0, requests: 0, bytesRead: 0, bytesWritten: 0 };
+  readonly stats: RemoteRegionStats = { connects: 0, linkFailures: 0, requests: 0, bytesRead: 0, bytesWritten: 0, writes: 0, resumes: 0, resumesRefused: 0, resent: 0, lost: 0 };
+  /** The session's reply count and credentials (resumable sessions), kept across links. */
+  private readonly txn: NonNullable<LinkOptions['txn']> | undefined;
+  private readonly cutHook: { every: number; max: number } | undefined;
+  private cutCount = 0;
+  private cuts = 0;
+  /** While a lost link's session may still be resumed: new requests wait until then for a link. */
+  private resumeUntil = 0;
   private current: Manifest;
   private link: ClientLink | undefined;
   /** Generation of `link` (request table entries name the link they were sent on). */
@@ -88,8 +130,10 @@ export class RemoteRegion implements ReadWriterAt {
   private readonly wakeup: Wakeup;
   private armedAt: number | undefined;
 
-  private constructor(opts: RemoteRegionOptions, first: ClientLink) {
+  private constructor(opts: RemoteRegionOptions, first: ClientLink, txn: NonNullable<LinkOptions['txn']> | undefined) {
     this.opts = opts;
+    this.txn = txn;
+    this.cutHook = opts.cutLinkEvery ?? cutHookFromEnv();
     this.log = opts.log ?? (() => {});
     this.clock = opts.clock ?? systemClock;
     this.current = first.manifest;
@@ -122,15 +166,17 @@ export class RemoteRegion implements ReadWriterAt {
 
   /** Connect, present the grant, learn the manifest. A refusal throws the sharer's error (EACCES, EPERM). */
   static async open(opts: RemoteRegionOptions): Promise<RemoteRegion> {
-    const link = await RemoteRegion.dial(opts);
-    const r = new RemoteRegion(opts, link);
+    const txn = opts.resume === false ? undefined : { counter: { received: 0, acked: 0 } as ReplyCounter };
+    const link = await RemoteRegion.dial(opts, txn);
+    const r = new RemoteRegion(opts, link, txn);
     r.stats.connects++;
     return r;
   }
 
-  private static async dial(opts: RemoteRegionOptions): Promise<ClientLink> {
+  private static async dial(opts: RemoteRegionOptions, txn: LinkOptions['txn']): Promise<ClientLink> {
     const conn = await opts.connect();
     return ClientLink.open(conn, {
+      txn,
       grant: opts.grant,
       sharer: opts.sharer,
       regionId: opts.regionId,
@@ -155,25 +201,44 @@ export class RemoteRegion implements ReadWriterAt {
   private adopt(link: ClientLink): void {
     const no = ++this.linkNo;
     this.link = link;
+    const g = link.granted;
+    // Copied: the decoded fields may be views of a received chunk.
+    if (this.txn && g) this.txn.resume = { session: Uint8Array.from(g.session), token: Uint8Array.from(g.token) };
     link.start({
       reply: (id, err) => this.table.settle(id, err),
       received: () => this.supervisor.received(this.clock.now()),
-      dead: (reason) => this.onLinkDead(no, reason),
+      dead: (reason) => this.onLinkDead(no, link, reason),
     });
-    this.dispatch(link);
+    this.dispatch(link, no);
+    link.ready();
   }
 
-  /** Send what waits in the table on `link`; the supervisor times the peer's answer from the first send. */
-  private dispatch(link: ClientLink): void {
+  /**
+   * Send what waits in the table on `link`; the supervisor times the peer's
+   * answer from the first send. Requests sent on an earlier link of a
+   * resumed session that the sharer already has (at or below its received
+   * mark) are only expected here: their replies come from its log. The
+   * others go on the wire (again).
+   */
+  private dispatch(link: ClientLink, no: number): void {
     const now = this.clock.now();
-    this.table.dispatch(this.linkNo, now, (id, op) => {
+    const g = link.granted;
+    this.table.dispatch(no, now, (id, op, resent) => {
+      const there = resent && g !== undefined && g.resumed && g.received !== 0 && !idAfter(id, g.received);
+      if (resent && !there) this.stats.resent++;
       this.supervisor.sent(now);
-      link.send(id, op);
+      link.send(id, op, !there);
     });
   }
 
-  private onLinkDead(no: number, reason: QuicmapError): void {
-    this.table.linkLost(no, reason);
+  private onLinkDead(no: number, link: ClientLink, reason: QuicmapError): void {
+    // A resumable session keeps its requests for the next link; otherwise they fail now.
+    if (link.granted && !this.closed) {
+      // Until then, requests made meanwhile wait as long: a short outage is invisible to the NBD client.
+      const wait = Math.max(this.opts.resumeWaitMs ?? 6_000, this.opts.waitForLinkMs ?? 2_000);
+      this.resumeUntil = this.clock.now() + wait;
+      this.table.requeue(no, this.clock.now(), (op) => op.op !== 'ping', reason, wait);
+    } else this.table.linkLost(no, reason);
     if (no !== this.linkNo || this.closed) return;
     this.link = undefined;
     this.stats.linkFailures++;
@@ -192,7 +257,7 @@ export class RemoteRegion implements ReadWriterAt {
           if (link) {
             const { id, done } = this.table.add({ op: 'ping' }, this.clock.now());
             done.catch(() => {}); // its answer (or absence) is all that matters
-            this.dispatch(link);
+            this.dispatch(link, this.linkNo);
             void id;
           }
           break;
@@ -208,7 +273,7 @@ export class RemoteRegion implements ReadWriterAt {
   private async redial(): Promise<void> {
     let link: ClientLink;
     try {
-      link = await RemoteRegion.dial(this.opts);
+      link = await RemoteRegion.dial(this.opts, this.txn);
     } catch (e) {
       if (this.closed) return;
       const final = this.supervisor.dialFailed(this.clock.now(), e);
@@ -229,12 +294,25 @@ export class RemoteRegion implements ReadWriterAt {
     if (link.manifest.generation !== this.current.generation) this.log('sharer restarted (new region generation); resuming');
     this.current = link.manifest;
     this.stats.connects++;
-    this.log('reconnected to sharer');
+    const g = link.granted;
+    if (g?.resumed) {
+      this.stats.resumes++;
+      this.log(`reconnected to sharer; session resumed (${this.table.waitingCount} requests carried over)`);
+    } else {
+      // No session to go back to: what was on the wire and cannot be known
+      // to have landed (writes, flushes, calls) fails; reads are asked again.
+      const why = g?.refused ? `${g.refused.code}: ${g.refused.message}` : this.txn ? 'the sharer does not resume sessions' : 'resume off';
+      if (this.txn?.resume) this.stats.resumesRefused++;
+      const n = this.table.failUnknowable(knownWithoutAnswer, new QuicmapError('EIO', `link to the sharer lost and its session could not be resumed (${why}): the request may or may not have been applied`));
+      this.stats.lost += n;
+      this.log(this.txn?.resume ? `reconnected to sharer; session not resumed (${why}), new session${n ? `, ${n} requests failed` : ''}` : 'reconnected to sharer');
+    }
     this.adopt(link);
     this.rearm();
   }
 
   private giveUp(err: QuicmapError): void {
+    this.resumeUntil = 0;
     this.log(`giving up on the sharer: ${err.message}`);
     this.table.failWaiting(err);
     this.rearm();
@@ -275,15 +353,30 @@ export class RemoteRegion implements ReadWriterAt {
       const failure = this.supervisor.failure;
       if (failure) throw failure;
       this.stats.requests++;
+      if (op.op === 'write') this.stats.writes++;
       const now = this.clock.now();
-      const { done } = this.table.add(op, now);
+      const { done } = this.table.add(op, now, this.link ? 0 : this.resumeUntil);
       const link = this.link;
-      if (link && !link.isDead) this.dispatch(link);
+      if (link && !link.isDead) {
+        this.dispatch(link, this.linkNo);
+        this.maybeCut(link);
+      }
       this.rearm();
       await done;
     } finally {
       this.slots.release();
     }
+  }
+
+  /** The test hook (cutLinkEvery): reset the link's stream a moment after a request went out, mid-transfer. */
+  private maybeCut(link: ClientLink): void {
+    const h = this.cutHook;
+    if (!h || this.cuts >= h.max || ++this.cutCount % h.every !== 0) return;
+    const n = ++this.cuts;
+    // A few turns later (0..3, varying), so the cut lands at different points of the frames in flight.
+    let p = Promise.resolve();
+    for (let i = 0; i < n % 4; i++) p = p.then(() => {});
+    void p.then(() => link.kill(new QuicmapError('EIO', `test hook: link cut (${n} of ${h.max})`)));
   }
 
   async size(): Promise<number> {

@@ -8,8 +8,14 @@
  *
  * A request is first *waiting* (no link yet: it may wait `waitMs` for one)
  * and then *sent* on one link (it must be answered within `requestMs`).
- * When a link dies, the requests sent on it fail at once (EIO): an NBD
- * client sees an I/O error, never a hang; requests still waiting stay.
+ * When a link dies, the requests sent on it either fail at once (EIO: an
+ * NBD client sees an I/O error, never a hang) — `linkLost` — or, when the
+ * link carried a resumable session, go back to waiting for the next link of
+ * that session — `requeue` — keeping their ids, so the sharer recognises
+ * the ones it already has (it answers those from its replay log) and the
+ * others are sent again. If the session cannot be resumed, `failUnknowable`
+ * fails the ones whose effect cannot be known (a write that may or may not
+ * have landed) and keeps the rest (a read is simply asked again).
  */
 import { QuicmapError } from '../../base/errors.ts';
 
@@ -19,6 +25,8 @@ interface Entry<Op> {
   /** The link it was sent on; 0 while waiting. */
   link: number;
   deadline: number;
+  /** Put on the wire at least once (on some link). */
+  sentOnce: boolean;
   resolve: () => void;
   reject: (e: Error) => void;
 }
@@ -32,7 +40,9 @@ export interface TableTimeouts {
 
 export class RequestTable<Op> {
   private readonly timeouts: TableTimeouts;
-  // Insertion order is deadline order in each map (the same timeout for all), so the first entry is the earliest.
+  // Maps iterate in id order (the order requests go on the wire). In `sent`
+  // that is also deadline order; `waiting` may hold requeued requests with
+  // later deadlines ahead of new ones, so its deadlines are scanned.
   private readonly waiting = new Map<number, Entry<Op>>();
   private readonly sent = new Map<number, Entry<Op>>();
   private nextId = 0;
@@ -54,28 +64,71 @@ export class RequestTable<Op> {
     return this.waiting.size;
   }
 
-  /** Accept a request; it waits for `dispatch`. The promise settles with its answer. */
-  add(op: Op, now: number): { id: number; done: Promise<void> } {
+  /** Accept a request; it waits for `dispatch` (until `now + waitMs`, or `waitUntil` if later). The promise settles with its answer. */
+  add(op: Op, now: number, waitUntil = 0): { id: number; done: Promise<void> } {
     const id = this.allocate();
     let entry!: Entry<Op>;
     const done = new Promise<void>((resolve, reject) => {
-      entry = { id, op, link: 0, deadline: now + this.timeouts.waitMs, resolve, reject };
+      entry = { id, op, link: 0, deadline: Math.max(now + this.timeouts.waitMs, waitUntil), sentOnce: false, resolve, reject };
     });
     this.waiting.set(id, entry);
     return { id, done };
   }
 
-  /** Move every waiting request onto `link`; `send` puts each on the wire. */
-  dispatch(link: number, now: number, send: (id: number, op: Op) => void): void {
+  /** Move every waiting request onto `link`, in id order; `send` puts each on the wire (`resent`: it was sent on an earlier link). */
+  dispatch(link: number, now: number, send: (id: number, op: Op, resent: boolean) => void): void {
     if (this.waiting.size === 0) return;
     const batch = [...this.waiting.values()];
     this.waiting.clear();
     for (const e of batch) {
+      const resent = e.sentOnce;
       e.link = link;
+      e.sentOnce = true;
       e.deadline = now + this.timeouts.requestMs;
       this.sent.set(e.id, e);
-      send(e.id, e.op);
+      send(e.id, e.op, resent);
     }
+  }
+
+  /**
+   * Link `link` of a resumable session died: its requests wait for the next
+   * link (up to `waitMs`, default the table's), ahead of newer ones and
+   * keeping their ids; those `keep` rejects (liveness pings of the dead
+   * link) fail with `err`.
+   */
+  requeue(link: number, now: number, keep: (op: Op) => boolean, err: Error, waitMs = this.timeouts.waitMs): void {
+    const back: Entry<Op>[] = [];
+    for (const e of [...this.sent.values()]) {
+      if (e.link !== link) continue;
+      this.sent.delete(e.id);
+      if (!keep(e.op)) {
+        e.reject(err);
+        continue;
+      }
+      e.link = 0;
+      e.deadline = now + waitMs;
+      back.push(e);
+    }
+    if (back.length === 0) return;
+    const newer = [...this.waiting.values()];
+    this.waiting.clear();
+    for (const e of [...back, ...newer]) this.waiting.set(e.id, e);
+  }
+
+  /**
+   * The session could not be resumed (a new one started): requests already
+   * sent whose effect cannot be known fail with `err`; the others (`known`:
+   * reads) wait to be sent on the new session. Returns how many failed.
+   */
+  failUnknowable(known: (op: Op) => boolean, err: Error): number {
+    let n = 0;
+    for (const e of [...this.waiting.values()]) {
+      if (!e.sentOnce || known(e.op)) continue;
+      this.waiting.delete(e.id);
+      e.reject(err);
+      n++;
+    }
+    return n;
   }
 
   /** The answer to `id` arrived (on any link). Unknown ids (answered or given up on) are ignored. */
@@ -113,10 +166,7 @@ export class RequestTable<Op> {
 
   nextTimeout(): number | undefined {
     let at: number | undefined;
-    for (const e of this.waiting.values()) {
-      at = e.deadline;
-      break;
-    }
+    for (const e of this.waiting.values()) if (at === undefined || e.deadline < at) at = e.deadline;
     for (const e of this.sent.values()) {
       if (at === undefined || e.deadline < at) at = e.deadline;
       break;
@@ -131,8 +181,8 @@ export class RequestTable<Op> {
    * request unanswered.
    */
   handleTimeout(now: number): Array<{ id: number; link: number }> {
-    for (const e of this.waiting.values()) {
-      if (e.deadline > now) break;
+    for (const e of [...this.waiting.values()]) {
+      if (e.deadline > now) continue;
       this.waiting.delete(e.id);
       e.reject(new QuicmapError('EIO', 'sharer unreachable (reconnecting in the background)'));
     }

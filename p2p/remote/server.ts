@@ -35,6 +35,9 @@ import { FrameWriter } from './frame-writer.ts';
 import { systemClock, type Clock } from '../../base/clock.ts';
 import { AdmissionGate, sourceOfHostPort, type AdmissionTicket } from '../../base/admission.ts';
 import { ByteBudget, type BudgetHolder } from '../../base/byte-budget.ts';
+import { SessionTable } from '../protocol/session-table.ts';
+import type { SessionGrant } from '../protocol/messages.ts';
+import { LiveSession, SlotWaker, type SessionSender } from './live-session.ts';
 
 
 export const DEFAULT_LIMITS: Limits = { maxFrame: 1024 * 1024, maxInFlight: 64 };
@@ -68,6 +71,15 @@ export interface RegionServerOptions {
   log?: (message: string) => void;
   /** Called after each write, trim or zero a peer made succeeded (the change feed records it, by session). */
   onWrite?: (offset: number, length: number, session: number) => void;
+  /**
+   * Resumable sessions: how many are kept (live or suspended) node-wide and
+   * per peer key, and how long a suspended one waits for its peer. Defaults
+   * 256, 8 and 60 000 ms. `resumable: false` offers none (old behaviour).
+   */
+  resumable?: boolean;
+  maxSessions?: number;
+  maxSessionsPerPeer?: number;
+  sessionTtlMs?: number;
 }
 
 /** Who made a call (or a write): the session, its peer, its rights. */
@@ -103,12 +115,22 @@ export interface RegionServerStats {
   refused: number;
   bytesRead: number;
   bytesWritten: number;
+  /** Write requests applied to the store (each request once, however often it was sent). */
+  writesApplied: number;
+  /** Sessions taken back by a new link. */
+  resumes: number;
+  /** Resumes refused (unknown, expired or someone else's session): the peer got a new one. */
+  resumesRefused: number;
+  /** Requests received again after a resume and dropped by id (answered from the log). */
+  duplicates: number;
 }
 
 export class RegionServer {
   readonly regionId: Uint8Array;
   readonly limits: Limits;
-  readonly stats: RegionServerStats = { connections: 0, sessions: 0, refused: 0, bytesRead: 0, bytesWritten: 0 };
+  readonly stats: RegionServerStats = { connections: 0, sessions: 0, refused: 0, bytesRead: 0, bytesWritten: 0, writesApplied: 0, resumes: 0, resumesRefused: 0, duplicates: 0 };
+  private readonly sessions: SessionTable<LiveSession>;
+  private readonly live = new Set<LiveSession>();
   private readonly store: ReadWriterAt;
   private readonly identity: Identity;
   private readonly log: (m: string) => void;
@@ -140,6 +162,24 @@ export class RegionServer {
       maxActivePerSource: Math.min(opts.maxConnectionsPerSource ?? 64, maxActive),
     });
     this.budget = new ByteBudget({ limit: opts.memoryBudget ?? 256 * 1024 * 1024, reserve: this.limits.maxFrame * 2, stallMs: opts.stallMs ?? 2000 });
+    this.sessions = new SessionTable<LiveSession>({
+      maxSessions: opts.maxSessions ?? 256,
+      maxPerPeer: opts.maxSessionsPerPeer ?? 8,
+      ttlMs: opts.sessionTtlMs ?? 60_000,
+      onDrop: (live, why) => this.dropSession(live, why === 'expired' ? 'suspended session expired' : 'suspended session evicted for a newer one'),
+    });
+  }
+
+  /** Sessions kept for resume (live and suspended). */
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+
+  private dropSession(live: LiveSession, reason: string): void {
+    if (live.creds) this.sessions.close(live.creds.sessionId);
+    this.live.delete(live);
+    live.dispose(reason);
+    this.log(`session ${live.number}: ${reason}`);
   }
 
   private async manifest(): Promise<{ manifest: Uint8Array; manifestSig: Uint8Array; size: number }> {
@@ -252,8 +292,11 @@ export class RegionServer {
 
   private async serveStream(conn: Connection, stream: ByteStream, peer: string, state: ConnState): Promise<void> {
     const session = new ServerSession({ limits: this.limits, caps: this.capsOffered() });
-    const ctx: CallContext = { session: ++this.sessionSeq, peer: conn.remotePublicKey, readOnly: true, maxReply: 0 };
-    let slotFreed: (() => void) | undefined;
+    let ctx: CallContext = { session: ++this.sessionSeq, peer: conn.remotePublicKey, readOnly: true, maxReply: 0 };
+    // A resumable session (set at HELLO) and this stream's attachment to it.
+    let live: LiveSession | undefined;
+    let gen = 0;
+    let slots = new SlotWaker();
     let dead = false;
     const writer = new FrameWriter(stream);
     const send = async (frames: Uint8Array[]) => {
@@ -268,6 +311,24 @@ export class RegionServer {
         state.lastSend = Date.now();
       }
     };
+    // Replies go through the session's log when it is resumable (kept until acknowledged, replayed after a resume).
+    const reply = async (frames: Uint8Array[]) => {
+      if (live) {
+        const l = live;
+        l.reply(frames, this.clock.now());
+        if (l.log.overflowing) this.dropSession(l, `client left more than ${l.log.window} replies unacknowledged`);
+      } else await send(frames);
+    };
+    const sender: SessionSender = {
+      send,
+      drop: (why) => {
+        if (dead) return;
+        this.log(`peer ${peer}: ${why}`);
+        dead = true;
+        stream.reset();
+        slots.wake();
+      },
+    };
     // Set when the stream was ended on purpose (refusal, protocol error) with
     // closeWrite: resetting it then could discard the error frame in flight.
     let graceful = false;
@@ -275,13 +336,16 @@ export class RegionServer {
       dead = true;
       session.close();
       if (!graceful) stream.reset();
+      if (live && live.detach(gen) && live.creds && !live.isDisposed) {
+        const now = this.clock.now();
+        this.sessions.suspend(live.creds.sessionId, now);
+        this.clock.schedule(now + this.sessions.ttl + 1, () => this.sessions.handleTimeout(this.clock.now()));
+      }
     };
     try {
       while (!dead) {
         // Backpressure: at the in-flight limit, stop reading until a request completes.
-        while (session.isServing && session.inFlightCount >= session.limits.maxInFlight && !dead) {
-          await new Promise<void>((r) => (slotFreed = r));
-        }
+        while (session.isServing && session.inFlightCount >= session.limits.maxInFlight && !dead) await slots.wait();
         // The server-wide budget: wait for room (peers that stall get shed meanwhile).
         while (session.isServing && !dead && !state.holder.released && !state.holder.mayTake()) await this.room(state);
         let chunk: Uint8Array | null;
@@ -290,12 +354,20 @@ export class RegionServer {
         } catch {
           break;
         }
-        if (chunk === null) break;
+        if (chunk === null || dead) break;
         for (const ev of session.receive(chunk)) {
           switch (ev.kind) {
-            case 'hello':
-              ctx.readOnly = await this.authorize(conn, session, ev.hello, peer, send);
-              ctx.maxReply = session.limits.maxFrame;
+            case 'hello': {
+              const a = await this.authorize(conn, session, ev.hello, peer, send, sender);
+              if (a.live) {
+                live = a.live;
+                gen = a.gen;
+                slots = live.slots;
+                ctx = { session: live.number, peer: conn.remotePublicKey, readOnly: a.readOnly, maxReply: session.limits.maxFrame };
+              } else {
+                ctx.readOnly = a.readOnly;
+                ctx.maxReply = session.limits.maxFrame;
+              }
               if (session.isServing) {
                 // The first valid HELLO moves the connection from the pending pool to a session slot.
                 if (!state.authed && !state.ticket.promote()) {
@@ -312,18 +384,24 @@ export class RegionServer {
                 dead = true;
               }
               break;
+            }
             case 'send':
-              await send(ev.frames);
+              await reply(ev.frames);
               break;
-            case 'request':
+            case 'ack':
+              // An ack of replies never sent is a broken peer: the ProtocolError ends this stream (catch below).
+              live?.ack(ev.received, this.clock.now(), gen);
+              break;
+            case 'duplicate':
+              this.stats.duplicates++;
+              break;
+            case 'request': {
               // Each request needs room in the server-wide budget before it may hold bytes.
               while (!dead && !state.holder.released && !state.holder.mayTake()) await this.room(state);
-              void this.execute(session, ev.request, send, ctx, state).then(() => {
-                const f = slotFreed;
-                slotFreed = undefined;
-                f?.();
-              });
+              const wake = slots;
+              void this.execute(session, ev.request, reply, ctx, state).then(() => wake.wake());
               break;
+            }
             case 'close':
               this.log(`peer ${peer}: ${ev.error.message}; dropping the session`);
               await send(ev.frames);
@@ -332,6 +410,7 @@ export class RegionServer {
               this.later(200, () => void conn.close().catch(() => {}));
               graceful = true;
               dead = true;
+              if (live) this.dropSession(live, 'protocol error');
               break;
           }
           if (dead) break;
@@ -340,10 +419,61 @@ export class RegionServer {
     } catch (e) {
       // Nothing a peer sends may take the sharer down: log, drop this session, serve on.
       this.log(`peer ${peer}: session failed: ${(e as Error).message}`);
+      if (live) this.dropSession(live, 'session failed');
     } finally {
       finish();
-      slotFreed?.();
+      slots.wake();
     }
+  }
+
+  /** Replies held for resume, not yet acknowledged (all sessions). */
+  get repliesHeld(): number {
+    let n = 0;
+    for (const l of this.live) n += l.log.unackedCount;
+    return n;
+  }
+
+  /**
+   * A resumable session for this HELLO, when both sides offered `resume`:
+   * the one it names if key, id and token match and it has not expired, or
+   * a new one (the refusal's typed reason goes back in WELCOME).
+   */
+  private sessionFor(conn: Connection, hello: HelloBody, sender: SessionSender, peer: string, maxInFlight: number): { live: LiveSession; gen: number; grant: SessionGrant } | undefined {
+    const now = this.clock.now();
+    let refused: SessionGrant['refused'];
+    if (hello.resume) {
+      try {
+        const live = this.sessions.resume(conn.remotePublicKey, hello.resume.session, hello.resume.token, now);
+        if (hello.resume.received > live.log.lastSequence) {
+          // The rightful peer, but it claims replies never sent: its state is not this session's. End it.
+          this.dropSession(live, 'resume claimed replies never sent');
+          throw new QuicmapError('EPROTO', `resume claims reply ${hello.resume.received} of ${live.log.lastSequence}`);
+        }
+        const gen = live.attach(sender, true);
+        this.stats.resumes++;
+        this.log(`peer ${peer} resumed session ${live.number} (${live.log.unackedCount} replies to replay, ${live.txn.inFlight.size} requests in progress)`);
+        return { live, gen, grant: { session: live.creds!.sessionId, token: live.creds!.token, resumed: true, received: live.txn.seen, window: live.log.window } };
+      } catch (e) {
+        this.stats.resumesRefused++;
+        refused = { code: e instanceof QuicmapError ? e.code : 'EACCES', message: (e as Error).message };
+        this.log(`peer ${peer}: resume refused (${refused.message}); new session`);
+      }
+    }
+    const live = new LiveSession(++this.sessionSeq, 4 * maxInFlight + 16, now);
+    try {
+      live.creds = this.sessions.open(conn.remotePublicKey, live, now);
+    } catch (e) {
+      // At the session bound: serve this link without resume rather than refuse it.
+      this.log(`peer ${peer}: no resumable session (${(e as Error).message})`);
+      return undefined;
+    }
+    this.live.add(live);
+    live.holder = this.budget.holder({
+      shed: () => this.dropSession(live, `dropped: its client has not acknowledged ${live.log.unackedBytes} bytes of replies while the server is at its memory budget`),
+      stalled: (t, stallMs) => live.log.unackedCount > 0 && t - live.lastAckAt >= stallMs,
+    });
+    const gen = live.attach(sender, false);
+    return { live, gen, grant: { session: live.creds.sessionId, token: live.creds.token, resumed: false, received: 0, window: live.log.window, ...(refused ? { refused } : {}) } };
   }
 
   private later(ms: number, fn: () => void): void {
@@ -360,12 +490,20 @@ export class RegionServer {
 
   private capsOffered(): Capability[] {
     const caps: Capability[] = ['zero', 'fua', 'ping', 'call'];
+    if (this.opts.resumable !== false) caps.push('resume');
     if (this.store.caps.canTrim) caps.push('trim');
     return caps;
   }
 
-  /** Check the grant; answer WELCOME or the refusal. Returns whether the session is read-only. */
-  private async authorize(conn: Connection, session: ServerSession, hello: HelloBody, peer: string, send: (f: Uint8Array[]) => Promise<void>): Promise<boolean> {
+  /** Check the grant; answer WELCOME or the refusal. Returns whether the session is read-only, and its resumable state. */
+  private async authorize(
+    conn: Connection,
+    session: ServerSession,
+    hello: HelloBody,
+    peer: string,
+    send: (f: Uint8Array[]) => Promise<void>,
+    sender: SessionSender,
+  ): Promise<{ readOnly: boolean; live?: LiveSession; gen: number }> {
     let readOnly: boolean;
     try {
       const claims = await verifyGrantFor(hello.grant, { sharer: this.identity.publicKey, regionId: this.regionId, peer: conn.remotePublicKey });
@@ -376,15 +514,17 @@ export class RegionServer {
       const message = (e as Error).message;
       this.log(`peer ${peer} refused: ${message}`);
       await send(session.refuse(code, message));
-      return true;
+      return { readOnly: true, gen: 0 };
     }
     const m = await this.manifest();
     this.stats.sessions++;
     this.log(
       `peer ${peer} (${hello.agent || 'unknown agent'}) opened region ${regionIdText(this.regionId)} ${readOnly ? 'read-only' : 'read-write'}`,
     );
-    await send(session.accept(hello, { size: m.size, readOnly, manifest: m.manifest, manifestSig: m.manifestSig }));
-    return readOnly;
+    const maxInFlight = Math.min(this.limits.maxInFlight, hello.limits.maxInFlight);
+    const resumable = session.commonCaps(hello).has('resume') ? this.sessionFor(conn, hello, sender, peer, maxInFlight) : undefined;
+    await send(session.accept(hello, { size: m.size, readOnly, manifest: m.manifest, manifestSig: m.manifestSig, ...(resumable ? { session: resumable.grant } : {}) }, resumable?.live.txn));
+    return { readOnly, gen: resumable?.gen ?? 0, ...(resumable ? { live: resumable.live } : {}) };
   }
 
   private async execute(session: ServerSession, req: ServerRequest, send: (f: Uint8Array[]) => Promise<void>, ctx: CallContext, state: ConnState): Promise<void> {
@@ -412,6 +552,7 @@ export class RegionServer {
           return;
         }
         case 'write':
+          this.stats.writesApplied++;
           await s.writeAt(req.data, req.offset, { fua: req.fua });
           this.stats.bytesWritten += req.data.length;
           break;
@@ -447,6 +588,7 @@ export class RegionServer {
     if (this.closed) return;
     this.closed = true;
     for (const l of [...this.listeners]) await l.close().catch(() => {});
+    for (const live of [...this.live]) this.dropSession(live, 'server closing');
     await Promise.all([...this.connections].map((c) => c.close().catch(() => {})));
   }
 }

@@ -24,9 +24,10 @@ export function env(home: string): NodeJS.ProcessEnv {
   return { ...process.env, QUICMAP_HOME: home, PATH: SYSTEM_PATH };
 }
 
-/** Start `quicmap ARGS` and wait for its first stdout line (or its early exit). */
-export async function start(s: Scope, args: string[], home: string, lines = 1, timeoutMs = 20_000): Promise<Proc> {
-  const child = s.spawn(process.execPath, [CLI, ...args], { env: env(home), cwd: ROOT });
+/** Start `quicmap ARGS` and wait for its first stdout line (or its early exit). `prefix`: e.g. `ip netns exec NS`. */
+export async function start(s: Scope, args: string[], home: string, lines = 1, timeoutMs = 20_000, prefix: string[] = []): Promise<Proc> {
+  const argv = [...prefix, process.execPath, CLI, ...args];
+  const child = s.spawn(argv[0]!, argv.slice(1), { env: env(home), cwd: ROOT });
   let out = '';
   let err = '';
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));

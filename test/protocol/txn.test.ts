@@ -255,4 +255,29 @@ test('a full session table evicts a suspended session, never a live one', () => 
   }
 });
 
+test('the session table is bounded per peer too, and says which sessions it dropped', () => {
+  const dropped: Array<[number, string]> = [];
+  const t = new SessionTable<number>({ maxSessions: 10, maxPerPeer: 2, ttlMs: 100, onDrop: (s, why) => dropped.push([s, why]) });
+  const k1 = new Uint8Array(32).fill(1);
+  const k2 = new Uint8Array(32).fill(2);
+  const a = t.open(k1, 1, 0);
+  t.open(k1, 2, 0);
+  try {
+    t.open(k1, 3, 1);
+    assert.unreachable('a peer grew past its bound');
+  } catch (e) {
+    assert.is((e as QuicmapError).code, 'EBUSY');
+  }
+  t.open(k2, 20, 1); // another peer is not affected
+  t.suspend(a.sessionId, 2);
+  t.open(k1, 3, 3); // evicts k1's suspended session, not k2's
+  assert.equal(dropped, [[1, 'evicted']]);
+  assert.is(t.countFor(k1), 2);
+  assert.is(t.countFor(k2), 1);
+  const b = t.open(k2, 21, 4);
+  t.suspend(b.sessionId, 5);
+  t.handleTimeout(105);
+  assert.equal(dropped, [[1, 'evicted'], [21, 'expired']]);
+});
+
 test.run();

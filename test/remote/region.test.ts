@@ -185,7 +185,7 @@ test('missing, foreign, expired and wrong-region grants are refused with clear e
     }
   }));
 
-test('when the link drops, pending requests fail with EIO at once and the region recovers', () =>
+test('when the sharer goes away, pending requests wait for its session at most resumeWaitMs, then fail with EIO; the region recovers', () =>
   withTimeout(15_000, 'test', async () => {
     const clock = new VirtualClock();
     let hold: Promise<void> | undefined;
@@ -205,15 +205,23 @@ test('when the link drops, pending requests fail with EIO at once and the region
     });
     const s = await setup({ store: gated });
     try {
-      const r = await s.open({ clock });
+      const r = await s.open({ clock, resumeWaitMs: 500 });
       await r.writeAt(new Uint8Array([1, 2, 3]), 0);
       hold = new Promise((r) => (release = r));
       const pending = r.readAt(new Uint8Array(3), 0);
       pending.catch(() => {});
       await until(() => entered); // the sharer holds the read
-      // The sharer goes away: its connections close. No time passes: the failure is immediate.
+      // The sharer goes away: its connections close. The read waits for a
+      // link that could resume its session, at most resumeWaitMs.
       await s.listener.close();
       await s.server.close();
+      await until(() => !r.connected);
+      await clock.advance(499);
+      let settled = false;
+      pending.then(() => (settled = true), () => (settled = true));
+      await turn();
+      assert.not.ok(settled, 'still waiting for the session before waitForLinkMs');
+      await clock.advance(1);
       await rejects(pending, code('EIO'), 'pending');
       hold = undefined;
       release();
@@ -292,7 +300,8 @@ test('a sharer that goes silent (no close, no data) is detected by liveness ping
       },
     });
     try {
-      const r = await s.open({ clock, livenessMs: 400, idlePingMs: 200, connect: async () => wrap(await s.clientTransport.dial(s.address, s.sharer.publicKey)) });
+      const rlogs: string[] = [];
+      const r = await s.open({ clock, log: (m) => rlogs.push(m), livenessMs: 400, idlePingMs: 200, connect: async () => wrap(await s.clientTransport.dial(s.address, s.sharer.publicKey)) });
       await r.readAt(new Uint8Array(1), 0);
       silenceAll();
       const stuck = r.readAt(new Uint8Array(1), 0);
@@ -301,9 +310,12 @@ test('a sharer that goes silent (no close, no data) is detected by liveness ping
       await clock.advance(399);
       assert.ok(r.connected, 'still up before the liveness limit');
       await clock.advance(1);
-      const e = await rejects(stuck, code('EIO'), 'silent sharer');
-      assert.match(e.message, /stopped answering/);
-      // The link is replaced at once (the sharer still listens).
+      // The link is declared dead and replaced at once (the sharer still
+      // listens); the new link resumes the session and the read is answered.
+      await until(() => r.stats.linkFailures === 1);
+      assert.ok(rlogs.some((l) => /stopped answering/.test(l)), rlogs.join('\n'));
+      await stuck;
+      assert.is(r.stats.resumes, 1, 'the session was resumed');
       await until(() => r.connected);
       // Idle now: the background idle ping must notice a silent link by itself.
       const failures = r.stats.linkFailures;
