@@ -253,9 +253,7 @@ export class PagedStore implements ReadWriterAt {
       const p = this.fill(index, whole);
       this.loading.set(index, p);
       try {
-        const got = await p;
-        got.pins++;
-        return got;
+        return await p; // pinned already: nothing may evict it before the caller runs
       } finally {
         this.loading.delete(index);
       }
@@ -265,7 +263,7 @@ export class PagedStore implements ReadWriterAt {
   private async fill(index: number, whole: boolean): Promise<Entry> {
     const data = whole ? new Uint8Array(this.chunkSize) : ((await this.pages.load(index)) ?? new Uint8Array(this.chunkSize));
     if (data.length !== this.chunkSize) throw new QuicmapError('EIO', `chunk ${index} came back with ${data.length} bytes, not ${this.chunkSize}`);
-    const e: Entry = { index, data, gen: 0, savedGen: 0, dirtySince: 0, pins: 0, saving: undefined };
+    const e: Entry = { index, data, gen: 0, savedGen: 0, dirtySince: 0, pins: 1, saving: undefined };
     this.entries.set(index, e);
     return e;
   }

@@ -33,7 +33,8 @@ export interface ChunkPeer {
   get(id: Uint8Array): Promise<Uint8Array | null>;
   del(id: Uint8Array): Promise<void>;
   sync(): Promise<void>;
-  info(): Promise<VaultStats>;
+  /** `boot` changes when the peer restarts: its chunks are audited then. */
+  info(): Promise<VaultStats & { boot?: string }>;
 }
 
 /** Every replica of a chunk was stale, altered, missing or unreachable. */
@@ -75,6 +76,7 @@ export interface ReplicationReport {
 interface PeerState extends PeerReport {
   peer: ChunkPeer;
   fails: number;
+  boot: string | undefined;
 }
 
 export interface SealedPagesOptions {
@@ -136,11 +138,12 @@ export class SealedPages implements PageStore {
       used: 0,
       quota: 0,
       fails: 0,
+      boot: undefined,
     }));
   }
 
   peerReports(): PeerReport[] {
-    return this.peers.map(({ peer: _p, fails: _f, ...r }) => ({ ...r }));
+    return this.peers.map(({ peer: _p, fails: _f, boot: _b, ...r }) => ({ ...r }));
   }
 
   replication(): ReplicationReport {
@@ -171,25 +174,15 @@ export class SealedPages implements PageStore {
         why.push(`${peer.name}: unreachable (${(e as Error).message})`);
         continue;
       }
-      if (blob === null) {
-        peer.missing++;
-        why.push(`${peer.name}: does not have it`);
-        this.report(peer, `chunk ${index} is missing`);
+      const c = this.check(peer, index, version, blob);
+      if (c.what !== undefined) {
+        why.push(`${peer.name}: ${c.what === 'missing' ? 'does not have it' : c.what}`);
+        this.report(peer, `chunk ${index} came back ${c.what}`);
         bad.push(p);
         continue;
       }
-      const opened = blob.length === this.chunkSize + SEAL_OVERHEAD ? this.sealer.open(index, version, blob) : ({ ok: false, problem: 'malformed', claimed: -1 } as const);
-      if (!opened.ok) {
-        const what = opened.problem === 'stale' ? `stale (version ${opened.claimed}, expected ${version})` : opened.problem === 'malformed' ? `malformed (${blob.length} bytes)` : 'altered (authentication failed)';
-        if (opened.problem === 'stale') peer.stale++;
-        else peer.tampered++;
-        why.push(`${peer.name}: ${what}`);
-        this.report(peer, `chunk ${index} came back ${what}`);
-        bad.push(p);
-        continue;
-      }
-      if (bad.length > 0) this.background(this.repair(index, version, blob, bad));
-      return opened.data;
+      if (bad.length > 0) this.background(this.repair(index, version, blob!, bad));
+      return c.data;
     }
     const err = new ChunkUnavailableError(index, this.chunkSize, why);
     this.log(err.message);
@@ -257,11 +250,66 @@ export class SealedPages implements PageStore {
           peer.quota = s.quota;
           peer.full = s.quota - s.used < this.chunkSize + SEAL_OVERHEAD;
           this.alive(peer);
+          if (s.boot !== undefined && peer.boot !== undefined && s.boot !== peer.boot) {
+            this.log(`storage peer ${peer.name} restarted; checking the chunks it holds`);
+            this.background(this.audit(this.peers.indexOf(peer)));
+          }
+          if (s.boot !== undefined) peer.boot = s.boot;
         } catch (e) {
           this.failed(peer, e);
         }
       }),
     );
+  }
+
+  /**
+   * Read back every chunk peer `p` should hold and check it (a restarted
+   * peer may have come back from an old copy, or with chunks altered or
+   * missing); bad ones are repaired from a good replica. Resolves with the
+   * number of bad chunks found.
+   */
+  async audit(p: number): Promise<number> {
+    const peer = this.peers[p]!;
+    let bad = 0;
+    for (const [index, held] of [...this.holders]) {
+      if (!held.includes(p)) continue;
+      const version = this.versions[index]!;
+      const id = this.sealer.chunkId(index);
+      let blob: Uint8Array | null;
+      try {
+        blob = await peer.peer.get(id);
+      } catch (e) {
+        this.failed(peer, e);
+        return bad;
+      }
+      const { what } = this.check(peer, index, version, blob);
+      if (what === undefined) continue;
+      bad++;
+      this.report(peer, `chunk ${index} is ${what}`);
+      // A good copy from another holder repairs it.
+      for (const q of this.live(held)) {
+        if (q === p) continue;
+        const good = await this.peers[q]!.peer.get(id).catch(() => null);
+        if (good && this.sealer.open(index, version, good).ok) {
+          await this.repair(index, version, good, [p]);
+          break;
+        }
+      }
+    }
+    return bad;
+  }
+
+  /** The plaintext if the blob is the chunk's current version, else what is wrong with it (counted against the peer). */
+  private check(peer: PeerState, index: number, version: number, blob: Uint8Array | null): { data: Uint8Array; what?: undefined } | { what: string } {
+    if (blob === null) {
+      peer.missing++;
+      return { what: 'missing' };
+    }
+    const opened = blob.length === this.chunkSize + SEAL_OVERHEAD ? this.sealer.open(index, version, blob) : ({ ok: false, problem: 'malformed', claimed: -1 } as const);
+    if (opened.ok) return { data: opened.data };
+    if (opened.problem === 'stale') peer.stale++;
+    else peer.tampered++;
+    return { what: opened.problem === 'stale' ? `stale (version ${opened.claimed}, expected ${version})` : opened.problem === 'malformed' ? `malformed (${blob.length} bytes)` : 'altered (authentication failed)' };
   }
 
   /** Resolves when the background copying has nothing left it can do now. */

@@ -6,7 +6,7 @@
  *   chunk.get  {id: bin16}             -> {blob: bin | null}
  *   chunk.del  {id: bin16}             -> {}
  *   chunk.sync {}                      -> {}                 (what was put survives a crash of the store)
- *   chunk.info {}                      -> {used, quota, chunks}
+ *   chunk.info {}                      -> {used, quota, chunks, boot}  (boot: new at each start of the store)
  *
  * Chunks are kept per caller (its authenticated key), so one client never
  * sees another's. put and del need a read-write grant.
@@ -17,6 +17,7 @@
  * (or the quota refusal). Parts wait in a staging area bounded per session
  * and per store (EBUSY beyond) and dropped after STAGING_TTL_MS.
  */
+import { randomBytes } from 'node:crypto';
 import { QuicmapError } from '../../base/errors.ts';
 import type { RegionServer } from '../remote/server.ts';
 import type { RemoteRegion } from '../remote/region.ts';
@@ -130,7 +131,8 @@ export function serveChunkStore(server: RegionServer, vault: ChunkVault, now: ()
     await vault.sync();
     return {};
   });
-  server.handle('chunk.info', async () => vault.stats());
+  const boot = randomBytes(8).toString('hex');
+  server.handle('chunk.info', async () => ({ ...vault.stats(), boot }));
   return stats;
 }
 
@@ -166,7 +168,7 @@ export class StorePeerClient {
   async sync(): Promise<void> {
     await this.region.call('chunk.sync', {});
   }
-  async info(): Promise<VaultStats> {
-    return (await this.region.call('chunk.info', {})) as VaultStats;
+  async info(): Promise<VaultStats & { boot?: string }> {
+    return (await this.region.call('chunk.info', {})) as VaultStats & { boot?: string };
   }
 }
