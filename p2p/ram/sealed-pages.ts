@@ -99,6 +99,7 @@ export class SealedPages implements PageStore {
   private readonly peers: PeerState[];
   /** Expected version per chunk; 0: never saved or discarded (zeros). */
   private readonly versions: Float64Array;
+  private readonly turns: Uint8Array;
   /** Peers given the current version of each saved chunk. */
   private readonly holders = new Map<number, number[]>();
   private counter = 0;
@@ -122,6 +123,7 @@ export class SealedPages implements PageStore {
     this.replicas = opts.replicas;
     this.chunkSize = opts.chunkSize;
     this.versions = new Float64Array(opts.chunks);
+    this.turns = new Uint8Array(opts.chunks);
     this.lostAfter = opts.lostAfter ?? 3;
     this.log = opts.log ?? (() => {});
     this.peers = opts.peers.map((p) => ({
@@ -159,8 +161,11 @@ export class SealedPages implements PageStore {
     if (version === 0) return null;
     const id = this.sealer.chunkId(index);
     const held = this.holders.get(index) ?? [];
-    // Live holders first, then the lost ones (they may be back), then anyone else (a replica placed before a crash of this bookkeeping cannot exist, but a repair target may hold it).
-    const order = [...this.live(held), ...held.filter((p) => this.peers[p]!.state === 'lost')];
+    // Live holders first, then the lost ones (they may be back).
+    // Loads of a chunk take its live holders in turn (spreading reads, and over two loads every replica is read and checked).
+    const live = this.live(held);
+    const turn = live.length > 1 ? this.turns[index]!++ % live.length : 0;
+    const order = [...live.slice(turn), ...live.slice(0, turn), ...held.filter((p) => this.peers[p]!.state === 'lost')];
     const why: string[] = [];
     const bad: number[] = [];
     for (const p of order) {
