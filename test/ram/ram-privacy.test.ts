@@ -44,7 +44,7 @@ test('usage errors name the command and the flag', async () => {
   try {
     const home = s.tmpdir('qm-ram-');
     const cases: Array<[string[], RegExp]> = [
-      [['store', '--listen', '127.0.0.1:0'], /^quicmap store: store: --quota SIZE is required/],
+      [['store', '--listen', '127.0.0.1:0'], /^quicmap store: --quota SIZE is required/],
       [['store', '--listen', '127.0.0.1:0', '--quota', 'lots'], /--quota/],
       [['store', '--listen', '127.0.0.1:0', '--quota', '1MiB', '--backend', 'file:/x'], /--backend must be memory or dir:PATH/],
       [['ram', '--size', '8MiB'], /--store TICKET is required/],
