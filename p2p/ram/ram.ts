@@ -29,6 +29,8 @@ export interface RemoteRamOptions {
   probeMs?: number;
   /** Dirty chunks are sealed and pushed this long after their first write (default 1000 ms). */
   writeBackMs?: number;
+  /** A link to a peer that sends nothing for this long is dead (its requests fail over to other replicas). Default 6000 ms. */
+  livenessMs?: number;
   /** Tests: the loopback transport instead of the tickets' ones. */
   transport?: Transport;
   log?: (message: string) => void;
@@ -65,7 +67,7 @@ export async function openRemoteRam(opts: RemoteRamOptions): Promise<RemoteRam> 
             identity: opts.identity,
             ticket,
             ...(opts.transport ? { transport: opts.transport } : {}),
-            region: { limits: { maxFrame: STORE_MAX_FRAME }, requestTimeoutMs: 10_000 },
+            region: { limits: { maxFrame: STORE_MAX_FRAME }, requestTimeoutMs: 10_000, livenessMs: opts.livenessMs ?? 6_000 },
             log: (m) => log(`store ${i + 1}: ${m}`),
           }),
         );
@@ -95,7 +97,7 @@ export async function openRemoteRam(opts: RemoteRamOptions): Promise<RemoteRam> 
   const probe = setInterval(() => {
     if (probing) return;
     probing = true;
-    void pages.probe().finally(() => (probing = false));
+    void pages.probe().catch(() => {}).finally(() => (probing = false));
   }, opts.probeMs ?? 1000);
   probe.unref();
   log(

@@ -359,7 +359,7 @@ export class SealedPages implements PageStore {
     while (this.queue.size > 0 && !this.closed) {
       const batch = [...this.queue].slice(0, 8);
       for (const i of batch) this.queue.delete(i);
-      await Promise.all(batch.map((i) => this.rereplicate(i).then((done) => void (done || waiting.add(i)))));
+      await Promise.all(batch.map((i) => this.rereplicate(i).then((done) => void (done || waiting.add(i)), () => void waiting.add(i))));
     }
     // What could not be placed now waits for a peer to come back (alive() queues it again).
     void waiting;
