@@ -39,7 +39,7 @@ Options:
   --socket PATH        serve the NBD export on this unix socket
   --listen HOST:PORT   or over TCP (default 127.0.0.1:10809)
   --name NAME          export name (default "ram")
-  --mount DIR          also make it mmap-able (kernel NBD, else DIR/ram
+  --mount DIR          also make it mmap-able (kernel NBD, else DIR/region
                        through nbdfuse); its path is the second stdout line
   --identity PATH      identity file (default ${defaultIdentityPath()}); the
                        keys are derived from it and a random region id

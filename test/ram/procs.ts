@@ -35,7 +35,8 @@ export interface RamProc extends Proc {
 export async function startRam(s: Scope, home: string, tickets: string[], args: string[] = []): Promise<RamProc> {
   const control = join(home, `ram-${Math.random().toString(36).slice(2)}.ctl`);
   const sock = join(home, `ram-${Math.random().toString(36).slice(2)}.sock`);
-  const p = await start(s, ['ram', '--store', tickets.join(','), '--socket', sock, '--control', control, '--identity', join(home, 'ram.id'), ...args], home, 1, 60_000);
+  // With --mount the mmap-able path is the second line.
+  const p = await start(s, ['ram', '--store', tickets.join(','), '--socket', sock, '--control', control, '--identity', join(home, 'ram.id'), ...args], home, args.includes('--mount') ? 2 : 1, 60_000);
   return { ...p, uri: p.first, control };
 }
 
