@@ -209,7 +209,9 @@ export class SealedPages implements PageStore {
         this.enqueue(index);
       }
       // Peers that held the old version and were not given the new one: free their space.
-      for (const p of old) if (!got.includes(p)) this.background(this.peers[p]!.peer.del(this.sealer.chunkId(index)).catch(() => {}));
+      // (Under the chunk's lock, queued behind this save: a later save placing the chunk there again is not undone.)
+      const stale = old.filter((p) => !got.includes(p));
+      if (stale.length) this.background(this.locked(index, () => this.forget(index, stale)));
     });
   }
 
@@ -219,9 +221,15 @@ export class SealedPages implements PageStore {
       this.versions[index] = 0;
       this.holders.delete(index);
       this.lostChunks.delete(index);
-      const id = this.sealer.chunkId(index);
-      for (const p of held) this.background(this.peers[p]!.peer.del(id).catch(() => {}));
+      if (held.length) this.background(this.locked(index, () => this.forget(index, held)));
     });
+  }
+
+  /** Delete the chunk from peers that hold an outdated copy, unless they hold the current one by now. */
+  private async forget(index: number, peers: number[]): Promise<void> {
+    const current = this.holders.get(index) ?? [];
+    const id = this.sealer.chunkId(index);
+    await Promise.all(peers.filter((p) => !current.includes(p)).map((p) => this.peers[p]!.peer.del(id).catch(() => {})));
   }
 
   /** Every chunk saved so far survives a crash of the peers holding it (a dir: store fsyncs). */
@@ -276,30 +284,37 @@ export class SealedPages implements PageStore {
   async audit(p: number): Promise<number> {
     const peer = this.peers[p]!;
     let bad = 0;
-    for (const [index, held] of [...this.holders]) {
-      if (!held.includes(p)) continue;
-      const version = this.versions[index]!;
-      const id = this.sealer.chunkId(index);
-      let blob: Uint8Array | null;
-      try {
-        blob = await peer.peer.get(id);
-      } catch (e) {
-        this.failed(peer, e);
-        return bad;
-      }
-      const { what } = this.check(peer, index, version, blob);
-      if (what === undefined) continue;
-      bad++;
-      this.report(peer, `chunk ${index} is ${what}`);
-      // A good copy from another holder repairs it.
-      for (const q of this.live(held)) {
-        if (q === p) continue;
-        const good = await this.peers[q]!.peer.get(id).catch(() => null);
-        if (good && this.sealer.open(index, version, good).ok) {
-          await this.repair(index, version, good, [p]);
-          break;
+    for (const index of [...this.holders.keys()]) {
+      let unreachable = false;
+      // Under the chunk's lock: a save in between would make the fetched copy look wrong.
+      await this.locked(index, async () => {
+        const held = this.holders.get(index);
+        if (!held?.includes(p)) return;
+        const version = this.versions[index]!;
+        const id = this.sealer.chunkId(index);
+        let blob: Uint8Array | null;
+        try {
+          blob = await peer.peer.get(id);
+        } catch (e) {
+          this.failed(peer, e);
+          unreachable = true;
+          return;
         }
-      }
+        const { what } = this.check(peer, index, version, blob);
+        if (what === undefined) return;
+        bad++;
+        this.report(peer, `chunk ${index} is ${what}`);
+        // A good copy from another holder repairs it.
+        for (const q of this.live(held)) {
+          if (q === p) continue;
+          const good = await this.peers[q]!.peer.get(id).catch(() => null);
+          if (good && this.sealer.open(index, version, good).ok) {
+            await this.repairNow(index, version, good, [p]);
+            break;
+          }
+        }
+      });
+      if (unreachable) break;
     }
     return bad;
   }
@@ -436,7 +451,12 @@ export class SealedPages implements PageStore {
   }
 
   private repair(index: number, version: number, blob: Uint8Array, bad: number[]): Promise<void> {
-    return this.locked(index, async () => {
+    return this.locked(index, () => this.repairNow(index, version, blob, bad));
+  }
+
+  /** Put the good copy on the bad peers (the caller holds the chunk's lock). */
+  private async repairNow(index: number, version: number, blob: Uint8Array, bad: number[]): Promise<void> {
+    {
       if (this.versions[index] !== version) return; // written again meanwhile: the new save placed it
       const id = this.sealer.chunkId(index);
       const held = this.holders.get(index) ?? [];
@@ -453,7 +473,7 @@ export class SealedPages implements PageStore {
         }
       }
       this.holders.set(index, held);
-    });
+    }
   }
 
   private locked<T>(index: number, fn: () => Promise<T>): Promise<T> {
