@@ -14,6 +14,8 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   dht: { summary: 'run a DHT node for a private swarm (a bootstrap node)', load: async () => (await import('./commands/dht.ts')).dht },
   relay: { summary: 'relay circuits for peers that cannot reach each other directly', load: async () => (await import('./commands/relay.ts')).relay },
   status: { summary: 'show what a running share, mount, relay or dht is doing', load: async () => (await import('./commands/status.ts')).status },
+  store: { summary: "hold sealed chunks for other nodes' encrypted RAM; prints a ticket for `quicmap ram`", load: async () => (await import('./commands/store.ts')).store },
+  ram: { summary: 'encrypted remote RAM: a local NBD export sealed on storage peers', load: async () => (await import('./commands/ram.ts')).ram },
   migrate: { summary: 'live-migrate a shared region and its ownership to this node', load: async () => (await import('./commands/migrate.ts')).migrate },
 };
 

@@ -33,7 +33,7 @@ export type ServerRequest =
   | { op: 'read'; id: number; offset: number; length: number }
   | { op: 'write'; id: number; offset: number; data: Uint8Array; fua: boolean }
   | { op: 'flush'; id: number }
-  | { op: 'call'; id: number; method: string; args: unknown }
+  | { op: 'call'; id: number; method: string; args: unknown; /** bytes of the CALL body (charged to the server's memory budget) */ bytes?: number }
   | { op: 'trim'; id: number; offset: number; length: number; fua: boolean }
   | { op: 'zero'; id: number; offset: number; length: number; fua: boolean; noHole: boolean };
 
@@ -289,7 +289,7 @@ export class ServerSession {
       if (!this.caps.has('call')) return void refuse('ENOTSUP', 'calls were not negotiated');
       const call = decodeCall(f.payload);
       this.inFlight.add(f.id);
-      events.push({ kind: 'request', request: { op: 'call', id: f.id, method: call.method, args: call.args } });
+      events.push({ kind: 'request', request: { op: 'call', id: f.id, method: call.method, args: call.args, bytes: f.payload.length } });
       return;
     }
     if (f.type !== FrameType.FLUSH) {

@@ -530,7 +530,7 @@ export class RegionServer {
   private async execute(session: ServerSession, req: ServerRequest, send: (f: Uint8Array[]) => Promise<void>, ctx: CallContext, state: ConnState): Promise<void> {
     const s = this.store;
     // Bytes this request holds until its reply has been sent: the read buffer, or the write payload.
-    const held = req.op === 'read' ? req.length : req.op === 'write' ? req.data.length : 0;
+    const held = req.op === 'read' ? req.length : req.op === 'write' ? req.data.length : req.op === 'call' ? (req.bytes ?? 0) : 0;
     state.charged += held;
     state.holder.set(state.charged);
     try {

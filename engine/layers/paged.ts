@@ -1,0 +1,327 @@
+/**
+ * PagedStore: a region whose chunks live in a PageStore (somewhere else:
+ * sealed on storage peers, for encrypted remote RAM) with at most
+ * `cacheBytes` of them held here, least recently used evicted first.
+ *
+ * Write-back: a write lands in the cached chunk and is acknowledged; the
+ * chunk goes to the PageStore when it is evicted, on FLUSH (every dirty
+ * chunk, then the PageStore's own flush), on FUA, and in the background
+ * (`writeBackMs` after it was written). A dirty chunk is never dropped: if
+ * saving it fails it stays cached and dirty, and the request that needed
+ * the room (or the FLUSH) fails with the PageStore's error.
+ *
+ * The bound is strict: cached + loading chunks never exceed the capacity.
+ * A request holds ("pins") a chunk only while it copies bytes in or out,
+ * never while it waits for room, so requests cannot deadlock on the cache.
+ *
+ * Generic and local: nothing here knows what the PageStore does with the
+ * bytes (p2p/ram seals them; tests use a map).
+ */
+import type { Capability } from '../capability.ts';
+import { QuicmapError } from '../../base/errors.ts';
+import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat.ts';
+
+export interface PageStore {
+  /** The chunk's bytes (exactly chunkSize), or null for a chunk never saved or discarded (zeros). */
+  load(index: number): Promise<Uint8Array | null>;
+  /** Keep these bytes as the chunk's contents (durable once the PageStore's flush resolves; the caller does not reuse `data`). */
+  save(index: number, data: Uint8Array): Promise<void>;
+  /** The chunk is all zeros from now on. */
+  discard(index: number): Promise<void>;
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface PagedStoreOptions {
+  size: number;
+  chunkSize: number;
+  /** Plaintext held here at most (rounded down to whole chunks, at least 4 chunks). */
+  cacheBytes: number;
+  pages: PageStore;
+  /** A dirty chunk is saved in the background this long after its first unsaved write (0: only on evict/flush). Default 1000. */
+  writeBackMs?: number;
+  /** Chunks of one request loaded at once (default 8). */
+  parallel?: number;
+}
+
+export interface PagedStats {
+  hits: number;
+  misses: number;
+  evictions: number;
+  saves: number;
+  cachedChunks: number;
+  dirtyChunks: number;
+  capacityChunks: number;
+}
+
+interface Entry {
+  index: number;
+  data: Uint8Array;
+  /** Bumped by each write; saved up to savedGen. */
+  gen: number;
+  savedGen: number;
+  dirtySince: number;
+  pins: number;
+  saving: Promise<void> | undefined;
+}
+
+export class PagedStore implements ReadWriterAt {
+  readonly caps: StoreCaps = { readOnly: false, canTrim: true, fastZero: true, multiConn: true, preferredBlockSize: 4096 };
+  readonly chunkSize: number;
+  readonly capacity: number;
+  readonly stats = { hits: 0, misses: 0, evictions: 0, saves: 0 };
+  private readonly bytes: number;
+  private readonly pages: PageStore;
+  private readonly writeBackMs: number;
+  private readonly parallel: number;
+  /** Insertion order is recency order: the first entry is the least recently used. */
+  private readonly entries = new Map<number, Entry>();
+  private readonly loading = new Map<number, Promise<Entry>>();
+  private unpinWaiters: Array<() => void> = [];
+  private timer: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(opts: PagedStoreOptions) {
+    if (!Number.isSafeInteger(opts.chunkSize) || opts.chunkSize < 4096 || (opts.chunkSize & (opts.chunkSize - 1)) !== 0) {
+      throw new QuicmapError('EINVAL', `chunk size must be a power of two of at least 4096 bytes, not ${opts.chunkSize}`);
+    }
+    if (opts.size <= 0 || opts.size % opts.chunkSize !== 0) throw new QuicmapError('EINVAL', `size ${opts.size} is not a positive multiple of the chunk size ${opts.chunkSize}`);
+    this.bytes = opts.size;
+    this.chunkSize = opts.chunkSize;
+    this.capacity = Math.floor(opts.cacheBytes / opts.chunkSize);
+    if (this.capacity < 4) throw new QuicmapError('EINVAL', `a cache of ${opts.cacheBytes} bytes holds fewer than 4 chunks of ${opts.chunkSize} bytes`);
+    this.pages = opts.pages;
+    this.writeBackMs = opts.writeBackMs ?? 1000;
+    this.parallel = Math.max(1, opts.parallel ?? 8);
+  }
+
+  get pagedStats(): PagedStats {
+    let dirty = 0;
+    for (const e of this.entries.values()) if (e.gen !== e.savedGen) dirty++;
+    return { ...this.stats, cachedChunks: this.entries.size, dirtyChunks: dirty, capacityChunks: this.capacity };
+  }
+
+  /** Start the background write-back. */
+  async start(): Promise<void> {
+    if (this.writeBackMs > 0 && !this.timer) {
+      this.timer = setInterval(() => void this.writeBack().catch(() => {}), Math.max(50, this.writeBackMs / 2));
+      this.timer.unref();
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  async size(): Promise<number> {
+    return this.bytes;
+  }
+
+  async readAt(buf: Uint8Array, offset: number): Promise<void> {
+    this.check();
+    await this.eachPiece(buf.length, offset, async (index, at, from, len) => {
+      const e = await this.pin(index, false);
+      try {
+        buf.set(e.data.subarray(at, at + len), from);
+      } finally {
+        this.unpin(e);
+      }
+    });
+  }
+
+  async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
+    this.check();
+    await this.eachPiece(data.length, offset, async (index, at, from, len) => {
+      const e = await this.pin(index, len === this.chunkSize);
+      try {
+        e.data.set(data.subarray(from, from + len), at);
+        this.dirty(e);
+      } finally {
+        this.unpin(e);
+      }
+      if (opts?.fua) await this.save(e);
+    });
+    if (opts?.fua) await this.pages.flush();
+  }
+
+  async writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
+    this.check();
+    await this.eachPiece(length, offset, async (index, at, _from, len) => {
+      if (len === this.chunkSize && !opts?.noHole) return this.discardChunk(index);
+      const e = await this.pin(index, false);
+      try {
+        e.data.fill(0, at, at + len);
+        this.dirty(e);
+      } finally {
+        this.unpin(e);
+      }
+      if (opts?.fua) await this.save(e);
+    });
+    if (opts?.fua) await this.pages.flush();
+  }
+
+  trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
+    // Trimmed bytes read back as zeros here: a trim is a zeroing that frees the chunk.
+    return this.writeZeroes(offset, length, opts);
+  }
+
+  async flush(): Promise<void> {
+    this.check();
+    const dirty = [...this.entries.values()].filter((e) => e.gen !== e.savedGen || e.saving);
+    await runLimited(dirty, 16, (e) => this.save(e));
+    await this.pages.flush();
+  }
+
+  capability<T>(_key: Capability<T>): T | undefined {
+    return undefined;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.stop();
+    try {
+      await this.flush();
+    } finally {
+      this.closed = true;
+      await this.pages.close();
+    }
+  }
+
+  /** Save dirty chunks whose first unsaved write is older than writeBackMs. */
+  async writeBack(now = Date.now()): Promise<void> {
+    const due = [...this.entries.values()].filter((e) => e.gen !== e.savedGen && !e.saving && now - e.dirtySince >= this.writeBackMs);
+    await runLimited(due, 8, (e) => this.save(e));
+  }
+
+  private check(): void {
+    if (this.closed) throw new QuicmapError('ESHUTDOWN', 'the paged store is closed');
+  }
+
+  private async eachPiece(length: number, offset: number, fn: (index: number, at: number, from: number, len: number) => Promise<void>): Promise<void> {
+    const pieces: Array<[number, number, number, number]> = [];
+    for (let from = 0; from < length; ) {
+      const pos = offset + from;
+      const index = Math.floor(pos / this.chunkSize);
+      const at = pos - index * this.chunkSize;
+      const len = Math.min(this.chunkSize - at, length - from);
+      pieces.push([index, at, from, len]);
+      from += len;
+    }
+    await runLimited(pieces, this.parallel, (p) => fn(...p));
+  }
+
+  private dirty(e: Entry): void {
+    if (e.gen === e.savedGen) e.dirtySince = Date.now();
+    e.gen++;
+  }
+
+  private async discardChunk(index: number): Promise<void> {
+    // Wait out a load in progress so it cannot insert the old bytes afterwards.
+    while (this.loading.has(index)) await this.loading.get(index)!.catch(() => {});
+    const e = this.entries.get(index);
+    if (e) {
+      e.data.fill(0);
+      this.dirty(e);
+      return; // saved (as zeros) like any write
+    }
+    await this.pages.discard(index);
+  }
+
+  /** The chunk's entry, loaded if need be, with room made for it; the caller unpins it. */
+  private async pin(index: number, whole: boolean): Promise<Entry> {
+    for (;;) {
+      this.check();
+      const e = this.entries.get(index);
+      if (e) {
+        this.entries.delete(index);
+        this.entries.set(index, e);
+        e.pins++;
+        this.stats.hits++;
+        return e;
+      }
+      const pending = this.loading.get(index);
+      if (pending) {
+        await pending.catch(() => {});
+        continue;
+      }
+      if (this.entries.size + this.loading.size >= this.capacity) {
+        await this.evictOne();
+        continue;
+      }
+      this.stats.misses++;
+      const p = this.fill(index, whole);
+      this.loading.set(index, p);
+      try {
+        return await p; // pinned already: nothing may evict it before the caller runs
+      } finally {
+        this.loading.delete(index);
+      }
+    }
+  }
+
+  private async fill(index: number, whole: boolean): Promise<Entry> {
+    const data = whole ? new Uint8Array(this.chunkSize) : ((await this.pages.load(index)) ?? new Uint8Array(this.chunkSize));
+    if (data.length !== this.chunkSize) throw new QuicmapError('EIO', `chunk ${index} came back with ${data.length} bytes, not ${this.chunkSize}`);
+    const e: Entry = { index, data, gen: 0, savedGen: 0, dirtySince: 0, pins: 1, saving: undefined };
+    this.entries.set(index, e);
+    return e;
+  }
+
+  private unpin(e: Entry): void {
+    e.pins--;
+    if (e.pins === 0 && this.unpinWaiters.length) this.unpinWaiters.splice(0).forEach((f) => f());
+  }
+
+  /** Drop the least recently used chunk nobody holds, saving it first if dirty. */
+  private async evictOne(): Promise<void> {
+    for (const e of this.entries.values()) {
+      if (e.pins > 0) continue;
+      if (e.gen === e.savedGen && !e.saving) {
+        this.entries.delete(e.index);
+        this.stats.evictions++;
+        return;
+      }
+      await this.save(e);
+      return; // the caller looks again: it may have been pinned or written meanwhile
+    }
+    await new Promise<void>((r) => this.unpinWaiters.push(r));
+  }
+
+  /** Save the entry's current bytes (waits for a save in progress first). */
+  private async save(e: Entry): Promise<void> {
+    while (e.saving) await e.saving.catch(() => {});
+    if (e.gen === e.savedGen) return;
+    const gen = e.gen;
+    const copy = e.data.slice();
+    const p = this.pages.save(e.index, copy).then(() => {
+      if (gen > e.savedGen) e.savedGen = gen;
+      this.stats.saves++;
+    });
+    e.saving = p;
+    try {
+      await p;
+    } finally {
+      e.saving = undefined;
+    }
+  }
+}
+
+/** Run fn over items, at most `limit` at once; the first error is thrown after all settle. */
+async function runLimited<T>(items: T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  if (items.length === 1) return fn(items[0]!);
+  let next = 0;
+  let failure: { e: unknown } | undefined;
+  const worker = async () => {
+    while (next < items.length) {
+      const item = items[next++]!;
+      try {
+        await fn(item);
+      } catch (e) {
+        failure ??= { e };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  if (failure) throw failure.e;
+}
