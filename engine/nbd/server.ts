@@ -65,6 +65,12 @@ export interface NbdServerOptions {
    * default) serves everything on the calling thread.
    */
   workers?: number;
+  /**
+   * With workers: serve regions in shared memory on the addon's native loop
+   * (engine/nbd/native-serve.ts) rather than on a JS worker. Default true;
+   * false is for comparison and for tests of the JS path.
+   */
+  nativeDataPath?: boolean;
 }
 
 /** An export entry, with what a worker needs to serve it when it can be shared. */
@@ -126,7 +132,7 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
     this.logFn = opts.log ?? (() => {});
     const workers = opts.workers ?? 0;
     if (!Number.isInteger(workers) || workers < 0) throw new RangeError(`workers must be a whole number ≥ 0, not ${workers}`);
-    if (workers > 0) this.pool = new NbdWorkerPool(this, workers);
+    if (workers > 0) this.pool = new NbdWorkerPool(this, workers, { nativeDataPath: opts.nativeDataPath });
     this.refusals = new RateLimitedLog((m) => this.logFn(m), { burst: 5, windowMs: 10_000 });
   }
 
@@ -199,6 +205,11 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
   /** Bytes all connections hold now (the server-wide budget's use). */
   get memoryHeld(): number {
     return this.budget.used;
+  }
+
+  /** Connections handed off so far, by where they were served: the native loop or a JS worker thread. */
+  get handedOff(): { native: number; worker: number } {
+    return { ...(this.pool?.handedOff ?? { native: 0, worker: 0 }) };
   }
 
   /** Clients connected now, on this thread and on workers. */
