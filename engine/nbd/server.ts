@@ -221,7 +221,8 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
   async listen(spec: ListenSpec): Promise<NbdEndpoint> {
     // Boot the worker threads before the socket exists: the first client
     // must not wait for a thread to load its code.
-    if ([...this.exports.values()].some((e) => e.shared)) await this.pool?.warm();
+    // (Exports the native loop serves need none.)
+    if ([...this.exports.values()].some((e) => e.shared && this.pool?.needsWorker(e.shared.store))) await this.pool?.warm();
     const server = createServer({ noDelay: true }, (socket) => this.serveConnection(socket));
     const isUnix = 'path' in spec;
     if (isUnix) {

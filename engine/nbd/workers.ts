@@ -127,6 +127,11 @@ export class NbdWorkerPool {
     await Promise.all(this.workers.map((w) => w.ready));
   }
 
+  /** A connection to this stack would be served by a JS worker thread (not by the native loop). */
+  needsWorker(store: SharedStoreDescriptor): boolean {
+    return !(this.native && nativePlan(store));
+  }
+
   /** Connections being served on workers now. */
   get connectionCount(): number {
     return this.served.size;
