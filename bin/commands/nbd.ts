@@ -33,10 +33,11 @@ Options:
                        per core; 0 serves everything on the main thread).
                        memory and file regions are served on workers; the
                        handshake always runs on the main thread
-  --data-path native|js  with workers, how a memory region is served:
-                       native (default; the addon's recv/copy/send loop, a
-                       thread per connection) or js (on the worker threads;
-                       for comparison)
+  --data-path native|js
+                       with workers, how a memory region is served: native
+                       (default; the addon's recv/copy/send loop, a thread
+                       per connection) or js (on the worker threads; for
+                       comparison)
   --max-memory SIZE    memory the server may hold for its clients (see
                        Limits)
   --json               print one JSON object instead of plain lines

@@ -85,8 +85,9 @@ void DeliverEvent(Napi::Env env, Napi::Function cb, std::nullptr_t*, Event* e);
 using EventFn = Napi::TypedThreadSafeFunction<std::nullptr_t, Event, DeliverEvent>;
 
 struct Conn;
-std::mutex g_mu;
-std::unordered_map<uint32_t, Conn*> g_conns;
+// Never destroyed: connection threads may still run while the process exits.
+std::mutex& g_mu = *new std::mutex();
+std::unordered_map<uint32_t, Conn*>& g_conns = *new std::unordered_map<uint32_t, Conn*>();
 uint32_t g_next = 1;
 
 struct Conn {
