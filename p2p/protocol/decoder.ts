@@ -59,13 +59,6 @@ export class FrameDecoder {
   private skipping = 0;
   private failed: Error | undefined;
   sink: PayloadSink | undefined;
-  /**
-   * Where a payload that spans chunks is gathered (a buffer pool's take: at
-   * least n bytes); a fresh array otherwise. The frame names it `gathered`
-   * so its consumer can give it back.
-   */
-  gather: ((n: number) => Uint8Array) | undefined;
-  private gathered: Uint8Array | undefined;
 
   constructor(limits: DecoderLimits, sink?: PayloadSink) {
     this.limits = { ...limits };
@@ -150,9 +143,7 @@ export class FrameDecoder {
           continue;
         } else {
           // Allocated only now, after the header passed the limit check.
-          const g = this.gather?.(header.payloadLength);
-          this.gathered = g;
-          this.payload = g ? g.subarray(0, header.payloadLength) : new Uint8Array(header.payloadLength);
+          this.payload = new Uint8Array(header.payloadLength);
         }
         this.payloadFill = 0;
       }
@@ -163,11 +154,9 @@ export class FrameDecoder {
       this.payloadFill += take;
       at += take;
       if (this.payloadFill === cur.payloadLength) {
-        const gathered = this.gathered;
         this.current = undefined;
         this.payload = undefined;
-        this.gathered = undefined;
-        out.push({ kind: 'frame', frame: gathered ? { ...cur, payload: buf, gathered } : { ...cur, payload: buf } });
+        out.push({ kind: 'frame', frame: { ...cur, payload: buf } });
       }
     }
   }

@@ -30,8 +30,7 @@ import {
 
 export type ServerRequest =
   | { op: 'read'; id: number; offset: number; length: number }
-  /** `gathered`: the buffer from the session's `gather` that `data` lies in (give it back once written). */
-  | { op: 'write'; id: number; offset: number; data: Uint8Array; fua: boolean; gathered?: Uint8Array }
+  | { op: 'write'; id: number; offset: number; data: Uint8Array; fua: boolean }
   | { op: 'flush'; id: number }
   | { op: 'call'; id: number; method: string; args: unknown }
   | { op: 'trim'; id: number; offset: number; length: number; fua: boolean }
@@ -52,8 +51,6 @@ export interface ServerSessionOptions {
   limits: Limits;
   /** Features the store behind this session offers. */
   caps: readonly Capability[];
-  /** Where WRITE payloads that span received chunks are gathered (at least n bytes; default: a new array each). */
-  gather?: (n: number) => Uint8Array;
 }
 
 export interface AcceptInfo {
@@ -86,7 +83,6 @@ export class ServerSession {
     this.opts = opts;
     this.negotiated = { ...opts.limits };
     this.decoder = new FrameDecoder({ maxPayload: PRE_HELLO_PAYLOAD, maxControl: MAX_CONTROL_BODY });
-    this.decoder.gather = opts.gather;
   }
 
   get limits(): Readonly<Limits> {
@@ -250,7 +246,7 @@ export class ServerSession {
         request = { op: 'read', id: f.id, offset: f.offset, length: f.length };
         break;
       case FrameType.WRITE:
-        request = { op: 'write', id: f.id, offset: f.offset, data: f.payload, fua, ...(f.gathered ? { gathered: f.gathered } : {}) };
+        request = { op: 'write', id: f.id, offset: f.offset, data: f.payload, fua };
         break;
       case FrameType.FLUSH:
         request = { op: 'flush', id: f.id };

@@ -22,7 +22,6 @@
  * server-wide ByteBudget; at its limit streams stop reading, and a peer
  * whose replies have not moved for `stallMs` is dropped, largest first.
  */
-import { BufferPool } from '../../engine/nbd/buffer-pool.ts';
 import type { Identity } from '../../crypto/identity.ts';
 import { base32Encode } from '../../crypto/identity.ts';
 import { regionIdText, verifyGrantFor } from '../../crypto/grant.ts';
@@ -109,8 +108,6 @@ export interface RegionServerStats {
 export class RegionServer {
   readonly regionId: Uint8Array;
   readonly limits: Limits;
-  /** WRITE payloads that arrive in pieces are gathered into these (recycled: no allocation and GC per request). */
-  private readonly payloads = new BufferPool(32 * 1024 * 1024);
   readonly stats: RegionServerStats = { connections: 0, sessions: 0, refused: 0, bytesRead: 0, bytesWritten: 0 };
   private readonly store: ReadWriterAt;
   private readonly identity: Identity;
@@ -254,7 +251,7 @@ export class RegionServer {
   }
 
   private async serveStream(conn: Connection, stream: ByteStream, peer: string, state: ConnState): Promise<void> {
-    const session = new ServerSession({ limits: this.limits, caps: this.capsOffered(), gather: (n) => this.payloads.take(n) });
+    const session = new ServerSession({ limits: this.limits, caps: this.capsOffered() });
     const ctx: CallContext = { session: ++this.sessionSeq, peer: conn.remotePublicKey, readOnly: true, maxReply: 0 };
     let slotFreed: (() => void) | undefined;
     let dead = false;
@@ -408,8 +405,7 @@ export class RegionServer {
     try {
       switch (req.op) {
         case 'read': {
-          // Not zero-filled: readAt fills every byte (or throws, and nothing is sent).
-          const buf = Buffer.allocUnsafeSlow(req.length);
+          const buf = new Uint8Array(req.length);
           await s.readAt(buf, req.offset);
           this.stats.bytesRead += req.length;
           await send(session.reply(req.id, buf));
@@ -417,8 +413,6 @@ export class RegionServer {
         }
         case 'write':
           await s.writeAt(req.data, req.offset, { fua: req.fua });
-          // The store has the bytes now (as the NBD server does with its gathered payloads).
-          if (req.gathered) this.payloads.give(req.gathered as Buffer);
           this.stats.bytesWritten += req.data.length;
           break;
         case 'flush':
