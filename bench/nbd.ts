@@ -1,5 +1,9 @@
 /**
- * `npm run bench -- nbd [--runs N] [--size 256MiB] [--json]`
+ * `npm run bench -- nbd [--runs N] [--size 256MiB] [--subjects quicmap,nbdkit] [--json]`
+ *
+ * Subjects: quicmap (the default data path: shared memory served by the
+ * native loop), quicmap-js (`--data-path js`: the same on JS worker
+ * threads, for comparison), nbdkit (the reference every ratio is against).
  *
  * nbdcopy read (NBD -> null, --no-extents) and write (file -> NBD) against
  * quicmap's NBD server (`quicmap nbd`, its own process, memory backend) and
@@ -25,14 +29,17 @@ interface Server {
   start(sock: string, size: number): Promise<{ uri: string; stop(): Promise<void> }>;
 }
 
-const servers: Server[] = [
-  {
-    name: 'quicmap',
-    async start(sock, size) {
-      const child = await startServer(process.execPath, [QUICMAP, 'nbd', '--size', String(size), '--socket', sock, '--name', ''], socketReady(sock));
-      return { uri: `nbd+unix:///?socket=${sock}`, stop: async () => (stopServer(child), waitExit(child)) };
-    },
+const quicmap = (name: string, extra: string[]): Server => ({
+  name,
+  async start(sock, size) {
+    const child = await startServer(process.execPath, [QUICMAP, 'nbd', '--size', String(size), '--socket', sock, '--name', '', ...extra], socketReady(sock));
+    return { uri: `nbd+unix:///?socket=${sock}`, stop: async () => (stopServer(child), waitExit(child)) };
   },
+});
+
+const allServers: Server[] = [
+  quicmap('quicmap', []),
+  quicmap('quicmap-js', ['--data-path', 'js']),
   {
     name: 'nbdkit',
     async start(sock, size) {
@@ -64,8 +71,11 @@ print(time.perf_counter() - t)
 `;
 
 export default async function bench(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { runs: { type: 'string', default: '3' }, size: { type: 'string', default: '256MiB' }, json: { type: 'boolean', default: false }, 'skip-mmap': { type: 'boolean', default: false } } });
+  const { values } = parseArgs({ args: argv, options: { subjects: { type: 'string', default: 'quicmap,nbdkit' }, runs: { type: 'string', default: '3' }, size: { type: 'string', default: '256MiB' }, json: { type: 'boolean', default: false }, 'skip-mmap': { type: 'boolean', default: false } } });
   requireTools(['nbdcopy', 'nbdkit']);
+  const wanted = new Set([...values.subjects!.split(','), 'nbdkit']);
+  const servers = allServers.filter((s) => wanted.has(s.name));
+  if (!servers.some((s) => s.name.startsWith('quicmap'))) throw new Error('nbd bench: --subjects needs quicmap or quicmap-js');
   const runs = Number(values.runs);
   const size = parseSize(values.size!);
   const work = mkdtempSync(join(tmpdir(), 'quicmap-bench-'));
@@ -75,7 +85,7 @@ export default async function bench(argv: string[]): Promise<void> {
   for (const s of servers) res[s.name] = { read: [], write: [], warmRead: [], warmWrite: [], mmapWrite: [], mmapRead: [] };
   try {
     for (let run = 0; run < runs; run++) {
-      for (const s of run % 2 ? [...servers].reverse() : servers) {
+      for (const s of rotate(servers, run)) {
         const sock = join(work, `${s.name}.sock`);
         const srv = await s.start(sock, size);
         try {
@@ -95,7 +105,7 @@ export default async function bench(argv: string[]): Promise<void> {
     const fuseOk = !values['skip-mmap'] && spawnSync('sh', ['-c', 'command -v nbdfuse && command -v python3 && test -e /dev/fuse'], { stdio: 'ignore' }).status === 0;
     if (fuseOk) {
       for (let run = 0; run < runs; run++) {
-        for (const s of run % 2 ? [...servers].reverse() : servers) {
+        for (const s of rotate(servers, run)) {
           const sock = join(work, `${s.name}.sock`);
           const srv = await s.start(sock, size);
           try {
@@ -111,29 +121,39 @@ export default async function bench(argv: string[]): Promise<void> {
     rmSync(work, { recursive: true, force: true });
   }
 
-  const q = res.quicmap!;
   const k = res.nbdkit!;
+  const subjects = servers.map((s) => s.name).filter((n) => n !== 'nbdkit');
   const rows: (string | number)[][] = [];
-  const summary: Record<string, { quicmap: number; nbdkit: number; ratio: number }> = {};
-  const add = (label: string, a: number[], b: number[]) => {
-    if (!a.length) return;
-    const qa = median(a);
-    const kb = median(b);
-    summary[label] = { quicmap: qa, nbdkit: kb, ratio: qa / kb };
-    rows.push([label, qa.toFixed(0), kb.toFixed(0), (qa / kb).toFixed(2)]);
+  // results[label] keeps the first quicmap subject's figures under quicmap/ratio (as before), the others by name.
+  const summary: Record<string, Record<string, number>> = {};
+  const add = (label: string, pick: (r: (typeof res)[string]) => number[]) => {
+    if (!pick(k).length) return;
+    const kb = median(pick(k));
+    const row: (string | number)[] = [label];
+    const entry: Record<string, number> = { nbdkit: kb };
+    subjects.forEach((name, i) => {
+      const qa = median(pick(res[name]!));
+      if (i === 0) Object.assign(entry, { quicmap: qa, ratio: qa / kb });
+      entry[name] = qa;
+      entry[`${name}/nbdkit`] = qa / kb;
+      row.push(qa.toFixed(0));
+    });
+    row.push(kb.toFixed(0), ...subjects.map((name) => (entry[`${name}/nbdkit`]!).toFixed(2)));
+    summary[label] = entry;
+    rows.push(row);
   };
-  add('nbdcopy read, fresh server', q.read, k.read);
-  add('nbdcopy write, fresh server', q.write, k.write);
-  add('nbdcopy read, warm server', q.warmRead, k.warmRead);
-  add('nbdcopy write, warm server', q.warmWrite, k.warmWrite);
-  add('nbdfuse mmap seq write+msync', q.mmapWrite, k.mmapWrite);
-  add('nbdfuse mmap cold read', q.mmapRead, k.mmapRead);
+  add('nbdcopy read, fresh server', (r) => r.read);
+  add('nbdcopy write, fresh server', (r) => r.write);
+  add('nbdcopy read, warm server', (r) => r.warmRead);
+  add('nbdcopy write, warm server', (r) => r.warmWrite);
+  add('nbdfuse mmap seq write+msync', (r) => r.mmapWrite);
+  add('nbdfuse mmap cold read', (r) => r.mmapRead);
   if (values.json) {
     process.stdout.write(`${JSON.stringify({ bench: 'nbd', size, runs, unit: 'MiB/s', results: summary, samples: res })}\n`);
     return;
   }
   process.stdout.write(`nbd benchmark: ${values.size} over unix sockets, ${runs} runs each, alternating, medians in MiB/s\n\n`);
-  process.stdout.write(`${table(['workload', 'quicmap', 'nbdkit', 'ratio'], rows)}\n`);
+  process.stdout.write(`${table(['workload', ...subjects, 'nbdkit', ...subjects.map((n) => `${n}/nbdkit`)], rows)}\n`);
 }
 
 /** One nbdfuse mount, one mmap pass; a fresh mount makes the read cold. */
@@ -152,4 +172,10 @@ function mmapPass(work: string, uri: string, mode: 'write' | 'read', size: numbe
     spawnSync('fusermount3', ['-u', dir]);
     spawnSync('sh', ['-c', `while [ -d /proc/$(cat ${pid} 2>/dev/null || echo none) ]; do sleep 0.02; done`], { timeout: 5000 });
   }
+}
+
+/** The subjects in a different order each run: each goes first in turn. */
+function rotate<T>(list: T[], run: number): T[] {
+  const k = run % list.length;
+  return [...list.slice(k), ...list.slice(0, k)];
 }

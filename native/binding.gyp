@@ -11,6 +11,7 @@
         "src/copy.cc",
         "src/uffd.cc",
         "src/nbd.cc",
+        "src/nbd_serve.cc",
         "src/fallocate.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -36,6 +36,33 @@ export interface MmanConstants {
   PAGE_SIZE: number;
 }
 
+export interface NativeNbdServeOptions {
+  fd: number;
+  memfd: number;
+  /** Mapping ids of the region's slabs, in order; each but the last is `slabSize` long. */
+  slabs: number[];
+  slabSize: number;
+  size: number;
+  /** One byte per `chunk` of the region: 1 once written (shared with every thread). */
+  written: Uint8Array;
+  chunk: number;
+  readOnly: boolean;
+  structured: boolean;
+  blockStatus: boolean;
+  maxPayload: number;
+  /** Bytes already read past the handshake. */
+  rest: Uint8Array;
+  /** The export's name, for log lines. */
+  name: string;
+}
+
+export interface NativeNbdStats {
+  reads: number;
+  writes: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
 export interface UffdFeatures {
   /** A userfaultfd could be opened (syscall or /dev/userfaultfd). */
   available: boolean;
@@ -122,6 +149,15 @@ export interface NativeBinding {
   closeFd(fd: number): void;
   /** dup(2) with close-on-exec: another descriptor for the same open file or socket. */
   dupFd(fd: number): number;
+  /**
+   * Serve an NBD connection in transmission on a native thread, over a
+   * shared-memory region (native/src/nbd_serve.cc). The addon takes its own
+   * copies of `fd` and `memfd`. `onEvent` gets ('log', line) and, last,
+   * ('closed', stats). Returns the connection's id.
+   */
+  nbdServe?(opts: NativeNbdServeOptions, onEvent: (kind: 'log' | 'closed', value: string | NativeNbdStats) => void): number;
+  /** Stop before the next request (`now`: at once, mid-reply). False when it had ended. */
+  nbdServeStop?(id: number, now: boolean): boolean;
   /**
    * Configure /dev/nbdX (blksize, size, flags, timeout, sockets) and run
    * NBD_DO_IT on a native thread; `onExit(errno)` when it returns. The socket

@@ -33,6 +33,11 @@ Options:
                        per core; 0 serves everything on the main thread).
                        memory and file regions are served on workers; the
                        handshake always runs on the main thread
+  --data-path native|js
+                       with workers, how a memory region is served: native
+                       (default; the addon's recv/copy/send loop, a thread
+                       per connection) or js (on the worker threads; for
+                       comparison)
   --max-memory SIZE    memory the server may hold for its clients (see
                        Limits)
   --json               print one JSON object instead of plain lines
@@ -61,17 +66,20 @@ export const nbd: Command = {
       'read-only': { type: 'boolean', default: false },
       mount: { type: 'string' },
       workers: { type: 'string' },
+      'data-path': { type: 'string', default: 'native' },
       force: { type: 'boolean', default: false },
       'max-memory': { type: 'string' },
       json: { type: 'boolean', default: false },
     });
     const workers = values.workers === undefined ? availableParallelism() : Number(values.workers);
     if (!Number.isInteger(workers) || workers < 0 || workers > 256) throw new UsageError(`nbd: --workers: expected a whole number from 0 to 256, got "${values.workers}"`);
+    const dataPath = values['data-path'];
+    if (dataPath !== 'native' && dataPath !== 'js') throw new UsageError(`nbd: --data-path: expected native or js, got "${dataPath}"`);
     if (values.listen && values.socket) throw new UsageError('nbd: use --listen or --socket, not both');
     const size = values.size !== undefined ? parseSizeFlag(values.size) : undefined;
     const readOnly = values['read-only'];
     const memoryBudget = values['max-memory'] !== undefined ? parseSizeFlag(values['max-memory'], '--max-memory') : undefined;
-    const server = new NbdServer({ log, workers, ...(memoryBudget ? { memoryBudget } : {}) });
+    const server = new NbdServer({ log, workers, nativeDataPath: dataPath === 'native', ...(memoryBudget ? { memoryBudget } : {}) });
     const store = await forFlag('nbd', '--backend', values.backend, () =>
       buildStack({
         backend: values.backend,

@@ -30,7 +30,9 @@ import { pushExtent, type Extent, type ReadWriterAt, type StoreCaps, type WriteO
 import { probeHolePunching, type SparseFile } from './file.ts';
 import type { SharedStoreDescriptor, ThreadShareable } from '../shared-store.ts';
 
-const SLAB = 1 << 30;
+/** Each mapping of the memfd (a typed array cannot span more). */
+export const SHARED_SLAB = 1 << 30;
+const SLAB = SHARED_SLAB;
 const PAGE = 4096;
 /** Granule of the written map: small enough that a partial chunk wastes little, large enough that the map stays tiny (16 KiB per GiB). */
 export const SHARED_CHUNK = 64 * 1024;

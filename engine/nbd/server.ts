@@ -65,6 +65,12 @@ export interface NbdServerOptions {
    * default) serves everything on the calling thread.
    */
   workers?: number;
+  /**
+   * With workers: serve regions in shared memory on the addon's native loop
+   * (engine/nbd/native-serve.ts) rather than on a JS worker. Default true;
+   * false is for comparison and for tests of the JS path.
+   */
+  nativeDataPath?: boolean;
 }
 
 /** An export entry, with what a worker needs to serve it when it can be shared. */
@@ -126,7 +132,7 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
     this.logFn = opts.log ?? (() => {});
     const workers = opts.workers ?? 0;
     if (!Number.isInteger(workers) || workers < 0) throw new RangeError(`workers must be a whole number ≥ 0, not ${workers}`);
-    if (workers > 0) this.pool = new NbdWorkerPool(this, workers);
+    if (workers > 0) this.pool = new NbdWorkerPool(this, workers, { nativeDataPath: opts.nativeDataPath });
     this.refusals = new RateLimitedLog((m) => this.logFn(m), { burst: 5, windowMs: 10_000 });
   }
 
@@ -201,6 +207,11 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
     return this.budget.used;
   }
 
+  /** Connections handed off so far, by where they were served: the native loop or a JS worker thread. */
+  get handedOff(): { native: number; worker: number } {
+    return { ...(this.pool?.handedOff ?? { native: 0, worker: 0 }) };
+  }
+
   /** Clients connected now, on this thread and on workers. */
   get connectionCount(): number {
     return this.connections.size + (this.pool?.connectionCount ?? 0);
@@ -210,7 +221,8 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
   async listen(spec: ListenSpec): Promise<NbdEndpoint> {
     // Boot the worker threads before the socket exists: the first client
     // must not wait for a thread to load its code.
-    if ([...this.exports.values()].some((e) => e.shared)) await this.pool?.warm();
+    // (Exports the native loop serves need none.)
+    if ([...this.exports.values()].some((e) => e.shared && this.pool?.needsWorker(e.shared.store))) await this.pool?.warm();
     const server = createServer({ noDelay: true }, (socket) => this.serveConnection(socket));
     const isUnix = 'path' in spec;
     if (isUnix) {

@@ -17,6 +17,12 @@
  *
  * Shutdown and removeExport ask the workers to drain the affected
  * connections (in-flight requests answered, then closed) and wait for them.
+ *
+ * A region in shared memory (guards over a SharedMemoryBackend) is not
+ * served by a worker but by the addon's native loop (native-serve.ts,
+ * native/src/nbd_serve.cc), a thread per connection that receives WRITE
+ * payloads straight into the shared pages and sends READ replies from
+ * them; the move is the same, and so are shutdown and the stats.
  */
 import type { Socket } from 'node:net';
 import { Worker } from 'node:worker_threads';
@@ -26,6 +32,8 @@ import type { ConnectionLimits, Negotiated } from './connection.ts';
 import type { SharedStoreDescriptor } from '../shared-store.ts';
 import type { ExportInfo } from './export.ts';
 import type { ByteBudget, ByteBudgetDescription } from '../../base/byte-budget.ts';
+import { nativePlan, nativeServeAvailable, nativeServeOptions } from './native-serve.ts';
+import type { NativeNbdStats } from '../../native/index.ts';
 
 /** Main → worker. */
 export type ToWorker =
@@ -61,7 +69,14 @@ export interface WorkerStats {
 }
 
 interface Served {
-  worker: PoolWorker;
+  /** The JS worker serving it; undefined when the native loop does. */
+  worker?: PoolWorker;
+  /** The native loop's connection id, once started. */
+  nativeId?: number;
+  /** Called once it is forgotten (shutdown waits on these). */
+  gone: Array<() => void>;
+  /** Shutdown asked for it before it started. */
+  stopping?: boolean;
   exportName: string;
   /** Frees the connection's admission slot in the main thread. */
   onClosed?: () => void;
@@ -82,6 +97,11 @@ export interface WorkerHost {
   log(message: string): void;
 }
 
+export interface PoolOptions {
+  /** Serve shared-memory regions with the addon's native loop when it is built (default true). */
+  nativeDataPath?: boolean;
+}
+
 export class NbdWorkerPool {
   private readonly size: number;
   private readonly host: WorkerHost;
@@ -91,16 +111,25 @@ export class NbdWorkerPool {
   private nextId = 1;
   private nextToken = 1;
   private closed = false;
+  private readonly native: boolean;
+  /** Connections handed off so far, by where they went. */
+  readonly handedOff = { native: 0, worker: 0 };
 
-  constructor(host: WorkerHost, size: number) {
+  constructor(host: WorkerHost, size: number, opts: PoolOptions = {}) {
     this.host = host;
     this.size = size;
+    this.native = (opts.nativeDataPath ?? true) && nativeServeAvailable();
   }
 
   /** Start the threads now, so the first client does not wait for one to boot. */
   async warm(): Promise<void> {
     while (!this.closed && this.workers.length < this.size) this.spawn();
     await Promise.all(this.workers.map((w) => w.ready));
+  }
+
+  /** A connection to this stack would be served by a JS worker thread (not by the native loop). */
+  needsWorker(store: SharedStoreDescriptor): boolean {
+    return !(this.native && nativePlan(store));
   }
 
   /** Connections being served on workers now. */
@@ -126,10 +155,37 @@ export class NbdWorkerPool {
     const extra: Uint8Array[] = [neg.rest];
     for (let b; (b = socket.read() as Buffer | null) !== null; ) extra.push(b);
     const id = this.nextId++;
-    const worker = this.pick();
-    worker.active++;
-    this.served.set(id, { worker, exportName: entry.name, onClosed: neg.onClosed });
+    const plan = this.native ? nativePlan(shared.store) : undefined;
+    const worker = plan ? undefined : this.pick();
+    if (worker) worker.active++;
+    const served: Served = { worker, exportName: entry.name, onClosed: neg.onClosed, gone: [] };
+    this.handedOff[plan ? 'native' : 'worker']++;
+    this.served.set(id, served);
+    const moveNative = () => {
+      if (served.stopping) {
+        this.forget(id);
+        return socket.destroy();
+      }
+      try {
+        const options = nativeServeOptions(plan!, {
+          fd,
+          name: entry.name,
+          readOnly: entry.readOnly,
+          structured: neg.structured,
+          blockStatus: neg.blockStatus,
+          maxPayload: this.host.limits.maxPayload,
+          rest: Buffer.concat(extra),
+        });
+        // The addon takes its own descriptor; the socket's goes with it below.
+        served.nativeId = native.nbdServe!(options, (kind, value) => this.onNative(id, kind, value));
+      } catch (e) {
+        this.host.log(`nbd: cannot serve a connection natively: ${(e as Error).message}`);
+        this.forget(id);
+      }
+      socket.destroy();
+    };
     const move = () => {
+      if (plan) return moveNative();
       let dup: number;
       try {
         dup = native.dupFd(fd);
@@ -162,7 +218,7 @@ export class NbdWorkerPool {
         limits: this.host.limits,
         budget: this.host.budget.describe(),
       };
-      worker.thread.postMessage(msg);
+      worker!.thread.postMessage(msg);
     };
     // The handshake's last reply must be with the kernel before the descriptor moves.
     const flushed = () => socket.writableLength === 0 && ((socket as unknown as { _handle?: { writeQueueSize?: number } })._handle?.writeQueueSize ?? 0) === 0;
@@ -183,14 +239,20 @@ export class NbdWorkerPool {
   /** Drain and close the worker connections on `exportName` (all when undefined). */
   async shutdown(exportName?: string, graceMs = 5000): Promise<void> {
     const byWorker = new Map<PoolWorker, number[]>();
+    const natives: Served[] = [];
     for (const [id, s] of this.served) {
       if (exportName !== undefined && s.exportName !== exportName) continue;
+      if (!s.worker) {
+        natives.push(s);
+        continue;
+      }
       const list = byWorker.get(s.worker) ?? [];
       list.push(id);
       byWorker.set(s.worker, list);
     }
-    await Promise.all(
-      [...byWorker].map(
+    await Promise.all([
+      this.stopNative(natives, graceMs),
+      ...[...byWorker].map(
         ([w, ids]) =>
           new Promise<void>((resolve) => {
             const token = this.nextToken++;
@@ -206,7 +268,37 @@ export class NbdWorkerPool {
             w.thread.postMessage({ type: 'shutdown', ids, graceMs, token } satisfies ToWorker);
           }),
       ),
-    );
+    ]);
+  }
+
+  /** Native connections: stop before their next request, at once after graceMs. */
+  private async stopNative(list: Served[], graceMs: number): Promise<void> {
+    if (!list.length) return;
+    const native = loadNative();
+    const gone = list.map((s) => new Promise<void>((r) => s.gone.push(r)));
+    // One still waiting for its handshake reply to leave is not started at all.
+    for (const s of list) s.stopping = true;
+    for (const s of list) if (s.nativeId !== undefined) native.nbdServeStop!(s.nativeId, false);
+    // Referenced: it also keeps the process alive while we wait (the native threads do not).
+    const force = setTimeout(() => {
+      for (const s of list) if (s.nativeId !== undefined) native.nbdServeStop!(s.nativeId, true);
+    }, graceMs);
+    try {
+      await Promise.all(gone);
+    } finally {
+      clearTimeout(force);
+    }
+  }
+
+  private onNative(id: number, kind: 'log' | 'closed', value: string | NativeNbdStats): void {
+    if (kind === 'log') return this.host.log(value as string);
+    const st = value as NativeNbdStats;
+    const s = this.host.stats;
+    s.reads += st.reads;
+    s.writes += st.writes;
+    s.bytesRead += st.bytesRead;
+    s.bytesWritten += st.bytesWritten;
+    this.forget(id);
   }
 
   /** The export's stack is gone: workers drop their copies of it. */
@@ -287,7 +379,8 @@ export class NbdWorkerPool {
     const s = this.served.get(id);
     if (!s) return;
     this.served.delete(id);
-    s.worker.active--;
+    if (s.worker) s.worker.active--;
     s.onClosed?.();
+    for (const g of s.gone.splice(0)) g();
   }
 }

@@ -73,6 +73,7 @@ test('path, name, identity and duration errors: one line naming the flag, distin
       { args: ['nbd', '--size', '1MiB', '--listen', '192.0.2.1:10809'], code: EXIT.address, says: /--listen 192\.0\.2\.1:10809: not an address of this machine/ },
       { args: ['share', '--size', '1MiB', '--transport', 'tcp', '--listen', '192.0.2.1:4433'], code: EXIT.address, says: /--listen 192\.0\.2\.1:4433: not an address/, env: home },
       { args: ['nbd', '--size', '1MiB', '--name', 'n'.repeat(5000), ...L], code: EXIT.usage, says: /--name n+\.\.\.: export names are at most 4096 bytes/ },
+      { args: ['nbd', '--size', '1MiB', '--data-path', 'fast', ...L], code: EXIT.usage, says: /nbd: --data-path: expected native or js, got "fast"/ },
       { args: ['share', '--size', '1MiB', '--identity', garbage, ...L], code: EXIT.damaged, says: /--identity .*not a quicmap identity file/ },
       { args: ['mount', '--request-timeout', 'abc', 'qm1x'], code: EXIT.usage, says: /^quicmap mount: --request-timeout: not a duration/ },
       { args: ['share', '--size', '1MiB', '--expires', '0.4s', ...L], code: EXIT.usage, says: /--expires: "0\.4s" is too short/, env: home },
