@@ -184,6 +184,11 @@ std::string QuicVerifyPeer(gnutls_session_t session, uint8_t* key) {
   const gnutls_datum_t* certs = gnutls_certificate_get_peers(session, &n);
   if (!certs || n == 0) return "peer sent no certificate";
   if (n != 1) return "peer sent a certificate chain (libp2p allows exactly one certificate)";
+  return QuicVerifyCertificate(certs[0], key);
+}
+
+std::string QuicVerifyCertificate(const gnutls_datum_t& der, uint8_t* key) {
+  const gnutls_datum_t* certs = &der;
   gnutls_x509_crt_t crt = nullptr;
   gnutls_pubkey_t certpub = nullptr, idpub = nullptr;
   std::string err;
