@@ -355,6 +355,9 @@ class NgConnection implements Connection {
     return this.opts.sendHighWater;
   }
 
+  /** The certificate (DER) the peer proved its key with. */
+  peerCertificate: Uint8Array = new Uint8Array(0);
+
   /** Why the connection ended (after `closed`). */
   get closeReason(): QuicmapError {
     return this.closeError;
@@ -631,6 +634,7 @@ class Endpoint {
       return;
     }
     const c = new NgConnection(this, id, key, address, this.opts, (x) => this.conns.delete(x.id));
+    c.peerCertificate = Uint8Array.from(cert.subarray(32));
     if (d) {
       this.dials.delete(id);
       this.conns.set(id, c);
