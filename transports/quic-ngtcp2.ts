@@ -83,6 +83,28 @@ function carrierWindow(o: Resolved): number {
   return o.connectionWindow + 4 * 1024 * 1024;
 }
 
+/** Pieces below this are copied together, so a batch of small frames costs one native write, not one per frame. */
+const SMALL = 16 * 1024;
+
+function coalesce(bufs: readonly Uint8Array[]): readonly Uint8Array[] {
+  if (bufs.length < 2) return bufs;
+  const out: Uint8Array[] = [];
+  let run: Uint8Array[] = [];
+  const flush = () => {
+    if (run.length) out.push(run.length === 1 ? run[0]! : Buffer.concat(run));
+    run = [];
+  };
+  for (const b of bufs) {
+    if (b.length < SMALL) run.push(b);
+    else {
+      flush();
+      out.push(b);
+    }
+  }
+  flush();
+  return out;
+}
+
 /**
  * A carrier stream as a LinkIO: read eagerly (each read returns native
  * credit), writes handed over in order through the stream's own queue;
@@ -126,7 +148,7 @@ class CarrierIO implements LinkIO {
     for (const b of bufs) n += b.length;
     if (!n) return;
     this.queuedBytes += n;
-    this.stream.write(bufs).then(
+    this.stream.write(coalesce(bufs)).then(
       () => {
         this.queuedBytes -= n;
         this.ev?.onDrain();

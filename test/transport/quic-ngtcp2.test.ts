@@ -113,7 +113,7 @@ if (why && !STRICT_TOOLS) {
     });
   }
 
-  run('a restarted peer (same identity, same port) ends our connection with a stateless reset, not the idle timeout', 40_000, async (s) => {
+  run('a restarted peer (same identity, same port) ends our connection with a stateless reset, not the idle timeout', 60_000, async (s) => {
     const seed = randomBytes(32).toString('hex');
     // Generous timeouts: only a stateless reset can end the connection within the test's limit.
     const childOpts = { idleTimeoutMs: 120_000, keepAliveMs: 60_000, handshakeTimeoutMs: 10_000 };
