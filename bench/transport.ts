@@ -15,10 +15,13 @@
  *                 long-lived stream, pipelined length-prefixed messages, 64 KiB combined writes,
  *                 256 KiB reads, 4 MiB server UDP buffer
  *   raw-quic-streams  the same library with a new stream per request (not run unless asked)
- *   quicmap-quic  QuicTransport, a stream per request (mux streams over its carrier stream)
- *   ngtcp2        Ngtcp2Transport (the native ngtcp2 data path prototype), a stream per request;
+ *   quicmap-quic  the `quic` transport as commands get it (transports/quic-choice.ts: ngtcp2 where
+ *                 its addon is built), a stream per request (mux streams over its carrier stream)
+ *   quicmap-quic-lib  QuicTransport, the library fallback, the same way
+ *   ngtcp2        Ngtcp2Transport (the ngtcp2 data path with a native QUIC stream per request);
  *                 skipped with a note where the addon lacks it
- * Ratios: quicmap-quic vs raw-quic, quicmap-tcp vs node-tls and plain-tcp, ngtcp2 vs both QUIC subjects.
+ * Ratios: quicmap-quic and quicmap-quic-lib vs raw-quic, quicmap-quic vs quicmap-quic-lib and
+ * ngtcp2, quicmap-tcp vs node-tls and plain-tcp, ngtcp2 vs raw-quic.
  *
  * Servers run in a child process (this file with --serve) so client and
  * server do not share one event loop; --inproc keeps them in-process.
@@ -38,6 +41,7 @@ import { generateKeyPairFromSeed, privateKeyToProtobuf } from '@libp2p/crypto/ke
 import type { Connection, Listener, Transport } from '../transports/transport.ts';
 import { generateIdentity, type Identity } from '../crypto/identity.ts';
 import { TcpTransport } from '../transports/tcp.ts';
+import { createQuicTransport, quicImplementation } from '../transports/quic-choice.ts';
 import { QUIC_DEFAULTS, QuicTransport, WRITE_CHUNK, carrierWindows } from '../transports/quic.ts';
 import { WebTransportTransport } from '../transports/webtransport.ts';
 import { setUdpBuffers } from '../transports/udp-buffer.ts';
@@ -278,8 +282,24 @@ export function serveTransportEcho(l: Listener): void {
 
 // ---------------------------------------------------------------- subjects
 
-export type SubjectName = 'plain-tcp' | 'node-tls' | 'quicmap-tcp' | 'raw-quic' | 'raw-quic-streams' | 'quicmap-quic' | 'ngtcp2' | 'quicmap-webtransport';
-export const SUBJECTS: SubjectName[] = ['plain-tcp', 'node-tls', 'quicmap-tcp', 'raw-quic', 'quicmap-quic', 'ngtcp2', 'quicmap-webtransport'];
+export type SubjectName = 'plain-tcp' | 'node-tls' | 'quicmap-tcp' | 'raw-quic' | 'raw-quic-streams' | 'quicmap-quic' | 'quicmap-quic-lib' | 'ngtcp2' | 'quicmap-webtransport';
+export const SUBJECTS: SubjectName[] = ['plain-tcp', 'node-tls', 'quicmap-tcp', 'raw-quic', 'quicmap-quic', 'quicmap-quic-lib', 'ngtcp2', 'quicmap-webtransport'];
+
+/** The transport of a subject that is one of ours. */
+async function ourTransport(subject: SubjectName, id: Identity): Promise<Transport> {
+  switch (subject) {
+    case 'quicmap-tcp':
+      return new TcpTransport(id);
+    case 'ngtcp2':
+      return new Ngtcp2Transport(id);
+    case 'quicmap-webtransport':
+      return new WebTransportTransport(id);
+    case 'quicmap-quic':
+      return createQuicTransport(id);
+    default:
+      return new QuicTransport(id);
+  }
+}
 
 /**
  * The raw library's best request/response design (FACTS.md, measured
@@ -493,10 +513,11 @@ export async function startServer(subject: SubjectName): Promise<{ info: ServerI
     }
     case 'quicmap-tcp':
     case 'quicmap-quic':
+    case 'quicmap-quic-lib':
     case 'ngtcp2':
     case 'quicmap-webtransport': {
       const id = await generateIdentity();
-      const t: Transport = subject === 'quicmap-tcp' ? new TcpTransport(id) : subject === 'ngtcp2' ? new Ngtcp2Transport(id) : subject === 'quicmap-webtransport' ? new WebTransportTransport(id) : new QuicTransport(id);
+      const t = await ourTransport(subject, id);
       const l = await t.listen('127.0.0.1:0');
       serveTransportEcho(l);
       return { info: { address: l.address, publicKey: Buffer.from(id.publicKey).toString('hex') }, stop: () => t.close() };
@@ -558,9 +579,10 @@ export async function connectClient(subject: SubjectName, info: ServerInfo, iden
     }
     case 'quicmap-tcp':
     case 'quicmap-quic':
+    case 'quicmap-quic-lib':
     case 'ngtcp2':
     case 'quicmap-webtransport': {
-      const t: Transport = subject === 'quicmap-tcp' ? new TcpTransport(identity) : subject === 'ngtcp2' ? new Ngtcp2Transport(identity) : subject === 'quicmap-webtransport' ? new WebTransportTransport(identity) : new QuicTransport(identity);
+      const t = await ourTransport(subject, identity);
       const conn = await t.dial(info.address, Buffer.from(info.publicKey, 'hex'));
       return connectionRoundTripper(subject, conn, () => t.close());
     }
@@ -627,7 +649,7 @@ export default async function main(args: string[]): Promise<void> {
     log,
   };
   log(
-    `transport bench: ${inproc ? 'in-process' : 'servers in child processes'}, loopback, ${rounds} interleaved rounds, ${durationMs} ms of throughput per subject and size, node ${process.version}`,
+    `transport bench: ${inproc ? 'in-process' : 'servers in child processes'}, loopback, ${rounds} interleaved rounds, ${durationMs} ms of throughput per subject and size, node ${process.version}; quicmap-quic is ${quicImplementation().implementation}`,
   );
   const identity = await generateIdentity();
   const servers: Array<{ stop: () => Promise<void> }> = [];
@@ -646,10 +668,12 @@ export default async function main(args: string[]): Promise<void> {
   }
   const rs = [
     ...ratios(rows, 'quicmap-quic', 'raw-quic'),
+    ...ratios(rows, 'quicmap-quic-lib', 'raw-quic'),
+    ...ratios(rows, 'quicmap-quic', 'quicmap-quic-lib'),
+    ...ratios(rows, 'quicmap-quic', 'ngtcp2'),
     ...ratios(rows, 'quicmap-tcp', 'node-tls'),
     ...ratios(rows, 'quicmap-tcp', 'plain-tcp'),
     ...ratios(rows, 'ngtcp2', 'raw-quic'),
-    ...ratios(rows, 'ngtcp2', 'quicmap-quic'),
     ...ratios(rows, 'quicmap-webtransport', 'plain-tcp'),
   ];
   if (json) {

@@ -14,8 +14,9 @@ export async function openTransport(choice: TransportChoice, identity: Identity)
   if (typeof choice !== 'string') return choice;
   switch (choice) {
     case 'quic': {
-      const { QuicTransport } = await import('../transports/quic.ts');
-      return new QuicTransport(identity, { idleTimeoutMs: 15_000, keepAliveMs: 4_000 });
+      // ngtcp2 where its addon is built, else the library; QUICMAP_QUIC chooses (transports/quic-choice.ts).
+      const { createQuicTransport } = await import('../transports/quic-choice.ts');
+      return createQuicTransport(identity, { idleTimeoutMs: 15_000, keepAliveMs: 4_000 });
     }
     case 'tcp': {
       const { TcpTransport } = await import('../transports/tcp.ts');

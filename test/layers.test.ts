@@ -18,7 +18,7 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   native: ['base'],
   crypto: ['base'],
   engine: ['base', 'native'],
-  transports: ['base', 'crypto'],
+  transports: ['base', 'native', 'crypto'],
   p2p: ['base', 'native', 'crypto', 'engine', 'transports'],
   bin: ['base', 'native', 'crypto', 'engine', 'transports', 'p2p'],
   bench: ['base', 'native', 'crypto', 'engine', 'transports', 'p2p', 'bin'],

@@ -7,11 +7,18 @@
  * cannot run where the Debian packages are missing.
  *
  * Identity: each endpoint presents a libp2p-TLS certificate bound to its
- * Ed25519 key (native/src/quic_identity.cc). The native verify callback
- * checks the peer's certificate during the TLS handshake, and the dialer's
- * check of the expected key happens there too: a peer with another key never
- * gets a connection (dial fails with EACCES) and no stream data flows before
- * the key is proven.
+ * Ed25519 key (native/src/quic_identity.cc). The decision is made here, by
+ * crypto/peer-cert.ts (`identityFromCertificate` + `checkPeerKey`, the same
+ * functions TCP and the library path end in), on the certificate (DER) the
+ * native layer hands over with the handshake's "ready" event, before any
+ * Connection exists. The native verify callback also checks it during the
+ * TLS handshake, because a callback there is the only way to stop the
+ * handshake early: a dialer that meets the wrong key aborts before sending
+ * its own certificate (so an impostor never learns who dialed), and a
+ * forged client certificate fails the handshake. Asking JS from inside the
+ * callback would stall the native thread's every connection on the JS event
+ * loop; test/transport/ngtcp2-identity.test.ts holds both checks to the same
+ * verdicts.
  *
  * Flow control: received bytes are handed to JS at once and queued on their
  * stream; credit goes back to the peer only as `read()` takes them, so a
@@ -27,6 +34,7 @@ import type { Identity } from '../crypto/identity.ts';
 import { ClosedError, QuicmapError, type ErrorCode } from '../base/errors.ts';
 import { AsyncQueue } from '../base/async-queue.ts';
 import { AdmissionGate, sourceOfHostPort } from '../base/admission.ts';
+import { checkPeerKey, identityFromCertificate } from '../crypto/peer-cert.ts';
 import {
   EVENT_FIELDS,
   EV_ACKED,
@@ -44,7 +52,7 @@ import {
   type NativeQuicEndpoint,
   type QuicEndpointStats,
   type QuicEvents,
-} from './ngtcp2-native.ts';
+} from '../native/quic.ts';
 import { formatHostPort, parseHostPort } from './util.ts';
 
 export interface Ngtcp2TransportOptions {
@@ -79,8 +87,10 @@ export interface Ngtcp2TransportOptions {
    * controllers collapse; BBRv2 backs off on loss and kept less of the link.
    */
   cc?: 'cubic' | 'reno' | 'bbr' | 'bbr2';
-  /** Handshakes a listener runs at once; further Initials are dropped. Default 64. */
+  /** Handshakes a listener runs at once; a newcomer evicts the oldest of the source holding the most. Default 64. */
   maxPendingHandshakes?: number;
+  /** Handshakes one source (IPv4 address, IPv6 /64) may run at once; its own oldest is evicted beyond. Default 8. */
+  maxPendingPerSource?: number;
   /** Connections per endpoint. Default 1024. */
   maxConnections?: number;
   /** Accepted connections from one source address (aborted beyond; base/admission.ts). Default 128. */
@@ -104,6 +114,7 @@ export const NGTCP2_DEFAULTS: Readonly<Resolved> = {
   gso: true,
   cc: 'bbr',
   maxPendingHandshakes: 64,
+  maxPendingPerSource: 8,
   maxConnectionsPerSource: 128,
   maxConnections: 1024,
 };
@@ -299,6 +310,8 @@ interface OpenOp {
   deadline: number;
 }
 
+export type { NgConnection as Ngtcp2Connection, NgListener as Ngtcp2Listener };
+
 class NgConnection implements Connection {
   readonly closed: Promise<void>;
   private resolveClosed!: () => void;
@@ -340,6 +353,19 @@ class NgConnection implements Connection {
 
   get sendHighWater(): number {
     return this.opts.sendHighWater;
+  }
+
+  /** The certificate (DER) the peer proved its key with. */
+  peerCertificate: Uint8Array = new Uint8Array(0);
+
+  /** Why the connection ended (after `closed`). */
+  get closeReason(): QuicmapError {
+    return this.closeError;
+  }
+
+  /** The native layer does not report its RTT estimate (yet); the mux measures its own. */
+  get rttMs(): number | undefined {
+    return undefined;
   }
 
   write(stream: number, data: Uint8Array | null, fin: boolean): boolean {
@@ -451,6 +477,7 @@ interface PendingDial {
   resolve: (c: NgConnection) => void;
   reject: (e: unknown) => void;
   address: string;
+  expected: Uint8Array;
 }
 
 /** One native endpoint (UDP socket + thread) and the connections on it. */
@@ -460,6 +487,8 @@ class Endpoint {
   private readonly dials = new Map<number, PendingDial>();
   /** Connections accepted by a listening endpoint. */
   onAccept: ((c: NgConnection) => void) | undefined;
+  /** Handshakes that completed but whose certificate crypto/peer-cert.ts refused. */
+  refusedIdentities = 0;
 
   private readonly opts: Resolved;
   constructor(
@@ -490,6 +519,7 @@ class Endpoint {
           gso: opts.gso,
           udpBufferBytes: opts.udpBufferBytes,
           maxPendingHandshakes: opts.maxPendingHandshakes,
+          maxPendingPerSource: opts.maxPendingPerSource,
           maxConnections: opts.maxConnections,
           cc: opts.cc,
         },
@@ -532,6 +562,7 @@ class Endpoint {
         resolve: (c) => (clearTimeout(timer), resolve(c)),
         reject: (e) => (clearTimeout(timer), reject(e)),
         address,
+        expected: Uint8Array.from(key),
       });
     });
   }
@@ -587,9 +618,23 @@ class Endpoint {
     }
   };
 
-  private ready(id: number, address: string, key: Uint8Array): void {
-    const c = new NgConnection(this, id, Uint8Array.from(key), address, this.opts, (x) => this.conns.delete(x.id));
+  /** The handshake is done: `cert` is the native check's key (32 bytes), then the peer's certificate (DER), which decides. */
+  private ready(id: number, address: string, cert: Uint8Array): void {
     const d = this.dials.get(id);
+    let key: Uint8Array;
+    try {
+      key = checkPeerKey(identityFromCertificate(cert.subarray(32)), d?.expected ?? null, d ? `dial ${d.address}` : `accept from ${address}`);
+    } catch (e) {
+      this.refusedIdentities++;
+      this.call((n) => n.closeConnection(id));
+      if (d) {
+        this.dials.delete(id);
+        d.reject(e);
+      }
+      return;
+    }
+    const c = new NgConnection(this, id, key, address, this.opts, (x) => this.conns.delete(x.id));
+    c.peerCertificate = Uint8Array.from(cert.subarray(32));
     if (d) {
       this.dials.delete(id);
       this.conns.set(id, c);
@@ -636,6 +681,7 @@ class NgListener implements Listener {
     ep.onAccept = (c) => {
       const ticket = this.gate.admit(sourceOfHostPort(c.remoteAddress), () => {});
       if (!ticket || !ticket.promote()) {
+        this.overCap++;
         void c.close();
         return;
       }
@@ -647,6 +693,12 @@ class NgListener implements Listener {
   accept(): Promise<Connection | null> {
     return this.queue.shift();
   }
+
+  /** Handshakes that got no connection: refused identity, or past the per-source cap. */
+  get failedHandshakes(): number {
+    return this.ep.refusedIdentities + this.overCap;
+  }
+  private overCap = 0;
 
   stats(): QuicEndpointStats | undefined {
     return this.ep.stats();

@@ -146,7 +146,7 @@ struct Options {
   size_t maxUdp;  // 0: from the route MTU
   bool gso;
   int udpBuf;
-  size_t maxPending, maxConns;
+  size_t maxPending, maxPendingPerSource, maxConns;
   ngtcp2_cc_algo cc;
 };
 
@@ -199,7 +199,19 @@ struct Conn {
   std::vector<std::pair<int64_t, uint64_t>> toShut;  // streams to shut down after the callback
   std::vector<std::string> cids;
   size_t maxUdp = 1200;
+  std::string source;               // admission key: IPv4 address, or IPv6 /64
+  std::vector<uint8_t> peerCert;    // the peer's certificate (DER), handed to JS with "ready"
 };
+
+// The admission key of an address, as base/admission.ts sourceOf: IPv4 as
+// is (IPv4-mapped IPv6 too), IPv6 by its /64.
+std::string SourceKey(const sockaddr_storage& a) {
+  if (a.ss_family == AF_INET) return std::string(reinterpret_cast<const char*>(&reinterpret_cast<const sockaddr_in*>(&a)->sin_addr), 4);
+  auto* b = reinterpret_cast<const sockaddr_in6*>(&a)->sin6_addr.s6_addr;
+  static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::memcmp(b, mapped, 12) == 0) return std::string(reinterpret_cast<const char*>(b + 12), 4);
+  return std::string(reinterpret_cast<const char*>(b), 8) + "/64";
+}
 
 std::string CidKey(const uint8_t* p, size_t n) { return std::string(reinterpret_cast<const char*>(p), n); }
 
@@ -238,6 +250,8 @@ size_t RoutePayload(const sockaddr_storage& a, socklen_t alen) {
 
 struct Stats {
   std::atomic<uint64_t> datagramsIn{0}, datagramsOut{0}, sendCalls{0}, recvCalls{0}, bytesOut{0}, bytesIn{0}, dropped{0};
+  // Listener admission: handshakes evicted to make room, Initials refused (connection cap), stateless resets sent.
+  std::atomic<uint64_t> evicted{0}, refused{0}, resets{0};
   std::atomic<uint64_t> maxDatagramOut{0};
 };
 
@@ -261,6 +275,12 @@ class Endpoint {
   std::unordered_map<uint32_t, Conn*> conns;
   std::unordered_map<std::string, Conn*> byCid;
   size_t pending = 0;
+  // Handshakes in progress per source, oldest first (fair admission, as base/admission.ts).
+  std::unordered_map<std::string, std::deque<Conn*>> pendingBySource;
+  // Static key of stateless reset tokens, derived from the identity seed so a
+  // restarted node resets the connections its previous run had.
+  uint8_t resetSecret[32];
+  uint64_t resetWindowStart = 0, resetsInWindow = 0;
   std::vector<uint8_t> tx = std::vector<uint8_t>(2 * 65536 + 4096);
 
   ~Endpoint() {
@@ -457,7 +477,7 @@ class Endpoint {
   static int OnNewCid(ngtcp2_conn*, ngtcp2_cid* cid, uint8_t* token, size_t cidlen, void* ud) {
     if (gnutls_rnd(GNUTLS_RND_RANDOM, cid->data, cidlen) != 0) return NGTCP2_ERR_CALLBACK_FAILURE;
     cid->datalen = cidlen;
-    if (gnutls_rnd(GNUTLS_RND_RANDOM, token, NGTCP2_STATELESS_RESET_TOKENLEN) != 0) return NGTCP2_ERR_CALLBACK_FAILURE;
+    if (ngtcp2_crypto_generate_stateless_reset_token(token, C(ud)->ep->resetSecret, sizeof C(ud)->ep->resetSecret, cid) != 0) return NGTCP2_ERR_CALLBACK_FAILURE;
     C(ud)->ep->AddCid(C(ud), cid->data, cid->datalen);
     return 0;
   }
@@ -488,6 +508,9 @@ class Endpoint {
     }
     std::memcpy(c->peerKey, key, 32);
     c->havePeerKey = true;
+    unsigned n = 0;
+    const gnutls_datum_t* certs = gnutls_certificate_get_peers(session, &n);
+    if (certs && n == 1) c->peerCert.assign(certs[0].data, certs[0].data + certs[0].size);
     return 0;
   }
 
@@ -611,8 +634,43 @@ class Endpoint {
 
   // A connection that never got going: report and retire.
   void Fail(Conn* c, const std::string& reason) {
+    Unpend(c);
     c->dead = true;
     c->closeReason = reason;
+  }
+
+  // The handshake is over (done, failed or evicted): free its pending slot.
+  void Unpend(Conn* c) {
+    if (!c->counted) return;
+    c->counted = false;
+    pending--;
+    auto it = pendingBySource.find(c->source);
+    if (it == pendingBySource.end()) return;
+    auto& q = it->second;
+    q.erase(std::remove(q.begin(), q.end(), c), q.end());
+    if (q.empty()) pendingBySource.erase(it);
+  }
+
+  // Make room for a handshake from `src` (base/admission.ts's rule): a
+  // source at its limit gives up its own oldest handshake; when all slots
+  // are taken, the source holding the most gives up its oldest. So one
+  // source's flood only ever pushes out its own handshakes.
+  void MakeRoom(const std::string& src) {
+    Conn* victim = nullptr;
+    auto own = pendingBySource.find(src);
+    if (own != pendingBySource.end() && own->second.size() >= o.maxPendingPerSource) {
+      victim = own->second.front();
+    } else if (pending >= o.maxPending) {
+      size_t most = 0;
+      for (auto& [k, q] : pendingBySource)
+        if (q.size() > most) {
+          most = q.size();
+          victim = q.front();
+        }
+    }
+    if (!victim) return;
+    st.evicted++;
+    Kill(victim, "", false);
   }
 
   void Accept(const sockaddr_storage& addr, socklen_t alen, const uint8_t* pkt, size_t len) {
@@ -620,13 +678,17 @@ class Endpoint {
     int arv = ngtcp2_accept(&hd, pkt, len);
     if (g_debug) fprintf(stderr, "[quic srv] accept %zu bytes: %d pending=%zu\n", len, arv, pending);
     if (arv != 0) return;
-    if (pending >= o.maxPending || conns.size() >= o.maxConns) {
-      st.dropped++;
+    if (conns.size() >= o.maxConns) {
+      st.refused++;
       return;
     }
+    std::string src = SourceKey(addr);
+    MakeRoom(src);
     Conn* c = NewConn(true, addr, alen, nextConn++);
     c->counted = true;
+    c->source = src;
     pending++;
+    pendingBySource[src].push_back(c);
     ngtcp2_cid scid;
     scid.datalen = kCidLen;
     gnutls_rnd(GNUTLS_RND_RANDOM, scid.data, kCidLen);
@@ -635,7 +697,7 @@ class Endpoint {
     Configure(c, &s, &p);
     p.original_dcid = hd.dcid;
     p.stateless_reset_token_present = 1;
-    gnutls_rnd(GNUTLS_RND_RANDOM, p.stateless_reset_token, sizeof p.stateless_reset_token);
+    ngtcp2_crypto_generate_stateless_reset_token(p.stateless_reset_token, resetSecret, sizeof resetSecret, &scid);
     auto cb = Callbacks(true);
     auto path = Path(c);
     int rv = ngtcp2_conn_server_new(&c->conn, &hd.scid, &scid, &path, hd.version, &cb, &s, &p, nullptr, c);
@@ -671,10 +733,12 @@ class Endpoint {
         return;
       }
       c->ready = true;
-      if (c->counted) pending--;
-      c->counted = false;
+      Unpend(c);
       ngtcp2_conn_set_keep_alive_timeout(c->conn, o.keepAliveNs);
-      Push(kEvReady, c, -1, 0, FormatAddr(c->remote), new std::vector<uint8_t>(c->peerKey, c->peerKey + 32));
+      // The key the verify callback found, then the certificate it came from: JS checks that again (crypto/peer-cert.ts) and decides.
+      auto* v = new std::vector<uint8_t>(c->peerKey, c->peerKey + 32);
+      v->insert(v->end(), c->peerCert.begin(), c->peerCert.end());
+      Push(kEvReady, c, -1, 0, FormatAddr(c->remote), v);
       Push(kEvCredit, c, -1, ngtcp2_conn_get_streams_bidi_left(c->conn));
     }
     if (!c->opens.empty()) TryOpens(c);
@@ -732,6 +796,7 @@ class Endpoint {
       ngtcp2_ssize n = ngtcp2_conn_write_connection_close(c->conn, &ps.path, &pi, tx.data(), std::min(tx.size(), c->maxUdp), ce, Now());
       if (n > 0) SendBatch(c, tx.data(), static_cast<size_t>(n), 0);
     }
+    Unpend(c);
     c->dead = true;
     c->closeReason = reason;
   }
@@ -748,7 +813,7 @@ class Endpoint {
         auto f = byCid.find(k);
         if (f != byCid.end() && f->second == c) byCid.erase(f);
       }
-      if (c->counted) pending--;
+      Unpend(c);
       // Accepted connections JS never saw are not reported.
       if (!c->server || c->ready) Push(kEvClosed, c, -1, 0, c->closeReason.empty() ? "EIO connection failed" : c->closeReason);
       c->streams.clear();
@@ -807,7 +872,63 @@ class Endpoint {
       ReadPkt(it->second, addr, alen, pkt, len);
       return;
     }
+    if (!(pkt[0] & 0x80)) {
+      if (!o.server) {
+        // A dialing endpoint: a stateless reset from a peer that lost our
+        // connection carries no connection id of ours, only the token; let
+        // the connections to that address look at it (ngtcp2 checks the token).
+        bool any = false;
+        for (auto& [id, c] : conns)
+          if (!c->dead && SameAddr(c->remote, addr)) {
+            any = true;
+            ReadPkt(c, addr, alen, pkt, len);
+          }
+        if (any) return;
+      }
+      // A short-header packet for a connection we do not have (we restarted,
+      // or forgot it): tell the peer at once instead of letting it time out.
+      if (vc.dcidlen == kCidLen) StatelessReset(addr, alen, vc.dcid, len);
+      return;
+    }
     if (o.server) Accept(addr, alen, pkt, len);
+  }
+
+  static bool SameAddr(const sockaddr_storage& a, const sockaddr_storage& b) {
+    if (a.ss_family != b.ss_family) return false;
+    if (a.ss_family == AF_INET) {
+      auto *x = reinterpret_cast<const sockaddr_in*>(&a), *y = reinterpret_cast<const sockaddr_in*>(&b);
+      return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    auto *x = reinterpret_cast<const sockaddr_in6*>(&a), *y = reinterpret_cast<const sockaddr_in6*>(&b);
+    return x->sin6_port == y->sin6_port && std::memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+  }
+
+  // RFC 9000 10.3: a reset is at most kResetSize bytes and answers only
+  // larger packets (so two endpoints never answer each other's resets), at
+  // most kResetsPerSecond.
+  void StatelessReset(const sockaddr_storage& addr, socklen_t alen, const uint8_t* dcid, size_t len) {
+    constexpr size_t kResetSize = 42;
+    constexpr uint64_t kResetsPerSecond = 100;
+    if (len <= kResetSize) return;
+    uint64_t now = Now();
+    if (now - resetWindowStart > NGTCP2_SECONDS) {
+      resetWindowStart = now;
+      resetsInWindow = 0;
+    }
+    if (resetsInWindow >= kResetsPerSecond) return;
+    resetsInWindow++;
+    ngtcp2_cid cid;
+    ngtcp2_cid_init(&cid, dcid, kCidLen);
+    uint8_t token[NGTCP2_STATELESS_RESET_TOKENLEN];
+    if (ngtcp2_crypto_generate_stateless_reset_token(token, resetSecret, sizeof resetSecret, &cid) != 0) return;
+    uint8_t rnd[kResetSize];
+    size_t randlen = kResetSize - 1 - NGTCP2_STATELESS_RESET_TOKENLEN;
+    gnutls_rnd(GNUTLS_RND_NONCE, rnd, randlen);
+    uint8_t out[kResetSize + 8];
+    ngtcp2_ssize n = ngtcp2_pkt_write_stateless_reset(out, sizeof out, token, rnd, randlen);
+    if (n <= 0) return;
+    sendto(fd, out, static_cast<size_t>(n), 0, reinterpret_cast<const sockaddr*>(&addr), alen);
+    st.resets++;
   }
 
   // One sendmsg of `len` bytes; `seg` > 0 splits them into datagrams of that size (GSO).
@@ -1197,13 +1318,16 @@ class QuicEndpointWrap : public Napi::ObjectWrap<QuicEndpointWrap> {
     o.maxUdp = static_cast<size_t>(Num(opts, "maxUdpPayload", 0));
     o.gso = !opts.Has("gso") || opts.Get("gso").ToBoolean();
     o.udpBuf = static_cast<int>(Num(opts, "udpBufferBytes", 4 << 20));
-    o.maxPending = static_cast<size_t>(Num(opts, "maxPendingHandshakes", 64));
+    o.maxPending = std::max<size_t>(1, static_cast<size_t>(Num(opts, "maxPendingHandshakes", 64)));
+    o.maxPendingPerSource = std::max<size_t>(1, std::min(o.maxPending, static_cast<size_t>(Num(opts, "maxPendingPerSource", 8))));
     o.maxConns = static_cast<size_t>(Num(opts, "maxConnections", 1024));
     o.cc = ParseCc(opts.Has("cc") ? opts.Get("cc").ToString().Utf8Value() : "cubic");
     auto seed = opts.Get("seed"), pub = opts.Get("publicKey");
     if (!seed.IsTypedArray() || seed.As<Napi::Uint8Array>().ByteLength() != 32 || !pub.IsTypedArray() || pub.As<Napi::Uint8Array>().ByteLength() != 32)
       throw Napi::TypeError::New(env, "seed and publicKey must be 32-byte Uint8Arrays");
     std::string err = QuicMakeCredentials(seed.As<Napi::Uint8Array>().Data(), pub.As<Napi::Uint8Array>().Data(), &ep->cred);
+    static const char kResetLabel[] = "quicmap stateless reset v1";
+    if (err.empty() && gnutls_hmac_fast(GNUTLS_MAC_SHA256, seed.As<Napi::Uint8Array>().Data(), 32, kResetLabel, sizeof kResetLabel - 1, ep->resetSecret) != 0) err = "cannot derive the stateless reset key";
     if (!err.empty()) throw Napi::Error::New(env, "QUIC credentials: " + err);
     gnutls_certificate_set_verify_function(ep->cred, Endpoint::VerifyCb);
 
@@ -1342,6 +1466,9 @@ class QuicEndpointWrap : public Napi::ObjectWrap<QuicEndpointWrap> {
     set("bytesIn", s.bytesIn);
     set("bytesOut", s.bytesOut);
     set("dropped", s.dropped);
+    set("evicted", s.evicted);
+    set("refused", s.refused);
+    set("statelessResets", s.resets);
     set("maxDatagramOut", s.maxDatagramOut);
     o.Set("gso", Napi::Boolean::New(info.Env(), ep->o.gso && ep->gsoOk));
     return o;
@@ -1359,6 +1486,16 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("available", Napi::Boolean::New(env, true));
   exports.Set("version", Napi::String::New(env, std::string("ngtcp2 ") + ngtcp2_version(0)->version_str + ", GnuTLS " + gnutls_check_version(nullptr)));
   exports.Set("QuicEndpoint", QuicEndpointWrap::Define(env));
+  // verifyCertificate(der) -> the proven Ed25519 key, or a thrown reason (tests compare it with crypto/peer-cert.ts).
+  exports.Set("verifyCertificate", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+    if (info.Length() < 1 || !info[0].IsTypedArray()) throw Napi::TypeError::New(info.Env(), "verifyCertificate(der: Uint8Array)");
+    auto a = info[0].As<Napi::Uint8Array>();
+    gnutls_datum_t d{a.Data(), static_cast<unsigned>(a.ByteLength())};
+    uint8_t key[32];
+    std::string err = QuicVerifyCertificate(d, key);
+    if (!err.empty()) throw Napi::Error::New(info.Env(), err);
+    return Napi::Buffer<uint8_t>::Copy(info.Env(), key, 32);
+  }));
   return exports;
 }
 

@@ -28,4 +28,8 @@ std::string QuicMakeCredentials(const uint8_t* seed, const uint8_t* pub, gnutls_
 // proven key is written to key[32] and "" returned; otherwise the reason.
 std::string QuicVerifyPeer(gnutls_session_t session, uint8_t* key);
 
+// The same check on one certificate (DER), for QuicVerifyPeer and for the
+// test that holds it to crypto/peer-cert.ts's verdicts.
+std::string QuicVerifyCertificate(const gnutls_datum_t& der, uint8_t* key);
+
 }  // namespace qm

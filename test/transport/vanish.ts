@@ -12,7 +12,7 @@ import { QuicmapError } from '../../base/errors.ts';
 
 const child = fileURLToPath(new URL('./peer-child.ts', import.meta.url));
 
-export async function vanishingPeer(kind: 'quic' | 'tcp' | 'ngtcp2' | 'webtransport', make: (id: Identity) => Transport, childOpts: Record<string, number>, limitMs: number): Promise<void> {
+export async function vanishingPeer(kind: 'quic' | 'quic-ngtcp2' | 'tcp' | 'ngtcp2' | 'webtransport', make: (id: Identity) => Transport, childOpts: Record<string, number>, limitMs: number): Promise<void> {
   const s = new Scope();
   try {
     await withTimeout(limitMs + 15_000, `${kind} vanishing peer`, async () => {

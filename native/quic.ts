@@ -5,8 +5,8 @@
  * libngtcp2-crypto-gnutls-dev / libgnutls28-dev are missing, and
  * native/build/QUIC_UNAVAILABLE.txt says why.
  *
- * transports/ may not import native/ (the layer order), so the addon file is
- * loaded here directly, the way quic-native.ts loads the QUIC library's.
+ * It lives beside native/index.ts (the main addon's loader) and is imported
+ * by transports/ngtcp2.ts (transports/ may import native/).
  *
  * Events arrive in batches as a flat array, EVENT_FIELDS entries per event:
  * [type, conn, stream, n, text | undefined, data | undefined].
@@ -49,6 +49,8 @@ export interface QuicEndpointOptions {
   gso: boolean;
   udpBufferBytes: number;
   maxPendingHandshakes: number;
+  /** Handshakes one source (IPv4 address, IPv6 /64) may have in progress; its own oldest is evicted beyond. */
+  maxPendingPerSource: number;
   maxConnections: number;
   /** Congestion control: bbr, cubic, reno, bbr2 (the addon takes cubic when absent; Ngtcp2Transport always passes one, bbr by default). */
   cc: string;
@@ -64,6 +66,11 @@ export interface QuicEndpointStats {
   dropped: number;
   maxDatagramOut: number;
   gso: boolean;
+  /** Listener admission: handshakes evicted to make room for another source's, Initials refused at the connection cap. */
+  evicted: number;
+  refused: number;
+  /** Stateless resets sent for packets of connections this endpoint does not have. */
+  statelessResets: number;
 }
 
 export type QuicEvents = Array<number | string | Uint8Array | undefined>;
@@ -93,12 +100,18 @@ export interface NativeQuic {
   available: boolean;
   version?: string;
   QuicEndpoint: new (opts: QuicEndpointOptions, onEvents: (ev: QuicEvents) => void) => NativeQuicEndpoint;
+  /**
+   * The native libp2p certificate check on one certificate (DER): the proven
+   * key, or throws the reason. Only for the test that holds it to
+   * crypto/peer-cert.ts's verdicts (connections are decided in JS).
+   */
+  verifyCertificate(der: Uint8Array): Uint8Array;
 }
 
-const ADDON = fileURLToPath(new URL('../native/build/Release/quicmap_quic.node', import.meta.url));
-const MAIN_ADDON = fileURLToPath(new URL('../native/build/Release/quicmap_native.node', import.meta.url));
-const WHY = fileURLToPath(new URL('../native/build/QUIC_UNAVAILABLE.txt', import.meta.url));
-const FAILED = fileURLToPath(new URL('../native/build/BUILD_FAILED.txt', import.meta.url));
+const ADDON = fileURLToPath(new URL('./build/Release/quicmap_quic.node', import.meta.url));
+const MAIN_ADDON = fileURLToPath(new URL('./build/Release/quicmap_native.node', import.meta.url));
+const WHY = fileURLToPath(new URL('./build/QUIC_UNAVAILABLE.txt', import.meta.url));
+const FAILED = fileURLToPath(new URL('./build/BUILD_FAILED.txt', import.meta.url));
 
 let cached: NativeQuic | undefined;
 let reason: string | undefined;
