@@ -31,6 +31,9 @@ Options:
   --window N             batches in flight (default 4)
   --valid-for DURATION   how long the destination's delegation is valid
                          (default 1h; never past the source ticket's expiry)
+  --through-here         carry the bytes through this node instead (read
+                         from the source, write to the destination): the
+                         plain copy, for comparison
   --identity PATH        identity file (default ${defaultIdentityPath()})
   --json                 print a JSON summary: bytes, ms, throughC (bytes
                          this node sent and received), inlineBytes,
@@ -81,6 +84,7 @@ export const copy: Command = {
         'valid-for': { type: 'string', default: '1h' },
         identity: { type: 'string' },
         json: { type: 'boolean', default: false },
+        'through-here': { type: 'boolean', default: false },
       },
       true,
     );
@@ -111,6 +115,7 @@ export const copy: Command = {
       batchBytes,
       window,
       validFor,
+      through: values['through-here'],
       log,
       onProgress: (done, total) => {
         if (!tty) return;

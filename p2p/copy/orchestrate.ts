@@ -40,6 +40,8 @@ export interface CopyOptions {
   window?: number;
   /** Seconds the delegation to the destination is valid. Default 3600. */
   validFor?: number;
+  /** Carry the bytes through this node (read from A, write to B): the plain copy, for comparison. */
+  through?: boolean;
   /** Dial with this transport instead of the tickets' (tests: loopback). */
   transport?: Transport;
   onProgress?: (done: number, total: number) => void;
@@ -98,7 +100,7 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
     }
     const summary: CopySummary = { bytes: 0, ms: 0, throughC: 0, sentByC: 0, receivedByC: 0, inlineBytes: 0, batches: 0, retriedBatches: 0, duplicateAcks: 0, refetched: 0, dropped: 0, sameNode, sourceRefs: null };
     if (length > 0) {
-      const delegation = await signDelegation(o.identity, { grant: src.grant, delegate: dst.claims.sharer, offset: srcOffset, length, validFor: o.validFor ?? 3600 });
+      const delegation = o.through ? new Uint8Array(0) : await signDelegation(o.identity, { grant: src.grant, delegate: dst.claims.sharer, offset: srcOffset, length, validFor: o.validFor ?? 3600 });
       const plan = new CopyPlan({ srcOffset, dstOffset, length, batchBytes: o.batchBytes ?? 8 << 20 });
       const s = srcRegion;
       const d = dstRegion;
@@ -113,6 +115,15 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
         summary.batches++;
         let held: ForwardPiece[] = [];
         try {
+          if (o.through) {
+            const buf = new Uint8Array(b.length);
+            await s.readAt(buf, b.src);
+            await d.writeAt(buf, b.dst);
+            summary.inlineBytes += b.length;
+            plan.ack(b);
+            o.onProgress?.(plan.ackedBytes, length);
+            return;
+          }
           const pieces = decodeRefPieces(await s.call(REF_READ, { offset: b.src, length: b.length }), REF_READ);
           let at = b.src;
           for (const p of pieces) {

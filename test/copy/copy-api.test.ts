@@ -107,6 +107,21 @@ test('A → B orchestrated by C: identical bytes, C carries under 1 %, refcounts
   }),
 );
 
+test('--through-here: the plain copy carries every byte through C (the comparison the benchmark makes)', () =>
+  withTimeout(30_000, 'through', async () => {
+    const w = await world(4 * MiB);
+    try {
+      const s = await runCopy({ identity: w.c, src: w.srcTicket, dst: w.B.ticket, through: true, transport: new LoopbackTransport(w.c, { network: w.net }) });
+      assert.is(s.bytes, 4 * MiB);
+      assert.ok(s.throughC > 2 * 4 * MiB, `through C: ${s.throughC}`);
+      assert.is(w.A.refs.view().references, 0, 'no references made');
+      assert.ok(Buffer.from(await read(w.dstStore, 0, 4 * MiB)).equals(w.data));
+    } finally {
+      await w.close();
+    }
+  }),
+);
+
 test('offsets and lengths: SRC:OFFSET+LENGTH into DST:OFFSET, nothing else touched', () =>
   withTimeout(30_000, 'copy range', async () => {
     const w = await world(4 * MiB);
