@@ -20,6 +20,7 @@
  *   `cp file_on_A file_on_A`), references resolve in this process, and the
  *   bytes never leave it.
  */
+import { randomBytes } from 'node:crypto';
 import { QuicmapError } from '../../base/errors.ts';
 import { openDelegation, verifyDelegationFor, type DelegationClaims } from '../../crypto/delegation.ts';
 import { openGrant, type GrantClaims } from '../../crypto/grant.ts';
@@ -54,7 +55,8 @@ import {
 export interface OriginClient {
   claim(ids: readonly CacheId[]): Promise<void>;
   fetch(id: CacheId): Promise<{ offset: number; data: Uint8Array }>;
-  deref(refs: readonly RefCount[]): Promise<void>;
+  /** `key`: the same for a retry, so the origin applies it once. */
+  deref(refs: readonly RefCount[], key: string): Promise<void>;
   events(waitMs: number): Promise<RefCount[]>;
   close(): Promise<void>;
 }
@@ -72,8 +74,8 @@ class RemoteOriginClient implements OriginClient {
     if (!(r.data instanceof Uint8Array)) throw new QuicmapError('EPROTO', 'ref.fetch: no data in the answer');
     return { offset: uint(r, 'offset', REF_FETCH), data: r.data };
   }
-  async deref(refs: readonly RefCount[]): Promise<void> {
-    await this.region.call(REF_DEREF, { refs: encodeRefCounts(refs) });
+  async deref(refs: readonly RefCount[], key: string): Promise<void> {
+    await this.region.call(REF_DEREF, { refs: encodeRefCounts(refs), key });
   }
   async events(waitMs: number): Promise<RefCount[]> {
     return refCounts(argsOf(await this.region.call(REF_EVENTS, { waitMs }), REF_EVENTS), 'flush', REF_EVENTS);
@@ -99,8 +101,8 @@ class LocalOriginClient implements OriginClient {
     const el = this.origin.fetch(this.me, id);
     return { offset: el.offset, data: el.data };
   }
-  async deref(refs: readonly RefCount[]): Promise<void> {
-    this.origin.deref(this.me, refs);
+  async deref(refs: readonly RefCount[], key: string): Promise<void> {
+    this.origin.deref(this.me, refs, false, key);
   }
   events(waitMs: number): Promise<RefCount[]> {
     return this.origin.events(this.me, waitMs);
@@ -266,7 +268,9 @@ export class CopyTarget {
 
   private async pumpDerefs(e: OriginEntry, force: boolean): Promise<void> {
     const batch = e.held.pollDerefs(force ? Number.POSITIVE_INFINITY : Date.now());
-    if (batch) await this.retry(() => e.client.deref(batch));
+    if (!batch) return;
+    const key = randomBytes(12).toString('hex');
+    await this.retry(() => e.client.deref(batch, key));
   }
 
   private async retry<T>(fn: () => Promise<T>): Promise<T> {

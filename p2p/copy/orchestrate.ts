@@ -14,6 +14,7 @@
  * back what C still holds and is asked for again, up to 5 times (CopyPlan);
  * the copy completes each range exactly once.
  */
+import { randomBytes } from 'node:crypto';
 import { QuicmapError } from '../../base/errors.ts';
 import { signDelegation } from '../../crypto/delegation.ts';
 import type { Identity } from '../../crypto/identity.ts';
@@ -83,7 +84,8 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
   try {
     const agent = `quicmap copy (${o.identity.id.slice(0, 8)})`;
     const open = (t: Ticket, readOnly: boolean, requestTimeoutMs: number) =>
-      dialer.open({ endpoints: t.claims.endpoints, sharer: t.claims.sharer, regionId: t.claims.regionId, grant: t.grant, readOnly, meters: [meter], agent, log, requestTimeoutMs });
+      // A copy is not latency-bound: a link is declared dead after 10 s of silence, not a mount's 3 s (fewer false alarms on a loaded host).
+      dialer.open({ endpoints: t.claims.endpoints, sharer: t.claims.sharer, regionId: t.claims.regionId, grant: t.grant, readOnly, meters: [meter], agent, log, requestTimeoutMs, livenessMs: 10_000 });
     [srcRegion, dstRegion] = await Promise.all([open(src, true, 30_000), open(dst, false, 180_000)]);
     const srcSize = await srcRegion.size();
     const dstSize = await dstRegion.size();
@@ -101,6 +103,7 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
     const summary: CopySummary = { bytes: 0, ms: 0, throughC: 0, sentByC: 0, receivedByC: 0, inlineBytes: 0, batches: 0, retriedBatches: 0, duplicateAcks: 0, refetched: 0, dropped: 0, sameNode, sourceRefs: null };
     if (length > 0) {
       const delegation = o.through ? new Uint8Array(0) : await signDelegation(o.identity, { grant: src.grant, delegate: dst.claims.sharer, offset: srcOffset, length, validFor: o.validFor ?? 3600 });
+      const copyId = randomBytes(8).toString('hex');
       const plan = new CopyPlan({ srcOffset, dstOffset, length, batchBytes: o.batchBytes ?? 8 << 20 });
       const s = srcRegion;
       const d = dstRegion;
@@ -124,7 +127,8 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
             o.onProgress?.(plan.ackedBytes, length);
             return;
           }
-          const pieces = decodeRefPieces(await s.call(REF_READ, { offset: b.src, length: b.length }), REF_READ);
+          // Keyed: if the answer is lost with a link, the retry gets the same references instead of orphaning them.
+          const pieces = decodeRefPieces(await s.call(REF_READ, { offset: b.src, length: b.length, key: `${copyId}:${b.src}:${b.length}` }), REF_READ);
           let at = b.src;
           for (const p of pieces) {
             if (p.offset !== at) throw new QuicmapError('EPROTO', `ref.read answered [${p.offset}, +${p.length}) where [${at}, …) was due`);
@@ -153,7 +157,7 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
         } catch (e) {
           log(`copy: batch [${b.src}, +${b.length}) failed (attempt ${b.attempt}): ${(e as Error).message}`);
           // Give back whatever C still holds of it (B may have claimed some): the range is asked for afresh.
-          if (held.length > 0) await s.call(REF_DEREF, { refs: encodeRefCounts(held.map((p) => ({ id: p.id, n: 1 }))), lenient: true }).catch(() => {});
+          if (held.length > 0) await s.call(REF_DEREF, { refs: encodeRefCounts(held.map((p) => ({ id: p.id, n: 1 }))), lenient: true, key: `${copyId}:giveback:${b.src}:${b.attempt}` }).catch(() => {});
           plan.fail(b, e);
         }
       };

@@ -19,6 +19,12 @@
  * a moment for room; if none comes, the piece goes inline in the answer —
  * the protocol degrades to passing data, it never fails.
  *
+ * Answers lost with a link: `ref.read` and `ref.deref` carry a key; the
+ * same key from the same holder is answered from memory (the references
+ * made the first time, still held) instead of being applied again, so a
+ * retried read does not orphan references and a retried de-ref does not
+ * take two. A claim the caller already made is answered as made.
+ *
  * Holders that vanish: every call renews the caller's lease (the events
  * poll does so while a holder is connected); a holder silent for `leaseMs`
  * loses its references, so a dead peer cannot pin the cache.
@@ -108,6 +114,9 @@ export class RefOrigin {
   private readonly store: ReadWriterAt;
   private readonly log: (m: string) => void;
   private readonly lastSeen = new Map<HolderId, number>();
+  /** Per holder, the last keyed reads (their answers) and de-refs: a retry gets the same answer, applied once. */
+  private readonly recent = new Map<HolderId, Map<string, RefPiece[] | 'deref'>>();
+  private readonly running = new Map<string, Promise<RefPiece[]>>();
   private roomWaiters: Array<() => void> = [];
   private readonly eventWaiters = new Map<HolderId, Set<() => void>>();
   private readonly sweep: ReturnType<typeof setInterval>;
@@ -147,7 +156,7 @@ export class RefOrigin {
     server.handle(REF_READ, (args, ctx) =>
       guard(async () => {
         const a = argsOf(args, REF_READ);
-        const pieces = await this.read(hex(ctx.peer), uint(a, 'offset', REF_READ), uint(a, 'length', REF_READ), ctx.maxReply);
+        const pieces = await this.read(hex(ctx.peer), uint(a, 'offset', REF_READ), uint(a, 'length', REF_READ), ctx.maxReply, keyOf(a, REF_READ));
         return { refs: pieces.map((p) => ({ offset: p.offset, length: p.length, ...(p.id !== undefined ? { id: idBytes(p.id) } : { data: p.data }) })) };
       }),
     );
@@ -176,7 +185,7 @@ export class RefOrigin {
       (args, ctx) =>
         guard(() => {
           const a = argsOf(args, REF_DEREF);
-          return { freed: this.deref(hex(ctx.peer), refCounts(a, 'refs', REF_DEREF), a.lenient === true) };
+          return { freed: this.deref(hex(ctx.peer), refCounts(a, 'refs', REF_DEREF), a.lenient === true, keyOf(a, REF_DEREF)) };
         }),
       { delegated: true },
     );
@@ -192,11 +201,38 @@ export class RefOrigin {
   }
 
   /** The range as pieces: references held by `holder`, or inline data when there is no room. */
-  async read(holder: HolderId, offset: number, length: number, maxReply: number): Promise<RefPiece[]> {
+  async read(holder: HolderId, offset: number, length: number, maxReply: number, key?: string): Promise<RefPiece[]> {
     const size = await this.store.size();
     if (length === 0 || offset + length > size) throw new QuicmapError('EINVAL', `ref.read: [${offset}, +${length}) is not inside the region of ${size} bytes`);
     if (length > this.o.maxReadLength) throw new QuicmapError('EOVERFLOW', `ref.read of ${length} bytes is above ${this.o.maxReadLength}`);
     this.touch(holder);
+    if (key === undefined) return this.readFresh(holder, offset, length, maxReply);
+    // A retry may arrive while the read it repeats is still running (its link died first): it gets that read's answer.
+    const slot = `${holder}\0${key}`;
+    const running = this.running.get(slot);
+    if (running) {
+      const r = await running.catch(() => undefined);
+      if (r && this.stillHeld(holder, r, offset)) return r;
+    }
+    const before = this.recent.get(holder)?.get(key);
+    // The answer to this very read was lost with a link: the same references, still held.
+    if (Array.isArray(before) && this.stillHeld(holder, before, offset)) return before;
+    const p = this.readFresh(holder, offset, length, maxReply);
+    this.running.set(slot, p);
+    try {
+      const out = await p;
+      if (out.every((x) => x.id !== undefined)) this.remember(holder, key, out);
+      return out;
+    } finally {
+      if (this.running.get(slot) === p) this.running.delete(slot);
+    }
+  }
+
+  private stillHeld(holder: HolderId, pieces: readonly RefPiece[], offset: number): boolean {
+    return pieces.length > 0 && pieces[0]!.offset === offset && pieces.every((p) => p.id !== undefined && this.cache.heldBy(holder, p.id) > 0);
+  }
+
+  private async readFresh(holder: HolderId, offset: number, length: number, maxReply: number): Promise<RefPiece[]> {
     const budget = maxReply - MARGIN;
     const piece = Math.max(4096, Math.min(this.o.pieceSize, Math.floor(budget / 4096) * 4096));
     const out: RefPiece[] = [];
@@ -229,6 +265,8 @@ export class RefOrigin {
   claim(d: DelegationClaims, to: HolderId, ids: readonly CacheId[]): number {
     const from = hex(d.delegator);
     this.touch(to);
+    // Claimed already by this very caller (its answer was lost): nothing to take, nothing to refuse.
+    ids = ids.filter((id) => !(this.cache.heldBy(from, id) === 0 && this.cache.heldBy(to, id) > 0));
     for (const id of ids) {
       // EACCES for an id the delegator does not hold: forged, released, or claimed already.
       const el = this.cache.fetch(from, id);
@@ -258,8 +296,12 @@ export class RefOrigin {
   }
 
   /** Give references back; `lenient` gives back at most what is held (an orchestrator cleaning up after a failed forward). */
-  deref(holder: HolderId, refs: readonly RefCount[], lenient = false): number {
+  deref(holder: HolderId, refs: readonly RefCount[], lenient = false, key?: string): number {
     this.touch(holder);
+    if (key !== undefined) {
+      if (this.recent.get(holder)?.get(key) === 'deref') return 0; // a retry of one applied already
+      this.remember(holder, key, 'deref');
+    }
     let freed = 0;
     for (const { id, n } of refs) {
       const k = lenient ? Math.min(n, this.cache.heldBy(holder, id)) : n;
@@ -299,11 +341,18 @@ export class RefOrigin {
   /** Forget holders silent for the lease (their references are void). */
   expire(now: number): void {
     let any = false;
+    for (const [h, seen] of this.lastSeen) {
+      if (now - seen >= this.o.leaseMs && this.cache.holders().indexOf(h) < 0) {
+        this.lastSeen.delete(h);
+        this.recent.delete(h);
+      }
+    }
     for (const h of this.cache.holders()) {
       const seen = this.lastSeen.get(h) ?? 0;
       if (now - seen < this.o.leaseMs) continue;
       this.cache.dropHolder(h);
       this.lastSeen.delete(h);
+      this.recent.delete(h);
       this.stats.expiredHolders++;
       this.log(`cache: holder ${h.slice(0, 12)}… silent for ${this.o.leaseMs} ms; its references are void`);
       any = true;
@@ -316,6 +365,14 @@ export class RefOrigin {
     clearInterval(this.sweep);
     for (const set of this.eventWaiters.values()) for (const f of [...set]) f();
     this.wakeRoom();
+  }
+
+  private remember(holder: HolderId, key: string, what: RefPiece[] | 'deref'): void {
+    let m = this.recent.get(holder);
+    if (!m) this.recent.set(holder, (m = new Map()));
+    m.delete(key);
+    m.set(key, what);
+    while (m.size > 256) m.delete(m.keys().next().value!);
   }
 
   private touch(holder: HolderId): void {
@@ -360,4 +417,11 @@ export class RefOrigin {
     const set = this.eventWaiters.get(holder);
     if (set) for (const f of [...set]) f();
   }
+}
+
+function keyOf(a: Record<string, unknown>, what: string): string | undefined {
+  const k = a.key;
+  if (k === undefined || k === null) return undefined;
+  if (typeof k !== 'string' || k.length > 128) throw new QuicmapError('EINVAL', `${what}: "key" must be a string of at most 128 characters`);
+  return k;
 }

@@ -16,7 +16,7 @@ import { MemoryBackend } from '../../engine/backends/memory.ts';
 import { shareRegion, type ShareOptions, type SharedRegion } from '../../p2p/share.ts';
 import { runCopy } from '../../p2p/copy/orchestrate.ts';
 import { PeerDialer } from '../../p2p/copy/dial.ts';
-import { COPY_FETCH, REF_CLAIM, REF_FETCH, REF_READ, decodeRefPieces, idBytes } from '../../p2p/copy/wire.ts';
+import { COPY_FETCH, REF_CLAIM, REF_DEREF, REF_FETCH, REF_READ, decodeRefPieces, idBytes } from '../../p2p/copy/wire.ts';
 import { makeCacheId } from '../../p2p/protocol/cache-id.ts';
 import { QuicmapError } from '../../base/errors.ts';
 import { withTimeout } from '../helpers/env.ts';
@@ -207,6 +207,37 @@ test('same node: a copy within one region resolves references locally, the bytes
   }),
 );
 
+test('a keyed read or de-ref retried after a lost answer is applied once', () =>
+  withTimeout(30_000, 'keys', async () => {
+    const w = await world(2 * MiB);
+    try {
+      const o = w.A.refs;
+      const first = await o.read('C', 0, MiB, 1 << 20, 'k1');
+      const again = await o.read('C', 0, MiB, 1 << 20, 'k1');
+      assert.equal(again.map((p) => p.id), first.map((p) => p.id), 'the same references');
+      assert.is(o.view().refs, 2, 'not made twice');
+      const other = await o.read('C', 0, MiB, 1 << 20, 'k2');
+      assert.is(o.view().refs, 4, 'another key is another read');
+      const all = [...first, ...other].map((p) => ({ id: p.id!, n: 1 }));
+      o.deref('C', all, false, 'd1');
+      o.deref('C', all, false, 'd1');
+      assert.is(o.view().refs, 0);
+      // A retry that arrives while the read it repeats is still running gets that read's answer.
+      const [r1, r2] = await Promise.all([o.read('C', MiB, MiB, 1 << 20, 'k3'), o.read('C', MiB, MiB, 1 << 20, 'k3')]);
+      assert.equal(r2.map((p) => p.id), r1.map((p) => p.id));
+      assert.is(o.view().refs, 2, 'the concurrent retry made nothing new');
+      o.deref('C', r1.map((p) => ({ id: p.id!, n: 1 })));
+      // Once given back, the key answers afresh (new references), never dangling ones.
+      const after = await o.read('C', 0, MiB, 1 << 20, 'k1');
+      assert.ok(after.every((p) => o.cache.heldBy('C', p.id!) === 1));
+      o.deref('C', after.map((p) => ({ id: p.id!, n: 1 })));
+      assert.is(o.view().refs, 0);
+    } finally {
+      await w.close();
+    }
+  }),
+);
+
 test('forged, widened and replayed references are refused with EACCES', () =>
   withTimeout(30_000, 'refusals', async () => {
     const w = await world(4 * MiB);
@@ -234,11 +265,15 @@ test('forged, widened and replayed references are refused with EACCES', () =>
       await rejects(bA.call(REF_FETCH, { id: idBytes(low[0]!.id!) }), 'EACCES', /not held/);
       // A delegated session fetches by reference only.
       await rejects(bA.readAt(new Uint8Array(4096), 0), 'EACCES', /by reference only/);
-      // Claimed once; the same claim replayed finds nothing to take.
+      // Claimed; a repeat by the same delegate (its answer lost) is answered as made, and takes nothing more.
       await bA.call(REF_CLAIM, { ids: [idBytes(low[0]!.id!)] });
-      await rejects(bA.call(REF_CLAIM, { ids: [idBytes(low[0]!.id!)] }), 'EACCES', /not held/);
+      assert.equal(await bA.call(REF_CLAIM, { ids: [idBytes(low[0]!.id!)] }), { claimed: 0 });
       const got = (await bA.call(REF_FETCH, { id: idBytes(low[0]!.id!) })) as { data: Uint8Array };
       assert.ok(Buffer.from(got.data).equals(w.data.subarray(0, 512 << 10)));
+      // Given back, the reference is gone: replaying the claim (or a fetch) is refused.
+      await bA.call(REF_DEREF, { refs: [{ id: idBytes(low[0]!.id!), n: 1 }] });
+      await rejects(bA.call(REF_CLAIM, { ids: [idBytes(low[0]!.id!)] }), 'EACCES', /not held/);
+      await rejects(bA.call(REF_FETCH, { id: idBytes(low[0]!.id!) }), 'EACCES', /not held/);
       // A widened delegation (re-signed by nobody) does not open a session; another peer cannot use B's.
       const tampered = Uint8Array.from(delegation);
       tampered[tampered.length - 70]! ^= 1;

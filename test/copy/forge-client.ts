@@ -64,11 +64,11 @@ const bA = await open(bDial, src, delegation, true);
 out.claimOutside = await outcome(bA.call(REF_CLAIM, { ids: [idBytes(high[0]!.id!)] }));
 out.plainRead = await outcome(bA.readAt(new Uint8Array(4096), 0));
 out.claimOnce = await outcome(bA.call(REF_CLAIM, { ids: [idBytes(low[1]!.id!)] }));
+await bA.call(REF_DEREF, { refs: encodeRefCounts([{ id: low[1]!.id!, n: 1 }]) });
 out.claimReplayed = await outcome(bA.call(REF_CLAIM, { ids: [idBytes(low[1]!.id!)] }));
 out.tamperedSession = await outcome(open(bDial, src, widened, true).then((r) => r.close()));
 out.stolenDelegation = await outcome(open(cDial, src, delegation, true).then((r) => r.close()));
 // Give everything back, so the origin ends with nothing outstanding.
-await bA.call(REF_DEREF, { refs: encodeRefCounts([{ id: low[1]!.id!, n: 1 }]) });
 await cA.call(REF_DEREF, { refs: encodeRefCounts([...low, ...high].map((p) => ({ id: p.id!, n: 1 }))), lenient: true });
 await Promise.all([cA.close(), cB.close(), bA.close()]);
 await cDial.close();
