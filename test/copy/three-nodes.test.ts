@@ -35,7 +35,7 @@ const ROOT = join(import.meta.dirname, '../..');
 
 const env = (home: string) => ({ ...process.env, PATH: SYSTEM_PATH, QUICMAP_HOME: home });
 
-/** Namespaces of earlier runs of this test whose process is gone (a runner killed by a signal never cleaned up). */
+/** Namespaces of earlier runs of this test whose process is gone (a runner killed by a signal, or the file's time limit, never cleaned up). */
 function removeStale(): void {
   const r = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' });
   for (const line of (r.stdout ?? '').split('\n')) {
@@ -47,7 +47,15 @@ function removeStale(): void {
     } catch {
       alive = false;
     }
-    if (!alive) spawnSync('ip', ['netns', 'del', m[1]!]);
+    if (alive) continue;
+    // Processes a killed run left inside (its share commands) would keep the namespace and run forever.
+    const pids = spawnSync('ip', ['netns', 'pids', m[1]!], { encoding: 'utf8' }).stdout ?? '';
+    for (const pid of pids.split('\n').filter(Boolean)) {
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {}
+    }
+    spawnSync('ip', ['netns', 'del', m[1]!]);
   }
 }
 
@@ -124,7 +132,7 @@ async function status(sh: Share): Promise<Record<string, any>> {
 
 async function copy(w: World, args: string[]): Promise<Record<string, any>> {
   const p = startCli(w.s, ['copy', ...args, '--identity', join(w.dir, 'c.id'), '--json'], env(join(w.dir, 'c')), w.c.prefix);
-  const line = await p.line(150_000).catch((e: Error) => {
+  const line = await p.line(70_000).catch((e: Error) => {
     throw new Error(`${e.message}\ncopy stderr:\n${p.stderr()}`);
   });
   assert.is(await p.exited, 0, p.stderr());
@@ -160,7 +168,7 @@ async function base(): Promise<{ w: World; A: Share; B: Share }> {
   return { w, A: A!, B: B! };
 }
 
-guarded('64 MiB A → B run on C: identical bytes, under 1 % through C (interface counters and --json), A\'s references back to zero', 120_000, async () => {
+guarded('64 MiB A → B run on C: identical bytes, under 1 % through C (interface counters and --json), A\'s references back to zero', 85_000, async () => {
   const { w, A, B } = await base();
   const before = counters(w);
   const s = await copy(w, [A.ticket, B.ticket]);
@@ -179,7 +187,7 @@ guarded('64 MiB A → B run on C: identical bytes, under 1 % through C (interfac
   assert.is(b.copy.bytes, SIZE);
 });
 
-guarded('the A–B link cut mid-copy: the copy resumes and completes exactly once', 150_000, async () => {
+guarded('the A–B link cut mid-copy: the copy resumes and completes exactly once', 70_000, async () => {
   const { w, A } = await base();
   writeFile(join(w.dir, 'dst2.img'), undefined, SIZE);
   const B2 = await share(w, w.b, 'b2', '10.78.0.2', ['--backend', `file:${join(w.dir, 'dst2.img')}`]);
@@ -211,7 +219,7 @@ guarded('the A–B link cut mid-copy: the copy resumes and completes exactly onc
   assert.is((await status(A)).cache.refs, 0);
 });
 
-guarded('a tiny origin cache forces flushes; a slow destination with room for one piece drops and fetches again', 150_000, async () => {
+guarded('a tiny origin cache forces flushes; a slow destination with room for one piece drops and fetches again', 45_000, async () => {
   const { w } = await base();
   const len = 8 * MiB;
   const small = await share(w, w.a, 'a3', '10.78.0.1', ['--backend', `file:${w.src}`, '--read-only', '--ref-cache', '1MiB']);
@@ -235,12 +243,12 @@ guarded('a tiny origin cache forces flushes; a slow destination with room for on
   assert.ok(sameBytes(img, w.data.subarray(0, len)), 'destination equals source');
 });
 
-guarded('a forged cache id and a widened delegation are refused (real processes, real QUIC)', 90_000, async () => {
+guarded('a forged cache id and a widened delegation are refused (real processes, real QUIC)', 35_000, async () => {
   const { w, A, B } = await base();
   const r = await run('ip', ['netns', 'exec', w.c.name, process.execPath, '--import', 'tsx', join(ROOT, 'test/copy/forge-client.ts'), A.ticket, B.ticket, join(w.dir, 'c.id'), join(w.dir, 'b.id')], {
     env: env(join(w.dir, 'c')),
     cwd: ROOT,
-    timeoutMs: 60_000,
+    timeoutMs: 30_000,
   });
   assert.is(r.code, 0, r.stderr);
   const o = JSON.parse(r.stdout.trim().split('\n').pop()!) as Record<string, string>;
