@@ -202,22 +202,26 @@ export class CopyTarget {
         const i = queue.findIndex((p) => entry.urgent.has(p.id));
         return i >= 0 ? queue.splice(i, 1)[0] : queue.shift();
       };
+      let failure: unknown;
+      // Workers stop at the first failure; every one has finished before the batch is answered.
       const worker = async () => {
-        for (let p = next(); p; p = next()) {
-          await this.copyPiece(entry, p);
-          written += p.length;
+        for (let p = next(); p && failure === undefined; p = next()) {
+          try {
+            await this.copyPiece(entry, p);
+            written += p.length;
+          } catch (e) {
+            failure ??= e;
+          }
         }
       };
-      try {
-        await Promise.all(Array.from({ length: Math.min(this.o.fetchers ?? 8, pieces.length) }, worker));
-      } catch (e) {
+      await Promise.all(Array.from({ length: Math.min(this.o.fetchers ?? 8, pieces.length) }, worker));
+      if (failure !== undefined) {
         // Give back what was claimed and not written, so the origin can free it; the orchestrator asks again.
-        for (const p of [...queue, ...pieces]) if (entry.held.count(p.id) > 0) entry.held.release(p.id, entry.held.count(p.id), Date.now());
+        for (const p of pieces) if (entry.held.count(p.id) > 0) entry.held.release(p.id, entry.held.count(p.id), Date.now());
         this.stats.failedBatches++;
-        throw e;
-      } finally {
-        await this.pumpDerefs(entry, true).catch((e) => this.o.log?.(`copy: de-ref to origin failed: ${(e as Error).message}`));
       }
+      await this.pumpDerefs(entry, true).catch((e) => this.o.log?.(`copy: de-ref to origin failed: ${(e as Error).message}`));
+      if (failure !== undefined) throw failure;
       return { written, refetched: this.stats.refetched - before.refetched, dropped: this.stats.dropped - before.dropped };
     } finally {
       if (--entry.active === 0 && !entry.closed) {

@@ -56,13 +56,26 @@ class SlowStore extends MemoryBackend {
   }
 }
 
-async function world(size: number, extra: { a?: Partial<ShareOptions>; b?: Partial<ShareOptions>; slowB?: boolean } = {}): Promise<World> {
+/** A destination whose write at one offset fails once (a transient disk error). */
+class FailOnceStore extends MemoryBackend {
+  failAt = -1;
+  override async writeAt(data: Uint8Array, offset: number): Promise<void> {
+    await new Promise((r) => setTimeout(r, 2));
+    if (offset === this.failAt) {
+      this.failAt = -1;
+      throw new QuicmapError('EIO', 'injected write failure');
+    }
+    return super.writeAt(data, offset);
+  }
+}
+
+async function world(size: number, extra: { a?: Partial<ShareOptions>; b?: Partial<ShareOptions>; slowB?: boolean; failB?: number } = {}): Promise<World> {
   const net = new LoopbackNetwork();
   const [a, b, c] = await Promise.all([generateIdentity(), generateIdentity(), generateIdentity()]);
   const data = new Uint8Array(randomBytes(size));
   const srcStore = new MemoryBackend(size);
   await srcStore.writeAt(data, 0);
-  const dstStore = extra.slowB ? new SlowStore(size) : new MemoryBackend(size);
+  const dstStore = extra.slowB ? new SlowStore(size) : extra.failB !== undefined ? Object.assign(new FailOnceStore(size), { failAt: extra.failB }) : new MemoryBackend(size);
   const A = await shareRegion({ identity: a, store: srcStore, transport: new LoopbackTransport(a, { network: net }), listen: 'a:0', ...extra.a });
   const B = await shareRegion({ identity: b, store: dstStore, transport: new LoopbackTransport(b, { network: net }), listen: 'b:0', ...extra.b });
   const srcTicket = await A.issue({ readOnly: true });
@@ -116,6 +129,23 @@ test('--through-here: the plain copy carries every byte through C (the compariso
       assert.ok(s.throughC > 2 * 4 * MiB, `through C: ${s.throughC}`);
       assert.is(w.A.refs.view().references, 0, 'no references made');
       assert.ok(Buffer.from(await read(w.dstStore, 0, 4 * MiB)).equals(w.data));
+    } finally {
+      await w.close();
+    }
+  }),
+);
+
+test('a piece the destination fails to write: the batch is given back and asked for again; nothing left held', () =>
+  withTimeout(30_000, 'retry', async () => {
+    const w = await world(8 * MiB, { failB: 2 * MiB + (512 << 10) });
+    try {
+      const s = await runCopy({ identity: w.c, src: w.srcTicket, dst: w.B.ticket, transport: new LoopbackTransport(w.c, { network: w.net }) });
+      assert.is(s.bytes, 8 * MiB);
+      assert.ok(s.retriedBatches >= 1, `retried ${s.retriedBatches}`);
+      assert.is(s.duplicateAcks, 0);
+      assert.is(w.B.copyTarget.stats.failedBatches, 1);
+      assert.ok(Buffer.from(await read(w.dstStore, 0, 8 * MiB)).equals(w.data));
+      assert.is(w.A.refs.view().refs, 0, 'the failed batch\'s references were given back');
     } finally {
       await w.close();
     }
