@@ -227,9 +227,11 @@ guarded('a tiny origin cache forces flushes; a slow destination with room for on
   const img = join(w.dir, 'dst3.img');
   writeFile(img, undefined, len);
   const sock = join(w.dir, 'nbdkit.sock');
-  w.s.spawn('nbdkit', ['-f', '-U', sock, '--filter=delay', 'file', img, 'wdelay=200ms'], { env: { ...process.env, PATH: SYSTEM_PATH } });
-  await withTimeout(20_000, 'nbdkit socket', async () => {
-    while (!existsSync(sock)) await new Promise((r) => setTimeout(r, 50));
+  // nbdkit binds the socket before it listens; it writes the pid file once it accepts.
+  const pidFile = join(w.dir, 'nbdkit.pid');
+  w.s.spawn('nbdkit', ['-f', '-U', sock, '-P', pidFile, '--filter=delay', 'file', img, 'wdelay=200ms'], { env: { ...process.env, PATH: SYSTEM_PATH } });
+  await withTimeout(20_000, 'nbdkit pid file', async () => {
+    while (!existsSync(pidFile)) await new Promise((r) => setTimeout(r, 20));
   });
   const slow = await share(w, w.b, 'b3', '10.78.0.2', ['--backend', `nbd:nbd+unix:///?socket=${sock}`, '--copy-hold', '512KiB']);
   const s = await copy(w, [`${small.ticket}:0+8MiB`, slow.ticket, '--batch', '2MiB']);
