@@ -16,6 +16,7 @@ const COMMANDS: Record<string, { summary: string; load: () => Promise<Command> }
   status: { summary: 'show what a running share, mount, relay or dht is doing', load: async () => (await import('./commands/status.ts')).status },
   store: { summary: "hold sealed chunks for other nodes' encrypted RAM; prints a ticket for `quicmap ram`", load: async () => (await import('./commands/store.ts')).store },
   ram: { summary: 'encrypted remote RAM: a local NBD export sealed on storage peers', load: async () => (await import('./commands/ram.ts')).ram },
+  copy: { summary: 'copy between two sharers; the bytes go from source to destination directly, not through here', load: async () => (await import('./commands/copy.ts')).copy },
   migrate: { summary: 'live-migrate a shared region and its ownership to this node', load: async () => (await import('./commands/migrate.ts')).migrate },
 };
 

@@ -18,6 +18,8 @@ import { serveChanges } from './sync/change-calls.ts';
 import { serveChunkHashes } from './sync/hash-calls.ts';
 import type { Listener, Transport } from '../transports/transport.ts';
 import { openTransport, type TransportChoice } from './transports.ts';
+import { RefOrigin, type RefOriginOptions } from './copy/ref-origin.ts';
+import { CopyTarget, type CopyTargetOptions } from './copy/copy-target.ts';
 
 export interface ShareOptions {
   identity: Identity;
@@ -56,6 +58,10 @@ export interface ShareOptions {
   wrapListener?: (listener: Listener) => Listener;
   /** Pull/push granularity advertised in the manifest (default: the store's preferred block size, at least 64 KiB). */
   chunkSize?: number;
+  /** The by-reference cache peers read through (p2p/copy/ref-origin.ts): bytes, pieces, piece size, lease. */
+  refCache?: Omit<RefOriginOptions, 'identity' | 'store' | 'log'>;
+  /** This region as the destination of third-party copies (p2p/copy/copy-target.ts). */
+  copyTarget?: Pick<CopyTargetOptions, 'holdBytes' | 'fetchers' | 'retryMs'>;
   log?: (message: string) => void;
 }
 
@@ -79,6 +85,10 @@ export interface SharedRegion {
    * so mounters' cached chunks are invalidated (DirtyList).
    */
   feed: ChangeFeed;
+  /** References handed out on this region's reads (`ref.*` calls). */
+  refs: RefOrigin;
+  /** Third-party copies written into this region (`copy.fetch`). */
+  copyTarget: CopyTarget;
   /** Issue another ticket for this region. */
   issue(opts?: { readOnly?: boolean; expiresIn?: number; grantee?: Uint8Array }): Promise<string>;
   close(): Promise<void>;
@@ -122,9 +132,25 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
   });
   serveChanges(server, feed);
   serveChunkHashes(server, { identity: opts.identity, regionId, store, feed, size: await store.size(), chunkSize });
+  const refs = new RefOrigin({ ...opts.refCache, identity: opts.identity, store, log });
+  refs.serve(server);
+  const copyTarget = new CopyTarget({
+    ...opts.copyTarget,
+    identity: opts.identity,
+    store,
+    regionId,
+    feed,
+    localOrigin: refs,
+    // Tests hand a transport instance: origins are dialed with it too.
+    ...(typeof opts.transport === 'object' ? { transport: opts.transport } : {}),
+    log,
+  });
+  if (!store.caps.readOnly) copyTarget.serve(server);
   const opened: Array<{ transport: Transport; owned: boolean; listener?: Listener }> = [];
   const closeAll = async () => {
     for (const o of opened) await o.listener?.close().catch(() => {});
+    refs.close();
+    await copyTarget.close();
     feed.wakeAll();
     await server.close();
     await stack?.close().catch(() => {});
@@ -184,6 +210,8 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
     transports: opened.map((o) => o.transport),
     server,
     feed,
+    refs,
+    copyTarget,
     issue,
     close() {
       closing ??= closeAll();

@@ -70,6 +70,13 @@ Options:
                          writes reopened (default 30s). After a handover a
                          file:/dir: source writes PATH.quicmap-migrated and,
                          restarted, shares read-only
+  --ref-cache SIZE       memory for pieces handed out by reference (reads
+                         answered with cache IDs, \`quicmap copy\`; default
+                         64MiB). When full the oldest are flushed back from
+                         their holders, then pieces go inline
+  --copy-hold SIZE       as a copy destination: fetched pieces waiting for
+                         their write (default 16MiB); beyond it a piece is
+                         dropped and fetched again later
   --relay RELAY          reserve a slot on this relay (RELAY_ID@HOST:PORT,
                          the first line \`quicmap relay\` prints; repeatable):
                          peers that cannot reach this node directly come
@@ -160,7 +167,21 @@ export const share: Command = {
       'nbd-listen': { type: 'string' },
       'on-suspend': { type: 'string' },
       'handover-timeout': { type: 'string', default: '30s' },
+      'ref-cache': { type: 'string', default: '64MiB' },
+      'copy-hold': { type: 'string', default: '16MiB' },
     });
+    const sizeFlag = (flag: string, text: string, min: number) => {
+      let n: number;
+      try {
+        n = parseSize(text);
+      } catch (e) {
+        throw new UsageError(`share: ${flag}: ${(e as Error).message}`);
+      }
+      if (n < min) throw new UsageError(`share: ${flag}: at least ${formatSize(min)}`);
+      return n;
+    };
+    const refCacheBytes = sizeFlag('--ref-cache', values['ref-cache'], 0);
+    const copyHoldBytes = sizeFlag('--copy-hold', values['copy-hold'], 4096);
     const handoverTimeoutMs = parseDurationMs(values['handover-timeout'], 'share: --handover-timeout');
     const localSpec = localExportSpec('share', values.socket, values['nbd-listen'], '--nbd-listen');
     const transports = (values.transport ?? ['quic']).flatMap((t) => t.split(',')).map((t) => t.trim());
@@ -228,7 +249,12 @@ export const share: Command = {
         ...(grantee ? { grantee } : {}),
         ...(regionId ? { regionId } : {}),
         ...(values.advertise ? { advertise: values.advertise } : {}),
+        refCache: { maxBytes: refCacheBytes },
+        copyTarget: { holdBytes: copyHoldBytes },
       }), [EXIT.address]));
+      const sh = shared;
+      node.extra.cache = () => sh.refs.view();
+      node.extra.copy = () => sh.copyTarget.view();
       const feed = shared.feed;
       const onSuspend = values['on-suspend'];
       migration = serveMigration(shared.server, {

@@ -69,6 +69,39 @@ export class OriginCache<D> {
     return this.lineOf(id)?.total ?? 0;
   }
 
+  /** References `holder` holds to `id`. */
+  heldBy(holder: HolderId, id: CacheId): number {
+    return this.lineOf(id)?.holders.get(holder) ?? 0;
+  }
+
+  /** Every reference outstanding, all lines and holders together (0 when all were given back). */
+  get totalRefs(): number {
+    let n = 0;
+    for (const l of this.lines.values()) n += l.total;
+    return n;
+  }
+
+  /** Holders that hold any reference. */
+  holders(): HolderId[] {
+    const out = new Set<HolderId>();
+    for (const l of this.lines.values()) for (const h of l.holders.keys()) out.add(h);
+    return [...out];
+  }
+
+  /**
+   * What `holder` must give back now: its references to lines being flushed.
+   * Asked again after a forwarded reference changed hands, so a flush reaches
+   * whoever holds the reference at the time.
+   */
+  flushingHeldBy(holder: HolderId): Array<{ id: CacheId; n: number }> {
+    const out: Array<{ id: CacheId; n: number }> = [];
+    for (const [line, l] of this.lines) {
+      const n = l.flushing ? l.holders.get(holder) : undefined;
+      if (n) out.push({ id: makeCacheId(this.machine, this.slot, line), n });
+    }
+    return out;
+  }
+
   /**
    * A new element, referenced `n` times by `holder`. Undefined when the cache
    * has no room: send the data inline instead.

@@ -25,6 +25,7 @@
 import type { Identity } from '../../crypto/identity.ts';
 import { base32Encode } from '../../crypto/identity.ts';
 import { regionIdText, verifyGrantFor } from '../../crypto/grant.ts';
+import { isDelegation, verifyDelegationFor, type DelegationClaims } from '../../crypto/delegation.ts';
 import type { ByteStream, Connection, Listener } from '../../transports/transport.ts';
 import { QuicmapError, errorCode } from '../../base/errors.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
@@ -90,6 +91,12 @@ export interface CallContext {
   readOnly: boolean;
   /** Largest reply body the session's peer accepts (the negotiated max frame). */
   maxReply: number;
+  /**
+   * Set when the peer came with a delegation (crypto/delegation.ts) instead
+   * of a grant: a read-only session that fetches by reference only, inside
+   * the delegated range (p2p/copy); plain READs are refused.
+   */
+  delegation?: DelegationClaims;
 }
 
 /** Serves one named CALL; throws a QuicmapError to answer with an error. The value is sent as msgpack. */
@@ -139,6 +146,8 @@ export class RegionServer {
   private signed: { manifest: Uint8Array; manifestSig: Uint8Array; size: number } | undefined;
   private readonly opts: RegionServerOptions;
   private readonly handlers = new Map<string, CallHandler>();
+  /** Calls a delegated session may make (the by-reference fetch path); it may make no others. */
+  private readonly delegatedCalls = new Set<string>();
   private sessionSeq = 0;
   private readonly clock: Clock;
   private readonly gate: AdmissionGate;
@@ -204,8 +213,9 @@ export class RegionServer {
 
   /** Accept connections from `listener` until it or this server closes. */
   /** Serve the named call `method` (change feeds, migration control, hash lists). */
-  handle(method: string, handler: CallHandler): void {
+  handle(method: string, handler: CallHandler, opts: { delegated?: boolean } = {}): void {
     this.handlers.set(method, handler);
+    if (opts.delegated) this.delegatedCalls.add(method);
   }
 
   async serveListener(listener: Listener): Promise<void> {
@@ -368,6 +378,7 @@ export class RegionServer {
                 ctx.readOnly = a.readOnly;
                 ctx.maxReply = session.limits.maxFrame;
               }
+              if (a.delegation) ctx.delegation = a.delegation;
               if (session.isServing) {
                 // The first valid HELLO moves the connection from the pending pool to a session slot.
                 if (!state.authed && !state.ticket.promote()) {
@@ -495,7 +506,7 @@ export class RegionServer {
     return caps;
   }
 
-  /** Check the grant; answer WELCOME or the refusal. Returns whether the session is read-only, and its resumable state. */
+  /** Check the grant; answer WELCOME or the refusal. Returns whether the session is read-only, its resumable state, and the delegation it came with (if it did). */
   private async authorize(
     conn: Connection,
     session: ServerSession,
@@ -503,11 +514,18 @@ export class RegionServer {
     peer: string,
     send: (f: Uint8Array[]) => Promise<void>,
     sender: SessionSender,
-  ): Promise<{ readOnly: boolean; live?: LiveSession; gen: number }> {
+  ): Promise<{ readOnly: boolean; live?: LiveSession; gen: number; delegation?: DelegationClaims }> {
+    let delegation: DelegationClaims | undefined;
     let readOnly: boolean;
     try {
-      const claims = await verifyGrantFor(hello.grant, { sharer: this.identity.publicKey, regionId: this.regionId, peer: conn.remotePublicKey });
-      readOnly = claims.rights === 'ro' || this.store.caps.readOnly;
+      if (isDelegation(hello.grant)) {
+        const expect = { sharer: this.identity.publicKey, regionId: this.regionId, peer: conn.remotePublicKey, regionSize: await this.store.size() };
+        delegation = (await verifyDelegationFor(hello.grant, expect)).delegation;
+        readOnly = true;
+      } else {
+        const claims = await verifyGrantFor(hello.grant, { sharer: this.identity.publicKey, regionId: this.regionId, peer: conn.remotePublicKey });
+        readOnly = claims.rights === 'ro' || this.store.caps.readOnly;
+      }
     } catch (e) {
       this.stats.refused++;
       const code = e instanceof QuicmapError ? e.code : 'EACCES';
@@ -519,12 +537,12 @@ export class RegionServer {
     const m = await this.manifest();
     this.stats.sessions++;
     this.log(
-      `peer ${peer} (${hello.agent || 'unknown agent'}) opened region ${regionIdText(this.regionId)} ${readOnly ? 'read-only' : 'read-write'}`,
+      `peer ${peer} (${hello.agent || 'unknown agent'}) opened region ${regionIdText(this.regionId)} ${delegation ? `by delegation from ${base32Encode(delegation.delegator)}` : readOnly ? 'read-only' : 'read-write'}`,
     );
     const maxInFlight = Math.min(this.limits.maxInFlight, hello.limits.maxInFlight);
     const resumable = session.commonCaps(hello).has('resume') ? this.sessionFor(conn, hello, sender, peer, maxInFlight) : undefined;
     await send(session.accept(hello, { size: m.size, readOnly, manifest: m.manifest, manifestSig: m.manifestSig, ...(resumable ? { session: resumable.grant } : {}) }, resumable?.live.txn));
-    return { readOnly, gen: resumable?.gen ?? 0, ...(resumable ? { live: resumable.live } : {}) };
+    return { readOnly, gen: resumable?.gen ?? 0, ...(resumable ? { live: resumable.live } : {}), ...(delegation ? { delegation } : {}) };
   }
 
   private async execute(session: ServerSession, req: ServerRequest, send: (f: Uint8Array[]) => Promise<void>, ctx: CallContext, state: ConnState): Promise<void> {
@@ -545,6 +563,7 @@ export class RegionServer {
     try {
       switch (req.op) {
         case 'read': {
+          if (ctx.delegation) throw new QuicmapError('EACCES', 'a delegated session fetches by reference only');
           const buf = new Uint8Array(req.length);
           await s.readAt(buf, req.offset);
           this.stats.bytesRead += req.length;
@@ -568,6 +587,7 @@ export class RegionServer {
         case 'call': {
           const handler = this.handlers.get(req.method);
           if (!handler) throw new QuicmapError('ENOTSUP', `this sharer has no "${req.method}" call`);
+          if (ctx.delegation && !this.delegatedCalls.has(req.method)) throw new QuicmapError('EACCES', `a delegated session may not call "${req.method}"`);
           const value = await handler(req.args, ctx);
           await send(session.reply(req.id, packReply(value)));
           return;
