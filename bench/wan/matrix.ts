@@ -313,7 +313,7 @@ export async function runMatrix(o: MatrixOptions): Promise<MatrixResult> {
   let worker: Worker | undefined;
   let infos: Record<SubjectName, ServerInfo> | undefined;
   try {
-    server = lab.spawn(lab.server, process.execPath, ['--import', 'tsx', WORKER, 'server', SERVER_ADDR], { cwd: ROOT });
+    server = lab.spawn(lab.server, process.execPath, ['--import', 'tsx', WORKER, 'server', SERVER_ADDR, o.subjects.join(',')], { cwd: ROOT });
     infos = JSON.parse(await firstLine(server, 'wan server worker', 60_000)) as Record<SubjectName, ServerInfo>;
     for (const s of o.subjects) if (!infos[s]) throw new Error(`wan: the server worker did not start ${s}`);
     worker = new Worker(lab);

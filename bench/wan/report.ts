@@ -33,6 +33,7 @@ export const COLORS: Record<SubjectName, string> = {
   'raw-quic': '#f59f00',
   'tls-tcp': '#5c940d',
   'plain-tcp': '#868e96',
+  hyperswarm: '#495057',
 };
 const W = 960;
 const H = 480;
@@ -309,7 +310,8 @@ ${checks}
 <p>Hosts are network namespaces; the middle namespace routes every packet through a tbf bottleneck and a userspace TUN delay line (<code>bench/wan/delayline.c</code>) that adds the delay, jitter and loss (this kernel has no netem). Raw samples and the self-check: <a href="${name}.json">${name}.json</a>. Re-render the page from them with <code>npm run bench -- wan --report bench/results/${name}.json</code>.</p>
 <pre>npm run bench -- wan --quick                       # RTT 10,50 ms × loss 0,1 %, short runs
 npm run bench -- wan                               # RTT 0,10,50,100 ms × loss 0,0.1,1,3 %
-npm run bench -- wan --rtt 50 --loss 1 --bw 100mbit --subjects quicmap-quic,quicmap-tcp</pre>
+npm run bench -- wan --rtt 50 --loss 1 --bw 100mbit --subjects quicmap-quic,quicmap-tcp
+npm run bench -- wan --quick --subjects quicmap-quic,quicmap-tcp,hyperswarm --workloads setup,rr,bulk   # with the Hyperswarm anchor</pre>
 </main></body></html>
 `;
 }

@@ -11,6 +11,9 @@
  *   raw-quic      the QUIC library the project uses, with a trivial server
  *   tls-tcp       node:tls (TLS 1.3) over TCP, one connection
  *   plain-tcp     node:net, one connection, no crypto
+ *   hyperswarm    the Hyperswarm anchor (hyperswarm.ts): HyperDHT on a
+ *                 private DHT beside the server, one encrypted UDX
+ *                 stream; opt-in (--subjects), not in the default set
  *
  * One tiny protocol for all. On stream subjects (the QUIC ones and
  * quicmap-tcp's mux) each stream starts with an op byte: 'E' = read to the
@@ -32,13 +35,14 @@ import { loadNativeQuic, type NativeConnection, type NativeStream } from '../../
 import { openTransport } from '../../p2p/transports.ts';
 import { ByteAccumulator } from '../../transports/byte-accumulator.ts';
 import { NGTCP2_DEFAULTS, Ngtcp2Transport, type Ngtcp2TransportOptions } from '../../transports/ngtcp2.ts';
+import { hyperswarmUnavailable, makeHyperswarmDialer, startHyperswarmServer } from './hyperswarm.ts';
 
 export type Ngtcp2Subject = 'quicmap-ngtcp2' | 'quicmap-ngtcp2-cubic' | 'quicmap-ngtcp2-reno' | 'quicmap-ngtcp2-bbr' | 'quicmap-ngtcp2-bbr2';
-export type SubjectName = 'quicmap-quic' | Ngtcp2Subject | 'quicmap-tcp' | 'raw-quic' | 'tls-tcp' | 'plain-tcp';
+export type SubjectName = 'quicmap-quic' | Ngtcp2Subject | 'quicmap-tcp' | 'raw-quic' | 'tls-tcp' | 'plain-tcp' | 'hyperswarm';
 /** The subjects a run has unless --subjects says otherwise. */
 export const SUBJECTS: SubjectName[] = ['quicmap-quic', 'quicmap-ngtcp2', 'quicmap-tcp', 'raw-quic', 'tls-tcp', 'plain-tcp'];
 /** Every subject --subjects may name (the congestion-control variants of ngtcp2 are opt-in). */
-export const ALL_SUBJECTS: SubjectName[] = [...SUBJECTS, 'quicmap-ngtcp2-cubic', 'quicmap-ngtcp2-reno', 'quicmap-ngtcp2-bbr', 'quicmap-ngtcp2-bbr2'];
+export const ALL_SUBJECTS: SubjectName[] = [...SUBJECTS, 'quicmap-ngtcp2-cubic', 'quicmap-ngtcp2-reno', 'quicmap-ngtcp2-bbr', 'quicmap-ngtcp2-bbr2', 'hyperswarm'];
 /** Subjects with many streams on one connection (the head-of-line test needs them). */
 export const STREAM_SUBJECTS: SubjectName[] = ['quicmap-quic', 'quicmap-ngtcp2', 'quicmap-ngtcp2-cubic', 'quicmap-ngtcp2-reno', 'quicmap-ngtcp2-bbr', 'quicmap-ngtcp2-bbr2', 'quicmap-tcp', 'raw-quic'];
 
@@ -57,6 +61,7 @@ function isNgtcp2(s: SubjectName): s is Ngtcp2Subject {
 
 /** Why `subject` cannot run on this machine (the ngtcp2 addon missing), or undefined. */
 export function subjectUnavailable(subject: SubjectName): string | undefined {
+  if (subject === 'hyperswarm') return hyperswarmUnavailable();
   return isNgtcp2(subject) ? Ngtcp2Transport.unavailableReason() : undefined;
 }
 
@@ -71,7 +76,7 @@ async function quicmapTransport(subject: 'quicmap-quic' | 'quicmap-tcp' | Ngtcp2
 
 export interface ServerInfo {
   address: string;
-  /** hex Ed25519 key (quicmap subjects) */
+  /** hex Ed25519 key (quicmap subjects; the server's HyperDHT key for hyperswarm, whose address is its DHT's bootstrap node) */
   publicKey?: string;
   /** PEM certificate to pin (tls-tcp) */
   cert?: string;
@@ -157,8 +162,21 @@ export interface RunningServer {
   stop(): Promise<void>;
 }
 
-function serveSocket(sock: Socket): void {
-  sock.setNoDelay(true);
+/** What the single-connection subjects need of their connection: a TCP or TLS socket, or a HyperDHT stream. */
+interface ConnSocket {
+  write(data: Uint8Array): boolean;
+  destroy(): void;
+  readonly destroyed: boolean;
+  on(event: 'data', fn: (d: Buffer) => void): unknown;
+  on(event: 'drain' | 'error', fn: () => void): unknown;
+  once(event: 'close', fn: () => void): unknown;
+  setNoDelay?(on: boolean): unknown;
+  cork?(): void;
+  uncork?(): void;
+}
+
+function serveSocket(sock: ConnSocket): void {
+  sock.setNoDelay?.(true);
   sock.on('error', () => {});
   let mode = 0;
   const acc = new ByteAccumulator();
@@ -241,6 +259,10 @@ export async function startServer(subject: SubjectName, host: string, identity: 
           await server.abort();
         },
       };
+    }
+    case 'hyperswarm': {
+      const h = await startHyperswarmServer(host, serveSocket);
+      return { info: { address: h.bootstrap, publicKey: h.publicKey, impl: h.impl }, stop: () => h.stop() };
     }
     default: {
       const t = await quicmapTransport(subject, identity);
@@ -331,7 +353,7 @@ function streamClient(streams: StreamConn): ClientConn {
   };
 }
 
-function socketClient(sock: Socket): ClientConn {
+function socketClient(sock: ConnSocket): ClientConn {
   let mode = 0;
   const waiting: Array<{ n: number; resolve: () => void; reject: (e: Error) => void }> = [];
   const acc = new ByteAccumulator();
@@ -362,10 +384,10 @@ function socketClient(sock: Socket): ClientConn {
           mode = OP_ECHO;
         }
         h.writeUInt32BE(payload.length, h.length - 4);
-        sock.cork();
+        sock.cork?.();
         sock.write(h);
         sock.write(payload);
-        sock.uncork();
+        sock.uncork?.();
       });
     },
     bulk(onBytes) {
@@ -434,6 +456,10 @@ export async function makeDialer(subject: SubjectName, info: ServerInfo, identit
         },
         close: async () => client.abort(),
       };
+    }
+    case 'hyperswarm': {
+      const d = await makeHyperswarmDialer(info.address, info.publicKey!);
+      return { dial: async () => socketClient(await d.dial()), close: () => d.close() };
     }
     default: {
       const t: Transport = await quicmapTransport(subject, identity);

@@ -1,6 +1,7 @@
 /**
  * The processes the lab runs inside its namespaces (`ip netns exec`):
- *   worker.ts server HOST   starts every subject's server on HOST, prints
+ *   worker.ts server HOST [S,…]  starts each subject's server on HOST (every
+ *                           subject, or those named), prints
  *                           one JSON line {subject: ServerInfo}, serves
  *                           until stdin closes
  *   worker.ts client        reads one JSON request per line on stdin
@@ -32,11 +33,11 @@ export interface WorkRequest {
   maxSamples?: number;
 }
 
-async function server(host: string): Promise<void> {
+async function server(host: string, subjects: SubjectName[]): Promise<void> {
   const identity = await generateIdentity();
   const running: RunningServer[] = [];
   const infos: Record<string, ServerInfo> = {};
-  for (const s of ALL_SUBJECTS) {
+  for (const s of subjects) {
     if (subjectUnavailable(s)) continue; // the orchestrator reports why
     const r = await startServer(s, host, identity);
     running.push(r);
@@ -111,10 +112,10 @@ async function nbdRead(uri: string, offset: number, length: number, requestBytes
   }
 }
 
-const [mode, host] = process.argv.slice(2);
-if (mode === 'server') await server(host ?? '0.0.0.0');
+const [mode, host, only] = process.argv.slice(2);
+if (mode === 'server') await server(host ?? '0.0.0.0', only ? (only.split(',') as SubjectName[]) : ALL_SUBJECTS);
 else if (mode === 'client') await client();
 else {
-  process.stderr.write('usage: worker.ts server HOST | worker.ts client\n');
+  process.stderr.write('usage: worker.ts server HOST [SUBJECT,…] | worker.ts client\n');
   process.exit(2);
 }
