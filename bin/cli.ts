@@ -34,7 +34,21 @@ Run 'quicmap <command> --help' for a command's options.
 `;
 }
 
+/**
+ * A reader that goes away (`quicmap migrate --json | head -1`) must not end a
+ * running command with a stack trace halfway through a migration or copy:
+ * Node ignores SIGPIPE and reports EPIPE on stdout instead; from then on the
+ * output is dropped and the work goes on.
+ */
+function dropOutputWhenReaderLeaves(): void {
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE' || e.code === 'ERR_STREAM_DESTROYED') return;
+    process.stderr.write(`quicmap: stdout: ${e.message}\n`);
+  });
+}
+
 export async function main(argv: string[]): Promise<number> {
+  dropOutputWhenReaderLeaves();
   const [name, ...rest] = argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
     process.stdout.write(topHelp());

@@ -36,7 +36,15 @@ A local demo swarm on loopback (what 'npm start' runs):
   4. a userfaultfd LazyRegion over B's remote region (native addon);
   5. a private swarm: a DHT and a relay on loopback; B mounts A's region
      from a ticket without addresses, through the relay, then moves to
-     the direct path.
+     the direct path;
+  6. a managed mount: B pulls A's region into a local cache in the
+     background and keeps serving it after A stops;
+  7. a third-party copy: C copies A's region to B by reference, B fetches
+     the bytes from A directly, C carries almost nothing;
+  8. encrypted remote RAM: a region whose pages live sealed on two storage
+     peers, two replicas each, with a small plaintext cache;
+  9. live migration with the real CLI: 'quicmap share --socket' on A,
+     'quicmap migrate --json' on B; B then owns the region.
 Prints a summary; --json prints it as one JSON object on stdout.
 
 Options:
@@ -130,6 +138,14 @@ export const demo: Command = {
       // 5. The swarm: DHT discovery, relay, upgrade to direct.
       const { swarmStep } = await import('../demo-swarm.ts');
       record({ step: 'private swarm: DHT lookup, relay, upgrade to direct', ...(await swarmStep(transport)) });
+
+      // 6–9. Managed mount, third-party copy, remote RAM, live migration.
+      const cluster = await import('../demo-cluster.ts');
+      const part = Math.min(size, 16 * 1024 * 1024);
+      record({ step: 'managed mount: background pull, outlives the sharer', ...(await cluster.managedStep(transport, part)) });
+      record({ step: 'third-party copy by reference (C orchestrates A to B)', ...(await cluster.copyStep(transport, part)) });
+      record({ step: 'encrypted remote RAM on two storage peers', ...(await cluster.ramStep(transport, Math.min(part, 8 * 1024 * 1024))) });
+      record({ step: 'live migration (quicmap share, quicmap migrate)', ...(await cluster.migrateStep(transport, part, work)) });
     } finally {
       for (const c of cleanups.reverse()) await c().catch((e) => log(`cleanup: ${(e as Error).message}`));
       rmSync(work, { recursive: true, force: true });
@@ -139,7 +155,7 @@ export const demo: Command = {
     else {
       process.stdout.write(`\nquicmap demo: ${steps.length - failed.length - steps.filter((s) => s.skipped).length} steps ok, ${failed.length} failed, ${steps.filter((s) => s.skipped).length} skipped\n`);
       for (const s of steps) process.stdout.write(`  ${s.skipped ? '-' : s.ok ? '✓' : '✗'} ${s.step}${s.skipped ? ` (skipped: ${s.skipped})` : ''}\n`);
-      process.stdout.write(`\nNext: 'quicmap nbd --help', 'quicmap share --help', 'quicmap mount --help'; tests: 'npm test'.\n`);
+      process.stdout.write(`\nNext: 'quicmap --help' lists every command (share, mount, migrate, copy, store, ram, relay, dht, status, nbd); tests: 'npm test'.\n`);
     }
     return failed.length ? 1 : 0;
   },

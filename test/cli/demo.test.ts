@@ -18,6 +18,10 @@ test('quicmap demo --json: two nodes over QUIC, every step ok', async () => {
   assert.match(names, /shares over quic/);
   assert.match(names, /mounts by ticket/);
   assert.match(names, /private swarm: DHT lookup, relay, upgrade to direct/);
+  assert.match(names, /managed mount/);
+  assert.match(names, /third-party copy/);
+  assert.match(names, /encrypted remote RAM/);
+  assert.match(names, /live migration/);
   for (const s of out.steps) {
     if (s.skipped) {
       assert.not.ok(STRICT_TOOLS, `step "${s.step}" skipped in strict mode: ${s.skipped}`);
