@@ -25,7 +25,7 @@ export const MIN_PROTOCOL_VERSION = 1;
 export const MAX_CONTROL_BODY = 16 * 1024;
 
 /** Optional features a side may support; the session uses the intersection. */
-export const KNOWN_CAPS = ['trim', 'zero', 'fua', 'ping', 'call', 'resume'] as const;
+export const KNOWN_CAPS = ['trim', 'zero', 'fua', 'ping', 'call', 'resume', 'large-call'] as const;
 export type Capability = (typeof KNOWN_CAPS)[number];
 
 export interface Limits {
@@ -289,11 +289,28 @@ export function encodeZero(id: number, offset: number, length: number, opts: { f
 /**
  * CALL: a named control operation riding on the request table (its id,
  * deadline and in-flight bound) — change feeds (DirtyList), migration's
- * suspend/commit, chunk-hash lists. The body is msgpack `{m: method, a: args}`;
- * the answer is OK with a msgpack body, or ERROR.
+ * suspend/commit, chunk-hash lists, the chunks of encrypted RAM. The body is
+ * msgpack `{m: method, a: args}`; the answer is OK with a msgpack body, or
+ * ERROR. A body is at most MAX_CONTROL_BODY, or the negotiated maxFrame when
+ * both sides offered `large-call` (callBodyLimit).
  */
 export function encodeCall(id: number, method: string, args: unknown): Uint8Array[] {
   return controlFrame(FrameType.CALL, id, pack({ m: method, a: args ?? null }));
+}
+
+/** The largest CALL body a session takes: the negotiated maxFrame with `large-call`, else a control body's limit. */
+export function callBodyLimit(limits: Limits, caps: ReadonlySet<string>): number {
+  return caps.has('large-call') ? Math.max(MAX_CONTROL_BODY, limits.maxFrame) : MAX_CONTROL_BODY;
+}
+
+/** A CALL's body, packed (the caller checks it against callBodyLimit before sending). */
+export function packCall(method: string, args: unknown): Uint8Array {
+  return pack({ m: method, a: args ?? null });
+}
+
+/** The CALL frame of a packed body (header and body as two buffers: the body is not copied). */
+export function callFrame(id: number, body: Uint8Array): Uint8Array[] {
+  return [encodeHeader({ type: FrameType.CALL, flags: 0, status: 0, id, offset: 0, length: 0, payloadLength: body.length }), body];
 }
 
 export interface CallBody {

@@ -18,6 +18,7 @@ import {
   MAX_CONTROL_BODY,
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
+  callBodyLimit,
   decodeCall,
   decodeHello,
   encodeError,
@@ -181,7 +182,8 @@ export class ServerSession {
       this.txn = txn;
       this.inFlight = txn.inFlight;
     } else this.caps.delete('resume');
-    this.decoder.setLimits({ maxPayload: this.negotiated.maxFrame });
+    // With `large-call`, a CALL body may be as large as a data frame (and is charged like one: p2p/remote/server.ts).
+    this.decoder.setLimits({ maxPayload: this.negotiated.maxFrame, ...(this.caps.has('large-call') ? { maxCall: callBodyLimit(this.negotiated, this.caps) } : {}) });
     this.state = 'serving';
     return encodeWelcome({
       version: this.version,

@@ -11,11 +11,14 @@
  * Chunks are kept per caller (its authenticated key), so one client never
  * sees another's. put and del need a read-write grant.
  *
- * A CALL body is a control body, at most 16 KiB (p2p/protocol), so a blob
- * goes up in parts (`at` its offset in the blob, `total` its length), sent
- * at once; the part that completes it stores it and answers `done: true`
- * (or the quota refusal). Parts wait in a staging area bounded per session
- * and per store (EBUSY beyond) and dropped after STAGING_TTL_MS.
+ * A CALL body is at most the session's maxCallBody (p2p/protocol): the
+ * negotiated maxFrame when both sides offered `large-call` (the store's is
+ * 1 MiB + 4 KiB, so a sealed chunk goes as one call), else 16 KiB. A blob
+ * larger than that goes up in parts (`at` its offset in the blob, `total`
+ * its length), sent at once; the part that completes it stores it and
+ * answers `done: true` (or the quota refusal). Parts wait in a staging area
+ * bounded per session and per store (EBUSY beyond) and dropped after
+ * STAGING_TTL_MS.
  */
 import { randomBytes } from 'node:crypto';
 import { QuicmapError } from '../../base/errors.ts';
@@ -24,8 +27,8 @@ import type { RemoteRegion } from '../remote/region.ts';
 import type { ChunkVault, VaultStats } from './vault.ts';
 import { MAX_BLOB } from './vault.ts';
 
-/** Bytes of blob per chunk.put part: a control body (16 KiB) less the envelope. */
-export const PUT_PART = 16 * 1024 - 256;
+/** Bytes of a chunk.put call that are not blob: the msgpack envelope (method, id, tag, at, total, the bin header). */
+export const PUT_ENVELOPE = 256;
 export const STAGING_TTL_MS = 30_000;
 export const STAGING_PER_SESSION = 8 * 1024 * 1024;
 export const STAGING_PER_STORE = 64 * 1024 * 1024;
@@ -143,12 +146,18 @@ export class StorePeerClient {
   constructor(region: RemoteRegion) {
     this.region = region;
   }
-  /** Send the blob in parts at once; resolves with the store's usage once the part that completed it is answered. */
+  /** Blob bytes per chunk.put call: what the session's CALL body limit leaves after the envelope. */
+  get partSize(): number {
+    return this.region.maxCallBody - PUT_ENVELOPE;
+  }
+
+  /** Send the blob (in parts, sent at once, when it exceeds partSize); resolves with the store's usage once the part that completed it is answered. */
   async put(id: Uint8Array, blob: Uint8Array): Promise<VaultStats> {
     const parts: Array<Promise<unknown>> = [];
     const tag = ++this.tags; // parts of one put only ever complete that put
-    for (let at = 0; at < blob.length; at += PUT_PART) {
-      parts.push(this.region.call('chunk.put', { id, tag, at, total: blob.length, data: blob.subarray(at, Math.min(blob.length, at + PUT_PART)) }));
+    const part = this.partSize;
+    for (let at = 0; at < blob.length; at += part) {
+      parts.push(this.region.call('chunk.put', { id, tag, at, total: blob.length, data: blob.subarray(at, Math.min(blob.length, at + part)) }));
     }
     const answers = (await Promise.all(parts)) as Array<{ done?: boolean; used?: number; quota?: number } | null>;
     const done = answers.find((a) => a?.done === true);

@@ -500,7 +500,7 @@ export class RegionServer {
   }
 
   private capsOffered(): Capability[] {
-    const caps: Capability[] = ['zero', 'fua', 'ping', 'call'];
+    const caps: Capability[] = ['zero', 'fua', 'ping', 'call', 'large-call'];
     if (this.opts.resumable !== false) caps.push('resume');
     if (this.store.caps.canTrim) caps.push('trim');
     return caps;
