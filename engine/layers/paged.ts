@@ -42,6 +42,8 @@ export interface PagedStoreOptions {
   writeBackMs?: number;
   /** Chunks of one request loaded at once (default 8). */
   parallel?: number;
+  /** Dirty chunks saved at once to make room (default 16, at most half the cache). */
+  saveAhead?: number;
 }
 
 export interface PagedStats {
@@ -78,6 +80,9 @@ export class PagedStore implements ReadWriterAt {
   private readonly entries = new Map<number, Entry>();
   private readonly loading = new Map<number, Promise<Entry>>();
   private unpinWaiters: Array<() => void> = [];
+  /** Saves started by eviction at once at most (and the room-makers' window). */
+  private readonly saveAhead: number;
+  private savesInFlight = 0;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
 
@@ -93,6 +98,7 @@ export class PagedStore implements ReadWriterAt {
     this.pages = opts.pages;
     this.writeBackMs = opts.writeBackMs ?? 1000;
     this.parallel = Math.max(1, opts.parallel ?? 8);
+    this.saveAhead = Math.max(1, Math.min(opts.saveAhead ?? 16, this.capacity >> 1));
   }
 
   get pagedStats(): PagedStats {
@@ -118,9 +124,19 @@ export class PagedStore implements ReadWriterAt {
     return this.bytes;
   }
 
-  async readAt(buf: Uint8Array, offset: number): Promise<void> {
-    this.check();
-    await this.eachPiece(buf.length, offset, async (index, at, from, len) => {
+  readAt(buf: Uint8Array, offset: number): Promise<void> {
+    if (this.closed) return Promise.reject(this.closedError());
+    // Fast path: a read inside one cached chunk is a copy (no split, no pin: nothing can evict it during a synchronous copy).
+    const index = Math.floor(offset / this.chunkSize);
+    const at = offset - index * this.chunkSize;
+    if (at + buf.length <= this.chunkSize) {
+      const e = this.touch(index);
+      if (e) {
+        buf.set(e.data.subarray(at, at + buf.length));
+        return Promise.resolve();
+      }
+    }
+    return this.eachPiece(buf.length, offset, async (index, at, from, len) => {
       const e = await this.pin(index, false);
       try {
         buf.set(e.data.subarray(at, at + len), from);
@@ -132,6 +148,19 @@ export class PagedStore implements ReadWriterAt {
 
   async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
     this.check();
+    if (!opts?.fua) {
+      // Fast path: a write inside one cached chunk.
+      const index = Math.floor(offset / this.chunkSize);
+      const at = offset - index * this.chunkSize;
+      if (at + data.length <= this.chunkSize) {
+        const e = this.touch(index);
+        if (e) {
+          e.data.set(data, at);
+          this.dirty(e);
+          return;
+        }
+      }
+    }
     await this.eachPiece(data.length, offset, async (index, at, from, len) => {
       const e = await this.pin(index, len === this.chunkSize);
       try {
@@ -195,7 +224,21 @@ export class PagedStore implements ReadWriterAt {
   }
 
   private check(): void {
-    if (this.closed) throw new QuicmapError('ESHUTDOWN', 'the paged store is closed');
+    if (this.closed) throw this.closedError();
+  }
+
+  private closedError(): QuicmapError {
+    return new QuicmapError('ESHUTDOWN', 'the paged store is closed');
+  }
+
+  /** The cached entry of chunk `index`, made the most recently used (a hit), or undefined. */
+  private touch(index: number): Entry | undefined {
+    const e = this.entries.get(index);
+    if (!e) return undefined;
+    this.entries.delete(index);
+    this.entries.set(index, e);
+    this.stats.hits++;
+    return e;
   }
 
   private async eachPiece(length: number, offset: number, fn: (index: number, at: number, from: number, len: number) => Promise<void>): Promise<void> {
@@ -273,8 +316,16 @@ export class PagedStore implements ReadWriterAt {
     if (e.pins === 0 && this.unpinWaiters.length) this.unpinWaiters.splice(0).forEach((f) => f());
   }
 
-  /** Drop the least recently used chunk nobody holds, saving it first if dirty. */
+  /**
+   * Make room for one chunk: drop the least recently used clean chunk nobody
+   * holds. When the oldest are dirty, start saving up to `saveAhead` of them
+   * at once (so evictions stream to the PageStore instead of going one round
+   * trip at a time) and wait for the first to finish; the caller looks
+   * again. A save this call started that fails fails the caller.
+   */
   private async evictOne(): Promise<void> {
+    const mine: Array<Promise<void>> = [];
+    const others: Array<Promise<void>> = [];
     for (const e of this.entries.values()) {
       if (e.pins > 0) continue;
       if (e.gen === e.savedGen && !e.saving) {
@@ -282,10 +333,20 @@ export class PagedStore implements ReadWriterAt {
         this.stats.evictions++;
         return;
       }
-      await this.save(e);
-      return; // the caller looks again: it may have been pinned or written meanwhile
+      if (e.saving) {
+        if (others.length < this.saveAhead) others.push(e.saving);
+      } else if (this.savesInFlight < this.saveAhead) {
+        const p = this.save(e);
+        p.catch(() => {}); // awaited below (or by the race); never an unhandled rejection
+        mine.push(p);
+      }
+      if (mine.length + others.length >= this.saveAhead) break;
     }
-    await new Promise<void>((r) => this.unpinWaiters.push(r));
+    if (mine.length + others.length === 0) {
+      await new Promise<void>((r) => this.unpinWaiters.push(r));
+      return;
+    }
+    await Promise.race([...mine, ...others.map((p) => p.catch(() => {}))]);
   }
 
   /** Save the entry's current bytes (waits for a save in progress first). */
@@ -294,10 +355,18 @@ export class PagedStore implements ReadWriterAt {
     if (e.gen === e.savedGen) return;
     const gen = e.gen;
     const copy = e.data.slice();
-    const p = this.pages.save(e.index, copy).then(() => {
-      if (gen > e.savedGen) e.savedGen = gen;
-      this.stats.saves++;
-    });
+    this.savesInFlight++;
+    const p = this.pages.save(e.index, copy).then(
+      () => {
+        this.savesInFlight--;
+        if (gen > e.savedGen) e.savedGen = gen;
+        this.stats.saves++;
+      },
+      (err: unknown) => {
+        this.savesInFlight--;
+        throw err;
+      },
+    );
     e.saving = p;
     try {
       await p;
