@@ -100,6 +100,9 @@ export class SealedPages implements PageStore {
   /** Expected version per chunk; 0: never saved or discarded (zeros). */
   private readonly versions: Float64Array;
   private readonly turns: Uint8Array;
+  /** Chunk ids (an HMAC each), computed once: 16 bytes per chunk, `idKnown` says which. */
+  private readonly ids: Uint8Array;
+  private readonly idKnown: Uint8Array;
   /** Peers given the current version of each saved chunk. */
   private readonly holders = new Map<number, number[]>();
   private counter = 0;
@@ -124,6 +127,8 @@ export class SealedPages implements PageStore {
     this.chunkSize = opts.chunkSize;
     this.versions = new Float64Array(opts.chunks);
     this.turns = new Uint8Array(opts.chunks);
+    this.ids = new Uint8Array(opts.chunks * 16);
+    this.idKnown = new Uint8Array(opts.chunks);
     this.lostAfter = opts.lostAfter ?? 3;
     this.log = opts.log ?? (() => {});
     this.peers = opts.peers.map((p) => ({
@@ -159,7 +164,7 @@ export class SealedPages implements PageStore {
   async load(index: number): Promise<Uint8Array | null> {
     const version = this.versions[index]!;
     if (version === 0) return null;
-    const id = this.sealer.chunkId(index);
+    const id = this.chunkId(index);
     const held = this.holders.get(index) ?? [];
     // Live holders first, then the lost ones (they may be back).
     // Loads of a chunk take its live holders in turn (spreading reads, and over two loads every replica is read and checked).
@@ -198,7 +203,7 @@ export class SealedPages implements PageStore {
     return this.locked(index, async () => {
       const version = ++this.counter;
       const blob = this.sealer.seal(index, version, data);
-      const got = await this.place(index, this.sealer.chunkId(index), blob, [], this.replicas);
+      const got = await this.place(index, this.chunkId(index), blob, [], this.replicas);
       if (got.length === 0) throw new QuicmapError('EIO', `chunk ${index}: no storage peer took it (every one is lost or full)`);
       const old = this.holders.get(index) ?? [];
       this.versions[index] = version;
@@ -228,7 +233,7 @@ export class SealedPages implements PageStore {
   /** Delete the chunk from peers that hold an outdated copy, unless they hold the current one by now. */
   private async forget(index: number, peers: number[]): Promise<void> {
     const current = this.holders.get(index) ?? [];
-    const id = this.sealer.chunkId(index);
+    const id = this.chunkId(index);
     await Promise.all(peers.filter((p) => !current.includes(p)).map((p) => this.peers[p]!.peer.del(id).catch(() => {})));
   }
 
@@ -291,7 +296,7 @@ export class SealedPages implements PageStore {
         const held = this.holders.get(index);
         if (!held?.includes(p)) return;
         const version = this.versions[index]!;
-        const id = this.sealer.chunkId(index);
+        const id = this.chunkId(index);
         let blob: Uint8Array | null;
         try {
           blob = await peer.peer.get(id);
@@ -335,6 +340,16 @@ export class SealedPages implements PageStore {
   /** Resolves when the background copying has nothing left it can do now. */
   async idle(): Promise<void> {
     while (this.worker) await this.worker;
+  }
+
+  /** The chunk's opaque id on the peers (sealer.chunkId, kept). */
+  private chunkId(index: number): Uint8Array {
+    const id = this.ids.subarray(index * 16, index * 16 + 16);
+    if (this.idKnown[index] === 0) {
+      id.set(this.sealer.chunkId(index));
+      this.idKnown[index] = 1;
+    }
+    return id;
   }
 
   private live(held: number[]): number[] {
@@ -388,7 +403,7 @@ export class SealedPages implements PageStore {
       if (version === 0 || !held) return true;
       const live = this.live(held);
       if (live.length >= this.replicas) return true;
-      const id = this.sealer.chunkId(index);
+      const id = this.chunkId(index);
       let good: Uint8Array | undefined;
       for (const p of live) {
         const blob = await this.peers[p]!.peer.get(id).catch(() => null);
@@ -458,7 +473,7 @@ export class SealedPages implements PageStore {
   private async repairNow(index: number, version: number, blob: Uint8Array, bad: number[]): Promise<void> {
     {
       if (this.versions[index] !== version) return; // written again meanwhile: the new save placed it
-      const id = this.sealer.chunkId(index);
+      const id = this.chunkId(index);
       const held = this.holders.get(index) ?? [];
       for (const p of bad) {
         const peer = this.peers[p]!;
