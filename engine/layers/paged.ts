@@ -85,6 +85,7 @@ export class PagedStore implements ReadWriterAt {
   private savesInFlight = 0;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  private ended = false;
 
   constructor(opts: PagedStoreOptions) {
     if (!Number.isSafeInteger(opts.chunkSize) || opts.chunkSize < 4096 || (opts.chunkSize & (opts.chunkSize - 1)) !== 0) {
@@ -207,7 +208,7 @@ export class PagedStore implements ReadWriterAt {
   }
 
   async close(): Promise<void> {
-    if (this.closed) return;
+    if (this.closed) return; // (also after end(): the owner closes the PageStore)
     await this.stop();
     try {
       await this.flush();
@@ -215,6 +216,26 @@ export class PagedStore implements ReadWriterAt {
       this.closed = true;
       await this.pages.close();
     }
+  }
+
+  /**
+   * End the region without saving anything: for contents that are not
+   * wanted past this point (encrypted RAM at SIGTERM: no one could read them
+   * again). The cached plaintext is wiped and dropped; requests after it,
+   * and those waiting for a chunk, fail with ESHUTDOWN; nothing more is
+   * handed to the PageStore (saves already under way finish or fail there).
+   * Returns how many chunks were cached and how many of them dirty.
+   */
+  end(): { cachedChunks: number; dirtyChunks: number } {
+    const { cachedChunks, dirtyChunks } = this.pagedStats;
+    this.ended = true;
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    for (const e of this.entries.values()) e.data.fill(0);
+    this.entries.clear();
+    this.unpinWaiters.splice(0).forEach((f) => f());
+    return { cachedChunks, dirtyChunks };
   }
 
   /** Save dirty chunks whose first unsaved write is older than writeBackMs. */
@@ -228,7 +249,7 @@ export class PagedStore implements ReadWriterAt {
   }
 
   private closedError(): QuicmapError {
-    return new QuicmapError('ESHUTDOWN', 'the paged store is closed');
+    return new QuicmapError('ESHUTDOWN', this.ended ? 'the region has ended: its contents were dropped' : 'the paged store is closed');
   }
 
   /** The cached entry of chunk `index`, made the most recently used (a hit), or undefined. */
@@ -306,6 +327,7 @@ export class PagedStore implements ReadWriterAt {
   private async fill(index: number, whole: boolean): Promise<Entry> {
     const data = whole ? new Uint8Array(this.chunkSize) : ((await this.pages.load(index)) ?? new Uint8Array(this.chunkSize));
     if (data.length !== this.chunkSize) throw new QuicmapError('EIO', `chunk ${index} came back with ${data.length} bytes, not ${this.chunkSize}`);
+    this.check(); // ended while it loaded: not cached again
     const e: Entry = { index, data, gen: 0, savedGen: 0, dirtySince: 0, pins: 1, saving: undefined };
     this.entries.set(index, e);
     return e;

@@ -32,6 +32,8 @@ export interface ChunkPeer {
   put(id: Uint8Array, blob: Uint8Array): Promise<VaultStats>;
   get(id: Uint8Array): Promise<Uint8Array | null>;
   del(id: Uint8Array): Promise<void>;
+  /** Delete many at once (StorePeerClient batches them); without it, del one by one. */
+  delMany?(ids: Uint8Array[]): Promise<void>;
   sync(): Promise<void>;
   /** `boot` changes when the peer restarts: its chunks are audited then. */
   info(): Promise<VaultStats & { boot?: string }>;
@@ -254,6 +256,40 @@ export class SealedPages implements PageStore {
     this.closed = true;
     await this.worker;
     await Promise.allSettled([...this.inFlight]);
+  }
+
+  /**
+   * The region ends (encrypted RAM's contents end with the process: the
+   * keys come from a per-run region id). No re-replication starts from now
+   * on; the chunks are deleted from the live peers that hold them, to free
+   * their quota: best effort (a peer that does not answer keeps them until
+   * it restarts; they are ciphertext no one can open). Resolves with the
+   * number of chunk copies deleted (`onDeleted` hears each peer's count as
+   * it answers); the caller bounds the wait.
+   */
+  async release(onDeleted?: (n: number) => void): Promise<number> {
+    this.closed = true;
+    const per = new Map<number, Uint8Array[]>();
+    for (const [index, held] of this.holders) {
+      for (const p of this.live(held)) {
+        let ids = per.get(p);
+        if (!ids) per.set(p, (ids = []));
+        ids.push(this.chunkId(index));
+      }
+    }
+    this.holders.clear();
+    this.versions.fill(0);
+    let n = 0;
+    await Promise.allSettled(
+      [...per].map(async ([p, ids]) => {
+        const peer = this.peers[p]!.peer;
+        if (peer.delMany) await peer.delMany(ids);
+        else for (const id of ids) await peer.del(id);
+        n += ids.length;
+        onDeleted?.(ids.length);
+      }),
+    );
+    return n;
   }
 
   // --- health and re-replication ---

@@ -4,7 +4,7 @@
  *
  *   chunk.put  {id: bin16, tag, at, total, data: bin} -> {done, used, quota}   (ENOSPC: quota exceeded)
  *   chunk.get  {id: bin16}             -> {blob: bin | null}
- *   chunk.del  {id: bin16}             -> {}
+ *   chunk.del  {id: bin16} | {ids: [bin16, …]} -> {}    (ids: at most MAX_DEL_IDS; a RAM node's end)
  *   chunk.sync {}                      -> {}                 (what was put survives a crash of the store)
  *   chunk.info {}                      -> {used, quota, chunks, boot}  (boot: new at each start of the store)
  *
@@ -30,6 +30,8 @@ import { MAX_BLOB } from './vault.ts';
 /** Bytes of a chunk.put call that are not blob: the msgpack envelope (method, id, tag, at, total, the bin header). */
 export const PUT_ENVELOPE = 256;
 export const STAGING_TTL_MS = 30_000;
+/** Ids one chunk.del may name (18 bytes each in msgpack: 4096 fit a 74 KiB body, under the store's frame). */
+export const MAX_DEL_IDS = 4096;
 export const STAGING_PER_SESSION = 8 * 1024 * 1024;
 export const STAGING_PER_STORE = 64 * 1024 * 1024;
 
@@ -127,7 +129,16 @@ export function serveChunkStore(server: RegionServer, vault: ChunkVault, now: ()
   });
   server.handle('chunk.del', async (args, ctx) => {
     if (ctx.readOnly) throw new QuicmapError('EPERM', 'this ticket grants reading only');
-    await vault.del(hex(ctx.peer), hex(bytesArg(args, 'id', 16)));
+    const list = (args as { ids?: unknown } | null)?.ids;
+    if (list === undefined) {
+      await vault.del(hex(ctx.peer), hex(bytesArg(args, 'id', 16)));
+      return {};
+    }
+    if (!Array.isArray(list) || list.length > MAX_DEL_IDS || !list.every((v) => v instanceof Uint8Array && v.length === 16)) {
+      throw new QuicmapError('EINVAL', `chunk.del: "ids" must be a list of at most ${MAX_DEL_IDS} ids of 16 bytes`);
+    }
+    const client = hex(ctx.peer);
+    for (const id of list as Uint8Array[]) await vault.del(client, hex(id));
     return {};
   });
   server.handle('chunk.sync', async () => {
@@ -173,6 +184,13 @@ export class StorePeerClient {
   }
   async del(id: Uint8Array): Promise<void> {
     await this.region.call('chunk.del', { id });
+  }
+  /** Delete many chunks, a call per MAX_DEL_IDS (fewer when the session's call bodies are small), those calls at once. */
+  async delMany(ids: Uint8Array[]): Promise<void> {
+    const per = Math.max(1, Math.min(MAX_DEL_IDS, Math.floor((this.region.maxCallBody - PUT_ENVELOPE) / 18)));
+    const calls: Array<Promise<unknown>> = [];
+    for (let at = 0; at < ids.length; at += per) calls.push(this.region.call('chunk.del', { ids: ids.slice(at, at + per) }));
+    await Promise.all(calls);
   }
   async sync(): Promise<void> {
     await this.region.call('chunk.sync', {});
