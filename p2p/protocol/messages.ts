@@ -328,6 +328,21 @@ export function packReply(value: unknown): Uint8Array {
   return pack(value ?? null);
 }
 
+/**
+ * A CALL's answer body as buffers for the frame: a large byte string (a
+ * sealed chunk) goes as a msgpack bin 32 header followed by the caller's own
+ * bytes, not copied into a packed buffer; anything else is packed.
+ */
+export function packReplyParts(value: unknown): Uint8Array[] {
+  if (value instanceof Uint8Array && value.length >= 4096) {
+    const h = new Uint8Array(5);
+    h[0] = 0xc6;
+    new DataView(h.buffer).setUint32(1, value.length);
+    return [h, value];
+  }
+  return [packReply(value)];
+}
+
 export function unpackReply(payload: Uint8Array, what: string): unknown {
   if (payload.length === 0) return null;
   try {
@@ -344,6 +359,13 @@ export function encodeAck(received: number): Uint8Array[] {
 
 export function encodePing(id: number): Uint8Array[] {
   return [encodeHeader({ type: FrameType.PING, flags: 0, status: 0, id, offset: 0, length: 0, payloadLength: 0 })];
+}
+
+/** A success reply whose payload is several buffers (sent as they are: a CALL answer from packReplyParts). */
+export function encodeOkParts(id: number, parts: Uint8Array[]): Uint8Array[] {
+  let len = 0;
+  for (const p of parts) len += p.length;
+  return [encodeHeader({ type: FrameType.OK, flags: 0, status: 0, id, offset: 0, length: len, payloadLength: len }), ...parts.filter((p) => p.length > 0)];
 }
 
 /** A success reply; `data` is the READ payload (sent as its own buffer), absent otherwise. */

@@ -23,6 +23,7 @@ import {
   decodeHello,
   encodeError,
   encodeOk,
+  encodeOkParts,
   encodeWelcome,
   type Capability,
   type HelloBody,
@@ -205,6 +206,12 @@ export class ServerSession {
   reply(id: number, data?: Uint8Array): Uint8Array[] {
     if (!this.inFlight.delete(id)) return [];
     return encodeOk(id, data);
+  }
+
+  /** Success answer whose payload is several buffers (a CALL's answer: packReplyParts). */
+  replyParts(id: number, parts: Uint8Array[]): Uint8Array[] {
+    if (!this.inFlight.delete(id)) return [];
+    return encodeOkParts(id, parts);
   }
 
   /** Failure answer to a request, from whatever the store threw. */

@@ -3,7 +3,7 @@
  * has an id, a deadline and an in-flight slot like any request):
  *
  *   chunk.put  {id: bin16, tag, at, total, data: bin} -> {done, used, quota}   (ENOSPC: quota exceeded)
- *   chunk.get  {id: bin16}             -> {blob: bin | null}
+ *   chunk.get  {id: bin16}             -> bin | null       (older stores: {blob: bin | null})
  *   chunk.del  {id: bin16} | {ids: [bin16, …]} -> {}    (ids: at most MAX_DEL_IDS; a RAM node's end)
  *   chunk.sync {}                      -> {}                 (what was put survives a crash of the store)
  *   chunk.info {}                      -> {used, quota, chunks, boot}  (boot: new at each start of the store)
@@ -125,7 +125,8 @@ export function serveChunkStore(server: RegionServer, vault: ChunkVault, now: ()
   server.handle('chunk.get', async (args, ctx) => {
     const id = bytesArg(args, 'id', 16);
     stats.gets++;
-    return { blob: await vault.get(hex(ctx.peer), hex(id)) };
+    // The bare bytes: sent as they are behind a msgpack bin header (packReplyParts), not copied.
+    return await vault.get(hex(ctx.peer), hex(id));
   });
   server.handle('chunk.del', async (args, ctx) => {
     if (ctx.readOnly) throw new QuicmapError('EPERM', 'this ticket grants reading only');
@@ -176,8 +177,8 @@ export class StorePeerClient {
     return { used: done.used ?? 0, quota: done.quota ?? 0, chunks: 0 };
   }
   async get(id: Uint8Array): Promise<Uint8Array | null> {
-    const r = (await this.region.call('chunk.get', { id })) as { blob?: unknown } | null;
-    const blob = r?.blob;
+    const r = await this.region.call('chunk.get', { id });
+    const blob = r instanceof Uint8Array ? r : (r as { blob?: unknown } | null)?.blob;
     if (blob === null || blob === undefined) return null;
     if (!(blob instanceof Uint8Array)) throw new QuicmapError('EPROTO', 'chunk.get: the store answered something that is not a chunk');
     return blob;

@@ -130,4 +130,14 @@ test('hello body round-trips and rejects ill-typed fields', () => {
   assert.throws(() => decodeHello(new Uint8Array([0xc1])), isProto);
 });
 
+test('a CALL answer of bytes goes as a bin header and the bytes themselves, and decodes like a packed one', async () => {
+  const { packReply, packReplyParts, unpackReply } = await import('../../p2p/protocol/messages.ts');
+  for (const value of [new Uint8Array(70_000).fill(9), new Uint8Array(100).fill(3), null, { blob: new Uint8Array(5000) }]) {
+    const parts = packReplyParts(value);
+    if (value instanceof Uint8Array && value.length >= 4096) assert.is(parts[1], value, 'the bytes are not copied');
+    const back = unpackReply(Buffer.concat(parts), 'x');
+    assert.equal(back instanceof Uint8Array ? new Uint8Array(back) : back, unpackReply(packReply(value), 'x') instanceof Uint8Array ? new Uint8Array(unpackReply(packReply(value), 'x') as Uint8Array) : unpackReply(packReply(value), 'x'));
+  }
+});
+
 test.run();
