@@ -65,6 +65,9 @@ interface Entry {
   dirtySince: number;
   pins: number;
   saving: Promise<void> | undefined;
+  /** The recency list: towards the least (prev) and the most (next) recently used. */
+  prev: Entry | undefined;
+  next: Entry | undefined;
 }
 
 export class PagedStore implements ReadWriterAt {
@@ -76,8 +79,10 @@ export class PagedStore implements ReadWriterAt {
   private readonly pages: PageStore;
   private readonly writeBackMs: number;
   private readonly parallel: number;
-  /** Insertion order is recency order: the first entry is the least recently used. */
+  /** The cached chunks by index; their recency is the list from `lru` (least recently used) to `mru`. */
   private readonly entries = new Map<number, Entry>();
+  private lru: Entry | undefined;
+  private mru: Entry | undefined;
   private readonly loading = new Map<number, Promise<Entry>>();
   private unpinWaiters: Array<() => void> = [];
   /** Saves started by eviction at once at most (and the room-makers' window). */
@@ -104,7 +109,7 @@ export class PagedStore implements ReadWriterAt {
 
   get pagedStats(): PagedStats {
     let dirty = 0;
-    for (const e of this.entries.values()) if (e.gen !== e.savedGen) dirty++;
+    for (let e = this.lru; e; e = e.next) if (e.gen !== e.savedGen) dirty++;
     return { ...this.stats, cachedChunks: this.entries.size, dirtyChunks: dirty, capacityChunks: this.capacity };
   }
 
@@ -198,7 +203,7 @@ export class PagedStore implements ReadWriterAt {
 
   async flush(): Promise<void> {
     this.check();
-    const dirty = [...this.entries.values()].filter((e) => e.gen !== e.savedGen || e.saving);
+    const dirty = this.list().filter((e) => e.gen !== e.savedGen || e.saving);
     await runLimited(dirty, 16, (e) => this.save(e));
     await this.pages.flush();
   }
@@ -232,15 +237,16 @@ export class PagedStore implements ReadWriterAt {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    for (const e of this.entries.values()) e.data.fill(0);
+    for (let e = this.lru; e; e = e.next) e.data.fill(0);
     this.entries.clear();
+    this.lru = this.mru = undefined;
     this.unpinWaiters.splice(0).forEach((f) => f());
     return { cachedChunks, dirtyChunks };
   }
 
   /** Save dirty chunks whose first unsaved write is older than writeBackMs. */
   async writeBack(now = Date.now()): Promise<void> {
-    const due = [...this.entries.values()].filter((e) => e.gen !== e.savedGen && !e.saving && now - e.dirtySince >= this.writeBackMs);
+    const due = this.list().filter((e) => e.gen !== e.savedGen && !e.saving && now - e.dirtySince >= this.writeBackMs);
     await runLimited(due, 8, (e) => this.save(e));
   }
 
@@ -256,10 +262,40 @@ export class PagedStore implements ReadWriterAt {
   private touch(index: number): Entry | undefined {
     const e = this.entries.get(index);
     if (!e) return undefined;
-    this.entries.delete(index);
-    this.entries.set(index, e);
+    this.toMru(e);
     this.stats.hits++;
     return e;
+  }
+
+  /** The cached entries, least recently used first. */
+  private list(): Entry[] {
+    const out: Entry[] = [];
+    for (let e = this.lru; e; e = e.next) out.push(e);
+    return out;
+  }
+
+  /** Move (or add) `e` to the most recently used end. A linked list, not Map re-insertion: no rehash pauses on the hit path. */
+  private toMru(e: Entry): void {
+    if (this.mru === e) return;
+    this.unlink(e);
+    e.prev = this.mru;
+    e.next = undefined;
+    if (this.mru) this.mru.next = e;
+    else this.lru = e;
+    this.mru = e;
+  }
+
+  private unlink(e: Entry): void {
+    if (e.prev) e.prev.next = e.next;
+    else if (this.lru === e) this.lru = e.next;
+    if (e.next) e.next.prev = e.prev;
+    else if (this.mru === e) this.mru = e.prev;
+    e.prev = e.next = undefined;
+  }
+
+  private drop(e: Entry): void {
+    this.unlink(e);
+    this.entries.delete(e.index);
   }
 
   private async eachPiece(length: number, offset: number, fn: (index: number, at: number, from: number, len: number) => Promise<void>): Promise<void> {
@@ -298,8 +334,7 @@ export class PagedStore implements ReadWriterAt {
       this.check();
       const e = this.entries.get(index);
       if (e) {
-        this.entries.delete(index);
-        this.entries.set(index, e);
+        this.toMru(e);
         e.pins++;
         this.stats.hits++;
         return e;
@@ -328,8 +363,9 @@ export class PagedStore implements ReadWriterAt {
     const data = whole ? new Uint8Array(this.chunkSize) : ((await this.pages.load(index)) ?? new Uint8Array(this.chunkSize));
     if (data.length !== this.chunkSize) throw new QuicmapError('EIO', `chunk ${index} came back with ${data.length} bytes, not ${this.chunkSize}`);
     this.check(); // ended while it loaded: not cached again
-    const e: Entry = { index, data, gen: 0, savedGen: 0, dirtySince: 0, pins: 1, saving: undefined };
+    const e: Entry = { index, data, gen: 0, savedGen: 0, dirtySince: 0, pins: 1, saving: undefined, prev: undefined, next: undefined };
     this.entries.set(index, e);
+    this.toMru(e);
     return e;
   }
 
@@ -348,10 +384,10 @@ export class PagedStore implements ReadWriterAt {
   private async evictOne(): Promise<void> {
     const mine: Array<Promise<void>> = [];
     const others: Array<Promise<void>> = [];
-    for (const e of this.entries.values()) {
+    for (let e = this.lru; e; e = e.next) {
       if (e.pins > 0) continue;
       if (e.gen === e.savedGen && !e.saving) {
-        this.entries.delete(e.index);
+        this.drop(e);
         this.stats.evictions++;
         return;
       }
