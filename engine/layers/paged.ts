@@ -401,6 +401,7 @@ export class PagedStore implements ReadWriterAt {
       if (mine.length + others.length >= this.saveAhead) break;
     }
     if (mine.length + others.length === 0) {
+      // Every chunk is pinned, or the save window is full: wait for an unpin or a save to finish.
       await new Promise<void>((r) => this.unpinWaiters.push(r));
       return;
     }
@@ -430,6 +431,8 @@ export class PagedStore implements ReadWriterAt {
       await p;
     } finally {
       e.saving = undefined;
+      // A room-maker that found every candidate busy waits for an unpin or for this.
+      if (this.unpinWaiters.length) this.unpinWaiters.splice(0).forEach((f) => f());
     }
   }
 }
