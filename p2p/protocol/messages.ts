@@ -308,9 +308,40 @@ export function packCall(method: string, args: unknown): Uint8Array {
   return pack({ m: method, a: args ?? null });
 }
 
-/** The CALL frame of a packed body (header and body as two buffers: the body is not copied). */
-export function callFrame(id: number, body: Uint8Array): Uint8Array[] {
-  return [encodeHeader({ type: FrameType.CALL, flags: 0, status: 0, id, offset: 0, length: 0, payloadLength: body.length }), body];
+const EMPTY_BYTES = new Uint8Array(0);
+
+/**
+ * A CALL's body as buffers for the frame. When the last field of `args` is
+ * a large byte string (chunk.put's data), it is not copied into the packed
+ * buffer: the body is the packed rest, a msgpack bin 32 header and the
+ * caller's bytes — the same msgpack value as `packCall` gives, decoded the
+ * same way. (The packed rest must end in that field's empty bin 8, c4 00;
+ * if msgpackr ever packs it otherwise, the whole body is packed.)
+ */
+export function packCallParts(method: string, args: unknown): Uint8Array[] {
+  if (args !== null && typeof args === 'object' && !Array.isArray(args) && !(args instanceof Uint8Array)) {
+    const keys = Object.keys(args);
+    const last = keys[keys.length - 1];
+    const bytes = last === undefined ? undefined : (args as Record<string, unknown>)[last];
+    if (bytes instanceof Uint8Array && bytes.length >= 4096) {
+      const rest = pack({ m: method, a: { ...(args as Record<string, unknown>), [last!]: EMPTY_BYTES } });
+      if (rest.length >= 2 && rest[rest.length - 2] === 0xc4 && rest[rest.length - 1] === 0) {
+        const h = new Uint8Array(5);
+        h[0] = 0xc6;
+        new DataView(h.buffer).setUint32(1, bytes.length);
+        return [rest.subarray(0, rest.length - 2), h, bytes];
+      }
+    }
+  }
+  return [packCall(method, args)];
+}
+
+/** The CALL frame of a packed body, given as buffers (sent as they are: not copied). */
+export function callFrame(id: number, body: Uint8Array | Uint8Array[]): Uint8Array[] {
+  const parts = body instanceof Uint8Array ? [body] : body;
+  let len = 0;
+  for (const p of parts) len += p.length;
+  return [encodeHeader({ type: FrameType.CALL, flags: 0, status: 0, id, offset: 0, length: 0, payloadLength: len }), ...parts];
 }
 
 export interface CallBody {

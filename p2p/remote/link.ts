@@ -61,8 +61,8 @@ export type LinkOp =
   | { op: 'trim'; offset: number; length: number; fua: boolean }
   | { op: 'zero'; offset: number; length: number; fua: boolean; noHole: boolean }
   | { op: 'ping' }
-  /** A named control call, its body packed (packCall); the reply's body is put in `reply.body` before the request settles. */
-  | { op: 'call'; method: string; body: Uint8Array; reply: { body?: Uint8Array } };
+  /** A named control call, its body packed (packCallParts: buffers sent as they are); the reply's body is put in `reply.body` before the request settles. */
+  | { op: 'call'; method: string; body: Uint8Array[]; reply: { body?: Uint8Array } };
 
 export class ClientLink {
   /** Reply boxes of CALLs in flight on this link. */

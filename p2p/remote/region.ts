@@ -32,7 +32,7 @@ import { splitRange } from '../../base/split-range.ts';
 import type { Capability } from '../../engine/capability.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../../engine/rwat.ts';
 import type { Manifest } from '../protocol/manifest.ts';
-import { callBodyLimit, packCall, unpackReply, type Limits } from '../protocol/messages.ts';
+import { callBodyLimit, packCallParts, unpackReply, type Limits } from '../protocol/messages.ts';
 import { ClientLink, type LinkOp, type LinkOptions } from './link.ts';
 import type { ReplyCounter } from '../protocol/client-session.ts';
 import { idAfter } from '../protocol/server-session.ts';
@@ -408,10 +408,14 @@ export class RemoteRegion implements ReadWriterAt {
    * wait, deadline). Resolves with the decoded reply body; ENOTSUP when the
    * sharer has no such method or does not take calls. A body above
    * `maxCallBody` is refused here with EOVERFLOW (RequestTooLargeError).
+   * A large byte string as the last field of `args` is sent by reference
+   * (packCallParts), not copied: leave it unchanged until the call settles.
    */
   async call(method: string, args: unknown): Promise<unknown> {
-    const body = packCall(method, args);
-    if (body.length > this.maxCallBody) throw new RequestTooLargeError(body.length, this.maxCallBody);
+    const body = packCallParts(method, args);
+    let bytes = 0;
+    for (const b of body) bytes += b.length;
+    if (bytes > this.maxCallBody) throw new RequestTooLargeError(bytes, this.maxCallBody);
     const reply: { body?: Uint8Array } = {};
     await this.request({ op: 'call', method, body, reply });
     return reply.body ? unpackReply(reply.body, method) : null;
