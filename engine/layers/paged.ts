@@ -24,8 +24,10 @@ import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat
 export interface PageStore {
   /** The chunk's bytes (exactly chunkSize), or null for a chunk never saved or discarded (zeros). */
   load(index: number): Promise<Uint8Array | null>;
-  /** Keep these bytes as the chunk's contents (durable once the PageStore's flush resolves; the caller does not reuse `data`). */
+  /** Keep these bytes as the chunk's contents (durable once the PageStore's flush resolves; the caller does not reuse `data`, unless copiesOnSave). */
   save(index: number, data: Uint8Array): Promise<void>;
+  /** True when save() is done with `data` once it returns (it copies or seals it at once): PagedStore then hands over its cached bytes without a copy. */
+  readonly copiesOnSave?: boolean;
   /** The chunk is all zeros from now on. */
   discard(index: number): Promise<void>;
   flush(): Promise<void>;
@@ -413,7 +415,7 @@ export class PagedStore implements ReadWriterAt {
     while (e.saving) await e.saving.catch(() => {});
     if (e.gen === e.savedGen) return;
     const gen = e.gen;
-    const copy = e.data.slice();
+    const copy = this.pages.copiesOnSave ? e.data : e.data.slice();
     this.savesInFlight++;
     const p = this.pages.save(e.index, copy).then(
       () => {

@@ -201,10 +201,19 @@ export class SealedPages implements PageStore {
     throw err;
   }
 
+  /** Sealed at once (so `data` is free again when this returns: copiesOnSave), then placed under the chunk's lock. */
+  readonly copiesOnSave = true;
+
   save(index: number, data: Uint8Array): Promise<void> {
+    // The version is taken here, in call order, which is also the lock's order: a later save of the chunk has a higher version.
+    const version = ++this.counter;
+    let blob: Uint8Array;
+    try {
+      blob = this.sealer.seal(index, version, data);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return this.locked(index, async () => {
-      const version = ++this.counter;
-      const blob = this.sealer.seal(index, version, data);
       const got = await this.place(index, this.chunkId(index), blob, [], this.replicas);
       if (got.length === 0) throw new QuicmapError('EIO', `chunk ${index}: no storage peer took it (every one is lost or full)`);
       const old = this.holders.get(index) ?? [];
