@@ -5,13 +5,19 @@
  * Encrypted remote RAM (`quicmap ram`'s stack: PagedStore over SealedPages
  * over storage peers) against the same workload on an unencrypted managed
  * mount of a remote memory backend (share + `openManaged`, fetch on demand),
- * in one run, in one process (peers on loopback):
+ * in one run, in one process (peers on loopback), like with like: the same
+ * transport, the same 64 KiB chunk (the managed mount's manifest chunk and
+ * ram's sealing unit), the same cache where the workload allows it:
  *   hot    random 4 KiB reads, every chunk cached (p50/p99 µs)
  *   cold   random 4 KiB reads of chunks not cached: a fetch from the peer
  *          (and, for ram, an open of the sealed chunk) per read
  *   seq    sequential 1 MiB reads, 4 in flight, over the whole region, cold
- *          (ram: a cache of --cold-cache, so chunks are evicted as it goes)
- *   write  sequential 1 MiB writes over the whole region + FLUSH
+ *          (neither has a chunk of it cached at the start; ram's cache is
+ *          --cold-cache, so it evicts as it goes)
+ *   write  sequential 1 MiB writes over the whole region + FLUSH: the
+ *          managed mount's cache is the whole region, so ram's is too (the
+ *          FLUSH pushes, or seals and puts, every chunk); and again with
+ *          ram's cache at --cold-cache (it seals and evicts while writing)
  *   ram K=2 sequential cold read and write with two storage peers
  * and the sealing throughput per core (64 KiB chunks, AES-256-GCM — what
  * ram uses — and ChaCha20-Poly1305 for the choice).
@@ -57,15 +63,22 @@ async function seq(store: ReadWriterAt, size: number, write: boolean, req = MiB,
   return size / 1e6 / ((performance.now() - t0) / 1000);
 }
 
-/** Random 4 KiB reads, one at a time; `chunks` picks the chunk of each read. Returns the latencies in µs. */
-async function randomReads(store: ReadWriterAt, chunks: number[]): Promise<number[]> {
+/**
+ * Random 4 KiB reads, one at a time, alternating between the two stores
+ * (which goes first alternates too), so both see the same machine: on a
+ * loaded one, two back-to-back passes can differ by 2× on their own.
+ * `chunks` picks the chunk of each read. Returns the latencies in µs.
+ */
+async function randomReads(stores: [ReadWriterAt, ReadWriterAt], chunks: number[]): Promise<[number[], number[]]> {
   const buf = new Uint8Array(4096);
-  const out: number[] = [];
-  for (const c of chunks) {
+  const out: [number[], number[]] = [[], []];
+  for (const [i, c] of chunks.entries()) {
     const at = c * CHUNK + 4096 * Math.floor(Math.random() * (CHUNK / 4096));
-    const t0 = performance.now();
-    await store.readAt(buf, at);
-    out.push((performance.now() - t0) * 1000);
+    for (const k of i % 2 === 0 ? [0, 1] : [1, 0]) {
+      const t0 = performance.now();
+      await stores[k]!.readAt(buf, at);
+      out[k]!.push((performance.now() - t0) * 1000);
+    }
   }
   return out;
 }
@@ -119,12 +132,12 @@ interface Subject {
 async function managedSubject(a: Identity, b: Identity, size: number, transport: 'tcp' | 'quic', fill: boolean): Promise<Subject & { complete(): Promise<void> }> {
   const backing = new MemoryBackend(size);
   if (fill) for (let at = 0; at < size; at += MiB) await backing.writeAt(randomBytes(MiB), at);
-  const shared = await shareRegion({ identity: a, store: backing, transport, listen: '127.0.0.1:0' });
+  const shared = await shareRegion({ identity: a, store: backing, transport, listen: '127.0.0.1:0', chunkSize: CHUNK });
   // A generous liveness: the sharer runs in this process, and on a loaded machine it may not answer for seconds.
   const region = { livenessMs: 30_000, requestTimeoutMs: 60_000 };
   const m = await mountTicket({ identity: b, ticket: shared.ticket, region });
   const urgent = await mountTicket({ identity: b, ticket: shared.ticket, region });
-  const mm = await openManaged(m.region, { pullWorkers: 0, urgent: urgent.region });
+  const mm = await openManaged(m.region, { pullWorkers: 0, urgent: urgent.region, chunkSize: CHUNK });
   return {
     store: mm.store,
     complete: async () => {
@@ -141,8 +154,9 @@ async function managedSubject(a: Identity, b: Identity, size: number, transport:
 }
 
 async function ramSubject(b: Identity, stores: ChunkStore[], size: number, cacheBytes: number, replicas: number): Promise<Subject & { status: () => unknown }> {
-  const r = await openRemoteRam({ identity: b, size, tickets: stores.map((s) => s.ticket), replicas, cacheBytes, writeBackMs: 0, livenessMs: 30_000 });
-  return { store: r.store, status: () => r.status(), close: () => r.close() };
+  const r = await openRemoteRam({ identity: b, size, tickets: stores.map((s) => s.ticket), replicas, cacheBytes, chunkSize: CHUNK, writeBackMs: 0, livenessMs: 30_000 });
+  // end(): the region's chunks are deleted from the stores (what SIGTERM does), so the next subject starts with empty stores.
+  return { store: r.store, status: () => r.status(), close: () => r.end({ releaseMs: 30_000 }).then(() => {}) };
 }
 
 export default async function main(args: string[]): Promise<void> {
@@ -169,17 +183,22 @@ export default async function main(args: string[]): Promise<void> {
     rows.push([name, `${ram.toFixed(1)} ${unit}`, `${managed.toFixed(1)} ${unit}`, ratio.toFixed(2)]);
   };
   try {
-    // Writes and cold sequential reads (each subject fresh; ram with the small cache).
+    // Writes (each subject fresh): ram with the managed mount's cache (the whole region), then with the small one.
     {
       const man = await managedSubject(a, b, size, transport, false);
-      const ram = await ramSubject(b, stores.slice(0, 1), size, coldCache, 1);
+      const ram = await ramSubject(b, stores.slice(0, 1), size, size, 1);
+      const small = await ramSubject(b, stores.slice(0, 1), size, coldCache, 1);
       step('seq write: managed');
       const wm = await seq(man.store, size, true);
       step('seq write: ram');
       const wr = await seq(ram.store, size, true);
+      step('seq write: ram, small cache');
+      const ws = await seq(small.store, size, true);
       put('seq write MB/s', wr, wm, 'MB/s', true);
+      put(`seq write, ram cache ${coldCache / MiB} MiB`, ws, wm, 'MB/s', true);
       await man.close();
       await ram.close();
+      await small.close();
     }
     {
       const man = await managedSubject(a, b, size, transport, true);
@@ -193,9 +212,10 @@ export default async function main(args: string[]): Promise<void> {
       put('seq read cold MB/s', rr, rm, 'MB/s', true);
       // Cold random 4 KiB reads: ram evicts as it goes (small cache), managed has not pulled these chunks.
       const man2 = await managedSubject(a, b, size, transport, true);
-      const order = shuffled(chunks).slice(0, Math.min(reads, chunks));
-      const lm = await randomReads(man2.store, order);
-      const lr = await randomReads(ram.store, order);
+      // Not the chunks ram's cache holds after the sequential pass (its last ones): cold for both.
+      const cold = chunks - Math.ceil(coldCache / CHUNK);
+      const order = shuffled(cold).slice(0, Math.min(reads, cold));
+      const [lr, lm] = await randomReads([ram.store, man2.store], order);
       put('4K cold p50 µs', median(lr), median(lm), 'µs', false);
       put('4K cold p99 µs', percentile(lr, 99), percentile(lm, 99), 'µs', false);
       await man2.close();
@@ -210,10 +230,8 @@ export default async function main(args: string[]): Promise<void> {
       await man.complete();
       step('4K hot');
       const order = Array.from({ length: reads }, () => Math.floor(Math.random() * chunks));
-      await randomReads(ram.store, order.slice(0, 200)); // warm the JIT on both
-      await randomReads(man.store, order.slice(0, 200));
-      const lm = await randomReads(man.store, order);
-      const lr = await randomReads(ram.store, order);
+      await randomReads([ram.store, man.store], order.slice(0, 200)); // warm the JIT on both
+      const [lr, lm] = await randomReads([ram.store, man.store], order);
       put('4K hot p50 µs', median(lr), median(lm), 'µs', false);
       put('4K hot p99 µs', percentile(lr, 99), percentile(lm, 99), 'µs', false);
       await man.close();

@@ -23,7 +23,12 @@ log line naming what each peer did), never with wrong data. At most
 --cache of plaintext stays here (the most recently used chunks); the rest
 is sealed and evicted to the peers. A lost peer's chunks are copied to the
 others in the background (progress: \`quicmap status\`). The first line of
-stdout is the NBD URI. The contents last as long as this process.
+stdout is the NBD URI. The contents last as long as this process: on
+SIGTERM or SIGINT the region ends at once (within about 2 s, even with
+every peer gone): nothing is saved, since the keys are per run and no one
+could read it again; the cached plaintext is wiped and the peers are asked
+to delete the chunks. An acknowledged FLUSH means "on K peers" while the
+process runs, not past its end: this is RAM, not a disk.
 
 Options:
   --size SIZE          region size, e.g. 1GiB (required; a multiple of the
@@ -135,17 +140,26 @@ export const ram: Command = {
       process.stdout.write(values.json ? `${JSON.stringify({ uri, name: values.name, size, chunkSize, replicas, cache: cacheBytes, stores: tickets.length, mount: fuse?.path ?? null, control: control.path })}\n` : `${uri}\n${fuse ? `${fuse.path}\n` : ''}`);
       log(`encrypted RAM ${formatSize(size)} at ${uri}${fuse ? ` and ${fuse.path}` : ''}; control socket: ${control.path}`);
       const sig = await signalled;
-      log(`${sig}: stopping`);
+      log(`${sig}: stopping; the region ends here (its contents are not saved: they last as long as this process)`);
     } finally {
       const alive = setInterval(() => {}, 60_000);
       if (fuse) await fuse.unmount().catch((e) => log(`unmount failed: ${(e as Error).message}`));
+      // End the region first: nothing is saved (no one could read it again), and
+      // closing the peers' links fails whatever waits on a lost peer, so the NBD
+      // connections drain at once instead of after request timeouts.
+      const ended = r.end({ releaseMs: 1000 }).then(
+        (e) => log(`region ended: ${e.cachedChunks} cached chunks dropped (${e.dirtyChunks} not yet on a peer); ${e.released} chunk copies deleted from the peers${e.releasedAll ? '' : ' (not every peer answered in time; what they keep is ciphertext no one can open)'}`),
+        (e: Error) => {
+          log(`ram: ${e.message}`);
+          exitCode = 1;
+        },
+      );
       await server.close();
       await control?.close();
-      await r.close().catch((e) => {
-        log(`ram: ${(e as Error).message}`);
-        exitCode = 1;
-      });
+      await ended;
       clearInterval(alive);
+      // Whatever might still hold the event loop (a transport's close), the exit is bounded.
+      setTimeout(() => process.exit(), 1000).unref();
     }
     return exitCode;
   },

@@ -24,8 +24,10 @@ import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat
 export interface PageStore {
   /** The chunk's bytes (exactly chunkSize), or null for a chunk never saved or discarded (zeros). */
   load(index: number): Promise<Uint8Array | null>;
-  /** Keep these bytes as the chunk's contents (durable once the PageStore's flush resolves; the caller does not reuse `data`). */
+  /** Keep these bytes as the chunk's contents (durable once the PageStore's flush resolves; the caller does not reuse `data`, unless copiesOnSave). */
   save(index: number, data: Uint8Array): Promise<void>;
+  /** True when save() is done with `data` once it returns (it copies or seals it at once): PagedStore then hands over its cached bytes without a copy. */
+  readonly copiesOnSave?: boolean;
   /** The chunk is all zeros from now on. */
   discard(index: number): Promise<void>;
   flush(): Promise<void>;
@@ -42,6 +44,8 @@ export interface PagedStoreOptions {
   writeBackMs?: number;
   /** Chunks of one request loaded at once (default 8). */
   parallel?: number;
+  /** Dirty chunks saved at once to make room (default 16, at most half the cache). */
+  saveAhead?: number;
 }
 
 export interface PagedStats {
@@ -63,6 +67,9 @@ interface Entry {
   dirtySince: number;
   pins: number;
   saving: Promise<void> | undefined;
+  /** The recency list: towards the least (prev) and the most (next) recently used. */
+  prev: Entry | undefined;
+  next: Entry | undefined;
 }
 
 export class PagedStore implements ReadWriterAt {
@@ -74,12 +81,18 @@ export class PagedStore implements ReadWriterAt {
   private readonly pages: PageStore;
   private readonly writeBackMs: number;
   private readonly parallel: number;
-  /** Insertion order is recency order: the first entry is the least recently used. */
+  /** The cached chunks by index; their recency is the list from `lru` (least recently used) to `mru`. */
   private readonly entries = new Map<number, Entry>();
+  private lru: Entry | undefined;
+  private mru: Entry | undefined;
   private readonly loading = new Map<number, Promise<Entry>>();
   private unpinWaiters: Array<() => void> = [];
+  /** Saves started by eviction at once at most (and the room-makers' window). */
+  private readonly saveAhead: number;
+  private savesInFlight = 0;
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
+  private ended = false;
 
   constructor(opts: PagedStoreOptions) {
     if (!Number.isSafeInteger(opts.chunkSize) || opts.chunkSize < 4096 || (opts.chunkSize & (opts.chunkSize - 1)) !== 0) {
@@ -93,11 +106,12 @@ export class PagedStore implements ReadWriterAt {
     this.pages = opts.pages;
     this.writeBackMs = opts.writeBackMs ?? 1000;
     this.parallel = Math.max(1, opts.parallel ?? 8);
+    this.saveAhead = Math.max(1, Math.min(opts.saveAhead ?? 16, this.capacity >> 1));
   }
 
   get pagedStats(): PagedStats {
     let dirty = 0;
-    for (const e of this.entries.values()) if (e.gen !== e.savedGen) dirty++;
+    for (let e = this.lru; e; e = e.next) if (e.gen !== e.savedGen) dirty++;
     return { ...this.stats, cachedChunks: this.entries.size, dirtyChunks: dirty, capacityChunks: this.capacity };
   }
 
@@ -118,9 +132,19 @@ export class PagedStore implements ReadWriterAt {
     return this.bytes;
   }
 
-  async readAt(buf: Uint8Array, offset: number): Promise<void> {
-    this.check();
-    await this.eachPiece(buf.length, offset, async (index, at, from, len) => {
+  readAt(buf: Uint8Array, offset: number): Promise<void> {
+    if (this.closed) return Promise.reject(this.closedError());
+    // Fast path: a read inside one cached chunk is a copy (no split, no pin: nothing can evict it during a synchronous copy).
+    const index = Math.floor(offset / this.chunkSize);
+    const at = offset - index * this.chunkSize;
+    if (at + buf.length <= this.chunkSize) {
+      const e = this.touch(index);
+      if (e) {
+        buf.set(e.data.subarray(at, at + buf.length));
+        return Promise.resolve();
+      }
+    }
+    return this.eachPiece(buf.length, offset, async (index, at, from, len) => {
       const e = await this.pin(index, false);
       try {
         buf.set(e.data.subarray(at, at + len), from);
@@ -132,6 +156,19 @@ export class PagedStore implements ReadWriterAt {
 
   async writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
     this.check();
+    if (!opts?.fua) {
+      // Fast path: a write inside one cached chunk.
+      const index = Math.floor(offset / this.chunkSize);
+      const at = offset - index * this.chunkSize;
+      if (at + data.length <= this.chunkSize) {
+        const e = this.touch(index);
+        if (e) {
+          e.data.set(data, at);
+          this.dirty(e);
+          return;
+        }
+      }
+    }
     await this.eachPiece(data.length, offset, async (index, at, from, len) => {
       const e = await this.pin(index, len === this.chunkSize);
       try {
@@ -168,7 +205,7 @@ export class PagedStore implements ReadWriterAt {
 
   async flush(): Promise<void> {
     this.check();
-    const dirty = [...this.entries.values()].filter((e) => e.gen !== e.savedGen || e.saving);
+    const dirty = this.list().filter((e) => e.gen !== e.savedGen || e.saving);
     await runLimited(dirty, 16, (e) => this.save(e));
     await this.pages.flush();
   }
@@ -178,7 +215,7 @@ export class PagedStore implements ReadWriterAt {
   }
 
   async close(): Promise<void> {
-    if (this.closed) return;
+    if (this.closed) return; // (also after end(): the owner closes the PageStore)
     await this.stop();
     try {
       await this.flush();
@@ -188,14 +225,79 @@ export class PagedStore implements ReadWriterAt {
     }
   }
 
+  /**
+   * End the region without saving anything: for contents that are not
+   * wanted past this point (encrypted RAM at SIGTERM: no one could read them
+   * again). The cached plaintext is wiped and dropped; requests after it,
+   * and those waiting for a chunk, fail with ESHUTDOWN; nothing more is
+   * handed to the PageStore (saves already under way finish or fail there).
+   * Returns how many chunks were cached and how many of them dirty.
+   */
+  end(): { cachedChunks: number; dirtyChunks: number } {
+    const { cachedChunks, dirtyChunks } = this.pagedStats;
+    this.ended = true;
+    this.closed = true;
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    for (let e = this.lru; e; e = e.next) e.data.fill(0);
+    this.entries.clear();
+    this.lru = this.mru = undefined;
+    this.unpinWaiters.splice(0).forEach((f) => f());
+    return { cachedChunks, dirtyChunks };
+  }
+
   /** Save dirty chunks whose first unsaved write is older than writeBackMs. */
   async writeBack(now = Date.now()): Promise<void> {
-    const due = [...this.entries.values()].filter((e) => e.gen !== e.savedGen && !e.saving && now - e.dirtySince >= this.writeBackMs);
+    const due = this.list().filter((e) => e.gen !== e.savedGen && !e.saving && now - e.dirtySince >= this.writeBackMs);
     await runLimited(due, 8, (e) => this.save(e));
   }
 
   private check(): void {
-    if (this.closed) throw new QuicmapError('ESHUTDOWN', 'the paged store is closed');
+    if (this.closed) throw this.closedError();
+  }
+
+  private closedError(): QuicmapError {
+    return new QuicmapError('ESHUTDOWN', this.ended ? 'the region has ended: its contents were dropped' : 'the paged store is closed');
+  }
+
+  /** The cached entry of chunk `index`, made the most recently used (a hit), or undefined. */
+  private touch(index: number): Entry | undefined {
+    const e = this.entries.get(index);
+    if (!e) return undefined;
+    this.toMru(e);
+    this.stats.hits++;
+    return e;
+  }
+
+  /** The cached entries, least recently used first. */
+  private list(): Entry[] {
+    const out: Entry[] = [];
+    for (let e = this.lru; e; e = e.next) out.push(e);
+    return out;
+  }
+
+  /** Move (or add) `e` to the most recently used end. A linked list, not Map re-insertion: no rehash pauses on the hit path. */
+  private toMru(e: Entry): void {
+    if (this.mru === e) return;
+    this.unlink(e);
+    e.prev = this.mru;
+    e.next = undefined;
+    if (this.mru) this.mru.next = e;
+    else this.lru = e;
+    this.mru = e;
+  }
+
+  private unlink(e: Entry): void {
+    if (e.prev) e.prev.next = e.next;
+    else if (this.lru === e) this.lru = e.next;
+    if (e.next) e.next.prev = e.prev;
+    else if (this.mru === e) this.mru = e.prev;
+    e.prev = e.next = undefined;
+  }
+
+  private drop(e: Entry): void {
+    this.unlink(e);
+    this.entries.delete(e.index);
   }
 
   private async eachPiece(length: number, offset: number, fn: (index: number, at: number, from: number, len: number) => Promise<void>): Promise<void> {
@@ -234,8 +336,7 @@ export class PagedStore implements ReadWriterAt {
       this.check();
       const e = this.entries.get(index);
       if (e) {
-        this.entries.delete(index);
-        this.entries.set(index, e);
+        this.toMru(e);
         e.pins++;
         this.stats.hits++;
         return e;
@@ -263,8 +364,10 @@ export class PagedStore implements ReadWriterAt {
   private async fill(index: number, whole: boolean): Promise<Entry> {
     const data = whole ? new Uint8Array(this.chunkSize) : ((await this.pages.load(index)) ?? new Uint8Array(this.chunkSize));
     if (data.length !== this.chunkSize) throw new QuicmapError('EIO', `chunk ${index} came back with ${data.length} bytes, not ${this.chunkSize}`);
-    const e: Entry = { index, data, gen: 0, savedGen: 0, dirtySince: 0, pins: 1, saving: undefined };
+    this.check(); // ended while it loaded: not cached again
+    const e: Entry = { index, data, gen: 0, savedGen: 0, dirtySince: 0, pins: 1, saving: undefined, prev: undefined, next: undefined };
     this.entries.set(index, e);
+    this.toMru(e);
     return e;
   }
 
@@ -273,19 +376,38 @@ export class PagedStore implements ReadWriterAt {
     if (e.pins === 0 && this.unpinWaiters.length) this.unpinWaiters.splice(0).forEach((f) => f());
   }
 
-  /** Drop the least recently used chunk nobody holds, saving it first if dirty. */
+  /**
+   * Make room for one chunk: drop the least recently used clean chunk nobody
+   * holds. When the oldest are dirty, start saving up to `saveAhead` of them
+   * at once (so evictions stream to the PageStore instead of going one round
+   * trip at a time) and wait for the first to finish; the caller looks
+   * again. A save this call started that fails fails the caller.
+   */
   private async evictOne(): Promise<void> {
-    for (const e of this.entries.values()) {
+    const mine: Array<Promise<void>> = [];
+    const others: Array<Promise<void>> = [];
+    for (let e = this.lru; e; e = e.next) {
       if (e.pins > 0) continue;
       if (e.gen === e.savedGen && !e.saving) {
-        this.entries.delete(e.index);
+        this.drop(e);
         this.stats.evictions++;
         return;
       }
-      await this.save(e);
-      return; // the caller looks again: it may have been pinned or written meanwhile
+      if (e.saving) {
+        if (others.length < this.saveAhead) others.push(e.saving);
+      } else if (this.savesInFlight < this.saveAhead) {
+        const p = this.save(e);
+        p.catch(() => {}); // awaited below (or by the race); never an unhandled rejection
+        mine.push(p);
+      }
+      if (mine.length + others.length >= this.saveAhead) break;
     }
-    await new Promise<void>((r) => this.unpinWaiters.push(r));
+    if (mine.length + others.length === 0) {
+      // Every chunk is pinned, or the save window is full: wait for an unpin or a save to finish.
+      await new Promise<void>((r) => this.unpinWaiters.push(r));
+      return;
+    }
+    await Promise.race([...mine, ...others.map((p) => p.catch(() => {}))]);
   }
 
   /** Save the entry's current bytes (waits for a save in progress first). */
@@ -293,16 +415,26 @@ export class PagedStore implements ReadWriterAt {
     while (e.saving) await e.saving.catch(() => {});
     if (e.gen === e.savedGen) return;
     const gen = e.gen;
-    const copy = e.data.slice();
-    const p = this.pages.save(e.index, copy).then(() => {
-      if (gen > e.savedGen) e.savedGen = gen;
-      this.stats.saves++;
-    });
+    const copy = this.pages.copiesOnSave ? e.data : e.data.slice();
+    this.savesInFlight++;
+    const p = this.pages.save(e.index, copy).then(
+      () => {
+        this.savesInFlight--;
+        if (gen > e.savedGen) e.savedGen = gen;
+        this.stats.saves++;
+      },
+      (err: unknown) => {
+        this.savesInFlight--;
+        throw err;
+      },
+    );
     e.saving = p;
     try {
       await p;
     } finally {
       e.saving = undefined;
+      // A room-maker that found every candidate busy waits for an unpin or for this.
+      if (this.unpinWaiters.length) this.unpinWaiters.splice(0).forEach((f) => f());
     }
   }
 }

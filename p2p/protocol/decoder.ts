@@ -36,8 +36,14 @@ export type DecodedItem =
 export interface DecoderLimits {
   /** Largest payload of a data frame (WRITE, OK). */
   maxPayload: number;
-  /** Largest msgpack body of a control frame (HELLO, WELCOME, ERROR). */
+  /** Largest msgpack body of a control frame (HELLO, WELCOME, ERROR; CALL unless maxCall is set). */
   maxControl: number;
+  /**
+   * Set once a session allows large CALL bodies (cap `large-call`): the
+   * largest CALL body. A larger one is skipped as it streams past, like an
+   * oversized data payload, and refused for its id (the session goes on).
+   */
+  maxCall?: number;
 }
 
 /** Returns the buffer to receive this frame's payload (exactly payloadLength bytes), or undefined for the default. */
@@ -182,6 +188,14 @@ export class FrameDecoder {
       length: h.length,
       payloadLength: h.payloadLength,
     };
+    if (h.type === FrameType.CALL && this.limits.maxCall !== undefined) {
+      if (h.payloadLength > this.limits.maxCall) {
+        this.skipping = h.payloadLength;
+        out.push({ kind: 'oversize', header, limit: this.limits.maxCall });
+        return undefined;
+      }
+      return header;
+    }
     if (CONTROL_TYPES.has(h.type)) {
       // A control body is small by nature; an oversized one is an attack or a bug: fatal.
       if (h.payloadLength > this.limits.maxControl) {

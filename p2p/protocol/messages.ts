@@ -25,7 +25,7 @@ export const MIN_PROTOCOL_VERSION = 1;
 export const MAX_CONTROL_BODY = 16 * 1024;
 
 /** Optional features a side may support; the session uses the intersection. */
-export const KNOWN_CAPS = ['trim', 'zero', 'fua', 'ping', 'call', 'resume'] as const;
+export const KNOWN_CAPS = ['trim', 'zero', 'fua', 'ping', 'call', 'resume', 'large-call'] as const;
 export type Capability = (typeof KNOWN_CAPS)[number];
 
 export interface Limits {
@@ -289,11 +289,59 @@ export function encodeZero(id: number, offset: number, length: number, opts: { f
 /**
  * CALL: a named control operation riding on the request table (its id,
  * deadline and in-flight bound) — change feeds (DirtyList), migration's
- * suspend/commit, chunk-hash lists. The body is msgpack `{m: method, a: args}`;
- * the answer is OK with a msgpack body, or ERROR.
+ * suspend/commit, chunk-hash lists, the chunks of encrypted RAM. The body is
+ * msgpack `{m: method, a: args}`; the answer is OK with a msgpack body, or
+ * ERROR. A body is at most MAX_CONTROL_BODY, or the negotiated maxFrame when
+ * both sides offered `large-call` (callBodyLimit).
  */
 export function encodeCall(id: number, method: string, args: unknown): Uint8Array[] {
   return controlFrame(FrameType.CALL, id, pack({ m: method, a: args ?? null }));
+}
+
+/** The largest CALL body a session takes: the negotiated maxFrame with `large-call`, else a control body's limit. */
+export function callBodyLimit(limits: Limits, caps: ReadonlySet<string>): number {
+  return caps.has('large-call') ? Math.max(MAX_CONTROL_BODY, limits.maxFrame) : MAX_CONTROL_BODY;
+}
+
+/** A CALL's body, packed (the caller checks it against callBodyLimit before sending). */
+export function packCall(method: string, args: unknown): Uint8Array {
+  return pack({ m: method, a: args ?? null });
+}
+
+const EMPTY_BYTES = new Uint8Array(0);
+
+/**
+ * A CALL's body as buffers for the frame. When the last field of `args` is
+ * a large byte string (chunk.put's data), it is not copied into the packed
+ * buffer: the body is the packed rest, a msgpack bin 32 header and the
+ * caller's bytes — the same msgpack value as `packCall` gives, decoded the
+ * same way. (The packed rest must end in that field's empty bin 8, c4 00;
+ * if msgpackr ever packs it otherwise, the whole body is packed.)
+ */
+export function packCallParts(method: string, args: unknown): Uint8Array[] {
+  if (args !== null && typeof args === 'object' && !Array.isArray(args) && !(args instanceof Uint8Array)) {
+    const keys = Object.keys(args);
+    const last = keys[keys.length - 1];
+    const bytes = last === undefined ? undefined : (args as Record<string, unknown>)[last];
+    if (bytes instanceof Uint8Array && bytes.length >= 4096) {
+      const rest = pack({ m: method, a: { ...(args as Record<string, unknown>), [last!]: EMPTY_BYTES } });
+      if (rest.length >= 2 && rest[rest.length - 2] === 0xc4 && rest[rest.length - 1] === 0) {
+        const h = new Uint8Array(5);
+        h[0] = 0xc6;
+        new DataView(h.buffer).setUint32(1, bytes.length);
+        return [rest.subarray(0, rest.length - 2), h, bytes];
+      }
+    }
+  }
+  return [packCall(method, args)];
+}
+
+/** The CALL frame of a packed body, given as buffers (sent as they are: not copied). */
+export function callFrame(id: number, body: Uint8Array | Uint8Array[]): Uint8Array[] {
+  const parts = body instanceof Uint8Array ? [body] : body;
+  let len = 0;
+  for (const p of parts) len += p.length;
+  return [encodeHeader({ type: FrameType.CALL, flags: 0, status: 0, id, offset: 0, length: 0, payloadLength: len }), ...parts];
 }
 
 export interface CallBody {
@@ -309,6 +357,21 @@ export function decodeCall(payload: Uint8Array): CallBody {
 /** A CALL's answer body. */
 export function packReply(value: unknown): Uint8Array {
   return pack(value ?? null);
+}
+
+/**
+ * A CALL's answer body as buffers for the frame: a large byte string (a
+ * sealed chunk) goes as a msgpack bin 32 header followed by the caller's own
+ * bytes, not copied into a packed buffer; anything else is packed.
+ */
+export function packReplyParts(value: unknown): Uint8Array[] {
+  if (value instanceof Uint8Array && value.length >= 4096) {
+    const h = new Uint8Array(5);
+    h[0] = 0xc6;
+    new DataView(h.buffer).setUint32(1, value.length);
+    return [h, value];
+  }
+  return [packReply(value)];
 }
 
 export function unpackReply(payload: Uint8Array, what: string): unknown {
@@ -327,6 +390,13 @@ export function encodeAck(received: number): Uint8Array[] {
 
 export function encodePing(id: number): Uint8Array[] {
   return [encodeHeader({ type: FrameType.PING, flags: 0, status: 0, id, offset: 0, length: 0, payloadLength: 0 })];
+}
+
+/** A success reply whose payload is several buffers (sent as they are: a CALL answer from packReplyParts). */
+export function encodeOkParts(id: number, parts: Uint8Array[]): Uint8Array[] {
+  let len = 0;
+  for (const p of parts) len += p.length;
+  return [encodeHeader({ type: FrameType.OK, flags: 0, status: 0, id, offset: 0, length: len, payloadLength: len }), ...parts.filter((p) => p.length > 0)];
 }
 
 /** A success reply; `data` is the READ payload (sent as its own buffer), absent otherwise. */

@@ -18,10 +18,12 @@ import {
   MAX_CONTROL_BODY,
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
+  callBodyLimit,
   decodeCall,
   decodeHello,
   encodeError,
   encodeOk,
+  encodeOkParts,
   encodeWelcome,
   type Capability,
   type HelloBody,
@@ -181,7 +183,8 @@ export class ServerSession {
       this.txn = txn;
       this.inFlight = txn.inFlight;
     } else this.caps.delete('resume');
-    this.decoder.setLimits({ maxPayload: this.negotiated.maxFrame });
+    // With `large-call`, a CALL body may be as large as a data frame (and is charged like one: p2p/remote/server.ts).
+    this.decoder.setLimits({ maxPayload: this.negotiated.maxFrame, ...(this.caps.has('large-call') ? { maxCall: callBodyLimit(this.negotiated, this.caps) } : {}) });
     this.state = 'serving';
     return encodeWelcome({
       version: this.version,
@@ -203,6 +206,12 @@ export class ServerSession {
   reply(id: number, data?: Uint8Array): Uint8Array[] {
     if (!this.inFlight.delete(id)) return [];
     return encodeOk(id, data);
+  }
+
+  /** Success answer whose payload is several buffers (a CALL's answer: packReplyParts). */
+  replyParts(id: number, parts: Uint8Array[]): Uint8Array[] {
+    if (!this.inFlight.delete(id)) return [];
+    return encodeOkParts(id, parts);
   }
 
   /** Failure answer to a request, from whatever the store threw. */

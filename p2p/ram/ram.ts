@@ -45,12 +45,33 @@ export interface RamStatus {
   peers: Array<PeerReport & { address: string }>;
 }
 
+/** What `end()` did. */
+export interface RamEnd {
+  /** Chunks that were cached, and of them not yet on any peer (dropped: the contents end here). */
+  cachedChunks: number;
+  dirtyChunks: number;
+  /** Chunk copies the live peers deleted by the deadline. */
+  released: number;
+  /** False when the peers had not all answered by the deadline (they keep unreadable ciphertext until they restart). */
+  releasedAll: boolean;
+}
+
 export interface RemoteRam {
   store: PagedStore;
   pages: SealedPages;
   regionId: Uint8Array;
   status(): RamStatus;
+  /** Save every dirty chunk, then close (waits for the peers: a FLUSH). */
   close(): Promise<void>;
+  /**
+   * End the region (what SIGTERM does): the contents are volatile — the keys
+   * come from a per-run region id, so nothing saved now could ever be read —
+   * so nothing is saved: the plaintext cache is wiped, requests fail with
+   * ESHUTDOWN, the peers are asked to delete the chunks (for at most
+   * `releaseMs`, default 1000), then every link is closed, failing whatever
+   * still waits on a peer. Bounded even when every peer is gone.
+   */
+  end(opts?: { releaseMs?: number }): Promise<RamEnd>;
 }
 
 export async function openRemoteRam(opts: RemoteRamOptions): Promise<RemoteRam> {
@@ -130,6 +151,22 @@ export async function openRemoteRam(opts: RemoteRamOptions): Promise<RemoteRam> 
         }
       })();
       return closing;
+    },
+    async end(o = {}) {
+      clearInterval(probe);
+      const dropped = store.end();
+      let released = 0;
+      let releasedAll = false;
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        pages.release((n) => (released += n)).then(() => void (releasedAll = true)),
+        new Promise<void>((r) => (timer = setTimeout(r, o.releaseMs ?? 1000))),
+      ]);
+      clearTimeout(timer);
+      // Closing the links fails every request still waiting on a peer, so what is left settles now.
+      closing ??= closeMounts().then(() => pages.close());
+      await closing;
+      return { ...dropped, released, releasedAll };
     },
   };
 }

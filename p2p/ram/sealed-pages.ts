@@ -32,6 +32,8 @@ export interface ChunkPeer {
   put(id: Uint8Array, blob: Uint8Array): Promise<VaultStats>;
   get(id: Uint8Array): Promise<Uint8Array | null>;
   del(id: Uint8Array): Promise<void>;
+  /** Delete many at once (StorePeerClient batches them); without it, del one by one. */
+  delMany?(ids: Uint8Array[]): Promise<void>;
   sync(): Promise<void>;
   /** `boot` changes when the peer restarts: its chunks are audited then. */
   info(): Promise<VaultStats & { boot?: string }>;
@@ -100,6 +102,9 @@ export class SealedPages implements PageStore {
   /** Expected version per chunk; 0: never saved or discarded (zeros). */
   private readonly versions: Float64Array;
   private readonly turns: Uint8Array;
+  /** Chunk ids (an HMAC each), computed once: 16 bytes per chunk, `idKnown` says which. */
+  private readonly ids: Uint8Array;
+  private readonly idKnown: Uint8Array;
   /** Peers given the current version of each saved chunk. */
   private readonly holders = new Map<number, number[]>();
   private counter = 0;
@@ -124,6 +129,8 @@ export class SealedPages implements PageStore {
     this.chunkSize = opts.chunkSize;
     this.versions = new Float64Array(opts.chunks);
     this.turns = new Uint8Array(opts.chunks);
+    this.ids = new Uint8Array(opts.chunks * 16);
+    this.idKnown = new Uint8Array(opts.chunks);
     this.lostAfter = opts.lostAfter ?? 3;
     this.log = opts.log ?? (() => {});
     this.peers = opts.peers.map((p) => ({
@@ -159,7 +166,7 @@ export class SealedPages implements PageStore {
   async load(index: number): Promise<Uint8Array | null> {
     const version = this.versions[index]!;
     if (version === 0) return null;
-    const id = this.sealer.chunkId(index);
+    const id = this.chunkId(index);
     const held = this.holders.get(index) ?? [];
     // Live holders first, then the lost ones (they may be back).
     // Loads of a chunk take its live holders in turn (spreading reads, and over two loads every replica is read and checked).
@@ -194,11 +201,20 @@ export class SealedPages implements PageStore {
     throw err;
   }
 
+  /** Sealed at once (so `data` is free again when this returns: copiesOnSave), then placed under the chunk's lock. */
+  readonly copiesOnSave = true;
+
   save(index: number, data: Uint8Array): Promise<void> {
+    // The version is taken here, in call order, which is also the lock's order: a later save of the chunk has a higher version.
+    const version = ++this.counter;
+    let blob: Uint8Array;
+    try {
+      blob = this.sealer.seal(index, version, data);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return this.locked(index, async () => {
-      const version = ++this.counter;
-      const blob = this.sealer.seal(index, version, data);
-      const got = await this.place(index, this.sealer.chunkId(index), blob, [], this.replicas);
+      const got = await this.place(index, this.chunkId(index), blob, [], this.replicas);
       if (got.length === 0) throw new QuicmapError('EIO', `chunk ${index}: no storage peer took it (every one is lost or full)`);
       const old = this.holders.get(index) ?? [];
       this.versions[index] = version;
@@ -228,7 +244,7 @@ export class SealedPages implements PageStore {
   /** Delete the chunk from peers that hold an outdated copy, unless they hold the current one by now. */
   private async forget(index: number, peers: number[]): Promise<void> {
     const current = this.holders.get(index) ?? [];
-    const id = this.sealer.chunkId(index);
+    const id = this.chunkId(index);
     await Promise.all(peers.filter((p) => !current.includes(p)).map((p) => this.peers[p]!.peer.del(id).catch(() => {})));
   }
 
@@ -249,6 +265,40 @@ export class SealedPages implements PageStore {
     this.closed = true;
     await this.worker;
     await Promise.allSettled([...this.inFlight]);
+  }
+
+  /**
+   * The region ends (encrypted RAM's contents end with the process: the
+   * keys come from a per-run region id). No re-replication starts from now
+   * on; the chunks are deleted from the live peers that hold them, to free
+   * their quota: best effort (a peer that does not answer keeps them until
+   * it restarts; they are ciphertext no one can open). Resolves with the
+   * number of chunk copies deleted (`onDeleted` hears each peer's count as
+   * it answers); the caller bounds the wait.
+   */
+  async release(onDeleted?: (n: number) => void): Promise<number> {
+    this.closed = true;
+    const per = new Map<number, Uint8Array[]>();
+    for (const [index, held] of this.holders) {
+      for (const p of this.live(held)) {
+        let ids = per.get(p);
+        if (!ids) per.set(p, (ids = []));
+        ids.push(this.chunkId(index));
+      }
+    }
+    this.holders.clear();
+    this.versions.fill(0);
+    let n = 0;
+    await Promise.allSettled(
+      [...per].map(async ([p, ids]) => {
+        const peer = this.peers[p]!.peer;
+        if (peer.delMany) await peer.delMany(ids);
+        else for (const id of ids) await peer.del(id);
+        n += ids.length;
+        onDeleted?.(ids.length);
+      }),
+    );
+    return n;
   }
 
   // --- health and re-replication ---
@@ -291,7 +341,7 @@ export class SealedPages implements PageStore {
         const held = this.holders.get(index);
         if (!held?.includes(p)) return;
         const version = this.versions[index]!;
-        const id = this.sealer.chunkId(index);
+        const id = this.chunkId(index);
         let blob: Uint8Array | null;
         try {
           blob = await peer.peer.get(id);
@@ -335,6 +385,16 @@ export class SealedPages implements PageStore {
   /** Resolves when the background copying has nothing left it can do now. */
   async idle(): Promise<void> {
     while (this.worker) await this.worker;
+  }
+
+  /** The chunk's opaque id on the peers (sealer.chunkId, kept). */
+  private chunkId(index: number): Uint8Array {
+    const id = this.ids.subarray(index * 16, index * 16 + 16);
+    if (this.idKnown[index] === 0) {
+      id.set(this.sealer.chunkId(index));
+      this.idKnown[index] = 1;
+    }
+    return id;
   }
 
   private live(held: number[]): number[] {
@@ -388,7 +448,7 @@ export class SealedPages implements PageStore {
       if (version === 0 || !held) return true;
       const live = this.live(held);
       if (live.length >= this.replicas) return true;
-      const id = this.sealer.chunkId(index);
+      const id = this.chunkId(index);
       let good: Uint8Array | undefined;
       for (const p of live) {
         const blob = await this.peers[p]!.peer.get(id).catch(() => null);
@@ -458,7 +518,7 @@ export class SealedPages implements PageStore {
   private async repairNow(index: number, version: number, blob: Uint8Array, bad: number[]): Promise<void> {
     {
       if (this.versions[index] !== version) return; // written again meanwhile: the new save placed it
-      const id = this.sealer.chunkId(index);
+      const id = this.chunkId(index);
       const held = this.holders.get(index) ?? [];
       for (const p of bad) {
         const peer = this.peers[p]!;

@@ -3,19 +3,22 @@
  * has an id, a deadline and an in-flight slot like any request):
  *
  *   chunk.put  {id: bin16, tag, at, total, data: bin} -> {done, used, quota}   (ENOSPC: quota exceeded)
- *   chunk.get  {id: bin16}             -> {blob: bin | null}
- *   chunk.del  {id: bin16}             -> {}
+ *   chunk.get  {id: bin16}             -> bin | null       (older stores: {blob: bin | null})
+ *   chunk.del  {id: bin16} | {ids: [bin16, …]} -> {}    (ids: at most MAX_DEL_IDS; a RAM node's end)
  *   chunk.sync {}                      -> {}                 (what was put survives a crash of the store)
  *   chunk.info {}                      -> {used, quota, chunks, boot}  (boot: new at each start of the store)
  *
  * Chunks are kept per caller (its authenticated key), so one client never
  * sees another's. put and del need a read-write grant.
  *
- * A CALL body is a control body, at most 16 KiB (p2p/protocol), so a blob
- * goes up in parts (`at` its offset in the blob, `total` its length), sent
- * at once; the part that completes it stores it and answers `done: true`
- * (or the quota refusal). Parts wait in a staging area bounded per session
- * and per store (EBUSY beyond) and dropped after STAGING_TTL_MS.
+ * A CALL body is at most the session's maxCallBody (p2p/protocol): the
+ * negotiated maxFrame when both sides offered `large-call` (the store's is
+ * 1 MiB + 4 KiB, so a sealed chunk goes as one call), else 16 KiB. A blob
+ * larger than that goes up in parts (`at` its offset in the blob, `total`
+ * its length), sent at once; the part that completes it stores it and
+ * answers `done: true` (or the quota refusal). Parts wait in a staging area
+ * bounded per session and per store (EBUSY beyond) and dropped after
+ * STAGING_TTL_MS.
  */
 import { randomBytes } from 'node:crypto';
 import { QuicmapError } from '../../base/errors.ts';
@@ -24,9 +27,11 @@ import type { RemoteRegion } from '../remote/region.ts';
 import type { ChunkVault, VaultStats } from './vault.ts';
 import { MAX_BLOB } from './vault.ts';
 
-/** Bytes of blob per chunk.put part: a control body (16 KiB) less the envelope. */
-export const PUT_PART = 16 * 1024 - 256;
+/** Bytes of a chunk.put call that are not blob: the msgpack envelope (method, id, tag, at, total, the bin header). */
+export const PUT_ENVELOPE = 256;
 export const STAGING_TTL_MS = 30_000;
+/** Ids one chunk.del may name (18 bytes each in msgpack: 4096 fit a 74 KiB body, under the store's frame). */
+export const MAX_DEL_IDS = 4096;
 export const STAGING_PER_SESSION = 8 * 1024 * 1024;
 export const STAGING_PER_STORE = 64 * 1024 * 1024;
 
@@ -120,11 +125,21 @@ export function serveChunkStore(server: RegionServer, vault: ChunkVault, now: ()
   server.handle('chunk.get', async (args, ctx) => {
     const id = bytesArg(args, 'id', 16);
     stats.gets++;
-    return { blob: await vault.get(hex(ctx.peer), hex(id)) };
+    // The bare bytes: sent as they are behind a msgpack bin header (packReplyParts), not copied.
+    return await vault.get(hex(ctx.peer), hex(id));
   });
   server.handle('chunk.del', async (args, ctx) => {
     if (ctx.readOnly) throw new QuicmapError('EPERM', 'this ticket grants reading only');
-    await vault.del(hex(ctx.peer), hex(bytesArg(args, 'id', 16)));
+    const list = (args as { ids?: unknown } | null)?.ids;
+    if (list === undefined) {
+      await vault.del(hex(ctx.peer), hex(bytesArg(args, 'id', 16)));
+      return {};
+    }
+    if (!Array.isArray(list) || list.length > MAX_DEL_IDS || !list.every((v) => v instanceof Uint8Array && v.length === 16)) {
+      throw new QuicmapError('EINVAL', `chunk.del: "ids" must be a list of at most ${MAX_DEL_IDS} ids of 16 bytes`);
+    }
+    const client = hex(ctx.peer);
+    for (const id of list as Uint8Array[]) await vault.del(client, hex(id));
     return {};
   });
   server.handle('chunk.sync', async () => {
@@ -143,12 +158,18 @@ export class StorePeerClient {
   constructor(region: RemoteRegion) {
     this.region = region;
   }
-  /** Send the blob in parts at once; resolves with the store's usage once the part that completed it is answered. */
+  /** Blob bytes per chunk.put call: what the session's CALL body limit leaves after the envelope. */
+  get partSize(): number {
+    return this.region.maxCallBody - PUT_ENVELOPE;
+  }
+
+  /** Send the blob (in parts, sent at once, when it exceeds partSize); resolves with the store's usage once the part that completed it is answered. */
   async put(id: Uint8Array, blob: Uint8Array): Promise<VaultStats> {
     const parts: Array<Promise<unknown>> = [];
     const tag = ++this.tags; // parts of one put only ever complete that put
-    for (let at = 0; at < blob.length; at += PUT_PART) {
-      parts.push(this.region.call('chunk.put', { id, tag, at, total: blob.length, data: blob.subarray(at, Math.min(blob.length, at + PUT_PART)) }));
+    const part = this.partSize;
+    for (let at = 0; at < blob.length; at += part) {
+      parts.push(this.region.call('chunk.put', { id, tag, at, total: blob.length, data: blob.subarray(at, Math.min(blob.length, at + part)) }));
     }
     const answers = (await Promise.all(parts)) as Array<{ done?: boolean; used?: number; quota?: number } | null>;
     const done = answers.find((a) => a?.done === true);
@@ -156,14 +177,21 @@ export class StorePeerClient {
     return { used: done.used ?? 0, quota: done.quota ?? 0, chunks: 0 };
   }
   async get(id: Uint8Array): Promise<Uint8Array | null> {
-    const r = (await this.region.call('chunk.get', { id })) as { blob?: unknown } | null;
-    const blob = r?.blob;
+    const r = await this.region.call('chunk.get', { id });
+    const blob = r instanceof Uint8Array ? r : (r as { blob?: unknown } | null)?.blob;
     if (blob === null || blob === undefined) return null;
     if (!(blob instanceof Uint8Array)) throw new QuicmapError('EPROTO', 'chunk.get: the store answered something that is not a chunk');
     return blob;
   }
   async del(id: Uint8Array): Promise<void> {
     await this.region.call('chunk.del', { id });
+  }
+  /** Delete many chunks, a call per MAX_DEL_IDS (fewer when the session's call bodies are small), those calls at once. */
+  async delMany(ids: Uint8Array[]): Promise<void> {
+    const per = Math.max(1, Math.min(MAX_DEL_IDS, Math.floor((this.region.maxCallBody - PUT_ENVELOPE) / 18)));
+    const calls: Array<Promise<unknown>> = [];
+    for (let at = 0; at < ids.length; at += per) calls.push(this.region.call('chunk.del', { ids: ids.slice(at, at + per) }));
+    await Promise.all(calls);
   }
   async sync(): Promise<void> {
     await this.region.call('chunk.sync', {});

@@ -64,6 +64,7 @@ export function regionChanges(first: SessionFacts, next: SessionFacts): string[]
   flag('fastZero', a.fastZero, b.fastZero);
   flag('multiConn', a.multiConn, b.multiConn);
   flag('trim offered', first.caps.has('trim'), next.caps.has('trim'));
+  if (first.caps.has('large-call') && !next.caps.has('large-call')) out.push('large calls no longer offered');
   if (a.preferredBlockSize !== b.preferredBlockSize) out.push(`preferred block size ${a.preferredBlockSize} → ${b.preferredBlockSize}`);
   if (next.limits.maxFrame < first.limits.maxFrame) out.push(`max frame ${first.limits.maxFrame} → ${next.limits.maxFrame}`);
   if (next.limits.maxInFlight < first.limits.maxInFlight) out.push(`max in flight ${first.limits.maxInFlight} → ${next.limits.maxInFlight}`);

@@ -23,7 +23,7 @@ import { withDeadline } from '../../base/deadline.ts';
 import { ClientSession, type ReplyCounter } from '../protocol/client-session.ts';
 import { FrameWriter } from './frame-writer.ts';
 import { verifyManifest, type Manifest } from '../protocol/manifest.ts';
-import { encodeAck, encodeCall, encodeFlush, encodePing, encodeRead, encodeTrim, encodeWrite, encodeZero, type Limits, type SessionGrant } from '../protocol/messages.ts';
+import { callFrame, encodeAck, encodeFlush, encodePing, encodeRead, encodeTrim, encodeWrite, encodeZero, type Limits, type SessionGrant } from '../protocol/messages.ts';
 
 export interface LinkOptions {
   grant: Uint8Array;
@@ -61,8 +61,8 @@ export type LinkOp =
   | { op: 'trim'; offset: number; length: number; fua: boolean }
   | { op: 'zero'; offset: number; length: number; fua: boolean; noHole: boolean }
   | { op: 'ping' }
-  /** A named control call; the reply's body is put in `reply.body` before the request settles. */
-  | { op: 'call'; method: string; args: unknown; reply: { body?: Uint8Array } };
+  /** A named control call, its body packed (packCallParts: buffers sent as they are); the reply's body is put in `reply.body` before the request settles. */
+  | { op: 'call'; method: string; body: Uint8Array[]; reply: { body?: Uint8Array } };
 
 export class ClientLink {
   /** Reply boxes of CALLs in flight on this link. */
@@ -243,7 +243,7 @@ export class ClientLink {
         break;
       case 'call':
         this.callReplies.set(id, op.reply);
-        frames = encodeCall(id, op.method, op.args);
+        frames = callFrame(id, op.body);
         break;
     }
     const ack = this.session.takeAck(op.op === 'ping' ? 1 : this.ackWithRequest);

@@ -25,14 +25,14 @@
  * at its trust boundary.
  */
 import type { Connection } from '../../transports/transport.ts';
-import { ClosedError, QuicmapError } from '../../base/errors.ts';
+import { ClosedError, QuicmapError, RequestTooLargeError } from '../../base/errors.ts';
 import { systemClock, Wakeup, type Clock } from '../../base/clock.ts';
 import { Semaphore } from '../../base/semaphore.ts';
 import { splitRange } from '../../base/split-range.ts';
 import type { Capability } from '../../engine/capability.ts';
 import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../../engine/rwat.ts';
 import type { Manifest } from '../protocol/manifest.ts';
-import { unpackReply, type Limits } from '../protocol/messages.ts';
+import { callBodyLimit, packCallParts, unpackReply, type Limits } from '../protocol/messages.ts';
 import { ClientLink, type LinkOp, type LinkOptions } from './link.ts';
 import type { ReplyCounter } from '../protocol/client-session.ts';
 import { idAfter } from '../protocol/server-session.ts';
@@ -108,6 +108,8 @@ const MAX_RANGE_PIECE = 1 << 30;
 export class RemoteRegion implements ReadWriterAt {
   readonly caps: StoreCaps;
   readonly limits: Limits;
+  /** The largest CALL body the sharer takes (its negotiated maxFrame when it offered `large-call`, else 16 KiB). */
+  readonly maxCallBody: number;
   readonly stats: RemoteRegionStats = { connects: 0, linkFailures: 0, requests: 0, bytesRead: 0, bytesWritten: 0, writes: 0, resumes: 0, resumesRefused: 0, resent: 0, lost: 0 };
   /** The session's reply count and credentials (resumable sessions), kept across links. */
   private readonly txn: NonNullable<LinkOptions['txn']> | undefined;
@@ -139,6 +141,7 @@ export class RemoteRegion implements ReadWriterAt {
     this.current = first.manifest;
     this.limits = { ...first.limits };
     this.slots = new Semaphore(this.limits.maxInFlight);
+    this.maxCallBody = callBodyLimit(this.limits, first.caps);
     const m = first.manifest;
     this.caps = {
       readOnly: m.readOnly || opts.readOnlyGrant === true,
@@ -181,7 +184,7 @@ export class RemoteRegion implements ReadWriterAt {
       sharer: opts.sharer,
       regionId: opts.regionId,
       limits: { ...DEFAULT_LIMITS, ...opts.limits },
-      caps: ['trim', 'zero', 'fua', 'ping', 'call'],
+      caps: ['trim', 'zero', 'fua', 'ping', 'call', 'large-call'],
       agent: opts.agent ?? 'quicmap',
     });
   }
@@ -403,11 +406,18 @@ export class RemoteRegion implements ReadWriterAt {
    * A named control call to the sharer (change feeds, migration, hash
    * lists: p2p/sync/), on the request table like any request (slot, link
    * wait, deadline). Resolves with the decoded reply body; ENOTSUP when the
-   * sharer has no such method or does not take calls.
+   * sharer has no such method or does not take calls. A body above
+   * `maxCallBody` is refused here with EOVERFLOW (RequestTooLargeError).
+   * A large byte string as the last field of `args` is sent by reference
+   * (packCallParts), not copied: leave it unchanged until the call settles.
    */
   async call(method: string, args: unknown): Promise<unknown> {
+    const body = packCallParts(method, args);
+    let bytes = 0;
+    for (const b of body) bytes += b.length;
+    if (bytes > this.maxCallBody) throw new RequestTooLargeError(bytes, this.maxCallBody);
     const reply: { body?: Uint8Array } = {};
-    await this.request({ op: 'call', method, args, reply });
+    await this.request({ op: 'call', method, body, reply });
     return reply.body ? unpackReply(reply.body, method) : null;
   }
 

@@ -30,7 +30,7 @@ import type { ByteStream, Connection, Listener } from '../../transports/transpor
 import { QuicmapError, errorCode } from '../../base/errors.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
 import { signManifest } from '../protocol/manifest.ts';
-import { packReply, type Capability, type HelloBody, type Limits } from '../protocol/messages.ts';
+import { packReplyParts, type Capability, type HelloBody, type Limits } from '../protocol/messages.ts';
 import { ServerSession, type ServerRequest } from '../protocol/server-session.ts';
 import { FrameWriter } from './frame-writer.ts';
 import { systemClock, type Clock } from '../../base/clock.ts';
@@ -500,7 +500,7 @@ export class RegionServer {
   }
 
   private capsOffered(): Capability[] {
-    const caps: Capability[] = ['zero', 'fua', 'ping', 'call'];
+    const caps: Capability[] = ['zero', 'fua', 'ping', 'call', 'large-call'];
     if (this.opts.resumable !== false) caps.push('resume');
     if (this.store.caps.canTrim) caps.push('trim');
     return caps;
@@ -589,7 +589,7 @@ export class RegionServer {
           if (!handler) throw new QuicmapError('ENOTSUP', `this sharer has no "${req.method}" call`);
           if (ctx.delegation && !this.delegatedCalls.has(req.method)) throw new QuicmapError('EACCES', `a delegated session may not call "${req.method}"`);
           const value = await handler(req.args, ctx);
-          await send(session.reply(req.id, packReply(value)));
+          await send(session.replyParts(req.id, packReplyParts(value)));
           return;
         }
       }

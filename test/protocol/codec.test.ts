@@ -130,4 +130,29 @@ test('hello body round-trips and rejects ill-typed fields', () => {
   assert.throws(() => decodeHello(new Uint8Array([0xc1])), isProto);
 });
 
+test('a CALL answer of bytes goes as a bin header and the bytes themselves, and decodes like a packed one', async () => {
+  const { packReply, packReplyParts, unpackReply } = await import('../../p2p/protocol/messages.ts');
+  for (const value of [new Uint8Array(70_000).fill(9), new Uint8Array(100).fill(3), null, { blob: new Uint8Array(5000) }]) {
+    const parts = packReplyParts(value);
+    if (value instanceof Uint8Array && value.length >= 4096) assert.is(parts[1], value, 'the bytes are not copied');
+    const back = unpackReply(Buffer.concat(parts), 'x');
+    assert.equal(back instanceof Uint8Array ? new Uint8Array(back) : back, unpackReply(packReply(value), 'x') instanceof Uint8Array ? new Uint8Array(unpackReply(packReply(value), 'x') as Uint8Array) : unpackReply(packReply(value), 'x'));
+  }
+});
+
+test('a CALL whose last field is large bytes is sent as buffers that decode exactly like the packed body', async () => {
+  const { packCall, packCallParts, decodeCall } = await import('../../p2p/protocol/messages.ts');
+  const data = new Uint8Array(70_000).map((_, i) => i & 0xff);
+  const cases: unknown[] = [{ id: new Uint8Array(16).fill(1), tag: 3, at: 0, total: data.length, data }, { data: new Uint8Array(10) }, { data, more: 1 }, null, [data]];
+  for (const args of cases) {
+    const parts = packCallParts('chunk.put', args);
+    const whole = Buffer.concat(parts);
+    assert.equal(whole, Buffer.from(packCall('chunk.put', args)), 'the same bytes as the packed body');
+    const back = decodeCall(whole);
+    assert.is(back.method, 'chunk.put');
+  }
+  const parts = packCallParts('chunk.put', cases[0]);
+  assert.is(parts[parts.length - 1], data, 'the data is not copied');
+});
+
 test.run();

@@ -2,16 +2,17 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ServerSession, type ServerEvent } from '../../p2p/protocol/server-session.ts';
 import { ClientSession, type ClientEvent } from '../../p2p/protocol/client-session.ts';
-import { encodeRead, encodeWrite, encodeTrim, encodeHello, encodeFlush } from '../../p2p/protocol/messages.ts';
+import { encodeRead, encodeWrite, encodeTrim, encodeHello, encodeFlush, encodePing, packCall, callFrame, callBodyLimit, MAX_CONTROL_BODY } from '../../p2p/protocol/messages.ts';
 import { FrameType, encodeHeader } from '../../p2p/protocol/frame.ts';
+import type { Capability } from '../../p2p/protocol/messages.ts';
 
 const cat = (parts: Uint8Array[]) => Buffer.concat(parts);
 const info = (readOnly = false) => ({ size: 1 << 20, readOnly, manifest: new Uint8Array([1]), manifestSig: new Uint8Array(64) });
 
-function handshake(opts: { serverLimits?: { maxFrame: number; maxInFlight: number }; clientLimits?: { maxFrame: number; maxInFlight: number }; readOnly?: boolean } = {}) {
-  const server = new ServerSession({ limits: opts.serverLimits ?? { maxFrame: 65536, maxInFlight: 8 }, caps: ['trim', 'zero', 'fua', 'ping'] });
+function handshake(opts: { serverLimits?: { maxFrame: number; maxInFlight: number }; clientLimits?: { maxFrame: number; maxInFlight: number }; readOnly?: boolean; serverCaps?: Capability[]; clientCaps?: string[] } = {}) {
+  const server = new ServerSession({ limits: opts.serverLimits ?? { maxFrame: 65536, maxInFlight: 8 }, caps: opts.serverCaps ?? ['trim', 'zero', 'fua', 'ping'] });
   const client = new ClientSession(opts.clientLimits ?? { maxFrame: 1 << 20, maxInFlight: 64 });
-  const evs = server.receive(cat(client.hello(new Uint8Array([9, 9]), ['trim', 'ping'])));
+  const evs = server.receive(cat(client.hello(new Uint8Array([9, 9]), opts.clientCaps ?? ['trim', 'ping'])));
   assert.is(evs.length, 1);
   const hello = evs[0]!;
   assert.ok(hello.kind === 'hello');
@@ -74,6 +75,36 @@ test('a write above the maximum is refused with EOVERFLOW and the session goes o
   const evs = server.receive(cat([...big, ...encodeRead(8, 0, 16)]));
   assert.equal(evs.map((e) => e.kind), ['send', 'request']);
   assert.ok(server.isServing);
+});
+
+test('large-call: CALL bodies up to the negotiated frame; a larger one is refused for its id (EOVERFLOW), unbuffered, and the session goes on', () => {
+  const caps: Capability[] = ['ping', 'call', 'large-call'];
+  const { server, client, welcome } = handshake({ serverLimits: { maxFrame: 65536, maxInFlight: 8 }, serverCaps: caps, clientCaps: caps });
+  assert.is(callBodyLimit(client.limits, new Set(welcome.welcome.caps)), 65536);
+  const fits = packCall('chunk.put', { data: new Uint8Array(65536 - 100) });
+  assert.ok(fits.length > MAX_CONTROL_BODY && fits.length <= 65536);
+  const over = packCall('chunk.put', { data: new Uint8Array(65536) });
+  const evs = server.receive(cat([...callFrame(1, fits), ...callFrame(2, over), ...encodePing(3)]));
+  assert.equal(evs.map((e) => e.kind), ['request', 'send', 'send']);
+  const r = evs[0]!;
+  assert.ok(r.kind === 'request' && r.request.op === 'call' && r.request.method === 'chunk.put' && r.request.bytes === fits.length, 'the body, with its size for the memory budget');
+  const refusal = client.receive(cat((evs[1] as Extract<ServerEvent, { kind: 'send' }>).frames));
+  assert.equal(refusal.map((e) => (e.kind === 'error' ? `${e.id} ${e.code}` : e.kind)), ['2 EOVERFLOW']);
+  assert.ok(server.isServing);
+  // The refused body was skipped as it streamed past, never held whole.
+  const s2 = handshake({ serverLimits: { maxFrame: 65536, maxInFlight: 8 }, serverCaps: caps, clientCaps: caps }).server;
+  const bytes = cat(callFrame(4, packCall('x', { data: new Uint8Array(1 << 20) })));
+  let seen: ServerEvent[] = [];
+  for (let at = 0; at < bytes.length; at += 4096) seen = seen.concat(s2.receive(bytes.subarray(at, at + 4096)));
+  assert.equal(seen.map((e) => e.kind), ['send']);
+});
+
+test('without large-call (one side lacks it) a CALL body is a control body: above 16 KiB the session is dropped', () => {
+  const { server, client, welcome } = handshake({ serverCaps: ['ping', 'call'], clientCaps: ['ping', 'call', 'large-call'] });
+  assert.is(callBodyLimit(client.limits, new Set(welcome.welcome.caps)), MAX_CONTROL_BODY);
+  const evs = server.receive(cat(callFrame(1, packCall('chunk.put', { data: new Uint8Array(20_000) }))));
+  assert.equal(evs.map((e) => e.kind), ['close']);
+  assert.not.ok(server.isServing);
 });
 
 test('requests before WELCOME, duplicate ids and garbage close the session', () => {

@@ -262,6 +262,30 @@ test('PagedStore: a failed save keeps the write (dirty, cached); FLUSH fails unt
   assert.equal(b, fill(9));
 });
 
+test('PagedStore: making room saves several dirty chunks at once (evictions stream), and loses none', async () => {
+  const pages = new MapPages();
+  let running = 0;
+  let most = 0;
+  const save = pages.save.bind(pages);
+  pages.save = async (i: number, d: Uint8Array) => {
+    most = Math.max(most, ++running);
+    try {
+      await save(i, d);
+    } finally {
+      running--;
+    }
+  };
+  const store = new PagedStore({ size: 64 * CHUNK, chunkSize: CHUNK, cacheBytes: 16 * CHUNK, pages, writeBackMs: 0 });
+  const data = randomBytes(64 * CHUNK);
+  await Promise.all([0, 1, 2, 3].map((q) => store.writeAt(data.subarray(q * 16 * CHUNK, (q + 1) * 16 * CHUNK), q * 16 * CHUNK)));
+  assert.ok(most > 1, `saves to make room went ${most} at a time`);
+  assert.ok(most <= 8, `at most saveAhead (half the cache) at once, saw ${most}`);
+  await store.flush();
+  const back = new Uint8Array(data.length);
+  await store.readAt(back, 0);
+  assert.ok(Buffer.from(back).equals(data));
+});
+
 test('PagedStore over SealedPages: written bytes survive eviction through sealed peers', async () => {
   const { peers, pages } = setup(2, 2, 32);
   const store = new PagedStore({ size: 32 * CHUNK, chunkSize: CHUNK, cacheBytes: 4 * CHUNK, pages, writeBackMs: 0 });

@@ -452,4 +452,38 @@ test('a sharer restarted read-only or with another chunk size ends the mount wit
     }
   }));
 
+test('a CALL body up to the negotiated frame is one call (charged to the budget while served); a larger one is EOVERFLOW before it is sent', () =>
+  withTimeout(20_000, 'large call', async () => {
+    const s = await setup({ limits: { maxFrame: 256 * 1024 } });
+    try {
+      let heldWhileServing = 0;
+      const sizes: number[] = [];
+      s.server.handle('echo.len', async (args) => {
+        heldWhileServing = Math.max(heldWhileServing, s.server.budget.used);
+        const data = (args as { data: Uint8Array }).data;
+        sizes.push(data.length);
+        return { len: data.length, tail: data.subarray(data.length - 4) };
+      });
+      const r = await s.open();
+      try {
+        assert.is(r.maxCallBody, 256 * 1024);
+        const data = new Uint8Array(200 * 1024).fill(7);
+        data.set([1, 2, 3, 4], data.length - 4);
+        const out = (await r.call('echo.len', { data })) as { len: number; tail: Uint8Array };
+        assert.is(out.len, data.length);
+        assert.equal([...out.tail], [1, 2, 3, 4]);
+        assert.equal(sizes, [data.length], 'one call, the whole body');
+        assert.ok(heldWhileServing >= data.length, `the body was charged to the node's budget (${heldWhileServing} bytes held)`);
+        const err = await rejects(r.call('echo.len', { data: new Uint8Array(256 * 1024) }), code('EOVERFLOW'), 'a body above the frame');
+        assert.match(err.message, /exceeds the maximum/);
+        assert.equal(sizes.length, 1, 'the oversized call never reached the sharer');
+        assert.ok((await r.call('echo.len', { data: new Uint8Array(10) })) !== null, 'the session goes on');
+      } finally {
+        await r.close();
+      }
+    } finally {
+      await s.close();
+    }
+  }));
+
 test.run();
