@@ -26,6 +26,7 @@ let passed = 0;
 let failed = 0;
 let skipped = 0;
 const failures = [];
+const times = [];
 
 if (!process.env.QUICMAP_SKIP_TYPECHECK) {
   process.stdout.write('typecheck: tsc --noEmit\n');
@@ -47,6 +48,7 @@ const strip = (s) => s.replace(/\x1b\[[0-9;]*m/g, '');
 function runFile(file) {
   return new Promise((resolve) => {
     const rel = relative(root, file);
+    const t0 = performance.now();
     const child = spawn(
       process.execPath,
       ['--import', 'tsx', join(root, 'node_modules/uvu/bin.js'), '-c', 'false', join(root, 'test'), rel.slice('test/'.length).replace(/[.*+?^${}()|[\]\\]/g, '\\$&') + '$'],
@@ -69,6 +71,9 @@ function runFile(file) {
     }, FILE_TIMEOUT_MS);
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      const ms = performance.now() - t0;
+      process.stdout.write(`${rel}: ${(ms / 1000).toFixed(1)} s\n`);
+      times.push({ rel, ms });
       const text = strip(out);
       const total = Number(/Total:\s+(\d+)/.exec(text)?.[1] ?? NaN);
       const ok = Number(/Passed:\s+(\d+)/.exec(text)?.[1] ?? NaN);
@@ -92,6 +97,9 @@ for (const file of files) {
   if (r.failed) failures.push(`${r.rel}${r.note ? ` (${r.note})` : ''}`);
 }
 
+times.sort((a, b) => b.ms - a.ms);
+process.stdout.write(`\nslowest files (sum of all files ${(times.reduce((n, t) => n + t.ms, 0) / 1000).toFixed(0)} s):\n`);
+for (const t of times.slice(0, 10)) process.stdout.write(`  ${(t.ms / 1000).toFixed(1).padStart(6)} s  ${t.rel}\n`);
 if (failures.length) process.stdout.write(`\nfailed: ${failures.join(', ')}\n`);
 process.stdout.write(`\n${passed} passed, ${failed} failed, ${skipped} skipped\n`);
 process.exitCode = failed > 0 || passed === 0 ? 1 : 0;
