@@ -1,7 +1,8 @@
 /** `quicmap dht --listen HOST:PORT`: a DHT node for a private swarm (a bootstrap node). */
 import { type Command, UsageError, log, parseFlags, untilSignal } from '../command.ts';
 import { DhtClient } from '../../p2p/dht/client.ts';
-import { ControlServer, defaultControlPath } from '../../p2p/node/control.ts';
+import type { ControlServer } from '../../p2p/node/control.ts';
+import { startControl, stopOnSignal } from '../control.ts';
 import { parseDht } from '../swarm-flags.ts';
 
 const usage = `Usage: quicmap dht --listen HOST:PORT [options]
@@ -52,27 +53,14 @@ export const dht: Command = {
     const queryTimeoutMs = parseMillis('dht', '--query-timeout', values['query-timeout']);
     const host = values.listen.replace(/:\d+$/, '');
     const client = await DhtClient.open({ bootstrap: boot ?? 'none', listen: values.listen, ...(host !== '0.0.0.0' ? { host } : {}), queryTimeoutMs, log });
-    const startedAt = Date.now();
     let control: ControlServer | undefined;
     try {
-      control = await ControlServer.start(values.control ?? defaultControlPath('dht'), () => ({
-        id: `dht ${client.address}`,
-        role: 'dht',
-        pid: process.pid,
-        uptimeMs: Date.now() - startedAt,
-        control: control?.path ?? null,
-        dht: { address: client.address, nodes: client.nodeCount },
-        regions: [],
-        mounts: [],
-        peers: [],
-        operations: [],
-      }));
+      control = await startControl('dht', values.control, `dht ${client.address}`, () => ({ dht: { address: client.address, nodes: client.nodeCount } }));
       // Handle SIGINT/SIGTERM from before the first line is out: whoever reads it may signal at once.
       const signalled = untilSignal();
       process.stdout.write(`${client.address}\n`);
       log(`dht node at ${client.address}${Array.isArray(boot) ? `, joined ${boot.join(', ')}` : ' (first node of a private swarm)'}; control socket: ${control.path}`);
-      const sig = await signalled;
-      log(`${sig}: stopping`);
+      await stopOnSignal(signalled);
       return 0;
     } finally {
       await control?.close();

@@ -8,7 +8,8 @@ import { NbdServer } from '../../engine/nbd/server.ts';
 import { buildStack } from '../../engine/stack.ts';
 import { attachExport, type Attached } from '../../engine/attach/attach.ts';
 import { openRemoteRam, type RemoteRam } from '../../p2p/ram/ram.ts';
-import { ControlServer, defaultControlPath } from '../../p2p/node/control.ts';
+import type { ControlServer } from '../../p2p/node/control.ts';
+import { startControl } from '../control.ts';
 
 const usage = `Usage: quicmap ram --size SIZE --store TICKET[,TICKET...] [options]
 
@@ -111,7 +112,6 @@ export const ram: Command = {
     let control: ControlServer | undefined;
     let fuse: Attached | undefined;
     let exitCode = 0;
-    const startedAt = Date.now();
     try {
       const stack = await buildStack({ backend: r.store, ownsBackend: false, maxRequest: server.limits.maxPayload });
       await server.addExport({ name: values.name, store: stack, readOnly: false, description: `quicmap encrypted RAM ${formatSize(size)}` });
@@ -120,19 +120,10 @@ export const ram: Command = {
       );
       const uri = ep.uri(values.name);
       if (values.mount) fuse = await forFlag('ram', '--mount', values.mount, () => attachExport({ server, exportName: values.name, dir: values.mount!, readOnly: false, log }));
-      control = await ControlServer.start(values.control ?? defaultControlPath('ram'), () => {
+      control = await startControl('ram', values.control, identity.id, () => {
         const s = r.status();
         const rep = s.replication;
         return {
-          id: identity.id,
-          role: 'ram',
-          pid: process.pid,
-          uptimeMs: Date.now() - startedAt,
-          control: control?.path ?? null,
-          dht: null,
-          regions: [],
-          mounts: [],
-          peers: [],
           operations: rep.running || rep.underReplicated > 0 ? [{ name: 're-replication', elapsedMs: 0, progress: `${rep.copied} copied, ${rep.underReplicated} of ${rep.chunks} chunks below ${rep.replicas} replicas${rep.lost ? `, ${rep.lost} lost` : ''}` }] : [],
           ram: s,
         };

@@ -4,7 +4,8 @@ import { base32Decode, defaultIdentityPath, loadOrCreateIdentity } from '../../c
 import { formatSize, parseSize } from '../../base/size.ts';
 import { DEFAULT_QUOTAS, type RelayQuotas } from '../../p2p/relay/book.ts';
 import { RelayServer } from '../../p2p/relay/server.ts';
-import { ControlServer, defaultControlPath } from '../../p2p/node/control.ts';
+import type { ControlServer } from '../../p2p/node/control.ts';
+import { startControl, stopOnSignal } from '../control.ts';
 import { parseMillis } from './dht.ts';
 
 const human = (ms: number) => (ms === 0 ? 'unlimited' : ms % 3_600_000 === 0 ? `${ms / 3_600_000}h` : ms % 60_000 === 0 ? `${ms / 60_000}m` : `${ms / 1000}s`);
@@ -104,22 +105,9 @@ export const relay: Command = {
     const identity = await loadOrCreateIdentity(values.identity ?? defaultIdentityPath());
     const server = await RelayServer.start({ identity, listen: values.listen, quotas, log });
     if (values.advertise) server.relayAddress = `${identity.id}@${values.advertise}`;
-    const startedAt = Date.now();
     let control: ControlServer | undefined;
     try {
-      control = await ControlServer.start(values.control ?? defaultControlPath('relay'), () => ({
-        id: identity.id,
-        role: 'relay',
-        pid: process.pid,
-        uptimeMs: Date.now() - startedAt,
-        control: control?.path ?? null,
-        dht: null,
-        regions: [],
-        mounts: [],
-        peers: [],
-        operations: [],
-        relay: { address: server.relayAddress, ...server.stats },
-      }));
+      control = await startControl('relay', values.control, identity.id, () => ({ relay: { address: server.relayAddress, ...server.stats } }));
       // Handle SIGINT/SIGTERM from before the first line is out: whoever reads it may signal at once.
       const signalled = untilSignal();
       process.stdout.write(`${server.relayAddress}\n`);
@@ -128,8 +116,7 @@ export const relay: Command = {
         `relay ${identity.id} on ${server.address}: up to ${q.maxReservations} reservations (ttl ${human(q.reservationTtlMs)}), ${q.maxCircuitsPerPeer} circuits per peer, ${q.maxCircuits} in all, ` +
           `${q.circuitBytes ? formatSize(q.circuitBytes) : 'unlimited bytes'} and ${human(q.circuitDurationMs)} per circuit; control socket: ${control.path}`,
       );
-      const sig = await signalled;
-      log(`${sig}: stopping`);
+      await stopOnSignal(signalled);
       return 0;
     } finally {
       await control?.close();

@@ -1,4 +1,4 @@
-/** `quicmap status`: ask a running quicmap (share, mount, relay, dht) what it is doing. */
+/** `quicmap status`: ask a running quicmap (share, mount, relay, dht, store, ram) what it is doing. */
 import { type Command, UsageError, parseFlags } from '../command.ts';
 import { QuicmapError } from '../../base/errors.ts';
 import { askControl, controlDir, listControlSockets } from '../../p2p/node/control.ts';

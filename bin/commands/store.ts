@@ -8,7 +8,8 @@ import { regionIdText } from '../../crypto/grant.ts';
 import { isTransportName, type TransportName } from '../../crypto/endpoint.ts';
 import { formatSize, parseSize } from '../../base/size.ts';
 import { openChunkStore } from '../../p2p/ram/store.ts';
-import { ControlServer, defaultControlPath } from '../../p2p/node/control.ts';
+import type { ControlServer } from '../../p2p/node/control.ts';
+import { startControl, stopOnSignal } from '../control.ts';
 
 const usage = `Usage: quicmap store --listen HOST:PORT --quota SIZE [options]
 
@@ -83,20 +84,9 @@ export const store: Command = {
     const s = await forFlag('store', backend.kind === 'dir' ? '--backend' : '--listen', backend.kind === 'dir' ? values.backend : values.listen, () =>
       openChunkStore({ identity, listen: values.listen!, transport, quota, backend, ...(regionId ? { regionId } : {}), log }),
     );
-    const startedAt = Date.now();
     let control: ControlServer | undefined;
     try {
-      control = await ControlServer.start(values.control ?? defaultControlPath('store'), () => ({
-        id: identity.id,
-        role: 'store',
-        pid: process.pid,
-        uptimeMs: Date.now() - startedAt,
-        control: control?.path ?? null,
-        dht: null,
-        regions: [],
-        mounts: [],
-        peers: [],
-        operations: [],
+      control = await startControl('store', values.control, identity.id, () => ({
         store: { address: s.address, ...s.vault.stats(), ...s.calls, sessions: s.shared.server.stats.sessions },
       }));
       const st = s.vault.stats();
@@ -106,8 +96,7 @@ export const store: Command = {
           : `${s.ticket}\n`,
       );
       log(`store ${identity.id} on ${transport}://${s.address}: quota ${formatSize(quota)}, ${formatSize(st.used)} in ${st.chunks} chunks held (${values.backend}); control socket: ${control.path}`);
-      const sig = await signalled;
-      log(`${sig}: stopping`);
+      await stopOnSignal(signalled);
       return 0;
     } finally {
       await control?.close();

@@ -111,6 +111,8 @@ export class NbdConnection {
   /** Replies handed to the socket and not yet written to the kernel, at their cost (bytes + REPLY_OVERHEAD each). */
   private unsentCost = 0;
   private disconnecting = false;
+  /** Shutting down, replies all answered: input is read and dropped. */
+  private draining = false;
   private closed = false;
   private idle: (() => void) | undefined;
   private handshakeTimer: NodeJS.Timeout | undefined;
@@ -199,7 +201,12 @@ export class NbdConnection {
     return this.entry?.name;
   }
 
-  /** Stop reading, let in-flight requests answer, then close. */
+  /**
+   * Stop reading, let in-flight requests answer, then close: as soon as the
+   * last reply is with the kernel, or at `graceMs` for a client that does
+   * not take its replies. The client's answer to our FIN is not waited for:
+   * an idle libnbd or qemu client reads nothing until its next request.
+   */
   async shutdown(graceMs = 5000): Promise<void> {
     if (this.closed) return;
     this.socket.pause();
@@ -207,14 +214,18 @@ export class NbdConnection {
     let grace: NodeJS.Timeout | undefined;
     const deadline = new Promise((r) => (grace = setTimeout(r, graceMs)));
     await Promise.race([this.whenIdle(), deadline]);
-    // Send what is queued (corked replies included) before closing; a client
-    // that does not read gets destroyed at the deadline.
+    // Nothing the client sends from now on is served: read and drop it, so
+    // closing with its bytes unread does not reset the connection (and the
+    // replies still on their way with it).
+    this.draining = true;
+    this.socket.resume();
+    // Send what is queued (corked replies included) before closing.
     if (this.corked) {
       this.corked = false;
       this.socket.uncork();
     }
-    this.socket.end();
-    await Promise.race([this.done, deadline]);
+    const flushed = new Promise<void>((r) => this.socket.end(() => r()));
+    await Promise.race([flushed, this.done, deadline]);
     clearTimeout(grace); // a pending timer would keep the process alive for graceMs
     this.socket.destroy();
     await this.done;
@@ -247,7 +258,7 @@ export class NbdConnection {
   }
 
   private onData(chunk: Buffer): void {
-    if (this.closed) return;
+    if (this.closed || this.draining) return;
     this.lastInput = Date.now();
     if (this.handshake) return this.handshakeData(chunk);
     this.feed(chunk);

@@ -284,12 +284,15 @@ export class NbdServer implements ExportCatalog, ConnectionHost {
     return conn;
   }
 
-  /** Stop listening, let in-flight requests finish, disconnect clients, flush every export. */
-  async close(): Promise<void> {
+  /**
+   * Stop listening, let in-flight requests finish (for `graceMs` at most),
+   * disconnect clients, flush every export.
+   */
+  async close(graceMs = 5000): Promise<void> {
     if (this.closing) return;
     this.closing = true;
     await Promise.all(this.listeners.splice(0).map(closeListener));
-    await Promise.all([...[...this.connections].map((c) => c.shutdown()), this.pool?.close()]);
+    await Promise.all([...[...this.connections].map((c) => c.shutdown(graceMs)), this.pool?.close(graceMs)]);
     for (const e of this.exports.values()) {
       try {
         await e.store.flush();

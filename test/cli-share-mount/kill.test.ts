@@ -7,31 +7,13 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { needTools, Scope, withTimeout, killTree } from '../helpers/env.ts';
-import { start, tool } from './procs.ts';
+import { logged, makeImage, start, tool } from './procs.ts';
 
 const test = suite('cli-share-mount/kill');
 const MiB = 1024 * 1024;
 const TRANSPORTS = ['tcp', 'quic'] as const;
-
-/** A log line may still be in the pipe when the action it reports has finished: wait a little for it. */
-async function logged(text: () => string, re: RegExp, what: string): Promise<void> {
-  const until = Date.now() + 3000;
-  while (!re.test(text()) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
-  assert.match(text(), re, what);
-}
-
-function makeImage(path: string, size: number, fill: { at: number; len: number; byte: number }[]): void {
-  const fd = openSync(path, 'w+');
-  try {
-    ftruncateSync(fd, size);
-    for (const f of fill) writeSync(fd, Buffer.alloc(f.len, f.byte), 0, f.len, f.at);
-  } finally {
-    closeSync(fd);
-  }
-}
 
 for (const transport of TRANSPORTS) {
   needTools(test, ['qemu-io', 'nbdcopy'])(`${transport}: the sharer killed mid-read gives the NBD client an I/O error, not a hang; the mount recovers when it returns`, async () => {

@@ -6,34 +6,13 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { closeSync, ftruncateSync, openSync, readSync, writeSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { needTools, Scope, withTimeout, killTree } from '../helpers/env.ts';
-import { start, tool, type Proc } from './procs.ts';
+import { makeImage, readImage, start, tool, type Proc } from './procs.ts';
 
 const test = suite('managed-mount');
 const MiB = 1024 * 1024;
-
-function makeImage(path: string, size: number, fill: { at: number; len: number; byte: number }[]): void {
-  const fd = openSync(path, 'w+');
-  try {
-    ftruncateSync(fd, size);
-    for (const f of fill) writeSync(fd, Buffer.alloc(f.len, f.byte), 0, f.len, f.at);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function readImage(path: string, at: number, len: number): Buffer {
-  const fd = openSync(path, 'r');
-  try {
-    const b = Buffer.alloc(len);
-    readSync(fd, b, 0, len, at);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 /** Everything the process printed on stdout since it started (after the first lines). */
 function collect(p: Proc): () => string {

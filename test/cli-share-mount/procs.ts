@@ -1,9 +1,12 @@
 /**
  * Helpers for the share/mount tests: run `quicmap share` / `quicmap mount` as
  * real processes (each in its own process group, killed by the Scope), read
- * the first stdout line, keep stderr for failure messages.
+ * the first stdout line, keep stderr for failure messages; wait for a log
+ * line; make and read back a sharer's image file.
  */
 import type { ChildProcess } from 'node:child_process';
+import { closeSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
+import * as assert from 'uvu/assert';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { Scope, SYSTEM_PATH, run, withTimeout, type RunResult } from '../helpers/env.ts';
@@ -53,4 +56,33 @@ export function quicmap(args: string[], home: string, timeoutMs = 30_000): Promi
 
 export function tool(cmd: string, args: string[], timeoutMs = 60_000): Promise<RunResult> {
   return run(cmd, args, { env: { ...process.env, PATH: SYSTEM_PATH }, timeoutMs });
+}
+
+/** A log line may still be in the pipe when the action it reports has finished: wait a little for it. */
+export async function logged(text: () => string, re: RegExp, what: string): Promise<void> {
+  const until = Date.now() + 3000;
+  while (!re.test(text()) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+  assert.match(text(), re, what);
+}
+
+/** A sparse image file of `size` bytes with `fill` runs of one byte each. */
+export function makeImage(path: string, size: number, fill: { at: number; len: number; byte: number }[]): void {
+  const fd = openSync(path, 'w+');
+  try {
+    ftruncateSync(fd, size);
+    for (const f of fill) writeSync(fd, Buffer.alloc(f.len, f.byte), 0, f.len, f.at);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export function readImage(path: string, at: number, len: number): Buffer {
+  const fd = openSync(path, 'r');
+  try {
+    const b = Buffer.alloc(len);
+    readSync(fd, b, 0, len, at);
+    return b;
+  } finally {
+    closeSync(fd);
+  }
 }

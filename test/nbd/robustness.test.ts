@@ -10,11 +10,13 @@ import { existsSync } from 'node:fs';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MemoryBackend } from '../../engine/backends/memory.ts';
+import { FileBackend } from '../../engine/backends/file.ts';
+import { join } from 'node:path';
 import type { ReadWriterAt, WriteOptions, ZeroOptions } from '../../engine/rwat.ts';
-import { hasTool, Scope, withTimeout } from '../helpers/env.ts';
+import { hasTool, needTools, Scope, withTimeout } from '../helpers/env.ts';
 import { BufferStore, pattern, readStore } from '../helpers/buffer-store.ts';
 import { CMD, ERRNO, OPT, REP, RawNbd, optionHeader, requestHeader, type Target } from '../helpers/nbd-raw.ts';
-import { ok, qemuIo, startServer, type Fixture } from './fixture.ts';
+import { ok, qemuIo, startServer, TOOL_ENV, type Fixture } from './fixture.ts';
 
 const test = suite('nbd/robustness');
 const MiB = 1024 * 1024;
@@ -411,6 +413,88 @@ withServer('server close with clients connected: in-flight requests answered, no
     cc.destroy();
   }
 });
+
+// libnbd and qemu clients, when idle, do not read, so they never answer the
+// server's FIN: close must not wait for that, only for the replies in flight.
+// (It used to wait out the whole grace: with the grace at 10 minutes, the
+// hang guard below fails.)
+const IDLE_CLOSE = 'server close with idle libnbd and qemu clients connected returns once the replies in flight are answered, not at the grace';
+needTools(test, ['nbdsh', 'qemu-io'])(IDLE_CLOSE, async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(60_000, IDLE_CLOSE, async () => idleClose(await startServer(s, [], { maxPayload: MiB }), s));
+  } finally {
+    await s.close();
+  }
+});
+
+needTools(test, ['nbdsh'])('the same on a worker thread (a file export): close returns without waiting for an idle client', async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(60_000, 'idle close on a worker', async () => {
+      const fx = await startServer(s, [], { maxPayload: MiB, workers: 1 });
+      const store = await FileBackend.open(join(fx.dir, 'f.img'), { size: MiB, create: true });
+      await fx.server.addExport({ name: 'f', store });
+      const sh = s.spawn('nbdsh', ['-u', fx.tcp.uri('f'), '-c', 'import sys\nh.pread(512, 0)\nprint("ready", flush=True)\nsys.stdin.readline()'], { env: TOOL_ENV, stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      sh.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+      while (!/ready/.test(out)) {
+        assert.is(sh.exitCode, null, 'nbdsh exited early');
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.is(fx.server.handedOff.worker, 1, 'served on a worker thread');
+      await withTimeout(30_000, 'NbdServer.close(10 min grace) with an idle client on a worker', fx.server.close(600_000));
+    });
+  } finally {
+    await s.close();
+  }
+});
+
+async function idleClose(fx: Fixture, s: Scope): Promise<void> {
+  let readsStarted = 0;
+  class CountingStore extends BufferStore {
+    override async readAt(buf: Uint8Array, offset: number): Promise<void> {
+      readsStarted++;
+      return super.readAt(buf, offset);
+    }
+  }
+  const store = new CountingStore(SIZE, { fill: pattern(SIZE, 9), delayMs: 300 });
+  await fx.server.addExport({ name: 'd', store });
+  const spawnIdle = (cmd: string, args: string[]) => {
+    const child = s.spawn(cmd, args, { env: TOOL_ENV, stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => (out += d));
+    return { child, out: () => out };
+  };
+  // nbdsh: one read, then idle until told to read again.
+  const sh = spawnIdle('nbdsh', ['-u', fx.tcp.uri('d'), '-c', 'import sys\nh.pread(512, 0)\nprint("ready", flush=True)\nsys.stdin.readline()\ntry:\n  h.pread(512, 0)\n  print("still served")\nexcept Exception as e:\n  print("gone:", e)']);
+  // qemu-io: interactive, connected, idle at its prompt.
+  const qemu = spawnIdle('qemu-io', ['-f', 'raw', fx.unix.uri('d')]);
+  qemu.child.stdin!.write('read -P 0x09 0 0\n');
+  while (!/ready/.test(sh.out()) || !/read 0\/0 bytes|qemu-io>.*qemu-io>/s.test(qemu.out())) {
+    assert.ok(sh.child.exitCode === null && qemu.child.exitCode === null, `a client exited early:\n${sh.out()}\n${qemu.out()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  // And a raw client with a read in flight (the store takes 300 ms) when close starts.
+  const { c } = await RawNbd.open(fx.tcpTarget, 'd');
+  try {
+    const before = readsStarted;
+    const h = c.send({ type: CMD.READ, offset: 4096, length: 1000 });
+    while (readsStarted === before) await new Promise((r) => setTimeout(r, 10));
+    const closing = withTimeout(30_000, 'NbdServer.close(10 min grace) with idle clients', fx.server.close(600_000));
+    const r = await c.reply(new Map([[h, 1000]]), 10_000);
+    assert.is(r.error, 0, 'the read in flight is answered');
+    assert.ok(r.data.equals(pattern(SIZE, 9).subarray(4096, 5096)));
+    await closing;
+    assert.ok(await c.closesWithin(5000), 'the raw client is disconnected');
+    sh.child.stdin!.end('\n');
+    await withTimeout(20_000, 'nbdsh exit', new Promise((res) => (sh.child.exitCode !== null ? res(null) : sh.child.once('exit', res))));
+    assert.match(sh.out(), /gone:/, `nbdsh sees the server gone:\n${sh.out()}`);
+  } finally {
+    c.destroy();
+  }
+}
 
 withServer('closing one endpoint stops new connections there only; connected clients keep working', async (fx) => {
   const store = new MemoryBackend(SIZE);

@@ -28,6 +28,14 @@ it('quota: a full peer refuses (quota exceeded) and the chunks go to the other; 
       assert.ok(st.peers[0]!.quotaRefusals > 0, JSON.stringify(st.peers));
       assert.ok(st.peers[0]!.used <= MiB);
       assert.match(r.stderr(), /quota exceeded/);
+      // The stores answer `quicmap status` too (default control sockets under $QUICMAP_HOME/run).
+      const all = await quicmap(['status', '--json'], home);
+      assert.is(all.code, 0, all.stderr);
+      const stores = (JSON.parse(all.stdout) as Array<{ role: string; control: string; store: { address: string; used: number } }>).filter((x) => x.role === 'store');
+      assert.is(stores.length, 2, all.stdout);
+      const smallSt = stores.find((x) => x.store.address === small.address);
+      assert.ok(smallSt && smallSt.store.used > 0 && smallSt.store.used <= MiB, all.stdout);
+      assert.match(smallSt.control, /\/run\/store-\d+\.sock$/);
       // One peer only, and too small: the write (or its flush) fails, nothing claims success.
       const tiny = await startStore(s, home, { quota: '1MiB' });
       const r2 = await startRam(s, home, [tiny.ticket], RAM);
