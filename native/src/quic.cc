@@ -467,8 +467,19 @@ class Endpoint {
     return 0;
   }
 
+  // The connection is JS's from here on, so "ready" must be the first event
+  // of it that JS sees. ngtcp2 calls this before it processes the 1-RTT
+  // packets it buffered while the handshake was incomplete: when the peer's
+  // Finished was lost or arrived late, its first stream data is in those,
+  // and its stream and data events come from this same read. Announced after
+  // the read (as before), they came before "ready", JS knew no such
+  // connection and dropped them: the stream was never seen (the listener's
+  // carrier deadline then closed the connection, or a stream of native
+  // streams waited forever). Only under loss or reordering.
   static int OnHandshakeCompleted(ngtcp2_conn*, void* ud) {
-    C(ud)->handshakeDone = true;
+    Conn* c = C(ud);
+    c->handshakeDone = true;
+    if (c->havePeerKey) c->ep->MarkReady(c);  // no key: AfterRead refuses it
     return 0;
   }
 
@@ -728,20 +739,24 @@ class Endpoint {
     for (auto& [sid, code] : c->toShut) ngtcp2_conn_shutdown_stream(c->conn, sid, code);
     c->toShut.clear();
     if (c->handshakeDone && !c->ready) {
-      if (!c->havePeerKey) {
-        Kill(c, "EACCES peer proved no identity", true);
-        return;
-      }
-      c->ready = true;
-      Unpend(c);
-      ngtcp2_conn_set_keep_alive_timeout(c->conn, o.keepAliveNs);
-      // The key the verify callback found, then the certificate it came from: JS checks that again (crypto/peer-cert.ts) and decides.
-      auto* v = new std::vector<uint8_t>(c->peerKey, c->peerKey + 32);
-      v->insert(v->end(), c->peerCert.begin(), c->peerCert.end());
-      Push(kEvReady, c, -1, 0, FormatAddr(c->remote), v);
-      Push(kEvCredit, c, -1, ngtcp2_conn_get_streams_bidi_left(c->conn));
+      Kill(c, "EACCES peer proved no identity", true);
+      return;
     }
     if (!c->opens.empty()) TryOpens(c);
+  }
+
+  // The handshake is done and the peer proved a key: hand the connection to
+  // JS (from the handshake_completed callback, before any stream event).
+  void MarkReady(Conn* c) {
+    if (c->ready) return;
+    c->ready = true;
+    Unpend(c);
+    ngtcp2_conn_set_keep_alive_timeout(c->conn, o.keepAliveNs);
+    // The key the verify callback found, then the certificate it came from: JS checks that again (crypto/peer-cert.ts) and decides.
+    auto* v = new std::vector<uint8_t>(c->peerKey, c->peerKey + 32);
+    v->insert(v->end(), c->peerCert.begin(), c->peerCert.end());
+    Push(kEvReady, c, -1, 0, FormatAddr(c->remote), v);
+    Push(kEvCredit, c, -1, ngtcp2_conn_get_streams_bidi_left(c->conn));
   }
 
   void HandleError(Conn* c, int rv) {
