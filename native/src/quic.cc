@@ -188,6 +188,7 @@ struct Conn {
   socklen_t remotelen = 0;
   bool server = false, handshakeDone = false, ready = false, dead = false, counted = false;
   bool haveExpected = false, havePeerKey = false;
+  bool statelessReset = false;  // ngtcp2 took a stateless reset from the peer (its DRAINING says no more)
   uint8_t expected[32], peerKey[32];
   std::string authError, closeReason;
   std::unordered_map<int64_t, std::unique_ptr<Stream>> streams;
@@ -483,6 +484,11 @@ class Endpoint {
     return 0;
   }
 
+  static int OnStatelessReset(ngtcp2_conn*, const ngtcp2_pkt_stateless_reset*, void* ud) {
+    C(ud)->statelessReset = true;
+    return 0;
+  }
+
   static void OnRand(uint8_t* dest, size_t len, const ngtcp2_rand_ctx*) { (void)gnutls_rnd(GNUTLS_RND_RANDOM, dest, len); }
 
   static int OnNewCid(ngtcp2_conn*, ngtcp2_cid* cid, uint8_t* token, size_t cidlen, void* ud) {
@@ -553,6 +559,7 @@ class Endpoint {
     cb.delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
     cb.get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
     cb.stream_stop_sending = OnStopSending;
+    cb.recv_stateless_reset = OnStatelessReset;
     cb.version_negotiation = ngtcp2_crypto_version_negotiation_cb;
     return cb;
   }
@@ -765,11 +772,17 @@ class Endpoint {
       case NGTCP2_ERR_DRAINING: {
         ngtcp2_connection_close_error ce;
         ngtcp2_conn_get_connection_close_error(c->conn, &ce);
-        std::string why = c->ready ? "ESHUTDOWN connection closed by peer" : "EACCES peer rejected the handshake";
-        if (ce.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_TRANSPORT && ce.error_code >= 0x100 && ce.error_code < 0x200)
-          why += " (TLS alert " + std::to_string(ce.error_code - 0x100) + ")";
-        else if (ce.error_code)
-          why += " (code " + std::to_string(ce.error_code) + ")";
+        // ngtcp2 reports a stateless reset and a CONNECTION_CLOSE with code 0 alike: tell them apart.
+        std::string why;
+        if (c->statelessReset) {
+          why = "ESHUTDOWN connection reset by peer (stateless reset: the peer has no state for it)";
+        } else {
+          why = c->ready ? "ESHUTDOWN connection closed by peer" : "EACCES peer rejected the handshake";
+          if (ce.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_TRANSPORT && ce.error_code >= 0x100 && ce.error_code < 0x200)
+            why += " (TLS alert " + std::to_string(ce.error_code - 0x100) + ")";
+          else if (ce.error_code)
+            why += " (code " + std::to_string(ce.error_code) + ")";
+        }
         Kill(c, why, false);
         return;
       }

@@ -21,6 +21,8 @@ export interface LossyLinkOptions {
    * dialer's first 1-RTT packets overtake it. Default 0.
    */
   delayHandshakeMs?: number;
+  /** One-way delay of every datagram (order kept), in ms. Default 0. */
+  delayMs?: number;
   /** PRNG seed. */
   seed: number;
 }
@@ -59,7 +61,7 @@ export class LossyLink {
   private constructor(front: Socket, target: { address: string; port: number }, o: LossyLinkOptions) {
     this.front = front;
     this.target = target;
-    this.o = { duplicate: 0, reorder: 0, delayHandshakeMs: 0, ...o };
+    this.o = { duplicate: 0, reorder: 0, delayHandshakeMs: 0, delayMs: 0, ...o };
     this.rnd = prng(o.seed);
     front.on('message', (m, from) => this.fromDialer(m, from));
   }
@@ -118,7 +120,8 @@ export class LossyLink {
     }
     const send = (b: Buffer, p: number, a: string) => {
       this.counters.forwarded++;
-      via.send(b, p, a);
+      if (this.o.delayMs > 0) setTimeout(() => this.closed || via.send(b, p, a), this.o.delayMs).unref();
+      else via.send(b, p, a);
     };
     send(m, port, address);
     if (this.rnd() < this.o.duplicate) {
