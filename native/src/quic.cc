@@ -188,6 +188,7 @@ struct Conn {
   socklen_t remotelen = 0;
   bool server = false, handshakeDone = false, ready = false, dead = false, counted = false;
   bool haveExpected = false, havePeerKey = false;
+  bool statelessReset = false;  // ngtcp2 took a stateless reset from the peer (its DRAINING says no more)
   uint8_t expected[32], peerKey[32];
   std::string authError, closeReason;
   std::unordered_map<int64_t, std::unique_ptr<Stream>> streams;
@@ -467,8 +468,24 @@ class Endpoint {
     return 0;
   }
 
+  // The connection is JS's from here on, so "ready" must be the first event
+  // of it that JS sees. ngtcp2 calls this before it processes the 1-RTT
+  // packets it buffered while the handshake was incomplete: when the peer's
+  // Finished was lost or arrived late, its first stream data is in those,
+  // and its stream and data events come from this same read. Announced after
+  // the read (as before), they came before "ready", JS knew no such
+  // connection and dropped them: the stream was never seen (the listener's
+  // carrier deadline then closed the connection, or a stream of native
+  // streams waited forever). Only under loss or reordering.
   static int OnHandshakeCompleted(ngtcp2_conn*, void* ud) {
-    C(ud)->handshakeDone = true;
+    Conn* c = C(ud);
+    c->handshakeDone = true;
+    if (c->havePeerKey) c->ep->MarkReady(c);  // no key: AfterRead refuses it
+    return 0;
+  }
+
+  static int OnStatelessReset(ngtcp2_conn*, const ngtcp2_pkt_stateless_reset*, void* ud) {
+    C(ud)->statelessReset = true;
     return 0;
   }
 
@@ -542,6 +559,7 @@ class Endpoint {
     cb.delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
     cb.get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
     cb.stream_stop_sending = OnStopSending;
+    cb.recv_stateless_reset = OnStatelessReset;
     cb.version_negotiation = ngtcp2_crypto_version_negotiation_cb;
     return cb;
   }
@@ -728,20 +746,24 @@ class Endpoint {
     for (auto& [sid, code] : c->toShut) ngtcp2_conn_shutdown_stream(c->conn, sid, code);
     c->toShut.clear();
     if (c->handshakeDone && !c->ready) {
-      if (!c->havePeerKey) {
-        Kill(c, "EACCES peer proved no identity", true);
-        return;
-      }
-      c->ready = true;
-      Unpend(c);
-      ngtcp2_conn_set_keep_alive_timeout(c->conn, o.keepAliveNs);
-      // The key the verify callback found, then the certificate it came from: JS checks that again (crypto/peer-cert.ts) and decides.
-      auto* v = new std::vector<uint8_t>(c->peerKey, c->peerKey + 32);
-      v->insert(v->end(), c->peerCert.begin(), c->peerCert.end());
-      Push(kEvReady, c, -1, 0, FormatAddr(c->remote), v);
-      Push(kEvCredit, c, -1, ngtcp2_conn_get_streams_bidi_left(c->conn));
+      Kill(c, "EACCES peer proved no identity", true);
+      return;
     }
     if (!c->opens.empty()) TryOpens(c);
+  }
+
+  // The handshake is done and the peer proved a key: hand the connection to
+  // JS (from the handshake_completed callback, before any stream event).
+  void MarkReady(Conn* c) {
+    if (c->ready) return;
+    c->ready = true;
+    Unpend(c);
+    ngtcp2_conn_set_keep_alive_timeout(c->conn, o.keepAliveNs);
+    // The key the verify callback found, then the certificate it came from: JS checks that again (crypto/peer-cert.ts) and decides.
+    auto* v = new std::vector<uint8_t>(c->peerKey, c->peerKey + 32);
+    v->insert(v->end(), c->peerCert.begin(), c->peerCert.end());
+    Push(kEvReady, c, -1, 0, FormatAddr(c->remote), v);
+    Push(kEvCredit, c, -1, ngtcp2_conn_get_streams_bidi_left(c->conn));
   }
 
   void HandleError(Conn* c, int rv) {
@@ -750,11 +772,17 @@ class Endpoint {
       case NGTCP2_ERR_DRAINING: {
         ngtcp2_connection_close_error ce;
         ngtcp2_conn_get_connection_close_error(c->conn, &ce);
-        std::string why = c->ready ? "ESHUTDOWN connection closed by peer" : "EACCES peer rejected the handshake";
-        if (ce.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_TRANSPORT && ce.error_code >= 0x100 && ce.error_code < 0x200)
-          why += " (TLS alert " + std::to_string(ce.error_code - 0x100) + ")";
-        else if (ce.error_code)
-          why += " (code " + std::to_string(ce.error_code) + ")";
+        // ngtcp2 reports a stateless reset and a CONNECTION_CLOSE with code 0 alike: tell them apart.
+        std::string why;
+        if (c->statelessReset) {
+          why = "ESHUTDOWN connection reset by peer (stateless reset: the peer has no state for it)";
+        } else {
+          why = c->ready ? "ESHUTDOWN connection closed by peer" : "EACCES peer rejected the handshake";
+          if (ce.type == NGTCP2_CONNECTION_CLOSE_ERROR_CODE_TYPE_TRANSPORT && ce.error_code >= 0x100 && ce.error_code < 0x200)
+            why += " (TLS alert " + std::to_string(ce.error_code - 0x100) + ")";
+          else if (ce.error_code)
+            why += " (code " + std::to_string(ce.error_code) + ")";
+        }
         Kill(c, why, false);
         return;
       }

@@ -160,6 +160,12 @@ if (why && !STRICT_TOOLS) {
     })();
     await conn.closed;
     await poke;
+    // Said as what it was: not the "closed by peer" of a CONNECTION_CLOSE.
+    const why = await st.read().then(
+      () => 'no error',
+      (e: Error) => e.message,
+    );
+    assert.match(why, /stateless reset/, `the reads fail naming the stateless reset (${why})`);
     // And the restarted peer serves a new connection.
     const again = await t.dial(second.address, second.publicKey);
     const st2 = await again.openStream();

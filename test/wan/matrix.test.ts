@@ -26,12 +26,10 @@ let produced: WanRun | undefined;
 const RUNNABLE = SUBJECTS.filter((x) => !subjectUnavailable(x));
 
 lab('a one-condition matrix over every transport records samples of every workload and the self-check', async () => {
-  // No loss here: with 1 % loss the ngtcp2 QUIC path sometimes loses a
-  // connection (a stateless-reset-like close) or stalls a stream (known
-  // defect, transports/README.md "Known defects"; reproduce with
-  // `npm run bench -- wan --ci --rtt 20 --loss 1`). This test checks the
-  // lab's plumbing end to end; loss is measured by the bench, not asserted.
-  const r = await run(process.execPath, ['--import', 'tsx', 'bench/run.ts', 'wan', '--ci', '--rtt', '20', '--loss', '0', '--out-dir', out], {
+  // 1 % loss: the ngtcp2 path's defect under loss (a stream sent before the
+  // listener had the dialer's Finished was dropped, transports/README.md)
+  // made this fail about one run in two; transport/ngtcp2-loss guards it.
+  const r = await run(process.execPath, ['--import', 'tsx', 'bench/run.ts', 'wan', '--ci', '--rtt', '20', '--loss', '1', '--out-dir', out], {
     cwd: ROOT,
     env: { ...process.env, PATH: SYSTEM_PATH },
     timeoutMs: 200_000, // a hang guard: the run takes about a minute (longer on a loaded machine)
@@ -43,7 +41,7 @@ lab('a one-condition matrix over every transport records samples of every worklo
   assert.is(runData.conditions.length, 1);
   const c = runData.conditions[0]!;
   assert.is(c.rttMs, 20);
-  assert.is(c.loss, 0);
+  assert.is(c.loss, 0.01);
   assert.ok(c.selfCheck.ok, `self-check passed: ${c.selfCheck.problems.join('; ')}`);
   assert.ok(c.selfCheck.rtt.samplesMs.length > 0 && c.selfCheck.bandwidth && c.selfCheck.bandwidth.measuredBps > 0, 'the self-check recorded what it measured');
   assert.equal(runData.subjects, RUNNABLE);
