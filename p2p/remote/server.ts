@@ -22,6 +22,7 @@
  * server-wide ByteBudget; at its limit streams stop reading, and a peer
  * whose replies have not moved for `stallMs` is dropped, largest first.
  */
+import { BufferPool } from '../../engine/nbd/buffer-pool.ts';
 import type { Identity } from '../../crypto/identity.ts';
 import { base32Encode } from '../../crypto/identity.ts';
 import { regionIdText, verifyGrantFor } from '../../crypto/grant.ts';
@@ -135,6 +136,8 @@ export interface RegionServerStats {
 export class RegionServer {
   readonly regionId: Uint8Array;
   readonly limits: Limits;
+  /** WRITE payloads that arrive in pieces are gathered into these (recycled: no allocation and GC per request). */
+  private readonly payloads = new BufferPool(32 * 1024 * 1024);
   readonly stats: RegionServerStats = { connections: 0, sessions: 0, refused: 0, bytesRead: 0, bytesWritten: 0, writesApplied: 0, resumes: 0, resumesRefused: 0, duplicates: 0 };
   private readonly sessions: SessionTable<LiveSession>;
   private readonly live = new Set<LiveSession>();
@@ -301,7 +304,7 @@ export class RegionServer {
   }
 
   private async serveStream(conn: Connection, stream: ByteStream, peer: string, state: ConnState): Promise<void> {
-    const session = new ServerSession({ limits: this.limits, caps: this.capsOffered() });
+    const session = new ServerSession({ limits: this.limits, caps: this.capsOffered(), gather: (n) => this.payloads.take(n) });
     let ctx: CallContext = { session: ++this.sessionSeq, peer: conn.remotePublicKey, readOnly: true, maxReply: 0 };
     // A resumable session (set at HELLO) and this stream's attachment to it.
     let live: LiveSession | undefined;
@@ -564,7 +567,8 @@ export class RegionServer {
       switch (req.op) {
         case 'read': {
           if (ctx.delegation) throw new QuicmapError('EACCES', 'a delegated session fetches by reference only');
-          const buf = new Uint8Array(req.length);
+          // Not zero-filled: readAt fills every byte (or throws, and nothing is sent).
+          const buf = Buffer.allocUnsafeSlow(req.length);
           await s.readAt(buf, req.offset);
           this.stats.bytesRead += req.length;
           await send(session.reply(req.id, buf));
@@ -573,6 +577,8 @@ export class RegionServer {
         case 'write':
           this.stats.writesApplied++;
           await s.writeAt(req.data, req.offset, { fua: req.fua });
+          // The store has the bytes now (as the NBD server does with its gathered payloads).
+          if (req.gathered) this.payloads.give(req.gathered as Buffer);
           this.stats.bytesWritten += req.data.length;
           break;
         case 'flush':
