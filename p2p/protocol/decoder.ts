@@ -65,6 +65,13 @@ export class FrameDecoder {
   private skipping = 0;
   private failed: Error | undefined;
   sink: PayloadSink | undefined;
+  /**
+   * Where a payload that spans chunks is gathered (a buffer pool's take: at
+   * least n bytes); a fresh array otherwise. The frame names it `gathered`
+   * so its consumer can give it back.
+   */
+  gather: ((n: number) => Uint8Array) | undefined;
+  private gathered: Uint8Array | undefined;
 
   constructor(limits: DecoderLimits, sink?: PayloadSink) {
     this.limits = { ...limits };
@@ -149,7 +156,9 @@ export class FrameDecoder {
           continue;
         } else {
           // Allocated only now, after the header passed the limit check.
-          this.payload = new Uint8Array(header.payloadLength);
+          const g = this.gather?.(header.payloadLength);
+          this.gathered = g;
+          this.payload = g ? g.subarray(0, header.payloadLength) : new Uint8Array(header.payloadLength);
         }
         this.payloadFill = 0;
       }
@@ -160,9 +169,11 @@ export class FrameDecoder {
       this.payloadFill += take;
       at += take;
       if (this.payloadFill === cur.payloadLength) {
+        const gathered = this.gathered;
         this.current = undefined;
         this.payload = undefined;
-        out.push({ kind: 'frame', frame: { ...cur, payload: buf } });
+        this.gathered = undefined;
+        out.push({ kind: 'frame', frame: gathered ? { ...cur, payload: buf, gathered } : { ...cur, payload: buf } });
       }
     }
   }

@@ -76,6 +76,8 @@ export interface FrameHeader {
 export interface Frame extends FrameHeader {
   /** Exactly payloadLength bytes; a view into the received chunk when it arrived whole. */
   payload: Uint8Array;
+  /** The decoder's `gather` buffer `payload` lies in, when it was gathered into one. */
+  gathered?: Uint8Array;
 }
 
 /** Write a header into `out` (at least HEADER_SIZE bytes). */

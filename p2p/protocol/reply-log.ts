@@ -27,6 +27,8 @@ function stampSequence(header: Uint8Array, seq: number): void {
 
 export class ReplyLog {
   private readonly channel: TxnChannel<Uint8Array[], never>;
+  /** Replies with a release callback, by ascending sequence number. */
+  private readonly releases: Array<{ seq: number; release: () => void }> = [];
   readonly window: number;
 
   constructor(window: number) {
@@ -59,14 +61,28 @@ export class ReplyLog {
     return this.channel.connected;
   }
 
-  /** Log a reply (header first, as the frame builders return it); returns its sequence number. */
-  append(frames: Uint8Array[]): number {
+  /**
+   * Log a reply (header first, as the frame builders return it); returns its
+   * sequence number. `release` runs once the client has acknowledged it: it
+   * was received, so nothing will send its frames again and their buffers may
+   * be reused (a log dropped with its session never calls it).
+   */
+  append(frames: Uint8Array[], release?: () => void): number {
     const seq = this.channel.lastId + 1;
     stampSequence(frames[0]!, seq);
     let bytes = 0;
     for (const f of frames) bytes += f.length;
     this.channel.send(frames, bytes);
+    if (release) this.releases.push({ seq, release });
     return seq;
+  }
+
+  /** Run the release callbacks of every reply up to `received` (in order; the queue is sorted by sequence). */
+  private released(received: number): void {
+    let n = 0;
+    while (n < this.releases.length && this.releases[n]!.seq <= received) n++;
+    if (n === 0) return;
+    for (const r of this.releases.splice(0, n)) r.release();
   }
 
   /** Frames to put on the wire now, in order (nothing while detached). */
@@ -79,6 +95,7 @@ export class ReplyLog {
   /** The client received every reply up to `received`. Throws ProtocolError for an ack of a reply never sent. */
   ack(received: number, now: number): void {
     this.channel.receive({ id: 0, ack: received }, now);
+    this.released(received);
   }
 
   /** The link broke: keep everything, send nothing until `resume`. */
@@ -92,5 +109,6 @@ export class ReplyLog {
       throw new ProtocolError(`resume claims reply ${received}, but only ${this.channel.lastId} were sent`);
     }
     this.channel.resume(received, now);
+    this.released(received);
   }
 }

@@ -33,7 +33,8 @@ import {
 
 export type ServerRequest =
   | { op: 'read'; id: number; offset: number; length: number }
-  | { op: 'write'; id: number; offset: number; data: Uint8Array; fua: boolean }
+  /** `gathered`: the buffer from the session's `gather` that `data` lies in (give it back once written). */
+  | { op: 'write'; id: number; offset: number; data: Uint8Array; fua: boolean; gathered?: Uint8Array }
   | { op: 'flush'; id: number }
   | { op: 'call'; id: number; method: string; args: unknown; /** bytes of the CALL body (charged to the server's memory budget) */ bytes?: number }
   | { op: 'trim'; id: number; offset: number; length: number; fua: boolean }
@@ -58,6 +59,8 @@ export interface ServerSessionOptions {
   limits: Limits;
   /** Features the store behind this session offers. */
   caps: readonly Capability[];
+  /** Where WRITE payloads that span received chunks are gathered (at least n bytes; default: a new array each). */
+  gather?: (n: number) => Uint8Array;
 }
 
 export interface AcceptInfo {
@@ -112,6 +115,7 @@ export class ServerSession {
     this.opts = opts;
     this.negotiated = { ...opts.limits };
     this.decoder = new FrameDecoder({ maxPayload: PRE_HELLO_PAYLOAD, maxControl: MAX_CONTROL_BODY });
+    this.decoder.gather = opts.gather;
   }
 
   get limits(): Readonly<Limits> {
@@ -320,7 +324,7 @@ export class ServerSession {
         request = { op: 'read', id: f.id, offset: f.offset, length: f.length };
         break;
       case FrameType.WRITE:
-        request = { op: 'write', id: f.id, offset: f.offset, data: f.payload, fua };
+        request = { op: 'write', id: f.id, offset: f.offset, data: f.payload, fua, ...(f.gathered ? { gathered: f.gathered } : {}) };
         break;
       case FrameType.FLUSH:
         request = { op: 'flush', id: f.id };

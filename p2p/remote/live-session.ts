@@ -94,10 +94,10 @@ export class LiveSession {
     return true;
   }
 
-  /** A reply (OK / ERROR frames) to log and send. */
-  reply(frames: Uint8Array[], now: number): void {
+  /** A reply (OK / ERROR frames) to log and send; `release` runs once the client acknowledged it (ReplyLog.append). */
+  reply(frames: Uint8Array[], now: number, release?: () => void): void {
     if (frames.length === 0 || this.disposed) return;
-    this.log.append(frames);
+    this.log.append(frames, release);
     this.pump(now);
   }
 

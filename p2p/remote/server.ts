@@ -22,6 +22,7 @@
  * server-wide ByteBudget; at its limit streams stop reading, and a peer
  * whose replies have not moved for `stallMs` is dropped, largest first.
  */
+import { BufferPool } from '../../engine/nbd/buffer-pool.ts';
 import type { Identity } from '../../crypto/identity.ts';
 import { base32Encode } from '../../crypto/identity.ts';
 import { regionIdText, verifyGrantFor } from '../../crypto/grant.ts';
@@ -103,6 +104,9 @@ export interface CallContext {
 export type CallHandler = (args: unknown, ctx: CallContext) => Promise<unknown>;
 
 /** Per-connection bookkeeping for admission and the memory budget. */
+/** Send a reply; `release` (optional) runs once its buffers may be reused (never, if nothing can say so). */
+type ReplySender = (frames: Uint8Array[], release?: () => void) => Promise<void>;
+
 interface ConnState {
   authed: boolean;
   ticket: AdmissionTicket;
@@ -135,6 +139,11 @@ export interface RegionServerStats {
 export class RegionServer {
   readonly regionId: Uint8Array;
   readonly limits: Limits;
+  /**
+   * WRITE payloads that arrive in pieces are gathered into these, READ replies
+   * are read into them (recycled: no allocation and GC per request).
+   */
+  private readonly payloads = new BufferPool(32 * 1024 * 1024);
   readonly stats: RegionServerStats = { connections: 0, sessions: 0, refused: 0, bytesRead: 0, bytesWritten: 0, writesApplied: 0, resumes: 0, resumesRefused: 0, duplicates: 0 };
   private readonly sessions: SessionTable<LiveSession>;
   private readonly live = new Set<LiveSession>();
@@ -301,7 +310,7 @@ export class RegionServer {
   }
 
   private async serveStream(conn: Connection, stream: ByteStream, peer: string, state: ConnState): Promise<void> {
-    const session = new ServerSession({ limits: this.limits, caps: this.capsOffered() });
+    const session = new ServerSession({ limits: this.limits, caps: this.capsOffered(), gather: (n) => this.payloads.take(n) });
     let ctx: CallContext = { session: ++this.sessionSeq, peer: conn.remotePublicKey, readOnly: true, maxReply: 0 };
     // A resumable session (set at HELLO) and this stream's attachment to it.
     let live: LiveSession | undefined;
@@ -322,10 +331,12 @@ export class RegionServer {
       }
     };
     // Replies go through the session's log when it is resumable (kept until acknowledged, replayed after a resume).
-    const reply = async (frames: Uint8Array[]) => {
+    // `release`: the reply's buffers may be reused once the client acknowledged it (resumable
+    // sessions only: without the log nothing says when the transport is done with them).
+    const reply = async (frames: Uint8Array[], release?: () => void) => {
       if (live) {
         const l = live;
-        l.reply(frames, this.clock.now());
+        l.reply(frames, this.clock.now(), release);
         if (l.log.overflowing) this.dropSession(l, `client left more than ${l.log.window} replies unacknowledged`);
       } else await send(frames);
     };
@@ -545,7 +556,7 @@ export class RegionServer {
     return { readOnly, gen: resumable?.gen ?? 0, ...(resumable ? { live: resumable.live } : {}), ...(delegation ? { delegation } : {}) };
   }
 
-  private async execute(session: ServerSession, req: ServerRequest, send: (f: Uint8Array[]) => Promise<void>, ctx: CallContext, state: ConnState): Promise<void> {
+  private async execute(session: ServerSession, req: ServerRequest, send: ReplySender, ctx: CallContext, state: ConnState): Promise<void> {
     const s = this.store;
     // Bytes this request holds until its reply has been sent: the read buffer, or the write payload.
     const held = req.op === 'read' ? req.length : req.op === 'write' ? req.data.length : req.op === 'call' ? (req.bytes ?? 0) : 0;
@@ -559,20 +570,30 @@ export class RegionServer {
     }
   }
 
-  private async run(session: ServerSession, req: ServerRequest, send: (f: Uint8Array[]) => Promise<void>, s: ReadWriterAt, ctx: CallContext): Promise<void> {
+  private async run(session: ServerSession, req: ServerRequest, send: ReplySender, s: ReadWriterAt, ctx: CallContext): Promise<void> {
     try {
       switch (req.op) {
         case 'read': {
           if (ctx.delegation) throw new QuicmapError('EACCES', 'a delegated session fetches by reference only');
-          const buf = new Uint8Array(req.length);
-          await s.readAt(buf, req.offset);
+          // Not zero-filled: readAt fills every byte (or throws, and nothing is sent). From the
+          // pool, back into it once the client acknowledged the reply (no allocation and GC per read).
+          const pooled = this.payloads.take(req.length);
+          const buf = pooled.subarray(0, req.length);
+          try {
+            await s.readAt(buf, req.offset);
+          } catch (e) {
+            this.payloads.give(pooled);
+            throw e;
+          }
           this.stats.bytesRead += req.length;
-          await send(session.reply(req.id, buf));
+          await send(session.reply(req.id, buf), () => this.payloads.give(pooled));
           return;
         }
         case 'write':
           this.stats.writesApplied++;
           await s.writeAt(req.data, req.offset, { fua: req.fua });
+          // The store has the bytes now (as the NBD server does with its gathered payloads).
+          if (req.gathered) this.payloads.give(req.gathered as Buffer);
           this.stats.bytesWritten += req.data.length;
           break;
         case 'flush':

@@ -79,6 +79,28 @@ test('decoder writes a payload straight into the sink buffer', () => {
   assert.is(target[255], 9);
 });
 
+test('a payload that spans chunks is gathered into the gather buffer, and the frame names it (to give it back)', () => {
+  const pool: Uint8Array[] = [];
+  const d = new FrameDecoder(LIMITS);
+  d.gather = (n) => {
+    const b = new Uint8Array(n + 100); // pools hand out at least n bytes
+    pool.push(b);
+    return b;
+  };
+  const data = new Uint8Array(3000).map((_, i) => i & 0xff);
+  const bytes = concat([...encodeWrite(7, 0, data), ...encodeWrite(8, 4096, new Uint8Array(10).fill(3))]);
+  const items = [...d.push(bytes.subarray(0, 1000)), ...d.push(bytes.subarray(1000))];
+  assert.is(items.length, 2);
+  const [a, b] = items.map((i) => (i.kind === 'frame' ? i.frame : undefined));
+  assert.is(pool.length, 1, 'only the spanning payload was gathered');
+  assert.ok(a?.gathered === pool[0], 'the frame names its gather buffer');
+  assert.is(a!.payload.length, 3000);
+  assert.ok(a!.payload.buffer === pool[0]!.buffer);
+  assert.equal([...a!.payload], [...data]);
+  assert.is(b?.gathered, undefined, 'a payload that arrived whole is a view, not gathered');
+  assert.ok(b!.payload.buffer === bytes.buffer);
+});
+
 test('a payload above the limit is skipped without being buffered, and decoding goes on', () => {
   const d = new FrameDecoder({ maxPayload: 1024, maxControl: 1024 });
   const big = encodeHeader({ type: FrameType.WRITE, flags: 0, status: 0, id: 7, offset: 0, length: 100_000_000, payloadLength: 100_000_000 });

@@ -47,6 +47,26 @@ test('detached, the log keeps filling; a resume replays exactly what the client 
   assert.ok(log.overflowing, 'more unacknowledged replies than the window');
 });
 
+test('a reply\'s release runs only once the client acknowledged it (ack or resume), in order, never for a broken ack', () => {
+  const log = new ReplyLog(8);
+  const released: number[] = [];
+  for (let i = 1; i <= 5; i++) log.append(encodeOk(i, new Uint8Array(10)), i === 3 ? undefined : () => released.push(i));
+  log.drain(0);
+  assert.equal(released, [], 'sent is not received');
+  log.ack(2, 1);
+  assert.equal(released, [1, 2]);
+  log.ack(2, 2);
+  assert.equal(released, [1, 2], 'an ack repeated releases nothing twice');
+  log.detach();
+  assert.throws(() => log.ack(9, 3), (e: unknown) => e instanceof ProtocolError);
+  assert.equal(released, [1, 2], 'an ack of replies never sent releases nothing');
+  log.resume(4, 4);
+  assert.equal(released, [1, 2, 4], 'a resume acknowledges what the client has (3 had no release)');
+  assert.equal(seqs(log.drain(5)), [5], 'what is not acknowledged is replayed, its buffer still held');
+  log.ack(5, 6);
+  assert.equal(released, [1, 2, 4, 5]);
+});
+
 test('HELLO resume and WELCOME session round-trip and are checked strictly', () => {
   const session = new Uint8Array(16).fill(1);
   const token = new Uint8Array(32).fill(2);
