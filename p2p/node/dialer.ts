@@ -46,7 +46,7 @@ export interface PathDialerOptions {
   upgradeIntervalMs?: number;
   /** Try hole punching through the relay while relayed (default true). */
   punch?: boolean;
-  /** Deadline of the QUIC handshake after a punch (the first Initial may meet a NAT not yet open). Default 8 000 ms. */
+  /** Deadline of the QUIC handshake after a punch (the first Initial may meet a NAT not yet open). Default 6 000 ms (the Initial is sent three times by then). */
   punchDialTimeoutMs?: number;
   /** A relayed link silent for this long is idle enough to move. Default 300 ms. */
   quietMs?: number;
@@ -61,6 +61,9 @@ export class PathDialer {
   private current: { conn: Connection; path: PeerPath } | undefined;
   private stash: { conn: Connection; path: PeerPath; rttMs: number } | undefined;
   private upgradeTimer: NodeJS.Timeout | undefined;
+  private firstProbe: NodeJS.Timeout | undefined;
+  /** When the direct endpoints last failed before a relayed path was taken (0: not just now). */
+  private directFailedAt = 0;
   private probing = false;
   private lastCode: import('../../base/errors.ts').ErrorCode | undefined;
   private closed = false;
@@ -173,9 +176,15 @@ export class PathDialer {
     this.current = { conn, path: got.path };
     this.log(`path to sharer: ${got.path.kind === 'direct' ? `direct ${got.path.transport}://${got.path.address}` : `relay ${got.path.address}`} (${got.rttMs.toFixed(1)} ms to connect${fellBack.length ? `; fell back: ${fellBack.join('; ')}` : ''})`);
     clearInterval(this.upgradeTimer);
-    if (got.path.kind === 'relay' && (this.o.upgradeIntervalMs ?? 5_000) > 0) {
-      this.upgradeTimer = setInterval(() => void this.probe(), this.o.upgradeIntervalMs ?? 5_000);
+    clearTimeout(this.firstProbe);
+    const every = this.o.upgradeIntervalMs ?? 5_000;
+    if (got.path.kind === 'relay' && every > 0) {
+      // The direct endpoints just failed (fellBack): the first probe, soon, goes straight to a hole punch.
+      this.directFailedAt = fellBack.length ? Date.now() : 0;
+      this.upgradeTimer = setInterval(() => void this.probe(), every);
       this.upgradeTimer.unref();
+      this.firstProbe = setTimeout(() => void this.probe(), Math.min(1_000, every));
+      this.firstProbe.unref();
     }
     return conn;
   }
@@ -186,7 +195,9 @@ export class PathDialer {
     this.probing = true;
     try {
       const record = await this.lookup();
-      let direct = await this.dialDirect([...this.hints(), ...(record?.endpoints ?? [])], []);
+      // Endpoints that failed less than an interval ago are not dialled again before the punch.
+      const recent = Date.now() - this.directFailedAt < (this.o.upgradeIntervalMs ?? 5_000);
+      let direct = recent ? undefined : await this.dialDirect([...this.hints(), ...(record?.endpoints ?? [])], []);
       if (!direct) direct = await this.tryPunch();
       if (!direct) return;
       const relayed = this.current;
@@ -195,6 +206,7 @@ export class PathDialer {
         return;
       }
       clearInterval(this.upgradeTimer);
+      clearTimeout(this.firstProbe);
       this.stash = direct;
       const meter = this.o.peers.get(this.sharerId).meter;
       const quiet = this.o.quietMs ?? 300;
@@ -228,7 +240,7 @@ export class PathDialer {
     const socket = quic && canPunchTransport(quic) ? quic.dialerPunchSocket(familyOf(via.address)) : undefined;
     if (quic && socket) {
       try {
-        const r = await this.o.relay.punchQuic(via.address, this.sharer, socket, (a) => quic.dial(a, this.sharer, { timeoutMs: this.o.punchDialTimeoutMs ?? 8_000 }));
+        const r = await this.o.relay.punchQuic(via.address, this.sharer, socket, (a) => quic.dial(a, this.sharer, { timeoutMs: this.o.punchDialTimeoutMs ?? 6_000 }));
         this.punch = `succeeded over quic (${r.address}; we were seen at ${r.observed})`;
         return { conn: r.conn, path: { kind: 'direct', transport: 'quic', address: r.address, punched: true }, rttMs: performance.now() - t0 };
       } catch (e) {
@@ -253,6 +265,7 @@ export class PathDialer {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.upgradeTimer);
+    clearTimeout(this.firstProbe);
     await this.stash?.conn.close();
     this.stash = undefined;
   }
