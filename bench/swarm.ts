@@ -11,6 +11,11 @@
  *   - throughput: 1 MiB reads, 16 in flight, direct TCP vs through the
  *     relay (TCP circuits, end-to-end encrypted), ratio relayed/direct
  *     (target >= 0.8x). Direct QUIC is shown for reference;
+ *   - punched quic: the same relayed start with the sharer on QUIC and the
+ *     mounter free to upgrade: time from mount() until the path is a
+ *     QUIC hole punch through the relay (no NAT on loopback: this measures
+ *     the coordination, observe + punch + QUIC handshake + the move), then
+ *     the reads over it;
  *   - one bulk stream (transport level, no region protocol): TcpTransport
  *     direct vs RelayTransport through the relay, same secure channel.
  * The relay runs as its own process (`quicmap relay`); sharer and mounter
@@ -117,22 +122,31 @@ async function streamRuns(relayAddress: string, rounds: number, bytes: number) {
 }
 
 async function pathRuns(relayAddress: string, boot: DhtClient, rounds: number, bytes: number) {
-  const rows: Record<string, { firstByteMs: number[]; mbps: number[] }> = {};
+  const rows: Record<string, { firstByteMs: number[]; mbps: number[]; punchMs: number[] }> = {};
   for (let r = 0; r < rounds; r++) {
-    for (const mode of ['direct-tcp', 'relayed', 'direct-quic'] as const) {
-      const transport = mode === 'direct-quic' ? 'quic' : 'tcp';
+    for (const mode of ['direct-tcp', 'relayed', 'direct-quic', 'punched-quic'] as const) {
+      const transport = mode === 'direct-quic' || mode === 'punched-quic' ? 'quic' : 'tcp';
+      const punching = mode === 'punched-quic';
       const a = await QuicmapNode.open({ identity: await generateIdentity(), dht: { bootstrap: [boot.address], queryTimeoutMs: 250 }, relays: [relayAddress] });
-      const b = await QuicmapNode.open({ identity: await generateIdentity(), dht: { bootstrap: [boot.address], queryTimeoutMs: 250 }, upgradeIntervalMs: 0, punch: false });
+      const b = await QuicmapNode.open({ identity: await generateIdentity(), dht: { bootstrap: [boot.address], queryTimeoutMs: 250 }, upgradeIntervalMs: punching ? 200 : 0, punch: punching });
       try {
         const store = new MemoryBackend(bytes);
         await store.writeAt(new Uint8Array(bytes).fill(7), 0);
         const share = await a.share({ store, listen: '127.0.0.1:0', transport });
-        if (mode === 'relayed') await share.publisher!.update({ ...share.record!, endpoints: [] });
+        if (mode === 'relayed' || punching) await share.publisher!.update({ ...share.record!, endpoints: [] });
         const t0 = performance.now();
         const m = await b.mount({ ticket: share.ticket });
         const buf = new Uint8Array(4096);
         await m.mounted.region.readAt(buf, 0);
         const firstByteMs = performance.now() - t0;
+        if (punching) {
+          while (!m.dialer.path?.punched) {
+            if (performance.now() - t0 > 30_000) throw new Error(`punched-quic: no punch within 30 s (${m.dialer.punch ?? 'not tried'})`);
+            await new Promise((res) => setTimeout(res, 10));
+          }
+          await m.mounted.region.readAt(buf, 0); // the move is done once a request went over the new path
+          (rows[mode] ??= { firstByteMs: [], mbps: [], punchMs: [] }).punchMs.push(performance.now() - t0);
+        }
         const chunk = MiB;
         let next = 0;
         const t1 = performance.now();
@@ -143,7 +157,7 @@ async function pathRuns(relayAddress: string, boot: DhtClient, rounds: number, b
           }),
         );
         const mbps = bytes / 1e6 / ((performance.now() - t1) / 1000);
-        (rows[mode] ??= { firstByteMs: [], mbps: [] }).firstByteMs.push(firstByteMs);
+        (rows[mode] ??= { firstByteMs: [], mbps: [], punchMs: [] }).firstByteMs.push(firstByteMs);
         rows[mode]!.mbps.push(mbps);
         if (m.dialer.path?.kind !== (mode === 'relayed' ? 'relay' : 'direct')) throw new Error(`${mode}: path was ${m.dialer.path?.kind}`);
       } finally {
@@ -152,7 +166,7 @@ async function pathRuns(relayAddress: string, boot: DhtClient, rounds: number, b
       }
     }
   }
-  return Object.fromEntries(Object.entries(rows).map(([k, v]) => [k, { firstByteP50Ms: median(v.firstByteMs), mbpsP50: median(v.mbps) }]));
+  return Object.fromEntries(Object.entries(rows).map(([k, v]) => [k, { firstByteP50Ms: median(v.firstByteMs), mbpsP50: median(v.mbps), ...(v.punchMs.length ? { punchedP50Ms: median(v.punchMs) } : {}) }]));
 }
 
 export default async function bench(argv: string[]): Promise<void> {
@@ -182,6 +196,7 @@ export default async function bench(argv: string[]): Promise<void> {
   for (const d of dht) process.stdout.write(`| ${d.nodes} | ${d.getP50Ms.toFixed(1)} ms | ${d.getP99Ms.toFixed(1)} ms | ${d.lookupP50Ms.toFixed(1)} ms | ${d.lookupP99Ms.toFixed(1)} ms | ${d.found} |\n`);
   process.stdout.write('\nMount (ticket without addresses, DHT lookup included)\n| path | mount to first byte p50 | 1 MiB reads, 16 in flight |\n|---|---|---|\n');
   for (const [k, v] of Object.entries(paths)) process.stdout.write(`| ${k} | ${v.firstByteP50Ms.toFixed(1)} ms | ${v.mbpsP50.toFixed(0)} MB/s |\n`);
+  if (paths['punched-quic']?.punchedP50Ms !== undefined) process.stdout.write(`\npunched quic: mount start to the punched path in use, p50 ${paths['punched-quic'].punchedP50Ms.toFixed(0)} ms (first byte through the relay, then the punch; loopback, no NAT)\n`);
   process.stdout.write(`\nrelayed / direct tcp throughput: ${ratio.toFixed(2)}x (target >= 0.8x)\n`);
   process.stdout.write(`\nOne bulk stream (transport level): direct tcp ${streams['direct-tcp']?.toFixed(0)} MB/s, relayed ${streams.relayed?.toFixed(0)} MB/s (${((streams.relayed ?? 0) / (streams['direct-tcp'] ?? 1)).toFixed(2)}x)\n`);
 }
