@@ -79,7 +79,8 @@ async function natCase(s: Scope, randomPorts: boolean) {
   await io('0x41');
   const relaySock = () => readdirSync(join(dir, 'r', 'run')).map((f) => join(dir, 'r', 'run', f)).find((f) => f.includes('relay-'))!;
   const relayed = async () => (await status(r, join(dir, 'r'), relaySock())).relay.bytesRelayed as number;
-  return { a, b, r, dir, io, relayed, mount, share, sb: () => status(b, join(dir, 'b'), join(dir, 'b.sock'), () => `\nmount (exit ${mount.child.exitCode}, ${mount.child.signalCode}) log:\n${mount.stderr().slice(-3000)}\nshare log:\n${share.stderr().slice(-1500)}`) };
+  const circuits = async () => (await status(r, join(dir, 'r'), relaySock())).relay.circuits as number;
+  return { a, b, r, dir, io, relayed, circuits, mount, share, sb: () => status(b, join(dir, 'b'), join(dir, 'b.sock'), () => `\nmount (exit ${mount.child.exitCode}, ${mount.child.signalCode}) log:\n${mount.stderr().slice(-3000)}\nshare log:\n${share.stderr().slice(-1500)}`) };
 }
 
 
@@ -106,6 +107,8 @@ caseOf('two NATs: the QUIC hole punch through the relay succeeds and traffic the
   assert.ok(st.peers[0].history.some((x: { to: string }) => x.to.startsWith('relay')), 'the path went relay -> direct');
   assert.is(st.peers[0].via, 'punched');
   assert.is(st.peers[0].transport, 'quic');
+  // The move closed the relayed connection; once its circuit is gone (its last bytes counted) nothing more may cross the relay.
+  await eventually(30_000, () => 'the relayed circuit stays open after the move', async () => (await c.circuits()) === 0);
   const before = await c.relayed();
   const relayedByB = st.peers[0].bytes.relayed.sent;
   await c.io('0x42');
