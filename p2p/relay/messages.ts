@@ -28,7 +28,9 @@
  *
  * and, from that socket, punch datagrams carrying the token to the relay's
  * UDP port (the same number as its TCP port); the relay answers on the
- * control connection, never over UDP (so it reflects nothing):
+ * control connection, never over UDP (so it reflects nothing), and takes
+ * the datagram only from the control connection's IP address (so a token
+ * cannot bind a spoofed source to a peer):
  *
  *   relay -> peer    { t: 'observed', rid, ip, port }      the socket as the relay sees it
  *

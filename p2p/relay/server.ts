@@ -12,8 +12,9 @@
  * - a UDP socket on the same port number only observes: a peer about to
  *   punch over QUIC sends a token (given on its control connection) from
  *   its QUIC socket, and the relay tells it, on the control connection,
- *   the address that datagram came from (its NAT mapping). Nothing is ever
- *   sent over UDP, so the relay reflects no traffic.
+ *   the address that datagram came from (its NAT mapping), if it came from
+ *   the control connection's IP. Nothing is ever sent over UDP, so the
+ *   relay reflects no traffic.
  *
  * Every decision comes from the sans-IO RelayBook; refusals and closes are
  * sent to the peers concerned (typed, messages.ts) and logged here.
@@ -103,7 +104,7 @@ export class RelayServer {
   /** The UDP socket that observes NAT mappings (QUIC hole punching); undefined if its port was taken. */
   private udp: UdpSocket | undefined;
   /** Observation tokens waiting for their datagram (one per control connection): token hex -> where to answer. */
-  private readonly observing = new Map<string, { channel: ControlChannel; rid: number; timer: NodeJS.Timeout }>();
+  private readonly observing = new Map<string, { channel: ControlChannel; rid: number; ip: string; timer: NodeJS.Timeout }>();
   /** The UDP address last observed for each control connection. */
   private readonly observedUdp = new Map<ControlChannel, { ip: string; port: number; at: number }>();
   private nextPunch = 1;
@@ -168,16 +169,17 @@ export class RelayServer {
     if (!token || token.length !== TOKEN_BYTES) return;
     const key = hex(token);
     const w = this.observing.get(key);
-    if (!w) return;
+    const ip = address.replace(/^::ffff:/, '');
+    // Only from the control connection's own IP: a token cannot bind someone else's address (a spoofed source) to a peer.
+    if (!w || ip !== w.ip) return;
     this.observing.delete(key);
     clearTimeout(w.timer);
-    const ip = address.replace(/^::ffff:/, '');
     this.observedUdp.set(w.channel, { ip, port, at: Date.now() });
     this.stats.udpObserved++;
     void w.channel.send({ t: 'observed', rid: w.rid, ip, port }).catch(() => {});
   }
 
-  private observe(channel: ControlChannel, rid: number, token: Uint8Array, peer: Uint8Array): void {
+  private observe(channel: ControlChannel, rid: number, token: Uint8Array, peer: Uint8Array, remote: string): void {
     if (!this.udp) {
       this.refuse('PERMISSION_DENIED', 'UDP observation: this relay has no UDP port', peer);
       void channel.send({ t: 'refused', rid, refusal: 'PERMISSION_DENIED', message: 'this relay does not observe UDP (its UDP port was taken)' }).catch(() => {});
@@ -196,7 +198,7 @@ export class RelayServer {
       void channel.send({ t: 'refused', rid, refusal: 'CONNECTION_FAILED', message: 'no UDP datagram with the token arrived' }).catch(() => {});
     }, this.o.setupTimeoutMs);
     timer.unref();
-    this.observing.set(key, { channel, rid, timer });
+    this.observing.set(key, { channel, rid, ip: ipOf(remote), timer });
   }
 
   /** The fresh UDP mapping observed for a control connection. */
@@ -275,7 +277,7 @@ export class RelayServer {
           this.stats.reservations = this.book.reservationCount;
           await channel.send({ t: 'reserved', rid: m.rid, expiresAt: v.expiresAt, limits: this.book.limits });
         } else if (m.t === 'observe') {
-          this.observe(channel, m.rid, m.token, peer);
+          this.observe(channel, m.rid, m.token, peer, conn.remoteAddress);
         } else if (m.t === 'punch') {
           this.onPunch(channel, peer, conn.remoteAddress, m.rid, m.target, m.port, reservationKey(hex(m.target), m.tag), m.quic);
         } else if (m.t === 'punch-answer') {

@@ -16,8 +16,10 @@ import { generateIdentity } from '../../crypto/identity.ts';
 import { RelayServer } from '../../p2p/relay/server.ts';
 import { RelayTransport } from '../../p2p/relay/transport.ts';
 import { RelayRefusal } from '../../p2p/relay/messages.ts';
+import { RelayControl } from '../../p2p/relay/control-client.ts';
+import { parseRelayAddress } from '../../p2p/relay/address.ts';
 import { QuicNgtcp2Transport } from '../../transports/quic-ngtcp2.ts';
-import { punchDatagram, type PunchListener } from '../../transports/udp-punch.ts';
+import { punchDatagram, type PunchListener, type PunchSocket } from '../../transports/udp-punch.ts';
 import type { Listener } from '../../transports/transport.ts';
 import { STRICT_TOOLS, Scope, withTimeout } from '../helpers/env.ts';
 
@@ -34,8 +36,8 @@ const caseOf = (name: string, fn: (s: Scope) => Promise<void>) =>
     }
   });
 
-async function world(s: Scope) {
-  const relay = await RelayServer.start({ identity: await generateIdentity(), listen: '127.0.0.1:0' });
+async function world(s: Scope, setupTimeoutMs = 5_000) {
+  const relay = await RelayServer.start({ identity: await generateIdentity(), listen: '127.0.0.1:0', setupTimeoutMs });
   s.defer(() => relay.close());
   const node = async () => {
     const id = await generateIdentity();
@@ -57,7 +59,7 @@ async function world(s: Scope) {
   void (async () => {
     while (await rl.accept().catch(() => null));
   })();
-  return { relay, a, ql, punched, node };
+  return { relay, a, ql, punched, node, rl };
 }
 
 function udp(): Promise<Socket> {
@@ -116,6 +118,27 @@ if (why && !STRICT_TOOLS) {
     assert.equal(w.punched, []);
     assert.is(w.ql.stats().punchOut, 0, 'A sent no datagram');
     assert.ok(w.a.log.some((m) => /has no circuit to us here: declined/.test(m)), w.a.log.join('\n'));
+  });
+
+  caseOf('an observation is taken only from the control connection\'s IP: a datagram with the token from elsewhere binds nothing', async (s) => {
+    const w = await world(s, 1_500);
+    const id = await generateIdentity();
+    const control = await RelayControl.open(id, parseRelayAddress(w.relay.relayAddress), { timeoutMs: 5_000, log: () => {} });
+    s.defer(() => control.close());
+    // A "socket" that sends the token from 127.0.0.2 (as a spoofed source would) while the control connection is from 127.0.0.1.
+    const other = await new Promise<Socket>((resolve) => {
+      const u = createSocket('udp4');
+      u.bind(0, '127.0.0.2', () => resolve(u));
+    });
+    s.defer(() => void other.close());
+    const spoof: PunchSocket = { localPort: other.address().port, family: 4, send: (ip, port, d) => (other.send(d, port, ip), true) };
+    const e = await control.observe(spoof, 5_000).then(() => undefined, (x: unknown) => x);
+    assert.ok(e instanceof RelayRefusal && e.refusal === 'CONNECTION_FAILED', String(e));
+    assert.is(w.relay.stats.udpObserved, 0);
+    // The same control connection, from a socket on its own IP: observed.
+    const real = await w.node();
+    const seen = await control.observe(real.quic.dialerPunchSocket(4)!, 5_000);
+    assert.equal(seen, { ip: '127.0.0.1', port: real.quic.dialerPunchSocket(4)!.localPort });
   });
 }
 
