@@ -11,6 +11,13 @@
  *   - throughput: 1 MiB reads, 16 in flight, direct TCP vs through the
  *     relay (TCP circuits, end-to-end encrypted), ratio relayed/direct
  *     (target >= 0.8x). Direct QUIC is shown for reference;
+ *   - punched quic: the same relayed start with the sharer on QUIC and the
+ *     mounter free to upgrade: time from mount() until the path is a
+ *     QUIC hole punch through the relay (no NAT on loopback: this measures
+ *     the coordination, observe + punch + QUIC handshake + the move), then
+ *     the reads over it;
+ *   - CPU per GiB read during the reads: this process (both peers) and the
+ *     relay process (what forwarding costs);
  *   - one bulk stream (transport level, no region protocol): TcpTransport
  *     direct vs RelayTransport through the relay, same secure channel.
  * The relay runs as its own process (`quicmap relay`); sharer and mounter
@@ -20,6 +27,7 @@ import { parseArgs } from 'node:util';
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
 import { generateIdentity } from '../crypto/identity.ts';
 import { MemoryBackend } from '../engine/backends/memory.ts';
 import { parseSize } from '../base/size.ts';
@@ -63,13 +71,23 @@ async function dhtLatency(n: number, lookups: number) {
   }
 }
 
-async function startRelay(): Promise<{ address: string; stop: () => void }> {
+/** CPU time (ms) a process used so far, from /proc (Linux), or NaN. */
+function cpuMsOf(pid: number | undefined): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime + stime, in USER_HZ (100 on Linux)
+  } catch {
+    return NaN;
+  }
+}
+
+async function startRelay(): Promise<{ address: string; stop: () => void; cpuMs: () => number }> {
   const child = spawn(process.execPath, [QUICMAP, 'relay', '--listen', '127.0.0.1:0', '--identity', `/tmp/quicmap-bench-relay-${process.pid}.id`], { stdio: ['ignore', 'pipe', 'ignore'] });
   const line = await new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout! }).once('line', resolve);
     child.once('exit', (c) => reject(new Error(`relay exited ${c}`)));
   });
-  return { address: line, stop: () => child.kill('SIGTERM') };
+  return { address: line, stop: () => child.kill('SIGTERM'), cpuMs: () => cpuMsOf(child.pid) };
 }
 
 /** One stream carrying `bytes` to an endpoint that counts them; MB/s per round. */
@@ -116,25 +134,36 @@ async function streamRuns(relayAddress: string, rounds: number, bytes: number) {
   return Object.fromEntries(Object.entries(out).map(([k, v]) => [k, median(v)]));
 }
 
-async function pathRuns(relayAddress: string, boot: DhtClient, rounds: number, bytes: number) {
-  const rows: Record<string, { firstByteMs: number[]; mbps: number[] }> = {};
+async function pathRuns(relayAddress: string, boot: DhtClient, rounds: number, bytes: number, relayCpuMs: () => number) {
+  const rows: Record<string, { firstByteMs: number[]; mbps: number[]; punchMs: number[]; cpu: { self: number; relay: number; bytes: number } }> = {};
   for (let r = 0; r < rounds; r++) {
-    for (const mode of ['direct-tcp', 'relayed', 'direct-quic'] as const) {
-      const transport = mode === 'direct-quic' ? 'quic' : 'tcp';
+    for (const mode of ['direct-tcp', 'relayed', 'direct-quic', 'punched-quic'] as const) {
+      const transport = mode === 'direct-quic' || mode === 'punched-quic' ? 'quic' : 'tcp';
+      const punching = mode === 'punched-quic';
       const a = await QuicmapNode.open({ identity: await generateIdentity(), dht: { bootstrap: [boot.address], queryTimeoutMs: 250 }, relays: [relayAddress] });
-      const b = await QuicmapNode.open({ identity: await generateIdentity(), dht: { bootstrap: [boot.address], queryTimeoutMs: 250 }, upgradeIntervalMs: 0, punch: false });
+      const b = await QuicmapNode.open({ identity: await generateIdentity(), dht: { bootstrap: [boot.address], queryTimeoutMs: 250 }, upgradeIntervalMs: punching ? 200 : 0, punch: punching });
       try {
         const store = new MemoryBackend(bytes);
         await store.writeAt(new Uint8Array(bytes).fill(7), 0);
         const share = await a.share({ store, listen: '127.0.0.1:0', transport });
-        if (mode === 'relayed') await share.publisher!.update({ ...share.record!, endpoints: [] });
+        if (mode === 'relayed' || punching) await share.publisher!.update({ ...share.record!, endpoints: [] });
         const t0 = performance.now();
         const m = await b.mount({ ticket: share.ticket });
         const buf = new Uint8Array(4096);
         await m.mounted.region.readAt(buf, 0);
         const firstByteMs = performance.now() - t0;
+        if (punching) {
+          while (!m.dialer.path?.punched) {
+            if (performance.now() - t0 > 30_000) throw new Error(`punched-quic: no punch within 30 s (${m.dialer.punch ?? 'not tried'})`);
+            await new Promise((res) => setTimeout(res, 10));
+          }
+          await m.mounted.region.readAt(buf, 0); // the move is done once a request went over the new path
+          (rows[mode] ??= { firstByteMs: [], mbps: [], punchMs: [], cpu: { self: 0, relay: 0, bytes: 0 } }).punchMs.push(performance.now() - t0);
+        }
         const chunk = MiB;
         let next = 0;
+        const cpu0 = process.cpuUsage();
+        const relay0 = relayCpuMs();
         const t1 = performance.now();
         await Promise.all(
           Array.from({ length: 16 }, async () => {
@@ -143,7 +172,12 @@ async function pathRuns(relayAddress: string, boot: DhtClient, rounds: number, b
           }),
         );
         const mbps = bytes / 1e6 / ((performance.now() - t1) / 1000);
-        (rows[mode] ??= { firstByteMs: [], mbps: [] }).firstByteMs.push(firstByteMs);
+        const used = process.cpuUsage(cpu0);
+        const row = (rows[mode] ??= { firstByteMs: [], mbps: [], punchMs: [], cpu: { self: 0, relay: 0, bytes: 0 } });
+        row.cpu.self += (used.user + used.system) / 1000;
+        row.cpu.relay += relayCpuMs() - relay0;
+        row.cpu.bytes += bytes;
+        row.firstByteMs.push(firstByteMs);
         rows[mode]!.mbps.push(mbps);
         if (m.dialer.path?.kind !== (mode === 'relayed' ? 'relay' : 'direct')) throw new Error(`${mode}: path was ${m.dialer.path?.kind}`);
       } finally {
@@ -152,7 +186,14 @@ async function pathRuns(relayAddress: string, boot: DhtClient, rounds: number, b
       }
     }
   }
-  return Object.fromEntries(Object.entries(rows).map(([k, v]) => [k, { firstByteP50Ms: median(v.firstByteMs), mbpsP50: median(v.mbps) }]));
+  // CPU seconds per GiB read: this process (both peers' TLS and mux) and the relay process (forwarding).
+  const perGiB = (ms: number, b: number) => ms / 1000 / (b / 2 ** 30);
+  return Object.fromEntries(
+    Object.entries(rows).map(([k, v]) => [
+      k,
+      { firstByteP50Ms: median(v.firstByteMs), mbpsP50: median(v.mbps), cpuSPerGiB: perGiB(v.cpu.self, v.cpu.bytes), relayCpuSPerGiB: perGiB(v.cpu.relay, v.cpu.bytes), ...(v.punchMs.length ? { punchedP50Ms: median(v.punchMs) } : {}) },
+    ]),
+  );
 }
 
 export default async function bench(argv: string[]): Promise<void> {
@@ -167,7 +208,7 @@ export default async function bench(argv: string[]): Promise<void> {
   let paths;
   let streams: Record<string, number> = {};
   try {
-    paths = await pathRuns(relay.address, boot, Number(values.rounds), parseSize(values.bytes));
+    paths = await pathRuns(relay.address, boot, Number(values.rounds), parseSize(values.bytes), relay.cpuMs);
     streams = await streamRuns(relay.address, Number(values.rounds), 4 * parseSize(values.bytes));
   } finally {
     relay.stop();
@@ -180,8 +221,9 @@ export default async function bench(argv: string[]): Promise<void> {
   }
   process.stdout.write('DHT (private testnet, loopback)\n| nodes | get p50 | get p99 | lookup p50 | lookup p99 | found |\n|---|---|---|---|---|---|\n');
   for (const d of dht) process.stdout.write(`| ${d.nodes} | ${d.getP50Ms.toFixed(1)} ms | ${d.getP99Ms.toFixed(1)} ms | ${d.lookupP50Ms.toFixed(1)} ms | ${d.lookupP99Ms.toFixed(1)} ms | ${d.found} |\n`);
-  process.stdout.write('\nMount (ticket without addresses, DHT lookup included)\n| path | mount to first byte p50 | 1 MiB reads, 16 in flight |\n|---|---|---|\n');
-  for (const [k, v] of Object.entries(paths)) process.stdout.write(`| ${k} | ${v.firstByteP50Ms.toFixed(1)} ms | ${v.mbpsP50.toFixed(0)} MB/s |\n`);
+  process.stdout.write('\nMount (ticket without addresses, DHT lookup included)\n| path | mount to first byte p50 | 1 MiB reads, 16 in flight | CPU s/GiB, peers | CPU s/GiB, relay |\n|---|---|---|---|---|\n');
+  for (const [k, v] of Object.entries(paths)) process.stdout.write(`| ${k} | ${v.firstByteP50Ms.toFixed(1)} ms | ${v.mbpsP50.toFixed(0)} MB/s | ${v.cpuSPerGiB.toFixed(2)} | ${v.relayCpuSPerGiB.toFixed(2)} |\n`);
+  if (paths['punched-quic']?.punchedP50Ms !== undefined) process.stdout.write(`\npunched quic: mount start to the punched path in use, p50 ${paths['punched-quic'].punchedP50Ms.toFixed(0)} ms (first byte through the relay, then the punch; loopback, no NAT)\n`);
   process.stdout.write(`\nrelayed / direct tcp throughput: ${ratio.toFixed(2)}x (target >= 0.8x)\n`);
   process.stdout.write(`\nOne bulk stream (transport level): direct tcp ${streams['direct-tcp']?.toFixed(0)} MB/s, relayed ${streams.relayed?.toFixed(0)} MB/s (${((streams.relayed ?? 0) / (streams['direct-tcp'] ?? 1)).toFixed(2)}x)\n`);
 }

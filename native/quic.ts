@@ -71,6 +71,10 @@ export interface QuicEndpointStats {
   refused: number;
   /** Stateless resets sent for packets of connections this endpoint does not have. */
   statelessResets: number;
+  /** Hole-punch datagrams sent, received (and dropped), refused by the rate limit. */
+  punchOut: number;
+  punchIn: number;
+  punchLimited: number;
 }
 
 export type QuicEvents = Array<number | string | Uint8Array | undefined>;
@@ -91,6 +95,11 @@ export interface NativeQuicEndpoint {
   consume(conn: number, stream: number, n: number): void;
   resetStream(conn: number, stream: number, code?: number): void;
   closeConnection(conn: number): void;
+  /**
+   * Send one hole-punch datagram from this endpoint's socket (transports/udp-punch.ts's
+   * format; anything else throws), at most 32 a second: false when limited or not sent.
+   */
+  sendDatagram(ip: string, port: number, data: Uint8Array): boolean;
   stats(): QuicEndpointStats;
   /** Close every connection (CONNECTION_CLOSE), stop and join the thread. */
   close(): void;

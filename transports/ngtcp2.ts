@@ -54,6 +54,7 @@ import {
   type QuicEvents,
 } from '../native/quic.ts';
 import { formatHostPort, parseHostPort } from './util.ts';
+import type { PunchSocket } from './udp-punch.ts';
 
 export interface Ngtcp2TransportOptions {
   /** Drop a connection after this long without a packet from the peer. Default 15 000 ms. */
@@ -491,6 +492,7 @@ class Endpoint {
   refusedIdentities = 0;
 
   private readonly opts: Resolved;
+  readonly family: 4 | 6;
   constructor(
     identity: Identity,
     host: string,
@@ -499,6 +501,7 @@ class Endpoint {
     opts: Resolved,
   ) {
     this.opts = opts;
+    this.family = isIP(host) === 6 ? 6 : 4;
     const q = loadNgtcp2();
     if (!q) throw new QuicmapError('ENOTSUP', ngtcp2UnavailableReason() ?? 'ngtcp2 unavailable');
     try {
@@ -540,6 +543,20 @@ class Endpoint {
 
   stats(): QuicEndpointStats | undefined {
     return this.native?.stats();
+  }
+
+  /** This endpoint's UDP socket for hole punching (udp-punch.ts): punch datagrams only, rate limited natively. */
+  punchSocket(): PunchSocket {
+    const family: 4 | 6 = this.family;
+    return {
+      localPort: this.port,
+      family,
+      send: (ip, port, datagram) => {
+        const n = this.native;
+        if (!n || (isIP(ip) === 6 ? 6 : 4) !== family) return false;
+        return n.sendDatagram(ip, port, datagram);
+      },
+    };
   }
 
   /** Run a native call unless the endpoint is closed; false if it was. */
@@ -694,6 +711,11 @@ class NgListener implements Listener {
     return this.queue.shift();
   }
 
+  /** The listening socket for hole punching (the NAT mapping peers reach us at). */
+  punchSocket(): PunchSocket | undefined {
+    return this.ep.isClosed ? undefined : this.ep.punchSocket();
+  }
+
   /** Handshakes that got no connection: refused identity, or past the per-source cap. */
   get failedHandshakes(): number {
     return this.ep.refusedIdentities + this.overCap;
@@ -757,13 +779,27 @@ export class Ngtcp2Transport implements Transport {
     if (expectedPublicKey.length !== 32) throw new QuicmapError('EINVAL', 'expected key must be a 32-byte Ed25519 public key');
     const { host, port } = parseHostPort(address);
     const ip = await resolveHost(host);
-    const family = isIP(ip) === 6 ? 6 : 4;
+    const ep = this.client(isIP(ip) === 6 ? 6 : 4);
+    return ep.dial(ip, port, expectedPublicKey, address, opts.timeoutMs ?? this.opts.dialTimeoutMs);
+  }
+
+  /** The dialing endpoint of a family (one UDP socket for every dial), opened on first use. */
+  private client(family: 4 | 6): Endpoint {
     let ep = this.clients.get(family);
     if (!ep) {
       ep = new Endpoint(this.identity, family === 6 ? '::' : '0.0.0.0', 0, false, this.opts);
       this.clients.set(family, ep);
     }
-    return ep.dial(ip, port, expectedPublicKey, address, opts.timeoutMs ?? this.opts.dialTimeoutMs);
+    return ep;
+  }
+
+  /**
+   * The socket `dial` sends from, for hole punching: a punch from it, then a
+   * dial, use one NAT mapping (the one a relay observed).
+   */
+  dialerPunchSocket(family: 4 | 6): PunchSocket | undefined {
+    if (this.isClosed) return undefined;
+    return this.client(family).punchSocket();
   }
 
   /** Counters of the dialing endpoints (datagrams, sizes, sendmsg calls), for benchmarks. */

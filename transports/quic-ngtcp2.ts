@@ -26,6 +26,7 @@ import { FrameLink, type LinkIO, type LinkIOEvents } from './frame-link.ts';
 import { MuxSession } from './mux.ts';
 import { Ngtcp2Transport, type Ngtcp2Connection, type Ngtcp2Listener } from './ngtcp2.ts';
 import type { QuicEndpointStats } from '../native/quic.ts';
+import type { PunchListener, PunchSocket, PunchTransport } from './udp-punch.ts';
 
 export interface QuicNgtcp2Options {
   /** Drop a connection after this long without a packet from the peer. Default 15 000 ms. */
@@ -181,7 +182,7 @@ function carrierSession(conn: Ngtcp2Connection, stream: ByteStream, isDialer: bo
   return session;
 }
 
-class CarrierListener implements Listener {
+class CarrierListener implements Listener, PunchListener {
   private readonly queue = new AsyncQueue<MuxSession>((c) => void c.close());
   private closing: Promise<void> | undefined;
   /** Connections dropped before being handed out (no carrier in time, refused identity, admission); for tests and metrics. */
@@ -236,6 +237,11 @@ class CarrierListener implements Listener {
     return this.inner.stats();
   }
 
+  /** The listening UDP socket, for hole punching through a relay (udp-punch.ts). */
+  punchSocket(): PunchSocket | undefined {
+    return this.inner.punchSocket();
+  }
+
   /** Stops accepting and closes every connection accepted here (they share its UDP socket). */
   close(): Promise<void> {
     this.closing ??= (async () => {
@@ -247,7 +253,7 @@ class CarrierListener implements Listener {
   }
 }
 
-export class QuicNgtcp2Transport implements Transport {
+export class QuicNgtcp2Transport implements Transport, PunchTransport {
   readonly name = 'quic' as const;
   /** Which implementation this is (quic-choice.ts). */
   readonly implementation = 'ngtcp2' as const;
@@ -312,6 +318,11 @@ export class QuicNgtcp2Transport implements Transport {
   /** Counters of the dialing endpoints, for benchmarks. */
   stats(): Record<string, QuicEndpointStats | undefined> {
     return this.native.stats();
+  }
+
+  /** The socket dial() sends from, for hole punching (udp-punch.ts). */
+  dialerPunchSocket(family: 4 | 6): PunchSocket | undefined {
+    return this.isClosed ? undefined : this.native.dialerPunchSocket(family);
   }
 
   async close(): Promise<void> {

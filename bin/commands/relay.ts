@@ -17,12 +17,16 @@ NAT). A sharer reserves a slot (\`quicmap share --relay ADDRESS\`); a mount
 that cannot reach it directly opens a circuit through the relay by itself.
 The peers secure each circuit end to end (the same handshake and identity
 checks as a direct connection): the relay sees ciphertext only and cannot
-pose as either peer. The first line of stdout is the relay's address,
+pose as either peer. It also coordinates hole punches between peers it
+relays (over QUIC: the same port number over UDP only observes the peers'
+NAT mappings and never sends a datagram; over TCP: simultaneous open), so
+they move to a direct path when their NATs allow. The first line of stdout is the relay's address,
 RELAY_ID@HOST:PORT, what --relay takes. Every refusal is explicit and
 logged on both sides. Ctrl-C or SIGTERM stops it.
 
 Options:
-  --listen HOST:PORT         TCP address (default 127.0.0.1:4000)
+  --listen HOST:PORT         TCP address, and the UDP port that observes
+                             for QUIC hole punches (default 127.0.0.1:4000)
   --advertise HOST:PORT      address printed in the relay address, if peers
                              reach this one by another (default: --listen)
   --max-reservations N       peers that may hold a reservation at once

@@ -254,7 +254,23 @@ struct Stats {
   // Listener admission: handshakes evicted to make room, Initials refused (connection cap), stateless resets sent.
   std::atomic<uint64_t> evicted{0}, refused{0}, resets{0};
   std::atomic<uint64_t> maxDatagramOut{0};
+  // Hole-punch datagrams (format below): sent by sendDatagram, received and dropped.
+  std::atomic<uint64_t> punchOut{0}, punchIn{0}, punchLimited{0};
 };
+
+// A hole-punch datagram: kPunchMagic then at most kPunchMax - 8 bytes. Its
+// first byte is 0 (the QUIC fixed bit is clear), so no QUIC endpoint takes it
+// for a packet; ours drop it before parsing (IsPunchDatagram).
+const uint8_t kPunchMagic[8] = {0x00, 'Q', 'M', 'P', 'U', 'N', 'C', 'H'};
+constexpr size_t kPunchMax = 64;
+// At most this many punch datagrams a second per endpoint (token bucket,
+// burst of the same size): a punch sends a handful, so the endpoint can never
+// be turned into a packet source for a flood.
+constexpr double kPunchPerSecond = 32;
+
+bool IsPunchDatagram(const uint8_t* p, size_t len) {
+  return len >= sizeof kPunchMagic && len <= kPunchMax && std::memcmp(p, kPunchMagic, sizeof kPunchMagic) == 0;
+}
 
 class Endpoint {
  public:
@@ -288,6 +304,26 @@ class Endpoint {
     if (fd >= 0) close(fd);
     if (efd >= 0) close(efd);
     if (cred) gnutls_certificate_free_credentials(cred);
+  }
+
+  // Hole punching: one punch datagram from this endpoint's socket (so it
+  // opens the NAT mapping QUIC uses), sent at once from the JS thread
+  // (sendto on a UDP socket is safe beside the loop thread's sendmsg).
+  // False when over the rate limit or the send failed.
+  double punchTokens = kPunchPerSecond;
+  uint64_t punchRefilled = 0;
+  bool SendPunch(const sockaddr_storage& to, socklen_t tolen, const uint8_t* p, size_t len) {
+    uint64_t now = Now();
+    if (punchRefilled) punchTokens = std::min(kPunchPerSecond, punchTokens + static_cast<double>(now - punchRefilled) * kPunchPerSecond / NGTCP2_SECONDS);
+    punchRefilled = now;
+    if (punchTokens < 1) {
+      st.punchLimited++;
+      return false;
+    }
+    punchTokens -= 1;
+    if (sendto(fd, p, len, 0, reinterpret_cast<const sockaddr*>(&to), tolen) != static_cast<ssize_t>(len)) return false;
+    st.punchOut++;
+    return true;
   }
 
   void Command(Cmd&& c) {
@@ -893,6 +929,10 @@ class Endpoint {
   }
 
   void Dispatch(const sockaddr_storage& addr, socklen_t alen, const uint8_t* pkt, size_t len) {
+    if (IsPunchDatagram(pkt, len)) {
+      st.punchIn++;  // it opened a NAT on its way here; nothing to answer
+      return;
+    }
     ngtcp2_version_cid vc;
     if (ngtcp2_pkt_decode_version_cid(&vc, pkt, len, kCidLen) != 0) return;
     auto it = byCid.find(CidKey(vc.dcid, vc.dcidlen));
@@ -1324,6 +1364,7 @@ class QuicEndpointWrap : public Napi::ObjectWrap<QuicEndpointWrap> {
                            InstanceMethod("consume", &QuicEndpointWrap::Consume),
                            InstanceMethod("resetStream", &QuicEndpointWrap::ResetStream),
                            InstanceMethod("closeConnection", &QuicEndpointWrap::CloseConnection),
+                           InstanceMethod("sendDatagram", &QuicEndpointWrap::SendDatagram),
                            InstanceMethod("stats", &QuicEndpointWrap::StatsM),
                            InstanceMethod("close", &QuicEndpointWrap::Close),
                        });
@@ -1482,6 +1523,22 @@ class QuicEndpointWrap : public Napi::ObjectWrap<QuicEndpointWrap> {
     return info.Env().Undefined();
   }
 
+  // sendDatagram(ip, port, data) -> sent: a hole-punch datagram (kPunchMagic
+  // first, at most kPunchMax bytes; anything else is a TypeError), rate limited.
+  Napi::Value SendDatagram(const Napi::CallbackInfo& info) {
+    Endpoint* ep = Ep(info);
+    if (info.Length() < 3 || !info[2].IsTypedArray()) throw Napi::TypeError::New(info.Env(), "sendDatagram(ip, port, data)");
+    sockaddr_storage to;
+    socklen_t tolen;
+    std::string ip = info[0].ToString().Utf8Value();
+    int port = info[1].ToNumber().Int32Value();
+    if (port <= 0 || port > 65535 || !ParseAddr(ip, port, &to, &tolen)) throw Napi::TypeError::New(info.Env(), "not an IP address and port: " + ip);
+    if (to.ss_family != ep->local.ss_family) throw Napi::TypeError::New(info.Env(), "address family differs from the endpoint's");
+    auto a = info[2].As<Napi::Uint8Array>();
+    if (!IsPunchDatagram(a.Data(), a.ByteLength())) throw Napi::TypeError::New(info.Env(), "only hole-punch datagrams (magic first, at most 64 bytes) may be sent");
+    return Napi::Boolean::New(info.Env(), ep->SendPunch(to, tolen, a.Data(), a.ByteLength()));
+  }
+
   Napi::Value StatsM(const Napi::CallbackInfo& info) {
     Endpoint* ep = Ep(info);
     auto o = Napi::Object::New(info.Env());
@@ -1498,6 +1555,9 @@ class QuicEndpointWrap : public Napi::ObjectWrap<QuicEndpointWrap> {
     set("refused", s.refused);
     set("statelessResets", s.resets);
     set("maxDatagramOut", s.maxDatagramOut);
+    set("punchOut", s.punchOut);
+    set("punchIn", s.punchIn);
+    set("punchLimited", s.punchLimited);
     o.Set("gso", Napi::Boolean::New(info.Env(), ep->o.gso && ep->gsoOk));
     return o;
   }

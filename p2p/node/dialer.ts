@@ -18,7 +18,13 @@ import type { Connection, Transport } from '../../transports/transport.ts';
 import type { DhtClient } from '../dht/client.ts';
 import type { Endpoint, RegionRecord } from '../dht/record.ts';
 import { dialOrder, type TransportName } from '../../crypto/endpoint.ts';
-import { formatRelayAddress } from '../relay/address.ts';
+import { formatRelayAddress, parseRelayAddress } from '../relay/address.ts';
+import { canPunchTransport } from '../../transports/udp-punch.ts';
+import { isIP } from 'node:net';
+import { parseHostPort } from '../../transports/util.ts';
+
+/** The IP family of a relay's address (the QUIC socket that punches must be of it). */
+const familyOf = (relay: string): 4 | 6 => (isIP(parseHostPort(parseRelayAddress(relay).address).host) === 6 ? 6 : 4);
 import type { RelayTransport } from '../relay/transport.ts';
 import { meterConnection, type Meter } from './metered.ts';
 import type { PeerPath, PeerTable } from './peer-table.ts';
@@ -40,6 +46,8 @@ export interface PathDialerOptions {
   upgradeIntervalMs?: number;
   /** Try hole punching through the relay while relayed (default true). */
   punch?: boolean;
+  /** Deadline of the QUIC handshake after a punch (the first Initial may meet a NAT not yet open). Default 6 000 ms (the Initial is sent three times by then). */
+  punchDialTimeoutMs?: number;
   /** A relayed link silent for this long is idle enough to move. Default 300 ms. */
   quietMs?: number;
   log?: (message: string) => void;
@@ -53,6 +61,9 @@ export class PathDialer {
   private current: { conn: Connection; path: PeerPath } | undefined;
   private stash: { conn: Connection; path: PeerPath; rttMs: number } | undefined;
   private upgradeTimer: NodeJS.Timeout | undefined;
+  private firstProbe: NodeJS.Timeout | undefined;
+  /** When the direct endpoints last failed before a relayed path was taken (0: not just now). */
+  private directFailedAt = 0;
   private probing = false;
   private lastCode: import('../../base/errors.ts').ErrorCode | undefined;
   private closed = false;
@@ -165,9 +176,15 @@ export class PathDialer {
     this.current = { conn, path: got.path };
     this.log(`path to sharer: ${got.path.kind === 'direct' ? `direct ${got.path.transport}://${got.path.address}` : `relay ${got.path.address}`} (${got.rttMs.toFixed(1)} ms to connect${fellBack.length ? `; fell back: ${fellBack.join('; ')}` : ''})`);
     clearInterval(this.upgradeTimer);
-    if (got.path.kind === 'relay' && (this.o.upgradeIntervalMs ?? 5_000) > 0) {
-      this.upgradeTimer = setInterval(() => void this.probe(), this.o.upgradeIntervalMs ?? 5_000);
+    clearTimeout(this.firstProbe);
+    const every = this.o.upgradeIntervalMs ?? 5_000;
+    if (got.path.kind === 'relay' && every > 0) {
+      // The direct endpoints just failed (fellBack): the first probe, soon, goes straight to a hole punch.
+      this.directFailedAt = fellBack.length ? Date.now() : 0;
+      this.upgradeTimer = setInterval(() => void this.probe(), every);
       this.upgradeTimer.unref();
+      this.firstProbe = setTimeout(() => void this.probe(), Math.min(1_000, every));
+      this.firstProbe.unref();
     }
     return conn;
   }
@@ -178,7 +195,9 @@ export class PathDialer {
     this.probing = true;
     try {
       const record = await this.lookup();
-      let direct = await this.dialDirect([...this.hints(), ...(record?.endpoints ?? [])], []);
+      // Endpoints that failed less than an interval ago are not dialled again before the punch.
+      const recent = Date.now() - this.directFailedAt < (this.o.upgradeIntervalMs ?? 5_000);
+      let direct = recent ? undefined : await this.dialDirect([...this.hints(), ...(record?.endpoints ?? [])], []);
       if (!direct) direct = await this.tryPunch();
       if (!direct) return;
       const relayed = this.current;
@@ -187,6 +206,7 @@ export class PathDialer {
         return;
       }
       clearInterval(this.upgradeTimer);
+      clearTimeout(this.firstProbe);
       this.stash = direct;
       const meter = this.o.peers.get(this.sharerId).meter;
       const quiet = this.o.quietMs ?? 300;
@@ -203,7 +223,9 @@ export class PathDialer {
 
   /**
    * No direct endpoint answers: ask the relay in use to coordinate a hole
-   * punch (a few tries, then once a minute). A failure keeps the relayed path.
+   * punch (a few tries, then once a minute): over QUIC first, from the
+   * socket our QUIC dials use (where the transport can: the ngtcp2 one),
+   * else or then by TCP simultaneous open. A failure keeps the relayed path.
    */
   private async tryPunch(): Promise<{ conn: Connection; path: PeerPath; rttMs: number } | undefined> {
     const via = this.current?.path;
@@ -212,13 +234,29 @@ export class PathDialer {
     if (this.punchAttempts >= 3 && now - this.lastPunchAt < 60_000) return undefined;
     this.punchAttempts++;
     this.lastPunchAt = now;
+    const failures: string[] = [];
     const t0 = performance.now();
+    const quic = await this.o.transport('quic').catch(() => undefined);
+    const socket = quic && canPunchTransport(quic) ? quic.dialerPunchSocket(familyOf(via.address)) : undefined;
+    if (quic && socket) {
+      try {
+        const r = await this.o.relay.punchQuic(via.address, this.sharer, socket, (a) => quic.dial(a, this.sharer, { timeoutMs: this.o.punchDialTimeoutMs ?? 6_000 }));
+        this.punch = `succeeded over quic (${r.address}; we were seen at ${r.observed})`;
+        return { conn: r.conn, path: { kind: 'direct', transport: 'quic', address: r.address, punched: true }, rttMs: performance.now() - t0 };
+      } catch (e) {
+        if (this.closed || this.current?.path.kind !== 'relay') return undefined;
+        failures.push(`quic: ${(e as Error).message}`);
+        this.log(`hole punch over quic through ${via.address} failed: ${(e as Error).message}; trying tcp`);
+      }
+    }
+    const t1 = performance.now();
     try {
       const conn = await this.o.relay.punch(via.address, this.sharer);
-      this.punch = `succeeded (${conn.remoteAddress})`;
-      return { conn, path: { kind: 'direct', transport: 'tcp', address: conn.remoteAddress, punched: true }, rttMs: performance.now() - t0 };
+      this.punch = `succeeded over tcp (${conn.remoteAddress})${failures.length ? `; ${failures.join('; ')}` : ''}`;
+      return { conn, path: { kind: 'direct', transport: 'tcp', address: conn.remoteAddress, punched: true }, rttMs: performance.now() - t1 };
     } catch (e) {
-      this.punch = `failed, staying on the relay: ${(e as Error).message}`;
+      failures.push(`tcp: ${(e as Error).message}`);
+      this.punch = `failed, staying on the relay: ${failures.join('; ')}`;
       this.log(`hole punch through ${via.address}: ${this.punch}`);
       return undefined;
     }
@@ -227,6 +265,7 @@ export class PathDialer {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.upgradeTimer);
+    clearTimeout(this.firstProbe);
     await this.stash?.conn.close();
     this.stash = undefined;
   }

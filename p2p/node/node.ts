@@ -38,6 +38,10 @@ import { reachableAddresses } from './endpoints.ts';
 import { meterListener, newMeter, type Meter } from './metered.ts';
 import { PATH_VIAS, PeerTable, describePath, pathVia, type PathVia } from './peer-table.ts';
 import type { NodeStatus } from './status.ts';
+import { canPunchListener, type PunchListener } from '../../transports/udp-punch.ts';
+
+/** How long a QUIC connection from an address a hole punch was started towards counts as that punch's. */
+const PUNCH_EXPECT_MS = 60_000;
 
 export interface NodeOptions {
   identity: Identity;
@@ -101,6 +105,8 @@ export class QuicmapNode {
   private readonly o: NodeOptions;
   private readonly log: (m: string) => void;
   private readonly startedAt = Date.now();
+  /** Addresses ("ip:port") our QUIC listeners punched towards, for which peer (hex), until when: their connections are `punched`. */
+  private readonly punchedTowards = new Map<string, { peer: string; until: number }>();
 
   private constructor(o: NodeOptions, dht: DhtClient | undefined, ownsDht: boolean) {
     this.o = o;
@@ -160,19 +166,29 @@ export class QuicmapNode {
     const transportName = o.transport ?? 'quic';
     const transport = await this.transport(transportName);
     const meter = newMeter();
-    // Connections from a relay listener are circuits ("RELAY@HOST:PORT#id") or hole-punched TCP ("ip:port").
+    // Connections from a relay listener are circuits ("RELAY@HOST:PORT#id") or hole-punched TCP ("ip:port");
+    // those on our own listener from an address we punched towards (for that peer) are hole-punched QUIC.
     const wrap = (l: Listener, viaRelay: boolean) =>
       meterListener(l, (c) => {
         const relayed = viaRelay && c.remoteAddress.includes('@');
+        const punched = viaRelay || this.wasPunched(c.remoteAddress, c.remotePublicKey);
         const path = relayed
           ? { kind: 'relay' as const, transport: 'relay', address: c.remoteAddress }
-          : { kind: 'direct' as const, transport: viaRelay ? 'tcp' : transportName, address: c.remoteAddress, ...(viaRelay ? { punched: true } : {}) };
+          : { kind: 'direct' as const, transport: viaRelay ? 'tcp' : transportName, address: c.remoteAddress, ...(punched ? { punched: true } : {}) };
         const e = this.peers.connected(base32Encode(c.remotePublicKey), path, undefined, Date.now(), c);
         return [...this.peers.meters(e, path), meter];
       });
     // With a DHT the ticket needs no addresses (unless hints were asked for).
     const advertise = o.advertise ?? (this.dht ? [] : undefined);
-    const shared = await shareRegion({ ...o, identity: this.identity, transport, wrapListener: (l) => wrap(l, false), log: this.log, ...(advertise ? { advertise } : {}) });
+    const raw: Listener[] = [];
+    const wrapOwn = (l: Listener) => {
+      raw.push(l);
+      return wrap(l, false);
+    };
+    const shared = await shareRegion({ ...o, identity: this.identity, transport, wrapListener: wrapOwn, log: this.log, ...(advertise ? { advertise } : {}) });
+    // The region's QUIC listener takes part in QUIC hole punches through its relays (its socket punches, then accepts).
+    const puncher = raw.find((l): l is Listener & PunchListener => canPunchListener(l));
+    const relayOpts = puncher ? { quicPunch: { socket: () => puncher.punchSocket(), onPunch: (address: string, peer: Uint8Array) => this.expectPunch(address, peer) } } : {};
     const relayListeners: Listener[] = [];
     let publisher: RecordPublisher | undefined;
     let record: RegionRecord | undefined;
@@ -180,7 +196,7 @@ export class QuicmapNode {
       for (const r of this.o.relays ?? []) {
         // One reservation per region (tagged with its id): circuits name the region they want.
         const tagged = formatRelayAddress({ ...parseRelayAddress(r), tag: shared.regionId });
-        const l = await this.track(`reserve on relay ${r}`, () => this.relay.listen(tagged));
+        const l = await this.track(`reserve on relay ${r}`, () => this.relay.listen(tagged, relayOpts));
         relayListeners.push(l);
         void shared.server.serveListener(wrap(l, true));
       }
@@ -224,6 +240,17 @@ export class QuicmapNode {
     };
     this.shares.push(entry);
     return entry;
+  }
+
+  private expectPunch(address: string, peer: Uint8Array): void {
+    const now = Date.now();
+    for (const [k, v] of this.punchedTowards) if (v.until < now || this.punchedTowards.size > 256) this.punchedTowards.delete(k);
+    this.punchedTowards.set(address, { peer: Buffer.from(peer).toString('hex'), until: now + PUNCH_EXPECT_MS });
+  }
+
+  private wasPunched(address: string, peer: Uint8Array): boolean {
+    const v = this.punchedTowards.get(address);
+    return v !== undefined && v.until >= Date.now() && v.peer === Buffer.from(peer).toString('hex');
   }
 
   async mount(o: Omit<MountTicketOptions, 'identity' | 'connect' | 'transport' | 'log'> & { directTimeoutMs?: number }): Promise<NodeMount> {

@@ -33,7 +33,7 @@ export interface NodeStatus {
     connected: boolean;
     path: string;
     upgrades: number;
-    /** Outcome of the last hole punch ("succeeded (...)", "failed, staying on the relay: ..."), null if none tried. */
+    /** Outcome of the last hole punch ("succeeded over quic (...)", "succeeded over tcp (...)", "failed, staying on the relay: quic: ...; tcp: ..."), null if none tried. */
     punch: string | null;
     requests: number;
     bytesRead: number;

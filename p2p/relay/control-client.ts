@@ -5,14 +5,17 @@
  * (an incoming circuit, a circuit closed with its reason) handed to
  * whoever registered for them.
  */
-import { connect } from 'node:net';
+import { connect, isIP } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { lookup } from 'node:dns/promises';
 import { QuicmapError } from '../../base/errors.ts';
 import type { Identity } from '../../crypto/identity.ts';
 import type { Connection } from '../../transports/transport.ts';
 import { parseHostPort } from '../../transports/util.ts';
 import type { RelayAddress } from './address.ts';
 import { ControlChannel } from './control-channel.ts';
-import { RelayRefusal, decodeRelayMessage, type CircuitLimits, type RelayMessage } from './messages.ts';
+import { RelayRefusal, TOKEN_BYTES, decodeRelayMessage, type CircuitLimits, type RelayMessage } from './messages.ts';
+import { punchDatagram, type PunchSocket } from '../../transports/udp-punch.ts';
 import { secureSocket } from './secure-socket.ts';
 
 type Reply = Extract<RelayMessage, { rid: number }>;
@@ -108,7 +111,14 @@ export class RelayControl {
     }
   }
 
-  private request(m: { t: 'reserve'; tag: Uint8Array } | { t: 'connect'; target: Uint8Array; tag: Uint8Array } | { t: 'punch'; target: Uint8Array; port: number; tag: Uint8Array }, timeoutMs: number): Promise<Reply> {
+  private request(
+    m:
+      | { t: 'reserve'; tag: Uint8Array }
+      | { t: 'connect'; target: Uint8Array; tag: Uint8Array }
+      | { t: 'punch'; target: Uint8Array; port: number; tag: Uint8Array; quic: boolean }
+      | { t: 'observe'; token: Uint8Array },
+    timeoutMs: number,
+  ): Promise<Reply> {
     if (this.isClosed) return Promise.reject(new QuicmapError('ESHUTDOWN', `relay ${this.relay.address}: control connection closed`));
     const rid = this.nextRid++;
     return new Promise<Reply>((resolve, reject) => {
@@ -146,12 +156,48 @@ export class RelayControl {
     return { id: r.id, token: r.token, limits: r.limits };
   }
 
-  /** Ask the relay to coordinate a hole punch to `target`; resolves to where the target will connect from. */
-  async punch(target: Uint8Array, port: number, timeoutMs: number, tag: Uint8Array = new Uint8Array(0)): Promise<{ ip: string; port: number }> {
-    const r = await this.request({ t: 'punch', target, port, tag }, timeoutMs);
+  /**
+   * Ask the relay to coordinate a hole punch to `target`; resolves to where
+   * the target will connect from (TCP) or the target's observed UDP address
+   * (`quic`: observe() first, on this control connection).
+   */
+  async punch(target: Uint8Array, port: number, timeoutMs: number, tag: Uint8Array = new Uint8Array(0), quic = false): Promise<{ ip: string; port: number }> {
+    const r = await this.request({ t: 'punch', target, port, tag, quic }, timeoutMs);
     if (r.t === 'refused') throw new RelayRefusal(r.refusal, r.message);
     if (r.t !== 'punch-go') throw new QuicmapError('EPROTO', `relay: unexpected answer "${r.t}" to punch`);
     return { ip: r.ip, port: r.port };
+  }
+
+  /**
+   * Have the relay observe `socket`'s NAT mapping: a token goes over this
+   * (authenticated) control connection and, in punch datagrams, from the
+   * socket to the relay's UDP port (same number as its TCP port), a few
+   * times while no answer came (bounded: at most 12, 150 ms apart, the first just after the request). The
+   * relay answers here with the address the datagram came from, and keeps
+   * it for this control connection's next QUIC hole punch.
+   */
+  async observe(socket: PunchSocket, timeoutMs: number): Promise<{ ip: string; port: number }> {
+    const { host, port } = parseHostPort(this.relay.address);
+    const ip = isIP(host) ? host : (await lookup(host, { family: socket.family })).address;
+    const token = randomBytes(TOKEN_BYTES);
+    const datagram = punchDatagram(token);
+    let sent = 0;
+    const probe = () => {
+      if (sent++ < 12) socket.send(ip, port, datagram);
+    };
+    // The request first (the relay must know the token), then the datagrams.
+    const answer = this.request({ t: 'observe', token }, timeoutMs);
+    const first = setTimeout(probe, 20);
+    const timer = setInterval(probe, 150);
+    try {
+      const r = await answer;
+      if (r.t === 'refused') throw new RelayRefusal(r.refusal, r.message);
+      if (r.t !== 'observed') throw new QuicmapError('EPROTO', `relay: unexpected answer "${r.t}" to observe`);
+      return { ip: r.ip, port: r.port };
+    } finally {
+      clearTimeout(first);
+      clearInterval(timer);
+    }
   }
 
   /** Answer a hole-punch request: the local port we will connect from (0: declined). */

@@ -8,9 +8,9 @@
  * SYNs cross and the kernels complete one connection (RFC 793's
  * simultaneous open). The caller then runs the end-to-end handshake on it.
  *
- * TCP, not QUIC: the QUIC native layer here (libp2p-quic) sends only from
- * its own endpoints and does not let a listening endpoint dial or send a
- * probe, which UDP hole punching needs.
+ * The fallback: over QUIC the punch goes from the QUIC sockets themselves
+ * (transport.ts punchQuic / onQuicPunch, transports/udp-punch.ts), tried
+ * first where the QUIC transport is our ngtcp2 endpoint.
  */
 import { connect, createServer, type Socket } from 'node:net';
 import { QuicmapError } from '../../base/errors.ts';

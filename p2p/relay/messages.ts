@@ -21,6 +21,24 @@
  *   target -> relay  { t: 'punch-answer', id, port }       (port 0: declined)
  *   relay -> dialer  { t: 'punch-go', rid, ip, port }      ip: the target as the relay sees it
  *
+ * Over QUIC (quic: true) the addresses are UDP ones: each peer first has the
+ * relay observe the NAT mapping of its QUIC socket. It sends
+ *
+ *   peer -> relay    { t: 'observe', rid, token }          (16 random bytes)
+ *
+ * and, from that socket, punch datagrams carrying the token to the relay's
+ * UDP port (the same number as its TCP port); the relay answers on the
+ * control connection, never over UDP (so it reflects nothing), and takes
+ * the datagram only from the control connection's IP address (so a token
+ * cannot bind a spoofed source to a peer):
+ *
+ *   relay -> peer    { t: 'observed', rid, ip, port }      the socket as the relay sees it
+ *
+ * and keeps that address for the control connection. A punch with quic: true
+ * carries the dialer's observed UDP address to the target, and the target's
+ * (observed before it answers) back to the dialer; the port in the request
+ * and the answer is then unused (the answer's 0 still declines).
+ *
  * A circuit's bytes do not go over the control connection: each side opens
  * a plain TCP connection to the relay, sends CIRCUIT_MAGIC and its 16-byte
  * token, and the relay splices the two sockets (counting bytes). The peers
@@ -84,8 +102,9 @@ export interface CircuitLimits {
 export type ClientMessage =
   | { t: 'reserve'; rid: number; tag: Uint8Array }
   | { t: 'connect'; rid: number; target: Uint8Array; tag: Uint8Array }
-  | { t: 'punch'; rid: number; target: Uint8Array; port: number; tag: Uint8Array }
-  | { t: 'punch-answer'; id: number; port: number };
+  | { t: 'punch'; rid: number; target: Uint8Array; port: number; tag: Uint8Array; quic: boolean }
+  | { t: 'punch-answer'; id: number; port: number }
+  | { t: 'observe'; rid: number; token: Uint8Array };
 
 export type RelayMessage =
   | { t: 'reserved'; rid: number; expiresAt: number; limits: CircuitLimits }
@@ -93,8 +112,9 @@ export type RelayMessage =
   | { t: 'refused'; rid: number; refusal: Refusal; message: string }
   | { t: 'incoming'; id: number; token: Uint8Array; from: Uint8Array }
   | { t: 'closed'; id: number; refusal: Refusal; message: string }
-  | { t: 'punch'; id: number; from: Uint8Array; ip: string; port: number }
-  | { t: 'punch-go'; rid: number; ip: string; port: number };
+  | { t: 'punch'; id: number; from: Uint8Array; ip: string; port: number; quic: boolean }
+  | { t: 'punch-go'; rid: number; ip: string; port: number }
+  | { t: 'observed'; rid: number; ip: string; port: number };
 
 export function encodeControl(m: ClientMessage | RelayMessage): Buffer {
   const body: Buffer = packr.pack(m);
@@ -155,8 +175,9 @@ export function decodeClientMessage(body: Uint8Array): ClientMessage {
   const o = decodeBody(body);
   if (o.t === 'reserve') return { t: 'reserve', rid: int(o.rid), tag: tag(o.tag) };
   if (o.t === 'connect') return { t: 'connect', rid: int(o.rid), target: bytes(o.target, 32), tag: tag(o.tag) };
-  if (o.t === 'punch') return { t: 'punch', rid: int(o.rid), target: bytes(o.target, 32), port: port(o.port), tag: tag(o.tag) };
+  if (o.t === 'punch') return { t: 'punch', rid: int(o.rid), target: bytes(o.target, 32), port: port(o.port), tag: tag(o.tag), quic: o.quic === true };
   if (o.t === 'punch-answer') return { t: 'punch-answer', id: int(o.id), port: port(o.port) };
+  if (o.t === 'observe') return { t: 'observe', rid: int(o.rid), token: bytes(o.token, TOKEN_BYTES) };
   throw new QuicmapError('EPROTO', `relay: unknown request "${String(o.t)}"`);
 }
 
@@ -179,9 +200,11 @@ export function decodeRelayMessage(body: Uint8Array): RelayMessage {
     case 'closed':
       return { t: 'closed', id: int(o.id), refusal: refusal(o.refusal), message: text(o.message) };
     case 'punch':
-      return { t: 'punch', id: int(o.id), from: bytes(o.from, 32), ip: ip(o.ip), port: port(o.port) };
+      return { t: 'punch', id: int(o.id), from: bytes(o.from, 32), ip: ip(o.ip), port: port(o.port), quic: o.quic === true };
     case 'punch-go':
       return { t: 'punch-go', rid: int(o.rid), ip: ip(o.ip), port: port(o.port) };
+    case 'observed':
+      return { t: 'observed', rid: int(o.rid), ip: ip(o.ip), port: port(o.port) };
     default:
       throw new QuicmapError('EPROTO', `relay: unknown message "${String(o.t)}"`);
   }

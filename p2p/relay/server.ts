@@ -9,6 +9,13 @@
  *   of a circuit; once both ends arrived the relay splices them, counting
  *   bytes against the circuit's quota, forwarding with backpressure.
  *
+ * - a UDP socket on the same port number only observes: a peer about to
+ *   punch over QUIC sends a token (given on its control connection) from
+ *   its QUIC socket, and the relay tells it, on the control connection,
+ *   the address that datagram came from (its NAT mapping), if it came from
+ *   the control connection's IP. Nothing is ever sent over UDP, so the
+ *   relay reflects no traffic.
+ *
  * Every decision comes from the sans-IO RelayBook; refusals and closes are
  * sent to the peers concerned (typed, messages.ts) and logged here.
  * Bounded: connections still in setup (deadline each), control connections,
@@ -17,6 +24,7 @@
  * destination drains).
  */
 import { createServer, type Server, type Socket } from 'node:net';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
 import { QuicmapError } from '../../base/errors.ts';
 import type { Identity } from '../../crypto/identity.ts';
@@ -27,6 +35,7 @@ import { ControlChannel } from './control-channel.ts';
 import { CIRCUIT_MAGIC, TOKEN_BYTES, decodeClientMessage, type Refusal } from './messages.ts';
 import { formatRelayAddress } from './address.ts';
 import { secureSocket } from './secure-socket.ts';
+import { punchPayload } from '../../transports/udp-punch.ts';
 import { SocketReader, readerDeadline } from './socket-reader.ts';
 
 export interface RelayServerOptions {
@@ -61,7 +70,12 @@ export interface RelayStats {
   refusals: Partial<Record<Refusal, number>>;
   /** Bytes forwarded through circuits, both directions. */
   bytesRelayed: number;
+  /** UDP mappings observed for peers about to punch over QUIC. */
+  udpObserved: number;
 }
+
+/** How long an observed UDP mapping stands for its control connection (NATs keep idle UDP mappings ~30 s or more). */
+const OBSERVED_FRESH_MS = 25_000;
 
 /** The host part of "host:port" / "[v6]:port", IPv4-mapped addresses unwrapped. */
 const ipOf = (address: string) => address.replace(/:\d+$/, '').replace(/^\[|\]$/g, '').replace(/^::ffff:/, '');
@@ -75,7 +89,7 @@ export class RelayServer {
   address = '';
   /** RELAY_ID@HOST:PORT, what `share --relay` takes. */
   relayAddress = '';
-  readonly stats: RelayStats = { reservations: 0, circuits: 0, circuitsOpened: 0, refusals: {}, bytesRelayed: 0 };
+  readonly stats: RelayStats = { reservations: 0, circuits: 0, circuitsOpened: 0, refusals: {}, bytesRelayed: 0, udpObserved: 0 };
   private readonly server: Server;
   private readonly o: Required<Omit<RelayServerOptions, 'quotas'>>;
   private readonly pending = new Set<Socket>();
@@ -86,7 +100,13 @@ export class RelayServer {
   private readonly circuits = new Map<number, CircuitEnds>();
   private timer: NodeJS.Timeout | undefined;
   /** Hole punches waiting for the target's answer: id -> the dialer's channel and request id. */
-  private readonly punches = new Map<number, { channel: ControlChannel; rid: number; target: string; from: string; timer: NodeJS.Timeout }>();
+  private readonly punches = new Map<number, { channel: ControlChannel; rid: number; target: string; from: string; quic: boolean; timer: NodeJS.Timeout }>();
+  /** The UDP socket that observes NAT mappings (QUIC hole punching); undefined if its port was taken. */
+  private udp: UdpSocket | undefined;
+  /** Observation tokens waiting for their datagram (one per control connection): token hex -> where to answer. */
+  private readonly observing = new Map<string, { channel: ControlChannel; rid: number; ip: string; timer: NodeJS.Timeout }>();
+  /** The UDP address last observed for each control connection. */
+  private readonly observedUdp = new Map<ControlChannel, { ip: string; port: number; at: number }>();
   private nextPunch = 1;
   private closing: Promise<void> | undefined;
 
@@ -119,7 +139,72 @@ export class RelayServer {
     const a = r.server.address();
     r.address = a && typeof a === 'object' ? formatHostPort(a.address, a.port) : o.listen;
     r.relayAddress = formatRelayAddress({ key: o.identity.publicKey, address: r.address.replace(/^0\.0\.0\.0:/, '127.0.0.1:') });
+    await r.openUdp(host, a && typeof a === 'object' ? a.port : port);
     return r;
+  }
+
+  /** The observing UDP socket on the TCP port's number; without it QUIC punches are refused, TCP ones still work. */
+  private async openUdp(host: string, port: number): Promise<void> {
+    const u = createSocket({ type: host.includes(':') ? 'udp6' : 'udp4', recvBufferSize: 256 * 1024 });
+    const ok = await new Promise<boolean>((resolve) => {
+      u.once('error', (e) => {
+        this.o.log(`relay: no UDP observation on ${host}:${port} (${e.message}); QUIC hole punches are refused`);
+        resolve(false);
+      });
+      u.bind({ address: host, port, exclusive: true }, () => resolve(true));
+    });
+    if (!ok) {
+      u.close();
+      return;
+    }
+    u.removeAllListeners('error');
+    u.on('error', (e) => this.o.log(`relay: UDP: ${e.message}`));
+    u.on('message', (msg, rinfo) => this.onObservation(msg, rinfo.address, rinfo.port));
+    this.udp = u;
+  }
+
+  /** A datagram on the UDP port: an observation token we handed out, or nothing (ignored, never answered). */
+  private onObservation(msg: Buffer, address: string, port: number): void {
+    const token = punchPayload(msg);
+    if (!token || token.length !== TOKEN_BYTES) return;
+    const key = hex(token);
+    const w = this.observing.get(key);
+    const ip = address.replace(/^::ffff:/, '');
+    // Only from the control connection's own IP: a token cannot bind someone else's address (a spoofed source) to a peer.
+    if (!w || ip !== w.ip) return;
+    this.observing.delete(key);
+    clearTimeout(w.timer);
+    this.observedUdp.set(w.channel, { ip, port, at: Date.now() });
+    this.stats.udpObserved++;
+    void w.channel.send({ t: 'observed', rid: w.rid, ip, port }).catch(() => {});
+  }
+
+  private observe(channel: ControlChannel, rid: number, token: Uint8Array, peer: Uint8Array, remote: string): void {
+    if (!this.udp) {
+      this.refuse('PERMISSION_DENIED', 'UDP observation: this relay has no UDP port', peer);
+      void channel.send({ t: 'refused', rid, refusal: 'PERMISSION_DENIED', message: 'this relay does not observe UDP (its UDP port was taken)' }).catch(() => {});
+      return;
+    }
+    // One observation in flight per control connection: a newer one replaces it.
+    for (const [k, w] of this.observing) {
+      if (w.channel !== channel) continue;
+      clearTimeout(w.timer);
+      this.observing.delete(k);
+    }
+    const key = hex(token);
+    if (this.observing.has(key)) return; // a token someone else holds: let this one time out
+    const timer = setTimeout(() => {
+      this.observing.delete(key);
+      void channel.send({ t: 'refused', rid, refusal: 'CONNECTION_FAILED', message: 'no UDP datagram with the token arrived' }).catch(() => {});
+    }, this.o.setupTimeoutMs);
+    timer.unref();
+    this.observing.set(key, { channel, rid, ip: ipOf(remote), timer });
+  }
+
+  /** The fresh UDP mapping observed for a control connection. */
+  private freshUdp(channel: ControlChannel | undefined): { ip: string; port: number } | undefined {
+    const u = channel && this.observedUdp.get(channel);
+    return u && Date.now() - u.at < OBSERVED_FRESH_MS ? u : undefined;
   }
 
   private refuse(refusal: Refusal, message: string, who: Uint8Array): void {
@@ -191,14 +276,19 @@ export class RelayServer {
           held.add(key);
           this.stats.reservations = this.book.reservationCount;
           await channel.send({ t: 'reserved', rid: m.rid, expiresAt: v.expiresAt, limits: this.book.limits });
+        } else if (m.t === 'observe') {
+          this.observe(channel, m.rid, m.token, peer, conn.remoteAddress);
         } else if (m.t === 'punch') {
-          this.onPunch(channel, peer, conn.remoteAddress, m.rid, m.target, m.port, reservationKey(hex(m.target), m.tag));
+          this.onPunch(channel, peer, conn.remoteAddress, m.rid, m.target, m.port, reservationKey(hex(m.target), m.tag), m.quic);
         } else if (m.t === 'punch-answer') {
           const p = this.punches.get(m.id);
           if (!p || !held.has(p.target)) continue;
           this.punches.delete(m.id);
           clearTimeout(p.timer);
+          const udp = p.quic ? this.freshUdp(channel) : undefined;
           if (m.port === 0) void p.channel.send({ t: 'refused', rid: p.rid, refusal: 'PERMISSION_DENIED', message: 'the peer declined the hole punch' }).catch(() => {});
+          else if (p.quic && !udp) void p.channel.send({ t: 'refused', rid: p.rid, refusal: 'CONNECTION_FAILED', message: 'the peer\'s UDP address was not observed' }).catch(() => {});
+          else if (udp) void p.channel.send({ t: 'punch-go', rid: p.rid, ip: udp.ip, port: udp.port }).catch(() => {});
           else void p.channel.send({ t: 'punch-go', rid: p.rid, ip: ipOf(conn.remoteAddress), port: m.port }).catch(() => {});
         } else {
           const targetHex = hex(m.target);
@@ -228,6 +318,14 @@ export class RelayServer {
       this.o.log(`relay: control connection of ${short(peer)} ended: ${(e as Error).message}`);
     } finally {
       this.controls.delete(conn);
+      if (channel) {
+        this.observedUdp.delete(channel);
+        for (const [k, w] of this.observing) {
+          if (w.channel !== channel) continue;
+          clearTimeout(w.timer);
+          this.observing.delete(k);
+        }
+      }
       for (const key of held) {
         if (this.reserved.get(key) !== channel) continue;
         this.reserved.delete(key);
@@ -240,7 +338,7 @@ export class RelayServer {
   }
 
   /** Forward a hole-punch request to a reserved peer with the requester's observed address; its answer goes back with the target's. */
-  private onPunch(channel: ControlChannel, peer: Uint8Array, remote: string, rid: number, target: Uint8Array, port: number, key: string): void {
+  private onPunch(channel: ControlChannel, peer: Uint8Array, remote: string, rid: number, target: Uint8Array, port: number, key: string, quic: boolean): void {
     const targetChannel = this.reserved.get(key);
     if (!targetChannel || !this.book.hasReservation(key, Date.now())) {
       this.refuse('NO_RESERVATION', 'hole punch: the target holds no reservation', peer);
@@ -254,15 +352,22 @@ export class RelayServer {
       void channel.send({ t: 'refused', rid, refusal: 'RESOURCE_LIMIT_EXCEEDED', message: 'too many hole punches in progress' }).catch(() => {});
       return;
     }
+    // Over QUIC the dialer's UDP mapping must have been observed (observe) on this control connection.
+    const udp = quic ? this.freshUdp(channel) : undefined;
+    if (quic && !udp) {
+      void channel.send({ t: 'refused', rid, refusal: 'CONNECTION_FAILED', message: 'observe your UDP address first (QUIC hole punch)' }).catch(() => {});
+      return;
+    }
     const id = this.nextPunch++;
+    // The target observes its own UDP mapping before it answers: give it two setup deadlines.
     const timer = setTimeout(() => {
       this.punches.delete(id);
       void channel.send({ t: 'refused', rid, refusal: 'CONNECTION_FAILED', message: 'the target did not answer the hole punch' }).catch(() => {});
-    }, this.o.setupTimeoutMs);
+    }, this.o.setupTimeoutMs * (quic ? 2 : 1));
     timer.unref();
-    this.punches.set(id, { channel, rid, target: key, from: fromHex, timer });
-    this.o.log(`relay: hole punch ${id}: ${short(peer)} (${remote}) -> ${short(target)}`);
-    void targetChannel.send({ t: 'punch', id, from: peer, ip: ipOf(remote), port }).catch(() => {});
+    this.punches.set(id, { channel, rid, target: key, from: fromHex, quic, timer });
+    this.o.log(`relay: hole punch ${id}${quic ? ' (quic)' : ''}: ${short(peer)} (${udp ? `udp ${udp.ip}:${udp.port}` : remote}) -> ${short(target)}`);
+    void targetChannel.send({ t: 'punch', id, from: peer, ip: udp?.ip ?? ipOf(remote), port: udp?.port ?? port, quic }).catch(() => {});
   }
 
   private onCircuitSocket(socket: Socket, token: string, leftover: Buffer[]): void {
@@ -368,6 +473,8 @@ export class RelayServer {
     this.closing ??= (async () => {
       clearTimeout(this.timer);
       for (const p of this.punches.values()) clearTimeout(p.timer);
+      for (const w of this.observing.values()) clearTimeout(w.timer);
+      this.udp?.close();
       for (const s of this.pending) s.destroy();
       for (const ends of [...this.circuits.values()]) this.endCircuit(ends, undefined, 'relay shutting down');
       const closed = new Promise<void>((r) => this.server.close(() => r()));

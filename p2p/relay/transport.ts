@@ -10,10 +10,15 @@
  *   it and runs the handshake as the initiator expecting `peerKey`: the
  *   relay cannot pose as the peer.
  *
+ * - `punch(relay, peerKey)` / `punchQuic(relay, peerKey, socket, dial)`:
+ *   a direct path to a peer we reach through `relay`, by a hole punch the
+ *   relay coordinates (TCP simultaneous open; or UDP punch datagrams from
+ *   the QUIC sockets of both sides, then a QUIC dial from the dialer's).
+ *
  * A circuit the relay closes with a reason (byte or time quota) closes its
  * connection with that typed RelayRefusal, logged on this side as well.
  */
-import type { Socket } from 'node:net';
+import { isIP, type Socket } from 'node:net';
 import { AsyncQueue } from '../../base/async-queue.ts';
 import { ClosedError, QuicmapError } from '../../base/errors.ts';
 import type { Identity } from '../../crypto/identity.ts';
@@ -24,6 +29,8 @@ import { RelayControl, connectSocket } from './control-client.ts';
 import { CIRCUIT_MAGIC, type RelayRefusal } from './messages.ts';
 import { secureSocket } from './secure-socket.ts';
 import { freePort, simultaneousOpen } from './hole-punch.ts';
+import { punchDatagram, type PunchSocket } from '../../transports/udp-punch.ts';
+import { formatHostPort } from '../../transports/util.ts';
 
 export interface RelayTransportOptions {
   /** Deadline for each step (TCP connect, handshake, a relay answer). Default 5 000 ms. */
@@ -34,6 +41,22 @@ export interface RelayTransportOptions {
 }
 
 const short = (b: Uint8Array) => Buffer.from(b).toString('hex').slice(0, 12);
+const sameKey = (a: Uint8Array, b: Uint8Array) => Buffer.from(a).equals(Buffer.from(b));
+
+/** What a reservation needs to take part in QUIC hole punches: the socket of the service's QUIC listener. */
+export interface RelayListenOptions {
+  quicPunch?: {
+    socket: () => PunchSocket | undefined;
+    /** A punch towards `address` ("ip:port") for `peer` starts: a QUIC connection from there is that punch's. */
+    onPunch?: (address: string, peer: Uint8Array) => void;
+  };
+}
+
+/** Punch datagrams the target of a QUIC punch sends: a few at once, the rest spread over about two seconds. */
+const TARGET_PUNCHES = 10;
+const TARGET_FIRST = 2;
+/** Punch datagrams the dialer sends before it dials (its QUIC Initial opens its own NAT anyway). */
+const DIALER_PUNCHES = 2;
 
 async function joinCircuit(relay: RelayAddress, token: Uint8Array, ms: number): Promise<Socket> {
   const socket = await connectSocket(relay.address, ms);
@@ -56,16 +79,19 @@ class RelayListener implements Listener {
   private readonly identity: Identity;
   private readonly relay: RelayAddress;
   private readonly onClose: (l: RelayListener) => void;
+  private readonly listenOpts: RelayListenOptions;
   constructor(
     identity: Identity,
     relay: RelayAddress,
     o: Required<RelayTransportOptions>,
     onClose: (l: RelayListener) => void,
+    listenOpts: RelayListenOptions = {},
   ) {
     this.identity = identity;
     this.relay = relay;
     this.onClose = onClose;
     this.o = o;
+    this.listenOpts = listenOpts;
     this.address = formatRelayAddress(relay);
   }
 
@@ -79,7 +105,7 @@ class RelayListener implements Listener {
     const control = await RelayControl.open(this.identity, this.relay, { timeoutMs: this.o.stepTimeoutMs, log: this.o.log });
     try {
       control.onIncoming = (m) => void this.onIncoming(control, m.id, m.token, m.from);
-      control.onPunch = (m) => void this.onPunch(control, m.id, m.from, m.ip, m.port);
+      control.onPunch = (m) => void (m.quic ? this.onQuicPunch(control, m.id, m.from, m.ip, m.port) : this.onPunch(control, m.id, m.from, m.ip, m.port));
       const r = await control.reserve(this.o.stepTimeoutMs, this.relay.tag);
       this.control = control;
       this.scheduleRenew(r.expiresAt);
@@ -182,6 +208,47 @@ class RelayListener implements Listener {
     }
   }
 
+  /**
+   * Our side of a QUIC hole punch: only for a peer connected to us through
+   * this relay right now, and only towards the UDP address the relay
+   * observed for it. Have the relay observe our listener's socket, open our
+   * NAT towards the peer with punch datagrams from that socket (bounded: a
+   * few now, the rest spread out), answer; the peer then dials our QUIC
+   * listener, which accepts it like any connection.
+   */
+  private async onQuicPunch(control: RelayControl, id: number, from: Uint8Array, ip: string, port: number): Promise<void> {
+    const socket = this.listenOpts.quicPunch?.socket();
+    const relayedPeer = [...this.accepted].some((c) => c.remoteAddress.includes('#') && sameKey(c.remotePublicKey, from));
+    if (this.closedFlag || !socket || !relayedPeer || isIP(ip) !== socket.family || this.setups >= this.o.maxPendingCircuits) {
+      if (!relayedPeer && socket) this.o.log(`hole punch (quic) asked for ${short(from)}, which has no circuit to us here: declined`);
+      void control.answerPunch(id, 0).catch(() => {});
+      return;
+    }
+    this.setups++;
+    try {
+      const me = await control.observe(socket, this.o.stepTimeoutMs);
+      this.listenOpts.quicPunch?.onPunch?.(formatHostPort(ip, port), from);
+      let sent = 0;
+      const punch = () => {
+        if (this.closedFlag || sent >= TARGET_PUNCHES) return;
+        sent++;
+        socket.send(ip, port, punchDatagram()); // false (rate limited): the next one may go
+      };
+      for (let i = 0; i < TARGET_FIRST; i++) punch();
+      await control.answerPunch(id, me.port || 1);
+      this.o.log(`hole punch (quic): punching ${ip}:${port} for ${short(from)} from udp port ${socket.localPort} (seen by the relay as ${me.ip}:${me.port})`);
+      while (sent < TARGET_PUNCHES && !this.closedFlag) {
+        await new Promise((r) => setTimeout(r, 100 + Math.random() * 150).unref());
+        punch();
+      }
+    } catch (e) {
+      void control.answerPunch(id, 0).catch(() => {});
+      this.o.log(`hole punch (quic) with ${short(from)} failed: ${(e as Error).message}`);
+    } finally {
+      this.setups--;
+    }
+  }
+
   private watch(control: RelayControl, id: number, conn: MuxSession): void {
     control.onCircuitClosed.set(id, (e) => void conn.close(e));
     void conn.closed.then(() => control.onCircuitClosed.delete(id));
@@ -219,9 +286,9 @@ export class RelayTransport implements Transport {
     this.o = { stepTimeoutMs: opts.stepTimeoutMs ?? 5_000, maxPendingCircuits: opts.maxPendingCircuits ?? 16, log: opts.log ?? (() => {}) };
   }
 
-  async listen(address: string): Promise<Listener> {
+  async listen(address: string, opts: RelayListenOptions = {}): Promise<Listener> {
     if (this.isClosed) throw new ClosedError('transport');
-    const l = new RelayListener(this.identity, parseRelayAddress(address), this.o, (x) => this.listeners.delete(x));
+    const l = new RelayListener(this.identity, parseRelayAddress(address), this.o, (x) => this.listeners.delete(x), opts);
     await l.start();
     this.listeners.add(l);
     return l;
@@ -291,6 +358,28 @@ export class RelayTransport implements Transport {
     void conn.closed.then(() => this.connections.delete(conn));
     this.o.log(`hole punch: direct TCP connection to ${short(target)} at ${go.ip}:${go.port}`);
     return conn;
+  }
+
+  /**
+   * Hole punch over QUIC to `target` through `relay`'s coordination. The
+   * relay observes `socket` (the one `dial` sends from), tells the target
+   * our mapping and us the target's; the target punches towards us, we send
+   * a couple of punch datagrams towards it and `dial` it at that address
+   * (the caller's QUIC dial, from the same socket; the key is checked there).
+   */
+  async punchQuic<C>(address: string, target: Uint8Array, socket: PunchSocket, dial: (address: string) => Promise<C>, opts: { timeoutMs?: number } = {}): Promise<{ conn: C; address: string; observed: string }> {
+    if (this.isClosed) throw new ClosedError('transport');
+    const relay = parseRelayAddress(address);
+    const ms = opts.timeoutMs ?? this.o.stepTimeoutMs;
+    const control = await this.control(relay);
+    const me = await control.observe(socket, ms);
+    // The target observes its own socket before it answers: up to two steps.
+    const go = await control.punch(target, 0, 2 * ms + 1_000, relay.tag, true);
+    for (let i = 0; i < DIALER_PUNCHES; i++) socket.send(go.ip, go.port, punchDatagram());
+    const at = formatHostPort(go.ip, go.port);
+    const conn = await dial(at);
+    this.o.log(`hole punch: direct QUIC connection to ${short(target)} at ${at} (from udp port ${socket.localPort}, seen by the relay as ${me.ip}:${me.port})`);
+    return { conn, address: at, observed: formatHostPort(me.ip, me.port) };
   }
 
   /** Reservation state per relay listener (for status). */

@@ -3,9 +3,12 @@
  * own NAT (iptables MASQUERADE, unsolicited inbound dropped, as a home
  * router does), both reaching R (the "internet": routes between the NATs,
  * runs `quicmap dht` and `quicmap relay`). B mounts A's region: first
- * through the relay, then a hole punch coordinated by the relay gives a
- * direct path and traffic bypasses R's relay. With B's NAT randomising
- * ports the punch fails and the mount stays on the relay, saying so.
+ * through the relay, then a QUIC hole punch coordinated by the relay (it
+ * observes both QUIC sockets' UDP mappings; A punches from its listening
+ * socket, B dials from its dialing one) gives a direct QUIC path and
+ * traffic bypasses R's relay. With B's NAT randomising ports (a symmetric
+ * NAT) both the QUIC and the TCP punch fail and the mount stays on the
+ * relay, saying so.
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
@@ -76,7 +79,8 @@ async function natCase(s: Scope, randomPorts: boolean) {
   await io('0x41');
   const relaySock = () => readdirSync(join(dir, 'r', 'run')).map((f) => join(dir, 'r', 'run', f)).find((f) => f.includes('relay-'))!;
   const relayed = async () => (await status(r, join(dir, 'r'), relaySock())).relay.bytesRelayed as number;
-  return { a, b, r, dir, io, relayed, mount, share, sb: () => status(b, join(dir, 'b'), join(dir, 'b.sock'), () => `\nmount (exit ${mount.child.exitCode}, ${mount.child.signalCode}) log:\n${mount.stderr().slice(-3000)}\nshare log:\n${share.stderr().slice(-1500)}`) };
+  const circuits = async () => (await status(r, join(dir, 'r'), relaySock())).relay.circuits as number;
+  return { a, b, r, dir, io, relayed, circuits, mount, share, sb: () => status(b, join(dir, 'b'), join(dir, 'b.sock'), () => `\nmount (exit ${mount.child.exitCode}, ${mount.child.signalCode}) log:\n${mount.stderr().slice(-3000)}\nshare log:\n${share.stderr().slice(-1500)}`) };
 }
 
 
@@ -92,16 +96,19 @@ const caseOf = (name: string, fn: (s: Scope) => Promise<void>) =>
       })
     : needCondition(test, false, 'root and ip netns (network namespaces)')(name, () => {});
 
-caseOf('two NATs: the hole punch through the relay succeeds and traffic then bypasses the relay', async (s) => {
+caseOf('two NATs: the QUIC hole punch through the relay succeeds and traffic then bypasses the relay', async (s) => {
   const c = await natCase(s, false);
   // The first path is the relay (A's endpoint is a private address behind its NAT).
   let st = await c.sb();
   assert.ok(/^relay /.test(st.mounts[0].path) || /hole punched/.test(st.mounts[0].path), st.mounts[0].path);
-  await eventually(60_000, () => `no hole punch: ${JSON.stringify(st.mounts[0])}\n${c.mount.stderr().slice(-2000)}`, async () => /hole punched/.test((st = await c.sb()).mounts[0].path));
-  assert.match(st.mounts[0].path, /^direct tcp:\/\/10\.88\.1\.2:\d+ \(hole punched\)$/, 'direct to A\'s public (NAT) address');
-  assert.match(st.mounts[0].punch, /^succeeded/);
+  await eventually(60_000, () => `no hole punch: ${JSON.stringify(st.mounts[0])}\n${c.mount.stderr().slice(-2000)}\nshare log:\n${c.share.stderr().slice(-2000)}`, async () => /hole punched/.test((st = await c.sb()).mounts[0].path));
+  assert.match(st.mounts[0].path, /^direct quic:\/\/10\.88\.1\.2:4433 \(hole punched\)$/, 'direct QUIC to A\'s listening socket\'s public (NAT) mapping');
+  assert.match(st.mounts[0].punch, /^succeeded over quic \(10\.88\.1\.2:4433; we were seen at 10\.88\.2\.2:\d+\)$/);
   assert.ok(st.peers[0].history.some((x: { to: string }) => x.to.startsWith('relay')), 'the path went relay -> direct');
   assert.is(st.peers[0].via, 'punched');
+  assert.is(st.peers[0].transport, 'quic');
+  // The move closed the relayed connection; once its circuit is gone (its last bytes counted) nothing more may cross the relay.
+  await eventually(30_000, () => 'the relayed circuit stays open after the move', async () => (await c.circuits()) === 0);
   const before = await c.relayed();
   const relayedByB = st.peers[0].bytes.relayed.sent;
   await c.io('0x42');
@@ -109,6 +116,13 @@ caseOf('two NATs: the hole punch through the relay succeeds and traffic then byp
   const after = (await c.sb()).peers[0];
   assert.ok(after.bytes.punched.sent > 1 << 20, `B's write went over the punched path: ${JSON.stringify(after.bytes)}`);
   assert.is(after.bytes.relayed.sent, relayedByB, 'and none of it through the relay');
+  // A sees the same: B reached its QUIC listener from the address it punched towards.
+  const sa = await status(c.a, join(c.dir, 'a'), join(c.dir, 'a.sock'));
+  const peerB = sa.peers.find((p: { via: string }) => p.via === 'punched');
+  assert.ok(peerB, `A lists B as punched: ${JSON.stringify(sa.peers)}`);
+  assert.is(peerB.transport, 'quic');
+  assert.match(peerB.address, /^10\.88\.2\.2:\d+$/);
+  assert.ok(peerB.bytes.punched.received > 1 << 20, 'A received B\'s write over the punched path');
 });
 
 // This case once failed about half the runs: the remote region's liveness
@@ -119,7 +133,7 @@ caseOf('a NAT that randomises ports: the punch fails, the mount stays on the rel
   const c = await natCase(s, true);
   let st = await c.sb();
   await eventually(60_000, () => `no punch attempt: ${JSON.stringify(st.mounts[0])}\n${c.mount.stderr().slice(-2000)}`, async () => Boolean((st = await c.sb()).mounts[0].punch));
-  assert.match(st.mounts[0].punch, /^failed, staying on the relay/);
+  assert.match(st.mounts[0].punch, /^failed, staying on the relay: quic: .*; tcp: /, 'QUIC was tried first, then TCP');
   assert.match(st.mounts[0].path, /^relay /);
   assert.is(st.peers[0].via, 'relayed');
   const before = await c.relayed();
