@@ -64,7 +64,7 @@ export interface ShareOptions {
   /** The board of mounters holding copies (p2p/sync/held-chunks.ts): how many, their lease. */
   holders?: Pick<HolderBoardOptions, 'maxHolders' | 'leaseMs' | 'machineOf'>;
   /** This region as the destination of third-party copies (p2p/copy/copy-target.ts). */
-  copyTarget?: Pick<CopyTargetOptions, 'holdBytes' | 'fetchers' | 'retryMs'>;
+  copyTarget?: Pick<CopyTargetOptions, 'holdBytes' | 'fetchers' | 'retryMs' | 'machineOf'>;
   log?: (message: string) => void;
 }
 

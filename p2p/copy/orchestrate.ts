@@ -22,6 +22,7 @@ import { parseTicket, type Ticket } from '../../crypto/ticket.ts';
 import type { Transport } from '../../transports/transport.ts';
 import { newMeter } from '../node/metered.ts';
 import type { RemoteRegion } from '../remote/region.ts';
+import { isMachineCollision } from '../protocol/cache-id.ts';
 import { CopyPlan, type Batch } from './copy-plan.ts';
 import { PeerDialer } from './dial.ts';
 import { COPY_FETCH, REF_DEREF, REF_READ, REF_STATS, argsOf, decodeRefPieces, encodeRefCounts, idBytes, type ForwardPiece } from './wire.ts';
@@ -66,6 +67,8 @@ export interface CopySummary {
   dropped: number;
   /** Source and destination are served by the same node: the bytes stayed on it. */
   sameNode: boolean;
+  /** The destination refused the source's references (their machine part is shared by another origin it knows): the rest went inline through C. */
+  machineCollision: boolean;
   /** References still outstanding at the source when the copy ended (0: all given back), or null if it did not say. */
   sourceRefs: number | null;
 }
@@ -100,7 +103,7 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
     if (sameRegion && srcOffset < dstOffset + length && dstOffset < srcOffset + length && srcOffset !== dstOffset) {
       throw new QuicmapError('EINVAL', 'source and destination ranges overlap in the same region');
     }
-    const summary: CopySummary = { bytes: 0, ms: 0, throughC: 0, sentByC: 0, receivedByC: 0, inlineBytes: 0, batches: 0, retriedBatches: 0, duplicateAcks: 0, refetched: 0, dropped: 0, sameNode, sourceRefs: null };
+    const summary: CopySummary = { bytes: 0, ms: 0, throughC: 0, sentByC: 0, receivedByC: 0, inlineBytes: 0, batches: 0, retriedBatches: 0, duplicateAcks: 0, refetched: 0, dropped: 0, sameNode, machineCollision: false, sourceRefs: null };
     if (length > 0) {
       const delegation = o.through ? new Uint8Array(0) : await signDelegation(o.identity, { grant: src.grant, delegate: dst.claims.sharer, offset: srcOffset, length, validFor: o.validFor ?? 3600 });
       const copyId = randomBytes(8).toString('hex');
@@ -118,7 +121,8 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
         summary.batches++;
         let held: ForwardPiece[] = [];
         try {
-          if (o.through) {
+          // Through C: asked for (--through-here), or the destination cannot tell the source's references from another origin's.
+          if (o.through || summary.machineCollision) {
             const buf = new Uint8Array(b.length);
             await s.readAt(buf, b.src);
             await d.writeAt(buf, b.dst);
@@ -158,6 +162,11 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
           log(`copy: batch [${b.src}, +${b.length}) failed (attempt ${b.attempt}): ${(e as Error).message}`);
           // Give back whatever C still holds of it (B may have claimed some): the range is asked for afresh.
           if (held.length > 0) await s.call(REF_DEREF, { refs: encodeRefCounts(held.map((p) => ({ id: p.id, n: 1 }))), lenient: true, key: `${copyId}:giveback:${b.src}:${b.attempt}` }).catch(() => {});
+          if (isMachineCollision(e) && !summary.machineCollision) {
+            // Never guess which origin an ambiguous ID names: from now on the bytes come inline (the protocol degrades, it does not fail).
+            summary.machineCollision = true;
+            log(`copy: the destination cannot tell the source's cache IDs from another origin's (${(e as Error).message}); carrying the bytes through this node`);
+          }
           plan.fail(b, e);
         }
       };

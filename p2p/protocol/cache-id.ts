@@ -61,13 +61,21 @@ export function formatCacheId(id: CacheId): string {
  * it refuses the reference (and fetches the bytes another way: from the
  * owner, or inline) instead of guessing.
  */
+const COLLISION_TEXT = 'cache machine part';
+
+/** A MachineCollisionError, here or as it came back over the wire (a code and a message: the class does not travel). */
+export function isMachineCollision(e: unknown): boolean {
+  if (e instanceof MachineCollisionError) return true;
+  return e instanceof Error && (e as { code?: unknown }).code === 'EINVAL' && new RegExp(`${COLLISION_TEXT} [0-9a-f]{6} is shared by`).test(e.message);
+}
+
 export class MachineCollisionError extends QuicmapError {
   readonly machine: number;
   readonly keys: Uint8Array[];
   constructor(machine: number, keys: readonly Uint8Array[]) {
     super(
       'EINVAL',
-      `cache machine part ${machine.toString(16).padStart(6, '0')} is shared by ${keys.length} known nodes (${keys.map((k) => Buffer.from(k).toString('hex').slice(0, 12)).join(', ')}): its references name no single origin`,
+      `${COLLISION_TEXT} ${machine.toString(16).padStart(6, '0')} is shared by ${keys.length} known nodes (${keys.map((k) => Buffer.from(k).toString('hex').slice(0, 12)).join(', ')}): its references name no single origin`,
     );
     this.machine = machine;
     this.keys = [...keys];
