@@ -32,6 +32,7 @@ import { HeldRefs } from '../protocol/cache-refs.ts';
 import type { RemoteRegion } from '../remote/region.ts';
 import type { RegionServer } from '../remote/server.ts';
 import { PeerDialer } from './dial.ts';
+import { parseEndpoint, type Endpoint } from '../../crypto/endpoint.ts';
 import type { Transport } from '../../transports/transport.ts';
 import type { RefOrigin } from './ref-origin.ts';
 import {
@@ -181,12 +182,12 @@ export class CopyTarget {
       if (ctx.readOnly) throw new QuicmapError('EPERM', 'copy.fetch writes to this region: it needs a read-write ticket');
       const a = argsOf(args, COPY_FETCH);
       if (!(a.delegation instanceof Uint8Array)) throw new QuicmapError('EINVAL', 'copy.fetch: no delegation');
-      return this.fetchBatch(a.delegation, decodeForwardPieces(a, COPY_FETCH));
+      return this.fetchBatch(a.delegation, decodeForwardPieces(a, COPY_FETCH), originHints(a));
     });
   }
 
   /** Claim, fetch and write one forwarded batch; resolves once every piece is written. */
-  async fetchBatch(delegationBytes: Uint8Array, pieces: ForwardPiece[]): Promise<{ written: number; refetched: number; dropped: number }> {
+  async fetchBatch(delegationBytes: Uint8Array, pieces: ForwardPiece[], hints: Endpoint[] = []): Promise<{ written: number; refetched: number; dropped: number }> {
     if (this.closed) throw new QuicmapError('ESHUTDOWN', 'this sharer is closing');
     const d = await openDelegation(delegationBytes);
     if (hex(d.delegate) !== this.me) throw new QuicmapError('EINVAL', 'copy.fetch: the delegation is for another peer');
@@ -197,7 +198,8 @@ export class CopyTarget {
     }
     const grant = await openGrant(d.grant);
     this.checkOrigin(grant.sharer, pieces);
-    const entry = await this.originFor(d, grant, delegationBytes);
+    // A grant without addresses (a DHT-only source): dial the endpoints the orchestrator found (the grant's key is what is checked).
+    const entry = await this.originFor(d, grant.endpoints.length > 0 ? grant : { ...grant, endpoints: hints }, delegationBytes);
     entry.active++;
     if (entry.idleTimer) clearTimeout(entry.idleTimer);
     this.stats.batches++;
@@ -407,5 +409,17 @@ export class CopyTarget {
     }
     this.origins.clear();
     await this.dialer.close();
+  }
+}
+
+/** copy.fetch's optional `origin`: where the source listens, for a grant that names no address (at most 8). */
+function originHints(a: Record<string, unknown>): Endpoint[] {
+  const v = a.origin;
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v) || v.length > 8 || !v.every((x) => typeof x === 'string' && x.length <= 200)) throw new QuicmapError('EINVAL', 'copy.fetch: "origin" must be at most 8 endpoint strings');
+  try {
+    return (v as string[]).map((x) => parseEndpoint(x));
+  } catch (e) {
+    throw new QuicmapError('EINVAL', `copy.fetch: "origin": ${(e as Error).message}`);
   }
 }

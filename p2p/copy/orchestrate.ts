@@ -20,6 +20,8 @@ import { signDelegation } from '../../crypto/delegation.ts';
 import type { Identity } from '../../crypto/identity.ts';
 import { parseTicket, type Ticket } from '../../crypto/ticket.ts';
 import type { Transport } from '../../transports/transport.ts';
+import { endpointText, type Endpoint } from '../../crypto/endpoint.ts';
+import type { DhtClient } from '../dht/client.ts';
 import { newMeter } from '../node/metered.ts';
 import type { RemoteRegion } from '../remote/region.ts';
 import { isMachineCollision } from '../protocol/cache-id.ts';
@@ -46,6 +48,15 @@ export interface CopyOptions {
   through?: boolean;
   /** Dial with this transport instead of the tickets' (tests: loopback). */
   transport?: Transport;
+  /**
+   * Where tickets without addresses are looked up: the sharer's signed DHT
+   * record (p2p/dht) gives its endpoints, as `mount --dht` finds them. The
+   * destination is told the source's endpoints found so (it dials them
+   * with the key the grant names: a wrong hint cannot impersonate).
+   */
+  dht?: DhtClient;
+  /** How long to look for a record before giving up (default 15 s). */
+  dhtLookupMs?: number;
   onProgress?: (done: number, total: number) => void;
   log?: (m: string) => void;
 }
@@ -79,7 +90,9 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
   const src: Ticket = await parseTicket(o.src);
   const dst: Ticket = await parseTicket(o.dst);
   if (dst.claims.rights !== 'rw') throw new QuicmapError('EPERM', 'the destination ticket is read-only: a copy writes to it');
-  if (src.claims.endpoints.length === 0 || dst.claims.endpoints.length === 0) throw new QuicmapError('EINVAL', 'a ticket without addresses cannot be copied from or to yet (it needs the DHT)');
+  const [srcEndpoints, dstEndpoints] = await Promise.all([endpointsOf(src, 'source', o), endpointsOf(dst, 'destination', o)]);
+  // The destination reaches the source by the delegation's grant; a grant without addresses needs the ones found here.
+  const originHint = src.claims.endpoints.length === 0 ? { origin: srcEndpoints.map(endpointText) } : {};
   const meter = newMeter();
   const dialer = new PeerDialer(o.identity, o.transport);
   let srcRegion: RemoteRegion | undefined;
@@ -88,7 +101,7 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
     const agent = `quicmap copy (${o.identity.id.slice(0, 8)})`;
     const open = (t: Ticket, readOnly: boolean, requestTimeoutMs: number) =>
       // A copy is not latency-bound: a link is declared dead after 10 s of silence, not a mount's 3 s (fewer false alarms on a loaded host).
-      dialer.open({ endpoints: t.claims.endpoints, sharer: t.claims.sharer, regionId: t.claims.regionId, grant: t.grant, readOnly, meters: [meter], agent, log, requestTimeoutMs, livenessMs: 10_000 });
+      dialer.open({ endpoints: t === src ? srcEndpoints : dstEndpoints, sharer: t.claims.sharer, regionId: t.claims.regionId, grant: t.grant, readOnly, meters: [meter], agent, log, requestTimeoutMs, livenessMs: 10_000 });
     [srcRegion, dstRegion] = await Promise.all([open(src, true, 30_000), open(dst, false, 180_000)]);
     const srcSize = await srcRegion.size();
     const dstSize = await dstRegion.size();
@@ -146,7 +159,7 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
           for (let i = 0; i < held.length; i += 256) {
             const group = held.slice(i, i + 256);
             jobs.push(
-              d.call(COPY_FETCH, { delegation, pieces: group.map((p) => ({ id: idBytes(p.id), src: p.src, length: p.length, dst: p.dst })) }).then((r) => {
+              d.call(COPY_FETCH, { delegation, ...originHint, pieces: group.map((p) => ({ id: idBytes(p.id), src: p.src, length: p.length, dst: p.dst })) }).then((r) => {
                 const a = argsOf(r, COPY_FETCH);
                 summary.refetched += Number(a.refetched ?? 0);
                 summary.dropped += Number(a.dropped ?? 0);
@@ -213,5 +226,28 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
   } finally {
     await Promise.all([srcRegion?.close(), dstRegion?.close()]).catch(() => {});
     await dialer.close();
+  }
+}
+
+/** A ticket's endpoints, or (none in it) its sharer's from the DHT record; EINVAL when neither. */
+async function endpointsOf(t: Ticket, what: string, o: Pick<CopyOptions, 'dht' | 'dhtLookupMs' | 'log'>): Promise<Endpoint[]> {
+  if (t.claims.endpoints.length > 0) return t.claims.endpoints;
+  if (!o.dht) throw new QuicmapError('EINVAL', `the ${what} ticket holds no address: its sharer is found through the DHT (copy with --dht HOST:PORT)`);
+  const deadline = Date.now() + (o.dhtLookupMs ?? 15_000);
+  let why = 'no record for this region yet (is its sharer running with --dht?)';
+  for (let wait = 250; ; wait = Math.min(wait * 2, 2_000)) {
+    try {
+      const v = await o.dht.get({ sharer: t.claims.sharer, regionId: t.claims.regionId }, Math.max(1_000, Math.min(5_000, deadline - Date.now())));
+      if (v?.ok && v.record.endpoints.length > 0) {
+        o.log?.(`copy: the ${what}'s sharer is at ${v.record.endpoints.map(endpointText).join(', ')} (DHT record)`);
+        return v.record.endpoints;
+      }
+      if (v && !v.ok) why = v.reason;
+      else if (v?.ok) why = 'its record lists no direct endpoint (relayed sharers cannot be copied from or to yet)';
+    } catch (e) {
+      why = (e as Error).message;
+    }
+    if (Date.now() + wait > deadline) throw new QuicmapError('EIO', `the ${what} ticket holds no address, and the DHT did not say where its sharer is: ${why}`);
+    await new Promise((r) => setTimeout(r, wait));
   }
 }
