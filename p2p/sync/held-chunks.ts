@@ -50,6 +50,9 @@ export const REF_LOCATE = 'ref.locate';
 export const HELD_SLOT = 0xffff;
 export const MAX_LOCATE = 256;
 export const MAX_HOLDERS_PER_ANSWER = 4;
+/** Bytes of chunk bitmap per `hold.offer` (65 536 chunks): far below the control-body limit. */
+export const MAX_OFFER_PAGE = 8192;
+const POPCOUNT = Uint8Array.from({ length: 256 }, (_, b) => [0, 1, 2, 3, 4, 5, 6, 7].reduce((n, k) => n + ((b >> k) & 1), 0));
 /** How long a delegation handed out by `ref.locate` is valid. */
 export const HELD_DELEGATION_S = 600;
 
@@ -137,37 +140,53 @@ export class HolderBoard {
     };
   }
 
-  /** A holder offers its copy: `{grant, have}` (a bitmap of the chunks it holds, one bit per chunk, LSB first). */
+  /**
+   * A holder offers its copy: `{grant, chunkSize, from, have}` — a page of
+   * its chunk bitmap (one bit per chunk, LSB first) starting at chunk `from`
+   * (a multiple of 8), at most `MAX_OFFER_PAGE` bytes, so a call stays far
+   * below the control-body limit whatever the region's size. Each page
+   * renews the offer; bits outside it are kept.
+   */
   async offer(ctx: Pick<CallContext, 'peer'>, a: Record<string, unknown>): Promise<{ accepted: number }> {
     try {
       const grant = a.grant;
       const have = a.have;
+      const bytes = Math.ceil(this.chunks / 8);
+      const from = a.from === undefined ? 0 : uint(a, 'from', HOLD_OFFER);
       if (!(grant instanceof Uint8Array)) throw new ProtocolError(`${HOLD_OFFER}: "grant" must be bytes`);
-      if (!(have instanceof Uint8Array) || have.length !== Math.ceil(this.chunks / 8)) {
-        throw new ProtocolError(`${HOLD_OFFER}: "have" must be a bitmap of ${this.chunks} chunks (${Math.ceil(this.chunks / 8)} bytes)`);
+      if (from % 8 !== 0 || from >= Math.max(1, this.chunks)) throw new ProtocolError(`${HOLD_OFFER}: "from" must be a multiple of 8 below ${this.chunks}`);
+      if (!(have instanceof Uint8Array) || have.length === 0 || have.length > MAX_OFFER_PAGE || from / 8 + have.length > bytes) {
+        throw new ProtocolError(`${HOLD_OFFER}: "have" must be 1 to ${MAX_OFFER_PAGE} bytes of the bitmap of ${this.chunks} chunks, from chunk ${from}`);
       }
       if (a.chunkSize !== this.o.chunkSize) throw new QuicmapError('EINVAL', `${HOLD_OFFER}: the holder's chunks are ${String(a.chunkSize)} bytes, this region's ${this.o.chunkSize}`);
-      // The grant is the holder's own (signed by the peer that offers it), for the owner to delegate.
-      const claims = await openGrant(grant, ctx.peer);
-      checkGrantTime(claims); // wall time (the clock here is monotonic: leases only)
-      if (!claims.grantee || !Buffer.from(claims.grantee).equals(Buffer.from(this.o.identity.publicKey))) {
-        throw new QuicmapError('EACCES', `${HOLD_OFFER}: the grant must be bound to this owner's key`);
-      }
-      if (claims.expiresAt !== 0 && claims.expiresAt * 1000 < Date.now() + 120_000) throw new QuicmapError('EACCES', `${HOLD_OFFER}: the grant expires within two minutes`);
-      if (claims.endpoints.length === 0) throw new QuicmapError('EINVAL', `${HOLD_OFFER}: the grant names no endpoint to reach the holder`);
       const keyHex = hex(ctx.peer);
       this.expire();
       const old = this.holders.get(keyHex);
-      if (!old && this.holders.size >= (this.o.maxHolders ?? 32)) throw new QuicmapError('ENOSPC', `${HOLD_OFFER}: this region has ${this.holders.size} holders already`);
-      let count = 0;
-      for (let i = 0; i < this.chunks; i++) if (have[i >> 3]! & (1 << (i & 7))) count++;
       const sameGrant = old !== undefined && Buffer.from(old.grant).equals(Buffer.from(grant));
+      let claims = old?.claims;
+      if (!sameGrant) {
+        // The grant is the holder's own (signed by the peer that offers it), for the owner to delegate.
+        claims = await openGrant(grant, ctx.peer);
+        if (!claims.grantee || !Buffer.from(claims.grantee).equals(Buffer.from(this.o.identity.publicKey))) {
+          throw new QuicmapError('EACCES', `${HOLD_OFFER}: the grant must be bound to this owner's key`);
+        }
+        if (claims.endpoints.length === 0) throw new QuicmapError('EINVAL', `${HOLD_OFFER}: the grant names no endpoint to reach the holder`);
+      }
+      checkGrantTime(claims!); // wall time (the clock here is monotonic: leases only)
+      if (claims!.expiresAt !== 0 && claims!.expiresAt * 1000 < Date.now() + 120_000) throw new QuicmapError('EACCES', `${HOLD_OFFER}: the grant expires within two minutes`);
+      if (!old && this.holders.size >= (this.o.maxHolders ?? 32)) throw new QuicmapError('ENOSPC', `${HOLD_OFFER}: this region has ${this.holders.size} holders already`);
+      const bitmap = old ? old.have : new Uint8Array(bytes);
+      bitmap.set(have, from / 8);
+      // Bits past the last chunk mean nothing.
+      if (this.chunks % 8 !== 0) bitmap[bytes - 1]! &= (1 << (this.chunks % 8)) - 1;
+      let count = 0;
+      for (const b of bitmap) count += POPCOUNT[b]!;
       this.holders.set(keyHex, {
         key: Uint8Array.from(ctx.peer),
         keyHex,
-        grant: Uint8Array.from(grant),
-        claims,
-        have: Uint8Array.from(have),
+        grant: sameGrant ? old.grant : Uint8Array.from(grant),
+        claims: claims!,
+        have: bitmap,
         count,
         version: this.o.feed?.current ?? 0,
         seen: this.clock.now(),
@@ -340,6 +359,8 @@ export class HolderOffer {
         for (let i = 0; i < this.o.chunks; i++) if (this.o.isLocal(i)) have[i >> 3]! |= 1 << (i & 7);
         const same = this.last !== undefined && Buffer.from(this.last).equals(Buffer.from(have));
         if (same && !force && ++this.quiet < 3) return;
+        // The whole bitmap when renewing, forced, or after a failure; else the pages that changed.
+        const all = same || force || this.last === undefined;
         this.quiet = 0;
         if (!have.some((b) => b !== 0)) return;
         const nowS = Math.floor(Date.now() / 1000);
@@ -347,10 +368,24 @@ export class HolderOffer {
           const g = await signGrant(this.o.identity, { regionId: this.o.seed.regionId, endpoints: this.o.seed.endpoints, rights: 'ro', expiresAt: nowS + 86_400, grantee: this.o.owner.manifest.sharer });
           this.grant = { bytes: g.bytes, expiresAt: g.claims.expiresAt };
         }
-        const r = (await this.o.owner.call(HOLD_OFFER, { grant: this.grant.bytes, have, chunkSize: this.o.chunkSize })) as { accepted?: unknown } | null;
+        // Pages of the bitmap: those that changed, or all of them now and then (that renews the offer).
+        let accepted = this.lastAccepted;
+        const send = async (every: boolean) => {
+          for (let at = 0; at < have.length; at += MAX_OFFER_PAGE) {
+            const page = have.subarray(at, Math.min(have.length, at + MAX_OFFER_PAGE));
+            if (!every && this.last && Buffer.from(this.last.subarray(at, at + page.length)).equals(Buffer.from(page))) continue;
+            const r = (await this.o.owner.call(HOLD_OFFER, { grant: this.grant!.bytes, chunkSize: this.o.chunkSize, from: at * 8, have: page })) as { accepted?: unknown } | null;
+            if (typeof r?.accepted === 'number') accepted = r.accepted;
+          }
+        };
+        await send(all);
+        let held = 0;
+        for (let i = 0; i < this.o.chunks; i++) if (have[i >> 3]! & (1 << (i & 7))) held++;
+        // The owner counts fewer (it dropped the offer meanwhile, or restarted): the whole bitmap again.
+        if (!all && accepted < held) await send(true);
         this.last = have;
         this.offered++;
-        this.lastAccepted = typeof r?.accepted === 'number' ? r.accepted : 0;
+        this.lastAccepted = accepted;
         this.lastError = undefined;
       } catch (e) {
         this.last = undefined;

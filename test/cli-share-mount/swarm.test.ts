@@ -173,9 +173,11 @@ needTools(test, ['nbdcopy'])('--by-reference: the sharer names the seeding mount
       await waitFor('B complete', () => /"event":"pull-complete"/.test(outB));
       const st = await status(ctlB, join(dir, 'b'));
       assert.ok(st.managed?.references, `B pulls by reference\n${b.stderr()}`);
-      assert.is(st.managed!.references!.holderBytes, 8 * MiB, `every byte from the holder: ${JSON.stringify(st.managed!.references)}`);
-      assert.is(st.managed!.references!.ownerBytes, 0);
-      assert.is((await status(ctlO, join(dir, 'o'))).regions[0]!.bytesRead - readBefore, 0, 'the sharer sent B no chunk');
+      const refs = st.managed!.references!;
+      // A chunk the holder is slow to send (a loaded machine) comes from the sharer instead: both ends must agree on how many.
+      assert.is(refs.holderBytes + refs.ownerBytes, 8 * MiB, JSON.stringify(refs));
+      assert.ok(refs.holderBytes >= 6 * MiB, `most bytes from the holder: ${JSON.stringify(refs)}`);
+      assert.is((await status(ctlO, join(dir, 'o'))).regions[0]!.bytesRead - readBefore, refs.ownerBytes, 'the sharer sent B only what B counts as from it');
       const copy = join(dir, 'b.img');
       const r = await tool('nbdcopy', ['--no-extents', (JSON.parse(b.first) as { uri: string }).uri, copy]);
       assert.is(r.code, 0, r.stderr);

@@ -97,7 +97,7 @@ async function holder(w: World, opts: { lie?: (chunk: number) => boolean; copyOf
 async function puller(w: World, extra: { machineOf?: (k: Uint8Array) => number } = {}): Promise<{ id: Identity; m: MountedTicket; mm: ManagedMount }> {
   const id = await generateIdentity();
   const m = await mount(w, id);
-  const mm = await openManaged(m.region, { pullWorkers: 4, byReference: { identity: id, ...extra } });
+  const mm = await openManaged(m.region, { pullWorkers: 4, byReference: { identity: id, slowMs: 30_000, ...extra } });
   w.s.defer(() => mm.close());
   return { id, m, mm };
 }
