@@ -22,7 +22,7 @@
 import { QuicmapError } from '../../base/errors.ts';
 import { endpointText } from '../../crypto/endpoint.ts';
 import { openDelegation } from '../../crypto/delegation.ts';
-import { openGrant } from '../../crypto/grant.ts';
+import { openGrant, type GrantClaims } from '../../crypto/grant.ts';
 import { base32Encode, type Identity } from '../../crypto/identity.ts';
 import type { ChunkSource } from '../../engine/sync/chunk-source.ts';
 import type { ChunkVerifier } from '../../engine/sync/swarm-source.ts';
@@ -65,6 +65,8 @@ interface Holder {
   key: Uint8Array;
   name: string;
   delegation: Uint8Array;
+  /** The holder's grant inside the delegation: its key, endpoints, seed region. */
+  grant: GrantClaims;
   notAfter: number;
   /** When the delegation the open session presents runs out (unix s). */
   sessionNotAfter: number;
@@ -72,6 +74,10 @@ interface Holder {
   region?: Promise<RemoteRegion>;
   status: RefHolderStatus;
   strikes: number;
+  /** Unreachable or failing: not asked for (and excluded from locates) until then (ms since the epoch). */
+  downUntil: number;
+  /** Failures in a row (the backoff doubles with each). */
+  downs: number;
 }
 
 export interface RefPullOptions {
@@ -165,7 +171,8 @@ export class RefPullSource implements ChunkSource {
   private async locate(first: number, count: number): Promise<Map<number, { holder: Holder; id: CacheId }>> {
     const out = new Map<number, { holder: Holder; id: CacheId }>();
     if (this.stats.unsupported || this.closed) return out;
-    const exclude = [...this.holders.values()].filter((h) => h.status.banned).map((h) => h.keyHex);
+    const now = Date.now();
+    const exclude = [...this.holders.values()].filter((h) => h.status.banned || h.downUntil > now).map((h) => h.keyHex).slice(0, 64);
     let answer: Record<string, unknown>;
     try {
       answer = argsOf(await this.owner.region.call(REF_LOCATE, { from: first, count: Math.min(count, MAX_LOCATE), exclude }), REF_LOCATE);
@@ -187,7 +194,7 @@ export class RefPullSource implements ChunkSource {
       const index = uint(r, 'index', REF_LOCATE);
       const h = named[uint(r, 'holder', REF_LOCATE, named.length)];
       const id = idOf(r.id, REF_LOCATE);
-      if (!h || h.status.banned || index < first || index >= first + count) continue;
+      if (!h || h.status.banned || h.downUntil > now || index < first || index >= first + count) continue;
       try {
         this.resolve(id, h, index);
       } catch (e) {
@@ -224,11 +231,14 @@ export class RefPullSource implements ChunkSource {
         key: grant.sharer,
         name: base32Encode(grant.sharer).slice(0, 12),
         delegation,
+        grant,
         notAfter: d.notAfter,
         sessionNotAfter: 0,
         endpoints: grant.endpoints.map(endpointText),
         status: { name: base32Encode(grant.sharer).slice(0, 12), endpoints: grant.endpoints.map(endpointText), chunks: 0, bytes: 0, failures: 0, badChunks: 0, missing: 0, banned: false },
         strikes: 0,
+        downUntil: 0,
+        downs: 0,
       };
       this.holders.set(keyHex, h);
       this.o.log?.(`ref: pulling from holder ${h.name} at ${h.endpoints.join(', ')} by reference`);
@@ -238,21 +248,24 @@ export class RefPullSource implements ChunkSource {
     }
     // Reopen on the fresh delegation before the session's runs out (a reconnect presents the one it opened with).
     if (h.region && h.sessionNotAfter - Date.now() / 1000 < 120 && h.notAfter > h.sessionNotAfter) this.reopen(h);
+    return h;
+  }
+
+  /** The delegated session at the holder, opened on first use (again after a failure). */
+  private regionOf(h: Holder): Promise<RemoteRegion> {
     if (!h.region) {
       h.sessionNotAfter = h.notAfter;
-      const claims = grant;
-      h.region = this.dialer
-        .open({ endpoints: claims.endpoints, sharer: claims.sharer, regionId: claims.regionId, grant: h.delegation, readOnly: true, agent: 'quicmap ref-pull', requestTimeoutMs: 10_000, waitForLinkMs: 2_000 })
-        .then((r) => {
-          if (r.manifest.size !== this.size) {
-            void r.close();
-            throw new QuicmapError('EINVAL', `holder ${h!.name} serves ${r.manifest.size} bytes, the region has ${this.size}`);
-          }
-          return r;
-        });
+      const g = h.grant;
+      h.region = this.dialer.open({ endpoints: g.endpoints, sharer: g.sharer, regionId: g.regionId, grant: h.delegation, readOnly: true, agent: 'quicmap ref-pull', requestTimeoutMs: 10_000, waitForLinkMs: 2_000 }).then((r) => {
+        if (r.manifest.size !== this.size) {
+          void r.close();
+          throw new QuicmapError('EINVAL', `holder ${h.name} serves ${r.manifest.size} bytes, the region has ${this.size}`);
+        }
+        return r;
+      });
       h.region.catch(() => {});
     }
-    return h;
+    return h.region;
   }
 
   private reopen(h: Holder): void {
@@ -264,7 +277,7 @@ export class RefPullSource implements ChunkSource {
   private async fromHolder(h: Holder, id: CacheId, index: number, buf: Uint8Array): Promise<void> {
     let why: string;
     try {
-      const region = await h.region!;
+      const region = await this.regionOf(h);
       let timer: NodeJS.Timeout | undefined;
       const slowMs = this.o.slowMs ?? 5_000;
       const answer = argsOf(
@@ -284,6 +297,7 @@ export class RefPullSource implements ChunkSource {
       } else {
         const v = this.o.verifier.check(index, data);
         if (v === 'ok') {
+          h.downs = 0;
           buf.set(data);
           h.status.chunks++;
           h.status.bytes += data.length;
@@ -297,7 +311,10 @@ export class RefPullSource implements ChunkSource {
     } catch (e) {
       h.status.failures++;
       why = (e as Error).message;
-      if (e instanceof QuicmapError && e.code === 'EACCES') this.reopen(h);
+      // Unreachable, failing or slow: leave it alone for a while (the owner may still name it: it is excluded), then dial afresh.
+      h.downs++;
+      h.downUntil = Date.now() + Math.min(30_000, 500 * 2 ** Math.min(6, h.downs - 1));
+      this.reopen(h);
     }
     this.o.log?.(`ref: chunk ${index} from holder ${h.name}: ${why}; fetching it from the owner`);
     this.stats.fallbacks++;
@@ -339,8 +356,9 @@ export class RefPullSource implements ChunkSource {
 
   async close(): Promise<void> {
     this.closed = true;
-    for (const h of this.holders.values()) this.reopen(h);
-    await Promise.all([...this.holders.values()].map((h) => h.region?.then((r) => r.close(), () => {})));
+    const open = [...this.holders.values()].map((h) => h.region).filter((r) => r !== undefined);
+    for (const h of this.holders.values()) h.region = undefined;
+    await Promise.all(open.map((r) => r.then((x) => x.close(), () => {})));
     await this.dialer.close();
   }
 }

@@ -94,10 +94,10 @@ async function holder(w: World, opts: { lie?: (chunk: number) => boolean; copyOf
   return { id, mm, holding, seed };
 }
 
-async function puller(w: World, extra: { machineOf?: (k: Uint8Array) => number } = {}): Promise<{ id: Identity; m: MountedTicket; mm: ManagedMount }> {
+async function puller(w: World, extra: { machineOf?: (k: Uint8Array) => number } = {}, workers = 4): Promise<{ id: Identity; m: MountedTicket; mm: ManagedMount }> {
   const id = await generateIdentity();
   const m = await mount(w, id);
-  const mm = await openManaged(m.region, { pullWorkers: 4, byReference: { identity: id, slowMs: 30_000, ...extra } });
+  const mm = await openManaged(m.region, { pullWorkers: workers, byReference: { identity: id, slowMs: 30_000, ...extra } });
   w.s.defer(() => mm.close());
   return { id, m, mm };
 }
@@ -185,6 +185,30 @@ test('two holders on one machine part: their references are refused with Machine
       assert.ok(r.collisions > 0, `collisions seen: ${r.collisions}`);
       assert.is(r.holders.length, 2);
       assert.is(r.holderChunks + r.ownerChunks, CHUNKS);
+    });
+  } finally {
+    await s.close();
+  }
+});
+
+test('a holder that keeps offering but cannot be reached: left alone for a while, every chunk from the owner', async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(90_000, 'unreachable holder', async () => {
+      const w = await world(s);
+      const a = await holder(w);
+      // Its seed share goes away; its offers to the owner go on (the owner keeps naming it).
+      await a.seed.close();
+      // One worker: the first run finds the holder down, the later ones are not sent there.
+      const b = await puller(w, {}, 1);
+      await b.mm.synced.whenComplete();
+      assert.ok(await sameBytes(b.mm, w.data));
+      const r = b.mm.status.references()!;
+      assert.is(r.holderChunks, 0);
+      assert.is(r.ownerChunks, CHUNKS);
+      assert.ok(r.holders[0]!.failures >= 1);
+      assert.ok(r.fallbacks < CHUNKS, `once down, the holder is not asked for every chunk (fallbacks ${r.fallbacks} of ${CHUNKS})`);
+      assert.is(w.share.holders.view().holders.length, 1, 'the owner still lists it');
     });
   } finally {
     await s.close();
