@@ -109,10 +109,10 @@ export const copy: Command = {
     const window = Number(values.window);
     if (!Number.isInteger(window) || window < 1 || window > 64) throw new UsageError(`copy: --window must be a whole number from 1 to 64, not "${values.window}"`);
     const validFor = Math.ceil(parseDurationFlag('copy', '--valid-for', values['valid-for'], 1000) / 1000);
-    const identityPath = values.identity ?? defaultIdentityPath();
-    const identity = await forFlag('copy', '--identity', identityPath, () => loadOrCreateIdentity(identityPath));
     const bootstrap = parseDht('copy', values.dht);
     if (values['dht-listen'] !== undefined && !bootstrap) throw new UsageError('copy: --dht-listen needs --dht');
+    const identityPath = values.identity ?? defaultIdentityPath();
+    const identity = await forFlag('copy', '--identity', identityPath, () => loadOrCreateIdentity(identityPath));
     if (bootstrap === 'public') log('copy: joining the public Mainline DHT, as asked (--dht public)');
     const dhtListen = values['dht-listen'] ?? '0.0.0.0:0';
     const dht = bootstrap ? await forFlag('copy', '--dht-listen', dhtListen, () => DhtClient.open({ bootstrap, listen: dhtListen, log })) : undefined;
