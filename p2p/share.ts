@@ -20,6 +20,7 @@ import type { Listener, Transport } from '../transports/transport.ts';
 import { openTransport, type TransportChoice } from './transports.ts';
 import { RefOrigin, type RefOriginOptions } from './copy/ref-origin.ts';
 import { CopyTarget, type CopyTargetOptions } from './copy/copy-target.ts';
+import { HolderBoard, type HolderBoardOptions } from './sync/held-chunks.ts';
 
 export interface ShareOptions {
   identity: Identity;
@@ -60,8 +61,10 @@ export interface ShareOptions {
   chunkSize?: number;
   /** The by-reference cache peers read through (p2p/copy/ref-origin.ts): bytes, pieces, piece size, lease. */
   refCache?: Omit<RefOriginOptions, 'identity' | 'store' | 'log'>;
+  /** The board of mounters holding copies (p2p/sync/held-chunks.ts): how many, their lease. */
+  holders?: Pick<HolderBoardOptions, 'maxHolders' | 'leaseMs' | 'machineOf'>;
   /** This region as the destination of third-party copies (p2p/copy/copy-target.ts). */
-  copyTarget?: Pick<CopyTargetOptions, 'holdBytes' | 'fetchers' | 'retryMs'>;
+  copyTarget?: Pick<CopyTargetOptions, 'holdBytes' | 'fetchers' | 'retryMs' | 'machineOf'>;
   log?: (message: string) => void;
 }
 
@@ -89,6 +92,8 @@ export interface SharedRegion {
   refs: RefOrigin;
   /** Third-party copies written into this region (`copy.fetch`). */
   copyTarget: CopyTarget;
+  /** Mounters holding copies of this region's chunks, for reads answered by reference (`hold.offer`, `ref.locate`). */
+  holders: HolderBoard;
   /** Issue another ticket for this region. */
   issue(opts?: { readOnly?: boolean; expiresIn?: number; grantee?: Uint8Array }): Promise<string>;
   close(): Promise<void>;
@@ -134,6 +139,8 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
   serveChunkHashes(server, { identity: opts.identity, regionId, store, feed, size: await store.size(), chunkSize });
   const refs = new RefOrigin({ ...opts.refCache, identity: opts.identity, store, log });
   refs.serve(server);
+  const holders = new HolderBoard({ ...opts.holders, identity: opts.identity, size: await store.size(), chunkSize, feed, log });
+  holders.serve(server);
   const copyTarget = new CopyTarget({
     ...opts.copyTarget,
     identity: opts.identity,
@@ -212,6 +219,7 @@ export async function shareRegion(opts: ShareOptions): Promise<SharedRegion> {
     feed,
     refs,
     copyTarget,
+    holders,
     issue,
     close() {
       closing ??= closeAll();

@@ -5,6 +5,8 @@ import { forFlag } from '../errors.ts';
 import { defaultIdentityPath, loadOrCreateIdentity } from '../../crypto/identity.ts';
 import { formatSize, parseSize } from '../../base/size.ts';
 import { runCopy } from '../../p2p/copy/orchestrate.ts';
+import { DhtClient } from '../../p2p/dht/client.ts';
+import { parseDht } from '../swarm-flags.ts';
 
 const usage = `Usage: quicmap copy SRC_TICKET[:OFFSET[+LENGTH]] DST_TICKET[:OFFSET] [options]
 
@@ -34,6 +36,10 @@ Options:
   --through-here         carry the bytes through this node instead (read
                          from the source, write to the destination): the
                          plain copy, for comparison
+  --dht HOST:PORT[,...]  find sharers of tickets without addresses in this
+                         DHT swarm (their signed records, as mount --dht);
+                         the destination is told where the source is
+  --dht-listen HOST:PORT this node's DHT socket (default 0.0.0.0:0)
   --identity PATH        identity file (default ${defaultIdentityPath()})
   --json                 print a JSON summary: bytes, ms, throughC (bytes
                          this node sent and received), inlineBytes,
@@ -85,6 +91,8 @@ export const copy: Command = {
         identity: { type: 'string' },
         json: { type: 'boolean', default: false },
         'through-here': { type: 'boolean', default: false },
+        dht: { type: 'string' },
+        'dht-listen': { type: 'string' },
       },
       true,
     );
@@ -101,8 +109,13 @@ export const copy: Command = {
     const window = Number(values.window);
     if (!Number.isInteger(window) || window < 1 || window > 64) throw new UsageError(`copy: --window must be a whole number from 1 to 64, not "${values.window}"`);
     const validFor = Math.ceil(parseDurationFlag('copy', '--valid-for', values['valid-for'], 1000) / 1000);
+    const bootstrap = parseDht('copy', values.dht);
+    if (values['dht-listen'] !== undefined && !bootstrap) throw new UsageError('copy: --dht-listen needs --dht');
     const identityPath = values.identity ?? defaultIdentityPath();
     const identity = await forFlag('copy', '--identity', identityPath, () => loadOrCreateIdentity(identityPath));
+    if (bootstrap === 'public') log('copy: joining the public Mainline DHT, as asked (--dht public)');
+    const dhtListen = values['dht-listen'] ?? '0.0.0.0:0';
+    const dht = bootstrap ? await forFlag('copy', '--dht-listen', dhtListen, () => DhtClient.open({ bootstrap, listen: dhtListen, log })) : undefined;
     const tty = process.stderr.isTTY === true && !values.json;
     let bar: cliProgress.SingleBar | undefined;
     const summary = await runCopy({
@@ -116,6 +129,7 @@ export const copy: Command = {
       window,
       validFor,
       through: values['through-here'],
+      ...(dht ? { dht } : {}),
       log,
       onProgress: (done, total) => {
         if (!tty) return;
@@ -125,7 +139,10 @@ export const copy: Command = {
         }
         bar.update(done, { done: formatSize(done), all: formatSize(total) });
       },
-    }).finally(() => bar?.stop());
+    }).finally(async () => {
+      bar?.stop();
+      await dht?.destroy();
+    });
     if (values.json) {
       process.stdout.write(`${JSON.stringify({ ...summary, ms: Math.round(summary.ms) })}\n`);
     } else {

@@ -20,6 +20,7 @@ import { parseBackendSpec } from '../../engine/backends/open.ts';
 import { parsePullOrder } from '../../engine/sync/pull-order.ts';
 import { showProgress, type ProgressView } from '../progress.ts';
 import { SeedPublisher, SeederFinder, type FoundSeeder } from '../../p2p/sync/dht-seeders.ts';
+import { startHolding, type Holding } from '../../p2p/sync/held-chunks.ts';
 
 /** Check the managed-mount flags up front, so a typo fails before anything is dialled. */
 function parseManagedFlags(v: Record<string, string | boolean | string[] | undefined>): ManagedOptions {
@@ -121,13 +122,20 @@ mounter) changes are dropped from the cache and pulled again.
                            share --read-only\` of a copy). Its chunks are used
                            only if they match the owner's signed chunk-hash
                            list; a seeder that sends bad chunks is dropped
+  --by-reference           ask the sharer where chunks are held: chunks it
+                           answers with a reference ("held by mounter P")
+                           are pulled from P directly (with the sharer's
+                           delegation), checked against the sharer's signed
+                           chunk hashes; the rest from the sharer
   --seed-listen HOST:PORT  serve this mount's copy to other mounters as a
                            read-only seeder (missing chunks are fetched from
                            the owner on demand); its ticket is printed after
                            the NBD URI (with --json: "seedTicket"). With
                            --dht: default 0.0.0.0:0, and the seeder is
                            announced in the DHT once the copy holds chunks
-                           ("off": do not seed)
+                           ("off": do not seed). A seeding mount also
+                           offers its copy to the sharer, which names it to
+                           mounters pulling --by-reference
   With --dht a managed mount also finds the region's other seeders in the
   DHT (at start and every 10s) and pulls from them, verified as above.
   A progress bar shows on a terminal; with --json, progress events follow
@@ -175,10 +183,11 @@ export const mount: Command = {
         'record-trace': { type: 'string' },
         seeder: { type: 'string', multiple: true },
         'seed-listen': { type: 'string' },
+        'by-reference': { type: 'boolean' },
       },
       true,
     );
-    const managedFlags = ['cache', 'pull-workers', 'pull-order', 'push-interval', 'max-dirty', 'record-trace', 'seeder', 'seed-listen'] as const;
+    const managedFlags = ['cache', 'pull-workers', 'pull-order', 'push-interval', 'max-dirty', 'record-trace', 'seeder', 'seed-listen', 'by-reference'] as const;
     if (!values.managed) {
       const stray = managedFlags.find((f) => values[f] !== undefined);
       if (stray) throw new UsageError(`mount: --${stray} needs --managed`);
@@ -225,6 +234,7 @@ export const mount: Command = {
     let progress: ProgressView | undefined;
     let finder: SeederFinder | undefined;
     let seedPublisher: SeedPublisher | undefined;
+    let holding: Holding | undefined;
     const early: FoundSeeder[] = [];
     try {
       const region = mounted.region;
@@ -260,13 +270,14 @@ export const mount: Command = {
           urgent: urgent.region,
           seeders: [...seeders.map((s) => ({ name: s.sharerId.slice(0, 12), region: s.region })), ...early.map((f) => ({ name: f.name, region: f.mounted.region }))],
           swarm: finder !== undefined,
+          ...(values['by-reference'] ? { byReference: { identity } } : {}),
           log,
           onEvent: (e) => progress?.event(e),
         });
         if (managed.pullOrder) log(`pull order: ${mm.synced.progress().pullOrder}`);
         finder?.start();
         const status = mm.status;
-        node.extra.managed = () => ({ ...status.progress(), peers: status.peers() ?? null });
+        node.extra.managed = () => ({ ...status.progress(), peers: status.peers() ?? null, references: status.references() ?? null });
       }
       // A managed mount serves its own stack (guard → chunked → synced → cache, pulling from the region).
       const store = mm ? await buildStack({ backend: mm.store, ownsBackend: false, maxRequest: server.limits.maxPayload, readOnly: region.caps.readOnly }) : mounted.store;
@@ -290,6 +301,10 @@ export const mount: Command = {
         // Seed over the transport the sharer was reached by (other mounters of the region dial the same way).
         const transport = (dialerPath?.()?.transport ?? mounted.endpoint?.transport ?? mounted.ticket.claims.endpoints[0]?.transport ?? 'quic') as 'quic' | 'tcp' | 'webtransport';
         seed = await forFlag('mount', '--seed-listen', seedListen, () => shareRegion({ identity, store: view, transport, listen: seedListen, readOnly: true, log }));
+        // Offer the copy to the sharer: mounters pulling by reference are sent here for the chunks it holds.
+        holding = startHolding({ owner: region, identity, copy: mm.synced, seed: { server: seed.server, regionId: seed.regionId, endpoints: seed.endpoints }, chunkSize: mm.synced.progress().chunkSize, log });
+        const held = holding;
+        node.extra.holding = () => ({ offered: held.offer.offered, accepted: held.offer.lastAccepted, lastError: held.offer.lastError ?? null, served: { ...held.served } });
         if (node.dht) {
           const m = mm;
           const claims = mounted.ticket.claims;
@@ -325,6 +340,7 @@ export const mount: Command = {
       const alive = setInterval(() => {}, 60_000);
       progress?.stop();
       seedPublisher?.stop();
+      await holding?.stop().catch(() => {});
       await finder?.stop();
       await seed?.close().catch(() => {});
       if (fuse) await fuse.unmount().catch((e) => log(`unmount failed: ${(e as Error).message}`));

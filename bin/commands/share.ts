@@ -255,6 +255,7 @@ export const share: Command = {
       const sh = shared;
       node.extra.cache = () => sh.refs.view();
       node.extra.copy = () => sh.copyTarget.view();
+      node.extra.holders = () => sh.holders.view();
       const feed = shared.feed;
       const onSuspend = values['on-suspend'];
       migration = serveMigration(shared.server, {

@@ -365,6 +365,11 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     }
   }
 
+  /** Whether chunk `i` is in the cache (a seeder says what it holds). */
+  isLocal(i: number): boolean {
+    return i >= 0 && i < this.states.count && this.states.isLocal(i);
+  }
+
   /**
    * The cached read path: when every chunk under [offset, offset + length)
    * is local, one read of the cache for the whole range (no per-chunk

@@ -27,11 +27,12 @@ import { openGrant, type GrantClaims } from '../../crypto/grant.ts';
 import type { Identity } from '../../crypto/identity.ts';
 import type { ReadWriterAt } from '../../engine/rwat.ts';
 import type { ChangeFeed } from '../../engine/tracking/change-feed.ts';
-import type { CacheId } from '../protocol/cache-id.ts';
+import { MachineCollisionError, MachineDirectory, machineOf, type CacheId } from '../protocol/cache-id.ts';
 import { HeldRefs } from '../protocol/cache-refs.ts';
 import type { RemoteRegion } from '../remote/region.ts';
 import type { RegionServer } from '../remote/server.ts';
 import { PeerDialer } from './dial.ts';
+import { parseEndpoint, type Endpoint } from '../../crypto/endpoint.ts';
 import type { Transport } from '../../transports/transport.ts';
 import type { RefOrigin } from './ref-origin.ts';
 import {
@@ -126,10 +127,14 @@ export interface CopyTargetOptions {
   fetchers?: number;
   /** How long a piece keeps being retried while the origin is unreachable. Default 60 s. */
   retryMs?: number;
+  /** How an origin's key maps to the machine part of its cache IDs (default `machineOf`; tests force collisions). */
+  machineOf?: (key: Uint8Array) => number;
   log?: (m: string) => void;
 }
 
 export interface CopyTargetStats {
+  /** Batches refused because two origins this target knows share the machine part of their IDs. */
+  collisions: number;
   batches: number;
   pieces: number;
   bytes: number;
@@ -156,15 +161,18 @@ interface OriginEntry {
 const RETRIABLE = new Set(['EIO', 'ETIMEDOUT']);
 
 export class CopyTarget {
-  readonly stats: CopyTargetStats = { batches: 0, pieces: 0, bytes: 0, fetches: 0, refetched: 0, dropped: 0, flushed: 0, retries: 0, localPieces: 0, failedBatches: 0 };
+  readonly stats: CopyTargetStats = { collisions: 0, batches: 0, pieces: 0, bytes: 0, fetches: 0, refetched: 0, dropped: 0, flushed: 0, retries: 0, localPieces: 0, failedBatches: 0 };
   private readonly o: CopyTargetOptions;
   private readonly dialer: PeerDialer;
   private readonly me: string;
   private readonly origins = new Map<string, Promise<OriginEntry>>();
+  /** Every origin key seen, by the machine part of its IDs: an ID names its origin only while that part is unique. */
+  private readonly machines: MachineDirectory;
   private closed = false;
 
   constructor(o: CopyTargetOptions) {
     this.o = o;
+    this.machines = new MachineDirectory(o.machineOf ?? machineOf);
     this.dialer = new PeerDialer(o.identity, o.transport);
     this.me = hex(o.identity.publicKey);
   }
@@ -174,12 +182,12 @@ export class CopyTarget {
       if (ctx.readOnly) throw new QuicmapError('EPERM', 'copy.fetch writes to this region: it needs a read-write ticket');
       const a = argsOf(args, COPY_FETCH);
       if (!(a.delegation instanceof Uint8Array)) throw new QuicmapError('EINVAL', 'copy.fetch: no delegation');
-      return this.fetchBatch(a.delegation, decodeForwardPieces(a, COPY_FETCH));
+      return this.fetchBatch(a.delegation, decodeForwardPieces(a, COPY_FETCH), originHints(a));
     });
   }
 
   /** Claim, fetch and write one forwarded batch; resolves once every piece is written. */
-  async fetchBatch(delegationBytes: Uint8Array, pieces: ForwardPiece[]): Promise<{ written: number; refetched: number; dropped: number }> {
+  async fetchBatch(delegationBytes: Uint8Array, pieces: ForwardPiece[], hints: Endpoint[] = []): Promise<{ written: number; refetched: number; dropped: number }> {
     if (this.closed) throw new QuicmapError('ESHUTDOWN', 'this sharer is closing');
     const d = await openDelegation(delegationBytes);
     if (hex(d.delegate) !== this.me) throw new QuicmapError('EINVAL', 'copy.fetch: the delegation is for another peer');
@@ -188,7 +196,10 @@ export class CopyTarget {
       if (p.dst + p.length > size) throw new QuicmapError('EINVAL', `copy.fetch: destination [${p.dst}, +${p.length}) is outside this region of ${size} bytes`);
       if (p.src < d.offset || p.src + p.length > d.offset + d.length) throw new QuicmapError('EINVAL', `copy.fetch: piece [${p.src}, +${p.length}) is outside the delegated range`);
     }
-    const entry = await this.originFor(d, await openGrant(d.grant), delegationBytes);
+    const grant = await openGrant(d.grant);
+    this.checkOrigin(grant.sharer, pieces);
+    // A grant without addresses (a DHT-only source): dial the endpoints the orchestrator found (the grant's key is what is checked).
+    const entry = await this.originFor(d, grant.endpoints.length > 0 ? grant : { ...grant, endpoints: hints }, delegationBytes);
     entry.active++;
     if (entry.idleTimer) clearTimeout(entry.idleTimer);
     this.stats.batches++;
@@ -293,6 +304,30 @@ export class CopyTarget {
     }
   }
 
+  /**
+   * Each forwarded ID must name the delegation's origin by its machine part,
+   * and that part must name no other origin this target knows: two origins
+   * sharing one (a 2^-24 chance per pair) make their IDs ambiguous, and the
+   * batch is refused with MachineCollisionError — the orchestrator then
+   * carries those bytes itself — rather than trusting the context.
+   */
+  private checkOrigin(origin: Uint8Array, pieces: readonly ForwardPiece[]): void {
+    this.machines.add(origin);
+    for (const p of pieces) {
+      let key: Uint8Array;
+      try {
+        key = this.machines.resolve(p.id);
+      } catch (e) {
+        if (e instanceof MachineCollisionError) {
+          this.stats.collisions++;
+          throw e;
+        }
+        throw new QuicmapError('EACCES', `copy.fetch: cache id ${p.id.toString(16)} does not name the origin of the delegation`);
+      }
+      if (!Buffer.from(key).equals(Buffer.from(origin))) throw new QuicmapError('EACCES', `copy.fetch: cache id ${p.id.toString(16)} names another origin than the delegation's`);
+    }
+  }
+
   private originFor(d: DelegationClaims, g: GrantClaims, bytes: Uint8Array): Promise<OriginEntry> {
     const key = hex(d.nonce);
     let p = this.origins.get(key);
@@ -374,5 +409,17 @@ export class CopyTarget {
     }
     this.origins.clear();
     await this.dialer.close();
+  }
+}
+
+/** copy.fetch's optional `origin`: where the source listens, for a grant that names no address (at most 8). */
+function originHints(a: Record<string, unknown>): Endpoint[] {
+  const v = a.origin;
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v) || v.length > 8 || !v.every((x) => typeof x === 'string' && x.length <= 200)) throw new QuicmapError('EINVAL', 'copy.fetch: "origin" must be at most 8 endpoint strings');
+  try {
+    return (v as string[]).map((x) => parseEndpoint(x));
+  } catch (e) {
+    throw new QuicmapError('EINVAL', `copy.fetch: "origin": ${(e as Error).message}`);
   }
 }

@@ -20,8 +20,11 @@ import { signDelegation } from '../../crypto/delegation.ts';
 import type { Identity } from '../../crypto/identity.ts';
 import { parseTicket, type Ticket } from '../../crypto/ticket.ts';
 import type { Transport } from '../../transports/transport.ts';
+import { endpointText, type Endpoint } from '../../crypto/endpoint.ts';
+import type { DhtClient } from '../dht/client.ts';
 import { newMeter } from '../node/metered.ts';
 import type { RemoteRegion } from '../remote/region.ts';
+import { isMachineCollision } from '../protocol/cache-id.ts';
 import { CopyPlan, type Batch } from './copy-plan.ts';
 import { PeerDialer } from './dial.ts';
 import { COPY_FETCH, REF_DEREF, REF_READ, REF_STATS, argsOf, decodeRefPieces, encodeRefCounts, idBytes, type ForwardPiece } from './wire.ts';
@@ -45,6 +48,15 @@ export interface CopyOptions {
   through?: boolean;
   /** Dial with this transport instead of the tickets' (tests: loopback). */
   transport?: Transport;
+  /**
+   * Where tickets without addresses are looked up: the sharer's signed DHT
+   * record (p2p/dht) gives its endpoints, as `mount --dht` finds them. The
+   * destination is told the source's endpoints found so (it dials them
+   * with the key the grant names: a wrong hint cannot impersonate).
+   */
+  dht?: DhtClient;
+  /** How long to look for a record before giving up (default 15 s). */
+  dhtLookupMs?: number;
   onProgress?: (done: number, total: number) => void;
   log?: (m: string) => void;
 }
@@ -66,6 +78,8 @@ export interface CopySummary {
   dropped: number;
   /** Source and destination are served by the same node: the bytes stayed on it. */
   sameNode: boolean;
+  /** The destination refused the source's references (their machine part is shared by another origin it knows): the rest went inline through C. */
+  machineCollision: boolean;
   /** References still outstanding at the source when the copy ended (0: all given back), or null if it did not say. */
   sourceRefs: number | null;
 }
@@ -76,7 +90,9 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
   const src: Ticket = await parseTicket(o.src);
   const dst: Ticket = await parseTicket(o.dst);
   if (dst.claims.rights !== 'rw') throw new QuicmapError('EPERM', 'the destination ticket is read-only: a copy writes to it');
-  if (src.claims.endpoints.length === 0 || dst.claims.endpoints.length === 0) throw new QuicmapError('EINVAL', 'a ticket without addresses cannot be copied from or to yet (it needs the DHT)');
+  const [srcEndpoints, dstEndpoints] = await Promise.all([endpointsOf(src, 'source', o), endpointsOf(dst, 'destination', o)]);
+  // The destination reaches the source by the delegation's grant; a grant without addresses needs the ones found here.
+  const originHint = src.claims.endpoints.length === 0 ? { origin: srcEndpoints.map(endpointText) } : {};
   const meter = newMeter();
   const dialer = new PeerDialer(o.identity, o.transport);
   let srcRegion: RemoteRegion | undefined;
@@ -85,7 +101,7 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
     const agent = `quicmap copy (${o.identity.id.slice(0, 8)})`;
     const open = (t: Ticket, readOnly: boolean, requestTimeoutMs: number) =>
       // A copy is not latency-bound: a link is declared dead after 10 s of silence, not a mount's 3 s (fewer false alarms on a loaded host).
-      dialer.open({ endpoints: t.claims.endpoints, sharer: t.claims.sharer, regionId: t.claims.regionId, grant: t.grant, readOnly, meters: [meter], agent, log, requestTimeoutMs, livenessMs: 10_000 });
+      dialer.open({ endpoints: t === src ? srcEndpoints : dstEndpoints, sharer: t.claims.sharer, regionId: t.claims.regionId, grant: t.grant, readOnly, meters: [meter], agent, log, requestTimeoutMs, livenessMs: 10_000 });
     [srcRegion, dstRegion] = await Promise.all([open(src, true, 30_000), open(dst, false, 180_000)]);
     const srcSize = await srcRegion.size();
     const dstSize = await dstRegion.size();
@@ -100,7 +116,7 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
     if (sameRegion && srcOffset < dstOffset + length && dstOffset < srcOffset + length && srcOffset !== dstOffset) {
       throw new QuicmapError('EINVAL', 'source and destination ranges overlap in the same region');
     }
-    const summary: CopySummary = { bytes: 0, ms: 0, throughC: 0, sentByC: 0, receivedByC: 0, inlineBytes: 0, batches: 0, retriedBatches: 0, duplicateAcks: 0, refetched: 0, dropped: 0, sameNode, sourceRefs: null };
+    const summary: CopySummary = { bytes: 0, ms: 0, throughC: 0, sentByC: 0, receivedByC: 0, inlineBytes: 0, batches: 0, retriedBatches: 0, duplicateAcks: 0, refetched: 0, dropped: 0, sameNode, machineCollision: false, sourceRefs: null };
     if (length > 0) {
       const delegation = o.through ? new Uint8Array(0) : await signDelegation(o.identity, { grant: src.grant, delegate: dst.claims.sharer, offset: srcOffset, length, validFor: o.validFor ?? 3600 });
       const copyId = randomBytes(8).toString('hex');
@@ -118,7 +134,8 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
         summary.batches++;
         let held: ForwardPiece[] = [];
         try {
-          if (o.through) {
+          // Through C: asked for (--through-here), or the destination cannot tell the source's references from another origin's.
+          if (o.through || summary.machineCollision) {
             const buf = new Uint8Array(b.length);
             await s.readAt(buf, b.src);
             await d.writeAt(buf, b.dst);
@@ -142,7 +159,7 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
           for (let i = 0; i < held.length; i += 256) {
             const group = held.slice(i, i + 256);
             jobs.push(
-              d.call(COPY_FETCH, { delegation, pieces: group.map((p) => ({ id: idBytes(p.id), src: p.src, length: p.length, dst: p.dst })) }).then((r) => {
+              d.call(COPY_FETCH, { delegation, ...originHint, pieces: group.map((p) => ({ id: idBytes(p.id), src: p.src, length: p.length, dst: p.dst })) }).then((r) => {
                 const a = argsOf(r, COPY_FETCH);
                 summary.refetched += Number(a.refetched ?? 0);
                 summary.dropped += Number(a.dropped ?? 0);
@@ -158,6 +175,11 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
           log(`copy: batch [${b.src}, +${b.length}) failed (attempt ${b.attempt}): ${(e as Error).message}`);
           // Give back whatever C still holds of it (B may have claimed some): the range is asked for afresh.
           if (held.length > 0) await s.call(REF_DEREF, { refs: encodeRefCounts(held.map((p) => ({ id: p.id, n: 1 }))), lenient: true, key: `${copyId}:giveback:${b.src}:${b.attempt}` }).catch(() => {});
+          if (isMachineCollision(e) && !summary.machineCollision) {
+            // Never guess which origin an ambiguous ID names: from now on the bytes come inline (the protocol degrades, it does not fail).
+            summary.machineCollision = true;
+            log(`copy: the destination cannot tell the source's cache IDs from another origin's (${(e as Error).message}); carrying the bytes through this node`);
+          }
           plan.fail(b, e);
         }
       };
@@ -204,5 +226,28 @@ export async function runCopy(o: CopyOptions): Promise<CopySummary> {
   } finally {
     await Promise.all([srcRegion?.close(), dstRegion?.close()]).catch(() => {});
     await dialer.close();
+  }
+}
+
+/** A ticket's endpoints, or (none in it) its sharer's from the DHT record; EINVAL when neither. */
+async function endpointsOf(t: Ticket, what: string, o: Pick<CopyOptions, 'dht' | 'dhtLookupMs' | 'log'>): Promise<Endpoint[]> {
+  if (t.claims.endpoints.length > 0) return t.claims.endpoints;
+  if (!o.dht) throw new QuicmapError('EINVAL', `the ${what} ticket holds no address: its sharer is found through the DHT (copy with --dht HOST:PORT)`);
+  const deadline = Date.now() + (o.dhtLookupMs ?? 15_000);
+  let why = 'no record for this region yet (is its sharer running with --dht?)';
+  for (let wait = 250; ; wait = Math.min(wait * 2, 2_000)) {
+    try {
+      const v = await o.dht.get({ sharer: t.claims.sharer, regionId: t.claims.regionId }, Math.max(1_000, Math.min(5_000, deadline - Date.now())));
+      if (v?.ok && v.record.endpoints.length > 0) {
+        o.log?.(`copy: the ${what}'s sharer is at ${v.record.endpoints.map(endpointText).join(', ')} (DHT record)`);
+        return v.record.endpoints;
+      }
+      if (v && !v.ok) why = v.reason;
+      else if (v?.ok) why = 'its record lists no direct endpoint (relayed sharers cannot be copied from or to yet)';
+    } catch (e) {
+      why = (e as Error).message;
+    }
+    if (Date.now() + wait > deadline) throw new QuicmapError('EIO', `the ${what} ticket holds no address, and the DHT did not say where its sharer is: ${why}`);
+    await new Promise((r) => setTimeout(r, wait));
   }
 }

@@ -64,6 +64,8 @@ export interface RefElement {
 export interface RefOriginOptions {
   identity: Identity;
   store: ReadWriterAt;
+  /** The machine part of this node's IDs (default: from its key, `machineOf`; tests force collisions). */
+  machine?: number;
   /** Which of this node's caches (16 bits of every id). Default 0. */
   slot?: number;
   /** Bytes the cache may hold. Default 64 MiB. */
@@ -110,7 +112,7 @@ export class RefOrigin {
   readonly cache: OriginCache<RefElement>;
   readonly stats: RefOriginStats = { references: 0, inlinePieces: 0, inlineBytes: 0, fetches: 0, fetchedBytes: 0, derefs: 0, claims: 0, flushRequests: 0, refused: 0, expiredHolders: 0 };
   readonly machine: number;
-  private readonly o: Required<Omit<RefOriginOptions, 'identity' | 'store' | 'log' | 'slot'>>;
+  private readonly o: Required<Omit<RefOriginOptions, 'identity' | 'store' | 'log' | 'slot' | 'machine'>>;
   private readonly store: ReadWriterAt;
   private readonly log: (m: string) => void;
   private readonly lastSeen = new Map<HolderId, number>();
@@ -133,7 +135,7 @@ export class RefOrigin {
       leaseMs: opts.leaseMs ?? 120_000,
       maxReadLength: opts.maxReadLength ?? 64 << 20,
     };
-    this.machine = machineOf(opts.identity.publicKey);
+    this.machine = opts.machine ?? machineOf(opts.identity.publicKey);
     this.cache = new OriginCache({ machine: this.machine, slot: opts.slot ?? 0, maxLines: this.o.maxLines, maxBytes: this.o.maxBytes });
     this.sweep = setInterval(() => this.expire(Date.now()), Math.max(250, this.o.leaseMs / 4));
     this.sweep.unref();

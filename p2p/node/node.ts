@@ -343,6 +343,8 @@ export class QuicmapNode {
         resumes: s.shared.server.stats.resumes,
         resumesRefused: s.shared.server.stats.resumesRefused,
         duplicates: s.shared.server.stats.duplicates,
+        sessionsKept: s.shared.server.sessionCount,
+        goodbyes: s.shared.server.stats.goodbyes,
         sent: s.meter.sent,
         received: s.meter.received,
         dht: s.publisher ? { seq: s.publisher.currentSeq, published: s.publisher.published, lastError: s.publisher.lastError ?? null } : null,

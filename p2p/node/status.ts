@@ -23,6 +23,9 @@ export interface NodeStatus {
     resumes: number;
     resumesRefused: number;
     duplicates: number;
+    /** Sessions kept for a resume now (live or suspended); sessions their clients ended with a goodbye (freed at once). */
+    sessionsKept: number;
+    goodbyes: number;
     sent: number;
     received: number;
     dht: { seq: number; published: number; lastError: string | null } | null;

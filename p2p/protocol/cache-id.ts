@@ -56,6 +56,33 @@ export function formatCacheId(id: CacheId): string {
 }
 
 /**
+ * Two different node keys this node knows share one machine part: a cache ID
+ * with that machine part cannot say which of them issued it. Whoever meets
+ * it refuses the reference (and fetches the bytes another way: from the
+ * owner, or inline) instead of guessing.
+ */
+const COLLISION_TEXT = 'cache machine part';
+
+/** A MachineCollisionError, here or as it came back over the wire (a code and a message: the class does not travel). */
+export function isMachineCollision(e: unknown): boolean {
+  if (e instanceof MachineCollisionError) return true;
+  return e instanceof Error && (e as { code?: unknown }).code === 'EINVAL' && new RegExp(`${COLLISION_TEXT} [0-9a-f]{6} is shared by`).test(e.message);
+}
+
+export class MachineCollisionError extends QuicmapError {
+  readonly machine: number;
+  readonly keys: Uint8Array[];
+  constructor(machine: number, keys: readonly Uint8Array[]) {
+    super(
+      'EINVAL',
+      `${COLLISION_TEXT} ${machine.toString(16).padStart(6, '0')} is shared by ${keys.length} known nodes (${keys.map((k) => Buffer.from(k).toString('hex').slice(0, 12)).join(', ')}): its references name no single origin`,
+    );
+    this.machine = machine;
+    this.keys = [...keys];
+  }
+}
+
+/**
  * Machine part → node key, for the peers this node knows. A collision (two
  * known keys with one machine part) is remembered: that machine part no
  * longer names a single node, and `keyOf` answers undefined for it.
@@ -63,13 +90,24 @@ export function formatCacheId(id: CacheId): string {
 export class MachineDirectory {
   private readonly byMachine = new Map<number, Uint8Array>();
   private readonly colliding = new Set<number>();
+  /** Every key seen per colliding machine part (for the error). */
+  private readonly collided = new Map<number, Uint8Array[]>();
+  /** `machineOf` by default; tests force collisions with another. */
+  private readonly machineOfKey: (key: Uint8Array) => number;
+
+  constructor(machineOfKey: (key: Uint8Array) => number = machineOf) {
+    this.machineOfKey = machineOfKey;
+  }
 
   /** Record a peer; returns its machine part and whether it collides with another known key. */
   add(nodeKey: Uint8Array): { machine: number; collision: boolean } {
-    const machine = machineOf(nodeKey);
+    const machine = this.machineOfKey(nodeKey);
     const known = this.byMachine.get(machine);
     if (known && !Buffer.from(known).equals(Buffer.from(nodeKey))) {
       this.colliding.add(machine);
+      const seen = this.collided.get(machine) ?? [known];
+      if (!seen.some((k) => Buffer.from(k).equals(Buffer.from(nodeKey)))) seen.push(Uint8Array.from(nodeKey));
+      this.collided.set(machine, seen);
       return { machine, collision: true };
     }
     if (!this.colliding.has(machine)) this.byMachine.set(machine, Uint8Array.from(nodeKey));
@@ -81,5 +119,19 @@ export class MachineDirectory {
     const { machine } = splitCacheId(id);
     if (this.colliding.has(machine)) return undefined;
     return this.byMachine.get(machine);
+  }
+
+  /** The machine part of `nodeKey` as this directory computes it. */
+  machineOf(nodeKey: Uint8Array): number {
+    return this.machineOfKey(nodeKey);
+  }
+
+  /** The node a cache ID names; throws MachineCollisionError when its machine part is ambiguous, EINVAL when unknown. */
+  resolve(id: CacheId): Uint8Array {
+    const { machine } = splitCacheId(id);
+    if (this.colliding.has(machine)) throw new MachineCollisionError(machine, this.collided.get(machine) ?? []);
+    const key = this.byMachine.get(machine);
+    if (!key) throw new QuicmapError('EINVAL', `cache id ${formatCacheId(id)} names machine ${machine.toString(16)}, which this node does not know`);
+    return key;
   }
 }

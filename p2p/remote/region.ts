@@ -38,7 +38,7 @@ import type { ReplyCounter } from '../protocol/client-session.ts';
 import { idAfter } from '../protocol/server-session.ts';
 import { LinkSupervisor, type SupervisorAction } from './link-supervisor.ts';
 import { RequestTable } from './request-table.ts';
-import { DEFAULT_LIMITS } from './server.ts';
+import { DEFAULT_LIMITS, SESSION_BYE } from './server.ts';
 
 export interface RemoteRegionOptions {
   /** Dial the sharer (transport + address + expected key); called again on reconnect. */
@@ -67,6 +67,8 @@ export interface RemoteRegionOptions {
   clock?: Clock;
   /** Ask for a resumable session (default true; the sharer must offer it too). */
   resume?: boolean;
+  /** How long `close` waits for the sharer's answer to its goodbye (default 1 000 ms; 0: no goodbye, the session lingers until its TTL). */
+  goodbyeMs?: number;
   /**
    * Test hook: cut the link (reset its stream) after every `every`-th
    * request put on the wire, at most `max` times. Default from the
@@ -439,6 +441,13 @@ export class RemoteRegion implements ReadWriterAt {
   }
 
   async close(): Promise<void> {
+    if (this.closed) return;
+    // A resumable session is ended with a goodbye, so the sharer frees it now rather than keeping it for a resume (bounded: a sharer that does not answer in time keeps it until its TTL).
+    if (this.txn?.resume && this.connected && (this.opts.goodbyeMs ?? 1_000) > 0) {
+      let t: NodeJS.Timeout | undefined;
+      await Promise.race([this.call(SESSION_BYE, {}).catch(() => {}), new Promise<void>((r) => (t = setTimeout(r, this.opts.goodbyeMs ?? 1_000)))]);
+      clearTimeout(t);
+    }
     if (this.closed) return;
     this.closed = true;
     this.wakeup.stop();

@@ -84,6 +84,13 @@ export interface RegionServerOptions {
   sessionTtlMs?: number;
 }
 
+/**
+ * The goodbye: a client ending its session on purpose calls this last; the
+ * sharer answers and frees the session (and its reply log) when the stream
+ * ends, instead of keeping it for a resume until the TTL.
+ */
+export const SESSION_BYE = 'session.bye';
+
 /** Who made a call (or a write): the session, its peer, its rights. */
 export interface CallContext {
   /** Unique per session of this server (a reconnecting client gets a new one). */
@@ -130,6 +137,8 @@ export interface RegionServerStats {
   writesApplied: number;
   /** Sessions taken back by a new link. */
   resumes: number;
+  /** Sessions their client ended with a goodbye (freed at once, not kept for resume). */
+  goodbyes: number;
   /** Resumes refused (unknown, expired or someone else's session): the peer got a new one. */
   resumesRefused: number;
   /** Requests received again after a resume and dropped by id (answered from the log). */
@@ -144,7 +153,7 @@ export class RegionServer {
    * are read into them (recycled: no allocation and GC per request).
    */
   private readonly payloads = new BufferPool(32 * 1024 * 1024);
-  readonly stats: RegionServerStats = { connections: 0, sessions: 0, refused: 0, bytesRead: 0, bytesWritten: 0, writesApplied: 0, resumes: 0, resumesRefused: 0, duplicates: 0 };
+  readonly stats: RegionServerStats = { connections: 0, sessions: 0, refused: 0, bytesRead: 0, bytesWritten: 0, writesApplied: 0, resumes: 0, resumesRefused: 0, duplicates: 0, goodbyes: 0 };
   private readonly sessions: SessionTable<LiveSession>;
   private readonly live = new Set<LiveSession>();
   private readonly store: ReadWriterAt;
@@ -353,11 +362,15 @@ export class RegionServer {
     // Set when the stream was ended on purpose (refusal, protocol error) with
     // closeWrite: resetting it then could discard the error frame in flight.
     let graceful = false;
+    // The client said goodbye: when this stream ends its session ends too (not kept for a resume).
+    let bye = false;
     const finish = () => {
       dead = true;
       session.close();
       if (!graceful) stream.reset();
-      if (live && live.detach(gen) && live.creds && !live.isDisposed) {
+      if (bye && live && !live.isDisposed) {
+        if (live.detach(gen)) this.dropSession(live, 'ended by its client');
+      } else if (live && live.detach(gen) && live.creds && !live.isDisposed) {
         const now = this.clock.now();
         this.sessions.suspend(live.creds.sessionId, now);
         this.clock.schedule(now + this.sessions.ttl + 1, () => this.sessions.handleTimeout(this.clock.now()));
@@ -418,6 +431,13 @@ export class RegionServer {
               this.stats.duplicates++;
               break;
             case 'request': {
+              if (ev.request.op === 'call' && ev.request.method === SESSION_BYE) {
+                // Answered here, in order: the session is freed once the client, having read this, closes the stream.
+                if (!bye) this.stats.goodbyes++;
+                bye = true;
+                await reply(session.replyParts(ev.request.id, packReplyParts({ bye: true })));
+                break;
+              }
               // Each request needs room in the server-wide budget before it may hold bytes.
               while (!dead && !state.holder.released && !state.holder.mayTake()) await this.room(state);
               const wake = slots;

@@ -17,6 +17,7 @@ import { RemoteChunkSource } from './remote-source.ts';
 import { HashListVerifier } from '../../engine/sync/hash-list.ts';
 import { SwarmSource, type PeerStatus } from '../../engine/sync/swarm-source.ts';
 import { loadHashList } from './hash-calls.ts';
+import { RefPullSource, type RefPullOptions, type RefHolderStatus, type RefPullStats } from './ref-pull.ts';
 
 export interface ManagedOptions {
   /** memory (default) | file:PATH | dir:PATH */
@@ -38,6 +39,13 @@ export interface ManagedOptions {
   seeders?: ReadonlyArray<{ name: string; region: RemoteRegion }>;
   /** Pull through the swarm scheduler even with no seeder yet (seeders found later join with `addSeeder`: the DHT). */
   swarm?: boolean;
+  /**
+   * Ask the owner where chunks are held (`ref.locate`) and pull those from
+   * their holders by reference, verified against the owner's signed hashes
+   * (ref-pull.ts); the rest from the owner. Needs this node's identity (the
+   * holders see the owner's delegation bound to it).
+   */
+  byReference?: Pick<RefPullOptions, 'identity' | 'transport' | 'maxStrikes' | 'slowMs' | 'machineOf'>;
   /** A second link to the owner for reads a client waits for (no head-of-line wait behind background pulls). */
   urgent?: RemoteRegion;
   /** Reads of local chunks straight from the cache (default true; false: every read through the chunked path, for A/B runs). */
@@ -56,6 +64,8 @@ export interface ManagedOptions {
 export interface ManagedStatus {
   progress(): SyncProgress;
   peers(): PeerStatus[] | undefined;
+  /** Pulls by reference (`byReference`): chunks and bytes from holders and from the owner, per holder. */
+  references(): (RefPullStats & { holders: RefHolderStatus[] }) | undefined;
 }
 
 export interface ManagedMount {
@@ -94,19 +104,22 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
     trace = opts.recordTrace ? await TraceFile.create(opts.recordTrace, Math.ceil(size / chunkSize), chunkSize) : undefined;
     source = await RemoteChunkSource.open(region, { chunkSize, log: opts.log, ...(opts.urgent ? { urgent: opts.urgent } : {}) });
     let swarm: SwarmSource | undefined;
+    let refs: RefPullSource | undefined;
     let refresh: NodeJS.Timeout | undefined;
     const seederOf = (name: string, r: RemoteRegion) => {
       if (r.manifest.size !== size) throw new QuicmapError('EINVAL', `seeder ${name} serves ${r.manifest.size} bytes, the region has ${size}`);
       return { name, source: { fetch: (i: number, buf: Uint8Array) => r.readAt(buf, i * chunkSize) } };
     };
-    if ((opts.seeders && opts.seeders.length > 0) || opts.swarm) {
+    const wantSwarm = (opts.seeders && opts.seeders.length > 0) || opts.swarm;
+    if (wantSwarm || opts.byReference) {
       const initial = (opts.seeders ?? []).map((s) => seederOf(s.name, s.region));
       const verifier = new HashListVerifier(Math.ceil(size / chunkSize));
       const owner = region.manifest.sharer;
       const regionId = region.manifest.regionId;
       await loadHashList(region, verifier, owner, regionId);
-      swarm = new SwarmSource({
-        owner: source,
+      if (opts.byReference) refs = new RefPullSource({ ...opts.byReference, owner: source, verifier, ...(opts.log ? { log: opts.log } : {}) });
+      if (wantSwarm) swarm = new SwarmSource({
+        owner: refs ?? source,
         seeders: initial,
         verifier,
         log: opts.log,
@@ -119,7 +132,7 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
     }
     const synced = new SyncedLayer({
       cache,
-      source: swarm ?? source,
+      source: swarm ?? refs ?? source,
       pullWorkers: opts.pullWorkers ?? 8,
       maxPullRun: Math.max(1, Math.min(16, Math.floor(region.limits.maxFrame / chunkSize))),
       pullOrder: order,
@@ -141,7 +154,7 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
       synced,
       source: src,
       peers: () => swarm?.status(),
-      status: { progress: () => synced.progress(), peers: () => swarm?.status() },
+      status: { progress: () => synced.progress(), peers: () => swarm?.status(), references: () => refs?.view() },
       addSeeder: (name, r) => (swarm ? swarm.addSeeder(seederOf(name, r)) : false),
       close() {
         closing ??= (async () => {
@@ -149,6 +162,7 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
             await store.close(); // stops the puller and pusher, pushes what is dirty, closes the cache
           } finally {
             clearInterval(refresh);
+            await refs?.close();
             src.close();
             await tr?.close();
           }

@@ -9,7 +9,7 @@ import * as assert from 'uvu/assert';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { needTools, Scope, withTimeout, killTree } from '../helpers/env.ts';
-import { start, tool } from './procs.ts';
+import { quicmap, start, tool } from './procs.ts';
 
 const test = suite('swarm');
 const MiB = 1024 * 1024;
@@ -133,6 +133,55 @@ needTools(test, ['nbdcopy'])('--dht: a managed mount announces itself as a seede
       const r = await tool('nbdcopy', ['--no-extents', (JSON.parse(b.first) as { uri: string }).uri, copy]);
       assert.is(r.code, 0, r.stderr);
       assert.ok(Buffer.compare(readFileSync(copy), data) === 0);
+    });
+  } finally {
+    await s.close();
+  }
+});
+
+needTools(test, ['nbdcopy'])('--by-reference: the sharer names the seeding mount as the holder, and a second mount pulls every chunk from it', async () => {
+  const s = new Scope();
+  try {
+    await withTimeout(60_000, 'by reference', async () => {
+      const dir = s.tmpdir();
+      const img = join(dir, 'owner.img');
+      const data = Buffer.alloc(8 * MiB);
+      for (let i = 0; i < data.length; i++) data[i] = (i * 7 + (i >> 11)) & 0xff;
+      writeFileSync(img, data);
+      const ctlO = join(dir, 'o.sock');
+      const ctlB = join(dir, 'b.sock');
+      const owner = await start(s, ['share', '--backend', `file:${img}`, '--listen', '127.0.0.1:0', '--transport', 'tcp', '--control', ctlO], join(dir, 'o'));
+      const a = await start(s, ['mount', owner.first, '--managed', '--seed-listen', '127.0.0.1:0', '--listen', '127.0.0.1:0', '--json'], join(dir, 'a'));
+      let outA = a.lines.join('\n') + '\n';
+      a.child.stdout!.on('data', (d: string) => (outA += d));
+      await waitFor('A complete', () => /"event":"pull-complete"/.test(outA));
+      const status = async (ctl: string, home: string) => {
+        const r = await quicmap(['status', '--control', ctl, '--json'], home);
+        assert.is(r.code, 0, r.stderr);
+        return JSON.parse(r.stdout) as { regions: Array<{ bytesRead: number }>; holders?: { holders: Array<{ chunks: number }> }; managed?: { complete: boolean; references: { holderBytes: number; ownerBytes: number } | null } };
+      };
+      const chunks = 8 * MiB / (64 * 1024);
+      const end = Date.now() + 30_000;
+      while (!((await status(ctlO, join(dir, 'o'))).holders?.holders.some((h) => h.chunks >= chunks))) {
+        if (Date.now() > end) throw new Error(`the sharer never listed A as a holder of every chunk\n${a.stderr()}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      const readBefore = (await status(ctlO, join(dir, 'o'))).regions[0]!.bytesRead;
+      const b = await start(s, ['mount', owner.first, '--managed', '--by-reference', '--seed-listen', 'off', '--pull-workers', '4', '--listen', '127.0.0.1:0', '--json', '--control', ctlB], join(dir, 'b'));
+      let outB = b.lines.join('\n') + '\n';
+      b.child.stdout!.on('data', (d: string) => (outB += d));
+      await waitFor('B complete', () => /"event":"pull-complete"/.test(outB));
+      const st = await status(ctlB, join(dir, 'b'));
+      assert.ok(st.managed?.references, `B pulls by reference\n${b.stderr()}`);
+      const refs = st.managed!.references!;
+      // A chunk the holder is slow to send (a loaded machine) comes from the sharer instead: both ends must agree on how many.
+      assert.is(refs.holderBytes + refs.ownerBytes, 8 * MiB, JSON.stringify(refs));
+      assert.ok(refs.holderBytes >= 6 * MiB, `most bytes from the holder: ${JSON.stringify(refs)}`);
+      assert.is((await status(ctlO, join(dir, 'o'))).regions[0]!.bytesRead - readBefore, refs.ownerBytes, 'the sharer sent B only what B counts as from it');
+      const copy = join(dir, 'b.img');
+      const r = await tool('nbdcopy', ['--no-extents', (JSON.parse(b.first) as { uri: string }).uri, copy]);
+      assert.is(r.code, 0, r.stderr);
+      assert.ok(Buffer.compare(readFileSync(copy), data) === 0, "B's bytes are the owner's");
     });
   } finally {
     await s.close();

@@ -63,6 +63,7 @@ test('usage errors: one line naming the command and the flag, exit 2', async () 
     [['share', '--size', '1MiB', '--dht', 'x'], /^quicmap share: --dht: expected HOST:PORT/],
     [['share', '--size', '1MiB', '--relay', 'r@1.2.3.4:5'], /^quicmap share: --relay: not a relay address/],
     [['mount', 'qm1aaaa', '--relay', 'x'], /^quicmap mount: Unknown option '--relay'/],
+    [['mount', 'qm1aaaa', '--by-reference'], /^quicmap mount: --by-reference needs --managed/],
     [['status', '--control', '/nonexistent/quicmap.sock'], /^quicmap status: cannot reach control socket/],
   ];
   const s = new Scope();

@@ -29,6 +29,8 @@ test('user errors: one line naming the argument or flag, exit 2, no stack', asyn
     [[T, T, '--batch', '1'], /^quicmap copy: --batch must be between 64KiB and 64MiB/],
     [[T, T, '--valid-for', 'soon'], /^quicmap copy: --valid-for: not a duration/],
     [[T, T, '--bogus'], /^quicmap copy: .*bogus/],
+    [[T, T, '--dht', 'nowhere'], /^quicmap copy: --dht: expected HOST:PORT/],
+    [[T, T, '--dht-listen', '127.0.0.1:0'], /^quicmap copy: --dht-listen needs --dht/],
   ];
   const results = await Promise.all(cases.map(([args]) => copy(args)));
   results.forEach((r, i) => {

@@ -349,4 +349,40 @@ test('forged, widened and replayed references are refused with EACCES', () =>
   }),
 );
 
+test('two origins on one machine part at the destination: refused with MachineCollisionError, the copy goes inline, the origins are never confused', () =>
+  withTimeout(60_000, 'collision', async () => {
+    // Forced: both sources issue IDs with the same machine part, and the destination computes it so too.
+    const X = 0xc0de00;
+    const size = 4 * MiB;
+    const w = await world(size, { a: { refCache: { machine: X } }, b: { copyTarget: { machineOf: () => X } } });
+    const a2 = await generateIdentity();
+    const data2 = new Uint8Array(randomBytes(size));
+    const store2 = new MemoryBackend(size);
+    await store2.writeAt(data2, 0);
+    const A2 = await shareRegion({ identity: a2, store: store2, transport: new LoopbackTransport(a2, { network: w.net }), listen: 'a2:0', refCache: { machine: X } });
+    try {
+      const copy = (src: string) => runCopy({ identity: w.c, src, dst: w.B.ticket, transport: new LoopbackTransport(w.c, { network: w.net }) });
+      const first = await copy(w.srcTicket);
+      assert.is(first.machineCollision, false, 'one origin known: its IDs name it');
+      assert.is(first.inlineBytes, 0);
+      assert.ok(Buffer.from(await read(w.dstStore, 0, size)).equals(w.data));
+
+      const second = await copy(await A2.issue({ readOnly: true }));
+      assert.is(second.machineCollision, true, 'a second origin on the same machine part is detected');
+      assert.is(second.inlineBytes, size, 'and the bytes come inline instead');
+      assert.ok(w.B.copyTarget.stats.collisions >= 1);
+      assert.ok(Buffer.from(await read(w.dstStore, 0, size)).equals(data2), "the destination holds A2's bytes, not A's");
+      assert.is(A2.refs.view().refs, 0, 'the refused references were given back');
+
+      const third = await copy(w.srcTicket);
+      assert.is(third.machineCollision, true, "A's IDs are ambiguous now too");
+      assert.ok(Buffer.from(await read(w.dstStore, 0, size)).equals(w.data));
+      assert.is(w.A.refs.view().refs, 0);
+    } finally {
+      await A2.close();
+      await w.close();
+    }
+  }),
+);
+
 test.run();
