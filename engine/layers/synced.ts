@@ -81,6 +81,8 @@ export interface SyncProgress extends ChunkCounts {
   pushes: number;
   invalidations: number;
   pullFailures: number;
+  /** Milliseconds with at least one pull in flight: pulledBytes / pullBusyMs is the copy rate while copying. */
+  pullBusyMs: number;
   /** Every chunk is local. */
   complete: boolean;
 }
@@ -113,6 +115,10 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
   private readonly completeWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
   private closed = false;
   private readonly counters = { pulledBytes: 0, demandFetches: 0, pushedBytes: 0, pushes: 0, invalidations: 0 };
+  /** Fetches in flight and the time with at least one in flight (the copy rate when busy, not diluted by idle time). */
+  private fetchesRunning = 0;
+  private busySince = 0;
+  private busyTotal = 0;
 
   constructor(opts: SyncedLayerOptions) {
     const src = opts.source;
@@ -204,6 +210,7 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
       pullOrder: this.opts.pullOrder?.name ?? sequentialOrder.name,
       ...this.counters,
       pullFailures: this.puller.failures,
+      pullBusyMs: this.busyTotal + (this.fetchesRunning > 0 ? this.clock.now() - this.busySince : 0),
       complete: c.local === c.chunks,
     };
   }
@@ -239,6 +246,51 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
 
   // ---- pulling ----
 
+  private fetchStarted(): void {
+    if (this.fetchesRunning++ === 0) this.busySince = this.clock.now();
+  }
+
+  private fetchEnded(): void {
+    if (--this.fetchesRunning === 0) this.busyTotal += this.clock.now() - this.busySince;
+  }
+
+  /**
+   * Fetch every chunk that is remote now, `concurrency` requests at a time,
+   * adjacent chunks as one run (a migration's stop-and-copy: one pass over
+   * the final dirty list, no waiting for the background workers). Chunks
+   * already being fetched are joined. A failed fetch goes back to the
+   * background puller (which retries with a backoff); this resolves once
+   * every request it made or joined has settled.
+   */
+  async pullRemote(concurrency = 32): Promise<void> {
+    const maxRun = this.source.fetchRange ? Math.max(1, this.opts.maxPullRun ?? 16) : 1;
+    const jobs: Array<() => Promise<void>> = [];
+    const joined: Promise<void>[] = [];
+    for (let i = 0; i < this.states.count; i++) {
+      const inflight = this.fetches.get(i);
+      if (inflight) {
+        joined.push(inflight.catch(() => {}));
+        continue;
+      }
+      if (!this.states.isRemote(i)) continue;
+      let n = 1;
+      while (n < maxRun && i + n < this.states.count && this.states.isRemote(i + n) && !this.fetches.has(i + n)) n++;
+      const first = i;
+      const count = n;
+      jobs.push(() =>
+        (count > 1 ? this.fetchRun(first, count) : this.fetch(first, false)).catch(() => {
+          for (let k = first; k < first + count; k++) if (this.states.isRemote(k)) this.puller.requeue(k);
+        }),
+      );
+      i += n - 1;
+    }
+    let next = 0;
+    const worker = async () => {
+      while (next < jobs.length) await jobs[next++]!();
+    };
+    await Promise.all([...Array.from({ length: Math.min(Math.max(1, concurrency), jobs.length) }, worker), ...joined]);
+  }
+
   /** Make chunk i local (fetch it unless local or already being fetched). */
   private fetch(i: number, urgent: boolean): Promise<void> {
     const inflight = this.fetches.get(i);
@@ -248,6 +300,7 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     if (urgent) this.counters.demandFetches++;
     const len = chunkLength(i, this.regionSize, this.chunkSize);
     let stale = false;
+    this.fetchStarted();
     const p = (async () => {
       const buf = new Uint8Array(len);
       try {
@@ -267,6 +320,7 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
         this.states.fetchAbandoned(i);
         throw e;
       } finally {
+        this.fetchEnded();
         this.fetches.delete(i);
         // Stale (the owner changed it meanwhile): remote again, and the puller must fetch it anew
         // (after the entry above is gone, or the puller would just join this finished fetch).
@@ -292,6 +346,7 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     const last = claimed[claimed.length - 1]!.i;
     const len = (last - start) * cs + chunkLength(last, this.regionSize, cs);
     const stale: number[] = [];
+    this.fetchStarted();
     const p = (async () => {
       const buf = new Uint8Array(len);
       try {
@@ -315,6 +370,7 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
       }
       this.checkComplete();
     })().finally(() => {
+      this.fetchEnded();
       for (const c of claimed) if (this.fetches.get(c.i) === p) this.fetches.delete(c.i);
       for (const i of stale) if (this.states.isRemote(i)) this.puller.requeue(i);
     });
