@@ -56,13 +56,18 @@ async function once(size: number, dirtyPct: number, rtt: number, maxDowntimeMs: 
   let writing = true;
   let writes = 0;
   let outstanding = 0;
-  const perTick = (chunks * dirtyPct) / 100 / 100; // per 10 ms
+  const perMs = (chunks * dirtyPct) / 100 / 1000;
   let carry = 0;
+  let lastTick = performance.now();
   const buf = new Uint8Array(cs).fill(0x77);
   const timer = setInterval(() => {
+    const now = performance.now();
+    const elapsed = now - lastTick;
+    lastTick = now;
     if (!writing) return;
-    // Paced, but a write it is still waiting for holds it back; what it could not write is not made up later.
-    carry = Math.min(carry + perTick, Math.max(1, perTick));
+    // Paced by the clock (a late timer makes up), but writes it still waits for hold it back: what it
+    // could not issue for want of a free slot (slow or throttled writes) is not made up later.
+    carry = Math.min(carry + perMs * elapsed, queueDepth);
     for (; carry >= 1 && outstanding < queueDepth; carry--) {
       const c = Math.floor(Math.random() * chunks);
       outstanding++;
@@ -71,6 +76,7 @@ async function once(size: number, dirtyPct: number, rtt: number, maxDowntimeMs: 
         () => {},
       ).finally(() => outstanding--);
     }
+    if (outstanding >= queueDepth) carry = Math.min(carry, 1);
   }, 10);
   const src = serveMigration(shared.server, { gate, feed: shared.feed, flush: () => store.flush(), throttle, onSuspend: async () => void (writing = false) });
   const transport = delayTransport(await openTransport(transportName, b), rtt);
@@ -86,6 +92,7 @@ async function once(size: number, dirtyPct: number, rtt: number, maxDowntimeMs: 
       postCopy,
       converge: converge ? {} : false,
       resume: async () => targetGate.open(),
+      ...(process.env.QUICMAP_BENCH_TRACE ? { onPhase: (ph: string, d: Record<string, unknown>) => process.stderr.write(`${performance.now().toFixed(1)} ${ph} ${JSON.stringify(d)}\n`) } : {}),
     });
     await mm.close();
     await m.close();

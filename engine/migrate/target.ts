@@ -73,6 +73,8 @@ export interface MigrationOptions {
   sourceLostMs?: number;
   /** Auto-converge (default on when the control can throttle); false: never throttle the source. */
   converge?: AutoConvergeOptions | false;
+  /** How long each throttle request holds at the source unless renewed (default 10 000 ms; renewed every quarter of it). */
+  throttleLeaseMs?: number;
   /** Requests in flight in the final pull (default 32). */
   finalPullConcurrency?: number;
   /** Open writes on the target. Called once, after the handover; the downtime ends when it returns. */
@@ -137,7 +139,7 @@ export async function runMigration(o: MigrationOptions): Promise<MigrationResult
   let throttleAskedAt = -Infinity;
   /** Dirty rounds since the throttle could go no higher (the give-up rule counts these when converging). */
   let saturatedRounds = 0;
-  const leaseMs = 10_000;
+  const leaseMs = o.throttleLeaseMs ?? 10_000;
   let rtt = 0;
   let failingSince: number | undefined;
   let decision = { finalize: false, predictedMs: Infinity, why: '' };
