@@ -53,6 +53,13 @@ export interface SyncedLayerOptions {
   pushIntervalMs?: number;
   /** Push at once when this many bytes are dirty (default 64 MiB). */
   maxDirtyBytes?: number;
+  /**
+   * Background pull requests allowed in flight while a reader waits for an
+   * urgent (NeedAt) fetch (default 2): background pulls never fill the link
+   * ahead of urgent reads. Further background pulls wait until no urgent
+   * fetch is in flight, and a run is cut to one chunk meanwhile.
+   */
+  backgroundWhileUrgent?: number;
   /** Concurrent pushes of a round or a flush (default 8). */
   pushWorkers?: number;
   /** Send writes to the source (default: unless the source is read-only). Off: writes stay local (a migration target before handover, a scratch copy). */
@@ -83,6 +90,10 @@ export interface SyncProgress extends ChunkCounts {
   pullFailures: number;
   /** Milliseconds with at least one pull in flight: pulledBytes / pullBusyMs is the copy rate while copying. */
   pullBusyMs: number;
+  /** Background pulls in flight now, and how often one waited for urgent fetches (or had its run cut to one chunk). */
+  backgroundInFlight: number;
+  backgroundHeld: number;
+  runsCut: number;
   /** Every chunk is local. */
   complete: boolean;
 }
@@ -117,6 +128,11 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
   private readonly counters = { pulledBytes: 0, demandFetches: 0, pushedBytes: 0, pushes: 0, invalidations: 0 };
   /** Fetches in flight and the time with at least one in flight (the copy rate when busy, not diluted by idle time). */
   private fetchesRunning = 0;
+  /** The request scheduler's priority: urgent fetches in flight, background pulls in flight, pulls waiting for a slot. */
+  private urgentInFlight = 0;
+  private backgroundInFlight = 0;
+  private readonly slotWaiters: Array<() => void> = [];
+  private readonly sched = { backgroundHeld: 0, runsCut: 0 };
   private busySince = 0;
   private busyTotal = 0;
 
@@ -144,8 +160,8 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     const target: PullTarget = {
       chunks: this.states.count,
       isRemote: (i) => this.states.isRemote(i),
-      pullBackground: (i) => this.fetch(i, false),
-      ...(src.fetchRange ? { pullRun: (first: number, count: number) => this.fetchRun(first, count) } : {}),
+      pullBackground: (i) => this.background(() => this.fetch(i, false)),
+      ...(src.fetchRange ? { pullRun: (first: number, count: number) => this.background(() => this.fetchRun(first, this.cutRun(first, count))) } : {}),
       planContext: () => this.planContext(),
     };
     this.puller = new Puller(target, {
@@ -211,6 +227,9 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
       ...this.counters,
       pullFailures: this.puller.failures,
       pullBusyMs: this.busyTotal + (this.fetchesRunning > 0 ? this.clock.now() - this.busySince : 0),
+      backgroundInFlight: this.backgroundInFlight,
+      backgroundHeld: this.sched.backgroundHeld,
+      runsCut: this.sched.runsCut,
       complete: c.local === c.chunks,
     };
   }
@@ -245,6 +264,39 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
   }
 
   // ---- pulling ----
+
+  /**
+   * Run a background pull in a scheduler slot: while urgent fetches are in
+   * flight, at most `backgroundWhileUrgent` background pulls are; the rest
+   * wait (before claiming their chunks, so a reader may still take them).
+   */
+  private async background(pull: () => Promise<void>): Promise<void> {
+    const cap = Math.max(0, this.opts.backgroundWhileUrgent ?? 2);
+    if (this.urgentInFlight > 0 && this.backgroundInFlight >= cap) {
+      this.sched.backgroundHeld++;
+      while (this.urgentInFlight > 0 && this.backgroundInFlight >= cap) await new Promise<void>((r) => this.slotWaiters.push(r));
+    }
+    if (this.closed) return;
+    this.backgroundInFlight++;
+    try {
+      await pull();
+    } finally {
+      this.backgroundInFlight--;
+      this.wakeSlots();
+    }
+  }
+
+  private wakeSlots(): void {
+    for (const w of this.slotWaiters.splice(0)) w();
+  }
+
+  /** While urgent fetches are in flight a background run is one chunk (the rest go back to the puller): less ahead of them on the link. */
+  private cutRun(first: number, count: number): number {
+    if (this.urgentInFlight === 0 || count <= 1) return count;
+    this.sched.runsCut++;
+    for (let k = first + 1; k < first + count; k++) if (this.states.isRemote(k)) this.puller.requeue(k);
+    return 1;
+  }
 
   private fetchStarted(): void {
     if (this.fetchesRunning++ === 0) this.busySince = this.clock.now();
@@ -297,7 +349,10 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     if (inflight) return inflight;
     const epoch = this.states.beginFetch(i);
     if (epoch < 0) return Promise.resolve();
-    if (urgent) this.counters.demandFetches++;
+    if (urgent) {
+      this.counters.demandFetches++;
+      this.urgentInFlight++;
+    }
     const len = chunkLength(i, this.regionSize, this.chunkSize);
     let stale = false;
     this.fetchStarted();
@@ -321,6 +376,7 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
         throw e;
       } finally {
         this.fetchEnded();
+        if (urgent && --this.urgentInFlight === 0) this.wakeSlots();
         this.fetches.delete(i);
         // Stale (the owner changed it meanwhile): remote again, and the puller must fetch it anew
         // (after the entry above is gone, or the puller would just join this finished fetch).
