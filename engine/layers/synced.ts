@@ -7,7 +7,10 @@
  * - A read of a local chunk is a cache read: it never touches the network.
  * - A read of a remote chunk fetches it at top priority (NeedAt: `urgent`,
  *   not queued behind background pulls); readers of a chunk being fetched
- *   share that fetch; the puller skips it.
+ *   share that fetch; the puller skips it. While an urgent fetch is in
+ *   flight the background may have only `backgroundWhileUrgent` pulls in
+ *   flight (one chunk each), so on a congested link the bytes ahead of an
+ *   urgent read are bounded, not a window full of background runs.
  * - A write covering a whole chunk needs no fetch (DontNeedAt): it goes to
  *   the cache and the chunk is local and dirty. (Partial writes arrive here
  *   as whole chunks: the ChunkedLayer above reads — and so fetches — the
