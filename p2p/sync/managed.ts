@@ -111,18 +111,23 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
     let swarm: SwarmSource | undefined;
     let refs: RefPullSource | undefined;
     let refresh: NodeJS.Timeout | undefined;
+    const haveReady: Promise<void>[] = [];
     const seederOf = (name: string, r: RemoteRegion) => {
       if (r.manifest.size !== size) throw new QuicmapError('EINVAL', `seeder ${name} serves ${r.manifest.size} bytes, the region has ${size}`);
       // Which chunks it holds (a seeder that is a managed mount pulls too): never ask it for one it lacks.
       const have = new HaveMap(Math.ceil(size / chunkSize));
       const poller = new HavePoller(r, have, { name, ...(opts.log ? { log: opts.log } : {}), ...(opts.haveIntervalMs ? { intervalMs: opts.haveIntervalMs } : {}) });
       havePollers.push(poller);
-      void poller.start();
+      haveReady.push(poller.start());
       return { name, source: { fetch: (i: number, buf: Uint8Array) => r.readAt(buf, i * chunkSize) }, holds: (i: number) => have.has(i), heldCount: () => have.count() };
     };
     const wantSwarm = (opts.seeders && opts.seeders.length > 0) || opts.swarm;
     if (wantSwarm || opts.byReference) {
       const initial = (opts.seeders ?? []).map((s) => seederOf(s.name, s.region));
+      // The first chunk maps before the first pull (bounded: a seeder that does not answer is not waited for).
+      let waitMaps: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.all(haveReady), new Promise<void>((r) => (waitMaps = setTimeout(r, 2_000)))]);
+      clearTimeout(waitMaps);
       const verifier = new HashListVerifier(Math.ceil(size / chunkSize));
       const owner = region.manifest.sharer;
       const regionId = region.manifest.regionId;
