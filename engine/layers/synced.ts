@@ -318,6 +318,14 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
    * every request it made or joined has settled.
    */
   async pullRemote(concurrency = 32): Promise<void> {
+    // A run cut short (a chunk of it was taken meanwhile) leaves the rest remote: a few passes pick those up.
+    for (let pass = 0; pass < 3 && !this.closed; pass++) {
+      if (!(await this.pullRemotePass(concurrency))) return;
+    }
+  }
+
+  /** One pass of pullRemote; false when there was nothing to fetch or join. */
+  private async pullRemotePass(concurrency: number): Promise<boolean> {
     const maxRun = this.source.fetchRange ? Math.max(1, this.opts.maxPullRun ?? 16) : 1;
     const jobs: Array<() => Promise<void>> = [];
     const joined: Promise<void>[] = [];
@@ -339,11 +347,13 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
       );
       i += n - 1;
     }
+    if (jobs.length === 0 && joined.length === 0) return false;
     let next = 0;
     const worker = async () => {
       while (next < jobs.length) await jobs[next++]!();
     };
     await Promise.all([...Array.from({ length: Math.min(Math.max(1, concurrency), jobs.length) }, worker), ...joined]);
+    return true;
   }
 
   /** Make chunk i local (fetch it unless local or already being fetched). */
