@@ -329,7 +329,7 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     const maxRun = this.source.fetchRange ? Math.max(1, this.opts.maxPullRun ?? 16) : 1;
     const jobs: Array<() => Promise<void>> = [];
     const joined: Promise<void>[] = [];
-    for (let i = 0; i < this.states.count; i++) {
+    for (let i = this.states.nextPending(0); i >= 0; i = this.states.nextPending(i + 1)) {
       const inflight = this.fetches.get(i);
       if (inflight) {
         joined.push(inflight.catch(() => {}));
