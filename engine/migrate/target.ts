@@ -137,8 +137,14 @@ export async function runMigration(o: MigrationOptions): Promise<MigrationResult
   let throttleSupported = converge !== undefined;
   let throttleStats: ThrottleStats = { pct: 0, delayedWrites: 0, delayedMs: 0 };
   let throttleAskedAt = -Infinity;
-  /** Dirty rounds since the throttle could go no higher (the give-up rule counts these when converging). */
-  let saturatedRounds = 0;
+  /**
+   * With auto-converge the give-up rule counts stalled rounds: rounds, once the throttle can go no
+   * higher, in which the pending bytes made no new low (5 % under the least seen since the last
+   * step). A pending set that still shrinks, however slowly, is converging: it is waited for.
+   */
+  let stalledRounds = 0;
+  let progressMin = Infinity;
+  let lastSteps = 0;
   const leaseMs = o.throttleLeaseMs ?? 10_000;
   let rtt = 0;
   let failingSince: number | undefined;
@@ -169,7 +175,13 @@ export async function runMigration(o: MigrationOptions): Promise<MigrationResult
       const saturated = !converge || !throttleSupported || converge.saturated;
       if (firstPassDone) {
         dirtyRounds++;
-        if (saturated) saturatedRounds++;
+        if (converge && converge.steps !== lastSteps) {
+          lastSteps = converge.steps;
+          progressMin = Infinity;
+        }
+        const newLow = pendingBytes < progressMin * 0.95;
+        progressMin = Math.min(progressMin, pendingBytes);
+        if (saturated) stalledRounds = newLow ? 0 : stalledRounds + 1;
         minPending = Math.min(minPending, pendingBytes);
       }
       decision = decideFinalize(o.finalize, o.maxDowntimeMs, {
@@ -179,7 +191,7 @@ export async function runMigration(o: MigrationOptions): Promise<MigrationResult
         bytesPerMs,
         rttMs: rtt,
         // While the throttle can still go up, not converging is not final: the give-up rule waits for it.
-        rounds: converge && throttleSupported ? saturatedRounds : dirtyRounds,
+        rounds: converge && throttleSupported ? stalledRounds : dirtyRounds,
         ...(dirtyRounds > 0 ? { minPendingBytes: minPending } : {}),
       });
       phase('rounds', { round: rounds, dirty, local: p.local, chunks: p.chunks, predictedMs: decision.predictedMs, throttlePct: converge?.pct ?? 0 });

@@ -128,13 +128,21 @@ test('throttle: a writer that waits for its writes makes about (100 - pct) % of 
  * throttle asked; fetches answer at once (the copy is never the limit, the writer is:
  * with any chunk pending at a check the prediction is over the limit).
  */
-function throttledWriterControl(source: GatedSource, synced: () => SyncedLayer, base: number, calls: Array<{ pct: number; leaseMs: number }>, throttling = true): MigrationControl {
+function throttledWriterControl(
+  source: GatedSource,
+  synced: () => SyncedLayer,
+  base: number,
+  calls: Array<{ pct: number; leaseMs: number }>,
+  throttling = true,
+  dirtyFor: (pct: number, round: number) => number = (pct) => Math.floor(base * (1 - pct / 100)),
+): MigrationControl {
   let pct = 0;
   let next = 0;
+  let round = 0;
   const c: MigrationControl = {
     rtt: async () => 1,
     syncDirty: async () => {
-      const n = Math.floor(base * (1 - pct / 100));
+      const n = dirtyFor(pct, round++);
       const chunks = Array.from({ length: n }, () => next++ % synced().states.count);
       for (const i of chunks) source.ownerWrite(i * source.chunkSize, new Uint8Array(source.chunkSize).fill(1 + (next % 250)));
       synced().ownerChanged(chunks);
@@ -188,6 +196,45 @@ test('runMigration: rounds that do not converge throttle the source step by step
   assert.match(result!.why, /predicted stop-and-copy/);
   assert.ok(phases.includes('converge'));
   await synced.stop();
+});
+
+test('runMigration at full throttle: a pending set that still shrinks is waited for; one that stalls is finalized anyway after 30 rounds', async () => {
+  const CS = 4096;
+  const N = 64;
+  for (const kind of ['shrinking', 'stalled'] as const) {
+    const source = new GatedSource(N * CS, CS);
+    const clock = new VirtualClock();
+    const synced = new SyncedLayer({ cache: new MemoryBackend(N * CS), source, clock, pullWorkers: 4, push: false });
+    const calls: Array<{ pct: number; leaseMs: number }> = [];
+    let saturatedAt = -1;
+    // A writer the throttle does not slow (it dirties 8 chunks a round); once the throttle is at 99 %,
+    // 'shrinking' dirties one chunk fewer every four rounds (the copy gains on it slowly: 32 rounds to
+    // converge, more than the 30 the give-up rule allows), 'stalled' stays at 8.
+    const dirtyFor = (pct: number, round: number) => {
+      if (pct < 99) return 8;
+      if (saturatedAt < 0) saturatedAt = round;
+      return kind === 'stalled' ? 8 : Math.max(0, 8 - Math.floor((round - saturatedAt) / 4));
+    };
+    let result: Awaited<ReturnType<typeof runMigration>> | undefined;
+    const run = runMigration({
+      synced,
+      control: throttledWriterControl(source, () => synced, 40, calls, true, dirtyFor),
+      finalize: { kind: 'auto' },
+      maxDowntimeMs: 50,
+      clock,
+      resume: async () => {},
+    }).then((r) => (result = r));
+    for (let i = 0; i < 600 && !result; i++) await clock.advance(100);
+    await run;
+    assert.ok(result, `${kind}: finalized`);
+    assert.is(result!.throttle.pct, 99);
+    if (kind === 'shrinking') {
+      assert.match(result!.why, /predicted stop-and-copy/, `waited until it fit: ${JSON.stringify(result)}`);
+    } else {
+      assert.match(result!.why, /finalizing anyway/);
+    }
+    await synced.stop();
+  }
 });
 
 test('runMigration without a throttle (an older source, or --auto-converge off) gives up after 30 dirty rounds as before', async () => {
