@@ -45,6 +45,14 @@ Options:
                          env QUICMAP_NBD_URI is this node's NBD URI
   --finalize WHEN        auto (default) | now | after:DUR
   --max-downtime DUR     target for auto (default 300ms)
+  --auto-converge on|off when dirty rounds do not converge (the writer
+                         outruns the copy, or the predicted stop-and-copy
+                         time does not fall), ask the source to throttle its
+                         application's writes, stepping up as QEMU's
+                         auto-converge does (default on)
+  --throttle-initial PCT first throttle step (default 20)
+  --throttle-increment PCT
+                         each further step (default 10; at most 99 in all)
   --post-copy            resume here before the last chunks are copied;
                          missing chunks are fetched on first access (needs
                          the source to stay up until the copy completes)
@@ -84,6 +92,9 @@ export const migrate: Command = {
         'on-resume': { type: 'string' },
         finalize: { type: 'string', default: 'auto' },
         'max-downtime': { type: 'string', default: '300ms' },
+        'auto-converge': { type: 'string', default: 'on' },
+        'throttle-initial': { type: 'string', default: '20' },
+        'throttle-increment': { type: 'string', default: '10' },
         'post-copy': { type: 'boolean', default: false },
         cache: { type: 'string' },
         'pull-workers': { type: 'string', default: '8' },
@@ -100,6 +111,12 @@ export const migrate: Command = {
     const spec = localExportSpec('migrate', values.socket, values.listen, '--listen') ?? { listen: { host: '127.0.0.1', port: 10809 } };
     const finalize = parseFinalize(values.finalize);
     const maxDowntimeMs = parseDurationMs(values['max-downtime'], 'migrate: --max-downtime');
+    if (values['auto-converge'] !== 'on' && values['auto-converge'] !== 'off') throw new UsageError(`migrate: --auto-converge must be on or off, not "${values['auto-converge']}"`);
+    const pctFlag = (flag: string, text: string) => {
+      if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > 99) throw new UsageError(`migrate: ${flag} must be a whole number from 1 to 99, not "${text}"`);
+      return Number(text);
+    };
+    const converge = values['auto-converge'] === 'off' ? (false as const) : { initialPct: pctFlag('--throttle-initial', values['throttle-initial']), incrementPct: pctFlag('--throttle-increment', values['throttle-increment']) };
     if (!/^\d+$/.test(values['pull-workers']) || Number(values['pull-workers']) < 1 || Number(values['pull-workers']) > 256) {
       throw new UsageError(`migrate: --pull-workers must be a whole number from 1 to 256, not "${values['pull-workers']}"`);
     }
@@ -132,15 +149,18 @@ export const migrate: Command = {
         finalize,
         maxDowntimeMs,
         postCopy: values['post-copy'],
+        converge,
         resume: async () => gate.open(),
         ...(onResume ? { afterResume: () => runHook('migrate: --on-resume', onResume, { QUICMAP_NBD_URI: uri }) } : {}),
         onPhase: (phase, detail) => {
           emit({ event: 'phase', phase, ...detail });
-          if (phase !== 'rounds') log(`migrate: ${phase}${Object.keys(detail).length ? ` ${JSON.stringify(detail)}` : ''}`);
+          if (phase === 'converge') log(`migrate: auto-converge: ${String(detail.why)}`);
+          else if (phase !== 'rounds') log(`migrate: ${phase}${Object.keys(detail).length ? ` ${JSON.stringify(detail)}` : ''}`);
         },
       });
+      if (result.throttle.steps > 0) log(`migrate: auto-converge throttled the source's writer to ${result.throttle.pct} % in ${result.throttle.steps} steps (${result.throttle.delayedWrites} writes delayed, ${(result.throttle.delayedMs / 1000).toFixed(1)} s in all)`);
       log(`migrated ${formatSize(mm.synced.progress().size)} from ${mounted.sharerId}: downtime ${result.downtimeMs.toFixed(1)} ms, total ${(result.totalMs / 1000).toFixed(2)} s, ${formatSize(result.bytes)} pulled, ${result.rounds} rounds, ${result.dirtyRounds} after the first pass (${result.why}); this node owns the region, serving ${uri}`);
-      if (values.json) emit({ downtimeMs: Number(result.downtimeMs.toFixed(3)), totalMs: Number(result.totalMs.toFixed(3)), bytes: result.bytes, rounds: result.rounds, dirtyRounds: result.dirtyRounds, predictedMs: Number.isFinite(result.predictedMs) ? Number(result.predictedMs.toFixed(3)) : null, postCopy: result.postCopy, uri, source: mounted.sharerId });
+      if (values.json) emit({ downtimeMs: Number(result.downtimeMs.toFixed(3)), totalMs: Number(result.totalMs.toFixed(3)), bytes: result.bytes, rounds: result.rounds, dirtyRounds: result.dirtyRounds, predictedMs: Number.isFinite(result.predictedMs) ? Number(result.predictedMs.toFixed(3)) : null, postCopy: result.postCopy, stopMs: roundAll(result.stopMs), finalChunks: result.finalChunks, throttle: { ...result.throttle, delayedMs: Number(result.throttle.delayedMs.toFixed(1)) }, uri, source: mounted.sharerId });
       const sig = await untilSignal();
       log(`${sig}: stopping`);
       return 0;
@@ -159,3 +179,7 @@ export const migrate: Command = {
     }
   },
 };
+
+function roundAll(o: Record<string, number>): Record<string, number> {
+  return Object.fromEntries(Object.entries(o).map(([k, v]) => [k, Number(v.toFixed(3))]));
+}

@@ -21,6 +21,7 @@ import { parsePullOrder } from '../../engine/sync/pull-order.ts';
 import { showProgress, type ProgressView } from '../progress.ts';
 import { SeedPublisher, SeederFinder, type FoundSeeder } from '../../p2p/sync/dht-seeders.ts';
 import { startHolding, type Holding } from '../../p2p/sync/held-chunks.ts';
+import { serveHaveMap } from '../../p2p/sync/have-calls.ts';
 
 /** Check the managed-mount flags up front, so a typo fails before anything is dialled. */
 function parseManagedFlags(v: Record<string, string | boolean | string[] | undefined>): ManagedOptions {
@@ -128,8 +129,9 @@ mounter) changes are dropped from the cache and pulled again.
                            delegation), checked against the sharer's signed
                            chunk hashes; the rest from the sharer
   --seed-listen HOST:PORT  serve this mount's copy to other mounters as a
-                           read-only seeder (missing chunks are fetched from
-                           the owner on demand); its ticket is printed after
+                           read-only seeder (it tells pullers which chunks
+                           it holds, so they ask it for those only; others
+                           are fetched from the owner on demand); its ticket is printed after
                            the NBD URI (with --json: "seedTicket"). With
                            --dht: default 0.0.0.0:0, and the seeder is
                            announced in the DHT once the copy holds chunks
@@ -305,6 +307,9 @@ export const mount: Command = {
         holding = startHolding({ owner: region, identity, copy: mm.synced, seed: { server: seed.server, regionId: seed.regionId, endpoints: seed.endpoints }, chunkSize: mm.synced.progress().chunkSize, log });
         const held = holding;
         node.extra.holding = () => ({ offered: held.offer.offered, accepted: held.offer.lastAccepted, lastError: held.offer.lastError ?? null, served: { ...held.served } });
+        // Pullers ask which chunks this copy holds (clean local ones: a dirty chunk would not match the owner's hash).
+        const states = mm.synced.states;
+        serveHaveMap(seed.server, states.count, (i) => states.isLocal(i) && !states.isDirty(i));
         if (node.dht) {
           const m = mm;
           const claims = mounted.ticket.claims;

@@ -13,6 +13,7 @@ import { DEFAULT_LIMITS } from '../../p2p/remote/server.ts';
 import { openNode, swarmHelp, swarmOptions } from '../swarm-flags.ts';
 import { FeedLayer } from '../../engine/layers/feed.ts';
 import { WriteGate } from '../../engine/layers/write-gate.ts';
+import { WriteThrottle } from '../../engine/layers/write-throttle.ts';
 import { serveMigration, type MigrationSource } from '../../p2p/sync/migrate-calls.ts';
 import { localExportSpec, serveLocalExport, type LocalExport } from '../local-export.ts';
 import { runHook } from '../hook.ts';
@@ -64,7 +65,12 @@ Options:
                          stop the application (e.g. kill -STOP PID, or an
                          msync and pause); writes are then closed, flushed
                          and handed over. A non-zero exit refuses the
-                         finalize. Env: QUICMAP_TARGET (the target's id)
+                         finalize. Env: QUICMAP_TARGET (the target's id).
+                         While a migration's dirty rounds do not converge,
+                         the target may throttle writes through --socket /
+                         --nbd-listen (auto-converge: they wait for 10 ms
+                         open slices, up to 99 % of the time; lifted when
+                         the target stops renewing it); \`status\` shows it
   --handover-timeout DUR a finalizing target that does not commit within
                          this (it died) leaves this node the owner again,
                          writes reopened (default 30s). After a handover a
@@ -234,6 +240,8 @@ export const share: Command = {
     let migration: MigrationSource | undefined;
     // One gate on every path into the store: a migration's handover closes them all at once.
     const gate = new WriteGate();
+    // Auto-converge slows the local application's writes (not peers') while a migration does not converge.
+    const throttle = new WriteThrottle();
     try {
       const bytes = await store.size();
       node = await openNode('share', identity, values, true);
@@ -263,14 +271,16 @@ export const share: Command = {
         feed,
         flush: () => store.flush(),
         prepareTimeoutMs: handoverTimeoutMs,
+        throttle,
         ...(marker ? { onCommit: (target: string) => recordHandover(marker, target) } : {}),
         ...(onSuspend ? { onSuspend: (target: string) => runHook('share: --on-suspend', onSuspend, { QUICMAP_TARGET: target }) } : {}),
         log,
       });
       const own = migration.ownership;
-      node.extra.migration = () => ({ phase: own.phase, target: own.targetId ?? null, writable: gate.isOpen });
+      node.extra.migration = () => ({ phase: own.phase, target: own.targetId ?? null, writable: gate.isOpen, throttle: throttle.stats() });
       if (localSpec) {
-        local = await serveLocalExport(gate.wrap(new FeedLayer(store, feed)), localSpec, { readOnly, description: `quicmap shared region ${regionIdText(shared.regionId)}`, log });
+        // The throttle sits above the gate: a write it holds back is not in the store, so a handover never waits for it.
+        local = await serveLocalExport(throttle.wrap(gate.wrap(new FeedLayer(store, feed))), localSpec, { readOnly, description: `quicmap shared region ${regionIdText(shared.regionId)}`, log });
       }
       const expiresAt = shared.expiresAt > 0 ? new Date(shared.expiresAt * 1000).toISOString() : null;
       // Handle SIGINT/SIGTERM from before the first line is out: whoever reads it may signal at once.

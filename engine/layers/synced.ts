@@ -7,7 +7,10 @@
  * - A read of a local chunk is a cache read: it never touches the network.
  * - A read of a remote chunk fetches it at top priority (NeedAt: `urgent`,
  *   not queued behind background pulls); readers of a chunk being fetched
- *   share that fetch; the puller skips it.
+ *   share that fetch; the puller skips it. While an urgent fetch is in
+ *   flight the background may have only `backgroundWhileUrgent` pulls in
+ *   flight (one chunk each), so on a congested link the bytes ahead of an
+ *   urgent read are bounded, not a window full of background runs.
  * - A write covering a whole chunk needs no fetch (DontNeedAt): it goes to
  *   the cache and the chunk is local and dirty. (Partial writes arrive here
  *   as whole chunks: the ChunkedLayer above reads — and so fetches — the
@@ -53,6 +56,13 @@ export interface SyncedLayerOptions {
   pushIntervalMs?: number;
   /** Push at once when this many bytes are dirty (default 64 MiB). */
   maxDirtyBytes?: number;
+  /**
+   * Background pull requests allowed in flight while a reader waits for an
+   * urgent (NeedAt) fetch (default 2): background pulls never fill the link
+   * ahead of urgent reads. Further background pulls wait until no urgent
+   * fetch is in flight, and a run is cut to one chunk meanwhile.
+   */
+  backgroundWhileUrgent?: number;
   /** Concurrent pushes of a round or a flush (default 8). */
   pushWorkers?: number;
   /** Send writes to the source (default: unless the source is read-only). Off: writes stay local (a migration target before handover, a scratch copy). */
@@ -81,6 +91,12 @@ export interface SyncProgress extends ChunkCounts {
   pushes: number;
   invalidations: number;
   pullFailures: number;
+  /** Milliseconds with at least one pull in flight: pulledBytes / pullBusyMs is the copy rate while copying. */
+  pullBusyMs: number;
+  /** Background pulls in flight now, and how often one waited for urgent fetches (or had its run cut to one chunk). */
+  backgroundInFlight: number;
+  backgroundHeld: number;
+  runsCut: number;
   /** Every chunk is local. */
   complete: boolean;
 }
@@ -113,6 +129,15 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
   private readonly completeWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
   private closed = false;
   private readonly counters = { pulledBytes: 0, demandFetches: 0, pushedBytes: 0, pushes: 0, invalidations: 0 };
+  /** Fetches in flight and the time with at least one in flight (the copy rate when busy, not diluted by idle time). */
+  private fetchesRunning = 0;
+  /** The request scheduler's priority: urgent fetches in flight, background pulls in flight, pulls waiting for a slot. */
+  private urgentInFlight = 0;
+  private backgroundInFlight = 0;
+  private readonly slotWaiters: Array<() => void> = [];
+  private readonly sched = { backgroundHeld: 0, runsCut: 0 };
+  private busySince = 0;
+  private busyTotal = 0;
 
   constructor(opts: SyncedLayerOptions) {
     const src = opts.source;
@@ -138,8 +163,8 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     const target: PullTarget = {
       chunks: this.states.count,
       isRemote: (i) => this.states.isRemote(i),
-      pullBackground: (i) => this.fetch(i, false),
-      ...(src.fetchRange ? { pullRun: (first: number, count: number) => this.fetchRun(first, count) } : {}),
+      pullBackground: (i) => this.background(() => this.fetch(i, false)),
+      ...(src.fetchRange ? { pullRun: (first: number, count: number) => this.background(() => this.fetchRun(first, this.cutRun(first, count))) } : {}),
       planContext: () => this.planContext(),
     };
     this.puller = new Puller(target, {
@@ -204,6 +229,10 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
       pullOrder: this.opts.pullOrder?.name ?? sequentialOrder.name,
       ...this.counters,
       pullFailures: this.puller.failures,
+      pullBusyMs: this.busyTotal + (this.fetchesRunning > 0 ? this.clock.now() - this.busySince : 0),
+      backgroundInFlight: this.backgroundInFlight,
+      backgroundHeld: this.sched.backgroundHeld,
+      runsCut: this.sched.runsCut,
       complete: c.local === c.chunks,
     };
   }
@@ -239,15 +268,107 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
 
   // ---- pulling ----
 
+  /**
+   * Run a background pull in a scheduler slot: while urgent fetches are in
+   * flight, at most `backgroundWhileUrgent` background pulls are; the rest
+   * wait (before claiming their chunks, so a reader may still take them).
+   */
+  private async background(pull: () => Promise<void>): Promise<void> {
+    const cap = Math.max(0, this.opts.backgroundWhileUrgent ?? 2);
+    if (this.urgentInFlight > 0 && this.backgroundInFlight >= cap) {
+      this.sched.backgroundHeld++;
+      while (this.urgentInFlight > 0 && this.backgroundInFlight >= cap) await new Promise<void>((r) => this.slotWaiters.push(r));
+    }
+    if (this.closed) return;
+    this.backgroundInFlight++;
+    try {
+      await pull();
+    } finally {
+      this.backgroundInFlight--;
+      this.wakeSlots();
+    }
+  }
+
+  private wakeSlots(): void {
+    for (const w of this.slotWaiters.splice(0)) w();
+  }
+
+  /** While urgent fetches are in flight a background run is one chunk (the rest go back to the puller): less ahead of them on the link. */
+  private cutRun(first: number, count: number): number {
+    if (this.urgentInFlight === 0 || count <= 1) return count;
+    this.sched.runsCut++;
+    for (let k = first + 1; k < first + count; k++) if (this.states.isRemote(k)) this.puller.requeue(k);
+    return 1;
+  }
+
+  private fetchStarted(): void {
+    if (this.fetchesRunning++ === 0) this.busySince = this.clock.now();
+  }
+
+  private fetchEnded(): void {
+    if (--this.fetchesRunning === 0) this.busyTotal += this.clock.now() - this.busySince;
+  }
+
+  /**
+   * Fetch every chunk that is remote now, `concurrency` requests at a time,
+   * adjacent chunks as one run (a migration's stop-and-copy: one pass over
+   * the final dirty list, no waiting for the background workers). Chunks
+   * already being fetched are joined. A failed fetch goes back to the
+   * background puller (which retries with a backoff); this resolves once
+   * every request it made or joined has settled.
+   */
+  async pullRemote(concurrency = 32): Promise<void> {
+    // A run cut short (a chunk of it was taken meanwhile) leaves the rest remote: a few passes pick those up.
+    for (let pass = 0; pass < 3 && !this.closed; pass++) {
+      if (!(await this.pullRemotePass(concurrency))) return;
+    }
+  }
+
+  /** One pass of pullRemote; false when there was nothing to fetch or join. */
+  private async pullRemotePass(concurrency: number): Promise<boolean> {
+    const maxRun = this.source.fetchRange ? Math.max(1, this.opts.maxPullRun ?? 16) : 1;
+    const jobs: Array<() => Promise<void>> = [];
+    const joined: Promise<void>[] = [];
+    for (let i = this.states.nextPending(0); i >= 0; i = this.states.nextPending(i + 1)) {
+      const inflight = this.fetches.get(i);
+      if (inflight) {
+        joined.push(inflight.catch(() => {}));
+        continue;
+      }
+      if (!this.states.isRemote(i)) continue;
+      let n = 1;
+      while (n < maxRun && i + n < this.states.count && this.states.isRemote(i + n) && !this.fetches.has(i + n)) n++;
+      const first = i;
+      const count = n;
+      jobs.push(() =>
+        (count > 1 ? this.fetchRun(first, count) : this.fetch(first, false)).catch(() => {
+          for (let k = first; k < first + count; k++) if (this.states.isRemote(k)) this.puller.requeue(k);
+        }),
+      );
+      i += n - 1;
+    }
+    if (jobs.length === 0 && joined.length === 0) return false;
+    let next = 0;
+    const worker = async () => {
+      while (next < jobs.length) await jobs[next++]!();
+    };
+    await Promise.all([...Array.from({ length: Math.min(Math.max(1, concurrency), jobs.length) }, worker), ...joined]);
+    return true;
+  }
+
   /** Make chunk i local (fetch it unless local or already being fetched). */
   private fetch(i: number, urgent: boolean): Promise<void> {
     const inflight = this.fetches.get(i);
     if (inflight) return inflight;
     const epoch = this.states.beginFetch(i);
     if (epoch < 0) return Promise.resolve();
-    if (urgent) this.counters.demandFetches++;
+    if (urgent) {
+      this.counters.demandFetches++;
+      this.urgentInFlight++;
+    }
     const len = chunkLength(i, this.regionSize, this.chunkSize);
     let stale = false;
+    this.fetchStarted();
     const p = (async () => {
       const buf = new Uint8Array(len);
       try {
@@ -267,6 +388,8 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
         this.states.fetchAbandoned(i);
         throw e;
       } finally {
+        this.fetchEnded();
+        if (urgent && --this.urgentInFlight === 0) this.wakeSlots();
         this.fetches.delete(i);
         // Stale (the owner changed it meanwhile): remote again, and the puller must fetch it anew
         // (after the entry above is gone, or the puller would just join this finished fetch).
@@ -292,6 +415,7 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
     const last = claimed[claimed.length - 1]!.i;
     const len = (last - start) * cs + chunkLength(last, this.regionSize, cs);
     const stale: number[] = [];
+    this.fetchStarted();
     const p = (async () => {
       const buf = new Uint8Array(len);
       try {
@@ -315,6 +439,7 @@ export class SyncedLayer implements ReadWriterAt, Lifecycle, ProgressReporter {
       }
       this.checkComplete();
     })().finally(() => {
+      this.fetchEnded();
       for (const c of claimed) if (this.fetches.get(c.i) === p) this.fetches.delete(c.i);
       for (const i of stale) if (this.states.isRemote(i)) this.puller.requeue(i);
     });

@@ -61,6 +61,17 @@ export class ChunkStates {
   isRemote(i: number): boolean {
     return this.presence[i] === Presence.REMOTE;
   }
+  /**
+   * The first chunk at or after `from` that is not local (remote or being
+   * fetched), or -1. Native searches of the presence bytes: a stop-and-copy
+   * finds a few pending chunks of a large region without a JS loop over all
+   * of them (it runs once, cold).
+   */
+  nextPending(from: number): number {
+    const r = this.presence.indexOf(Presence.REMOTE, from);
+    const f = this.fetchingCount > 0 ? this.presence.indexOf(Presence.FETCHING, from) : -1;
+    return r < 0 ? f : f < 0 ? r : Math.min(r, f);
+  }
   isDirty(i: number): boolean {
     return this.written[i]! !== this.acked[i]!;
   }

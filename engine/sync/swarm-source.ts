@@ -16,7 +16,10 @@
  * serve the chunk, background pulls go to the owner only when no seeder has
  * room, and then use at most `ownerWindow` requests of the owner's
  * (spreading load off it; urgent reads are not capped). Seeders found later
- * (the DHT) join with `addSeeder`. A failed or too-slow fetch is
+ * (the DHT) join with `addSeeder`. A seeder that says which chunks it
+ * holds (`Seeder.holds`: its HaveMap, kept fresh by p2p/sync/have-calls.ts)
+ * is asked only for those: a partial seeder would fetch the rest from the
+ * owner first. A failed or too-slow fetch is
  * rescheduled on another peer; a chunk that fails verification is fetched
  * elsewhere and the peer gets a strike (three: it is dropped for good,
  * logged). A chunk whose hash is not known for its current version (the
@@ -42,6 +45,10 @@ export interface Seeder {
   /** For logs and status: a peer id or address. */
   name: string;
   source: Pick<ChunkSource, 'fetch'>;
+  /** Whether the seeder holds chunk `index` (its HaveMap); absent: it may hold any. A seeder is never asked for a chunk it lacks. */
+  holds?: (index: number) => boolean;
+  /** How many chunks it holds (for status). */
+  heldCount?: () => number;
 }
 
 export interface PeerStatus {
@@ -52,6 +59,8 @@ export interface PeerStatus {
   failures: number;
   badChunks: number;
   banned: boolean;
+  /** Chunks the peer says it holds (null: not known; the owner holds all). */
+  held: number | null;
   window: number;
   inFlight: number;
   mbps: number;
@@ -61,6 +70,8 @@ interface Peer {
   name: string;
   owner: boolean;
   source: Pick<ChunkSource, 'fetch'>;
+  holds: ((index: number) => boolean) | undefined;
+  heldCount: (() => number) | undefined;
   win: PeerWindow;
   fetched: number;
   bytes: number;
@@ -124,7 +135,8 @@ export class SwarmSource implements ChunkSource {
   private async fetchRun(first: number, count: number, buf: Uint8Array): Promise<void> {
     const now = this.clock.now();
     const cs = this.chunkSize;
-    if (!this.peers.some((p) => !p.owner && !p.banned && now >= p.retryAt)) {
+    // (Seeders that hold none of the run do not count.)
+    if (!this.peers.some((p) => !p.owner && !p.banned && now >= p.retryAt && runHeld(p, first, count))) {
       const o = this.peers[0]!;
       const ticket = o.win.start(now);
       try {
@@ -148,15 +160,15 @@ export class SwarmSource implements ChunkSource {
 
   private readonly clock: Clock;
 
-  private newPeer(name: string, owner: boolean, source: Pick<ChunkSource, 'fetch'>): Peer {
+  private newPeer(name: string, owner: boolean, source: Pick<ChunkSource, 'fetch'>, holds?: (index: number) => boolean, heldCount?: () => number): Peer {
     const win = new PeerWindow({ chunkBytes: this.chunkSize, maxWindow: this.opts.maxWindow ?? 32 });
-    return { name, owner, source, win, fetched: 0, bytes: 0, failures: 0, badChunks: 0, strikes: 0, banned: false, retryAt: 0 };
+    return { name, owner, source, holds, heldCount, win, fetched: 0, bytes: 0, failures: 0, badChunks: 0, strikes: 0, banned: false, retryAt: 0 };
   }
 
   /** A seeder found after the start (the DHT, an announce): pulls use it from now on. False if one of that name is known. */
   addSeeder(s: Seeder): boolean {
     if (this.peers.some((p) => p.name === s.name)) return false;
-    this.peers.push(this.newPeer(s.name, false, s.source));
+    this.peers.push(this.newPeer(s.name, false, s.source, s.holds, s.heldCount));
     this.wake();
     return true;
   }
@@ -169,13 +181,14 @@ export class SwarmSource implements ChunkSource {
     const now = this.clock.now();
     return this.peers.map((p) => ({
       name: p.name, owner: p.owner, fetched: p.fetched, bytes: p.bytes, failures: p.failures, badChunks: p.badChunks, banned: p.banned,
+      held: p.owner ? null : (p.heldCount?.() ?? null),
       window: p.win.window(now), inFlight: p.win.inFlight, mbps: p.win.rate(now) / 1000,
     }));
   }
 
-  /** A seeder that may serve chunk `index` now (known hash, not banned, not backing off). */
+  /** A seeder that may serve chunk `index` now (holds it, known hash, not banned, not backing off). */
   private seederFor(index: number, p: Peer, now: number): boolean {
-    return !p.owner && !p.banned && now >= p.retryAt && this.verifier.known(index);
+    return !p.owner && !p.banned && now >= p.retryAt && this.verifier.known(index) && (p.holds?.(index) ?? true);
   }
 
   /** The peer with room that would finish chunk `index` soonest, excluding `tried`; undefined when all are busy. */
@@ -198,7 +211,7 @@ export class SwarmSource implements ChunkSource {
   }
 
   private candidatesLeft(index: number, tried: Set<Peer>, ownerOnly: boolean): boolean {
-    return this.peers.some((p) => !p.banned && !tried.has(p) && (p.owner || (!ownerOnly && this.verifier.known(index))));
+    return this.peers.some((p) => !p.banned && !tried.has(p) && (p.owner || (!ownerOnly && this.verifier.known(index) && (p.holds?.(index) ?? true))));
   }
 
   private wake(): void {
@@ -303,4 +316,10 @@ export class SwarmSource implements ChunkSource {
     });
     return inner ?? (() => {});
   }
+}
+
+function runHeld(p: Peer, first: number, count: number): boolean {
+  if (!p.holds) return true;
+  for (let i = first; i < first + count; i++) if (p.holds(i)) return true;
+  return false;
 }

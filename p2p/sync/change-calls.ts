@@ -27,7 +27,7 @@ export interface ChangesReply {
   chunks: number[] | 'all';
 }
 
-function packChunks(chunks: readonly number[]): Uint8Array {
+export function packChunks(chunks: readonly number[]): Uint8Array {
   const out = new Uint8Array(chunks.length * 4);
   const v = new DataView(out.buffer);
   chunks.forEach((c, k) => v.setUint32(k * 4, c, true));
@@ -98,16 +98,38 @@ export class ChangePoller {
     return this.since;
   }
 
+  /** The feed being followed (null before the first answer). */
+  get feedId(): number | null {
+    return this.feed;
+  }
+
   private async poll(waitMs: number): Promise<void> {
-    const r = decodeChanges(await this.region.call(CHANGES_CALL, { feed: this.feed, since: this.since, waitMs }));
+    this.apply(decodeChanges(await this.region.call(CHANGES_CALL, { feed: this.feed, since: this.since, waitMs })));
     this.polls++;
+  }
+
+  /**
+   * Apply an answer of the feed (a poll's, or one that came another way:
+   * the final dirty list of a migration's suspend). Returns how many chunks
+   * it reported changed (-1: everything).
+   */
+  apply(r: ChangesReply): number {
     const known = this.feed !== null;
-    if (known && r.chunks === 'all') this.onChanged('all');
-    else if (known && r.feed !== this.feed) this.onChanged('all');
-    else if (r.chunks !== 'all' && r.chunks.length > 0) this.onChanged(r.chunks);
-    // Polls may overlap (pollNow during the long poll): versions only move forward within a feed.
+    let n = 0;
+    if (known && (r.chunks === 'all' || r.feed !== this.feed)) {
+      this.onChanged('all');
+      n = -1;
+    } else if (known && r.version <= this.since) {
+      // Polls overlap (pollNow during the long poll, the suspend's list): an answer whose version is not
+      // newer than what was applied already reports only changes an applied answer covered.
+    } else if (r.chunks !== 'all' && r.chunks.length > 0) {
+      this.onChanged(r.chunks);
+      n = r.chunks.length;
+    }
+    // Versions only move forward within a feed.
     this.since = known && r.feed === this.feed ? Math.max(this.since, r.version) : r.version;
     this.feed = r.feed;
+    return n;
   }
 
   async start(): Promise<boolean> {

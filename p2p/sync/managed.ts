@@ -18,6 +18,8 @@ import { HashListVerifier } from '../../engine/sync/hash-list.ts';
 import { SwarmSource, type PeerStatus } from '../../engine/sync/swarm-source.ts';
 import { loadHashList } from './hash-calls.ts';
 import { RefPullSource, type RefPullOptions, type RefHolderStatus, type RefPullStats } from './ref-pull.ts';
+import { HaveMap } from '../../engine/sync/have-map.ts';
+import { HavePoller } from './have-calls.ts';
 
 export interface ManagedOptions {
   /** memory (default) | file:PATH | dir:PATH */
@@ -37,6 +39,8 @@ export interface ManagedOptions {
    * are used only when they match the owner's signed chunk-hash list.
    */
   seeders?: ReadonlyArray<{ name: string; region: RemoteRegion }>;
+  /** How often each seeder's chunk map is asked for (default 1000 ms). */
+  haveIntervalMs?: number;
   /** Pull through the swarm scheduler even with no seeder yet (seeders found later join with `addSeeder`: the DHT). */
   swarm?: boolean;
   /**
@@ -100,19 +104,30 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
   }
   let trace: TraceFile | undefined;
   let source: RemoteChunkSource | undefined;
+  const havePollers: HavePoller[] = [];
   try {
     trace = opts.recordTrace ? await TraceFile.create(opts.recordTrace, Math.ceil(size / chunkSize), chunkSize) : undefined;
     source = await RemoteChunkSource.open(region, { chunkSize, log: opts.log, ...(opts.urgent ? { urgent: opts.urgent } : {}) });
     let swarm: SwarmSource | undefined;
     let refs: RefPullSource | undefined;
     let refresh: NodeJS.Timeout | undefined;
+    const haveReady: Promise<void>[] = [];
     const seederOf = (name: string, r: RemoteRegion) => {
       if (r.manifest.size !== size) throw new QuicmapError('EINVAL', `seeder ${name} serves ${r.manifest.size} bytes, the region has ${size}`);
-      return { name, source: { fetch: (i: number, buf: Uint8Array) => r.readAt(buf, i * chunkSize) } };
+      // Which chunks it holds (a seeder that is a managed mount pulls too): never ask it for one it lacks.
+      const have = new HaveMap(Math.ceil(size / chunkSize));
+      const poller = new HavePoller(r, have, { name, ...(opts.log ? { log: opts.log } : {}), ...(opts.haveIntervalMs ? { intervalMs: opts.haveIntervalMs } : {}) });
+      havePollers.push(poller);
+      haveReady.push(poller.start());
+      return { name, source: { fetch: (i: number, buf: Uint8Array) => r.readAt(buf, i * chunkSize) }, holds: (i: number) => have.has(i), heldCount: () => have.count() };
     };
     const wantSwarm = (opts.seeders && opts.seeders.length > 0) || opts.swarm;
     if (wantSwarm || opts.byReference) {
       const initial = (opts.seeders ?? []).map((s) => seederOf(s.name, s.region));
+      // The first chunk maps before the first pull (bounded: a seeder that does not answer is not waited for).
+      let waitMaps: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.all(haveReady), new Promise<void>((r) => (waitMaps = setTimeout(r, 2_000)))]);
+      clearTimeout(waitMaps);
       const verifier = new HashListVerifier(Math.ceil(size / chunkSize));
       const owner = region.manifest.sharer;
       const regionId = region.manifest.regionId;
@@ -163,6 +178,7 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
           } finally {
             clearInterval(refresh);
             await refs?.close();
+            for (const p of havePollers) p.stop();
             src.close();
             await tr?.close();
           }
@@ -171,6 +187,7 @@ export async function openManaged(region: RemoteRegion, opts: ManagedOptions = {
       },
     };
   } catch (e) {
+    for (const p of havePollers) p.stop();
     source?.close();
     await trace?.close();
     await cache.close();

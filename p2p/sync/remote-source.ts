@@ -12,7 +12,7 @@
  */
 import type { ChunkSource } from '../../engine/sync/chunk-source.ts';
 import type { RemoteRegion } from '../remote/region.ts';
-import { ChangePoller } from './change-calls.ts';
+import { ChangePoller, type ChangesReply } from './change-calls.ts';
 
 export class RemoteChunkSource implements ChunkSource {
   readonly size: number;
@@ -49,6 +49,16 @@ export class RemoteChunkSource implements ChunkSource {
 
   get feedVersion(): number {
     return this.poller.version;
+  }
+
+  /** The owner's feed id (null: not known yet). */
+  get feedId(): number | null {
+    return this.poller.feedId;
+  }
+
+  /** Apply a feed answer that came another way (a migration's final dirty list); returns chunks reported (-1: all). */
+  applyChanges(reply: ChangesReply): number {
+    return this.poller.apply(reply);
   }
 
   /** Ask the feed now (a migration's dirty round) instead of waiting for the long poll. */

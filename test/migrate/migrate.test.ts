@@ -82,6 +82,10 @@ for (const postCopy of [false, true]) {
         const result = JSON.parse(out.trim().split('\n').filter((l) => l.includes('"downtimeMs"') && !l.includes('"event"')).pop()!) as Record<string, number>;
         assert.ok(result.downtimeMs >= 0 && result.totalMs >= result.downtimeMs, JSON.stringify(result));
         assert.ok(result.bytes > 0 && result.rounds >= 1, JSON.stringify(result));
+        // Where the downtime went, and the auto-converge throttle (the source's share has one: supported).
+        const r2 = result as unknown as { stopMs: Record<string, number>; throttle: { supported: boolean; pct: number } };
+        assert.ok(['suspend', 'finalSync', 'finalPull', 'handover', 'resume'].every((k) => r2.stopMs[k]! >= 0), JSON.stringify(result));
+        assert.is(r2.throttle.supported, true, JSON.stringify(result));
         await waitFor('the writer to write to the target', () => wErr.includes(`writing to nbd+unix:///region?socket=${dstSock}`));
         const atResume = readFileSync(log, 'utf8').split('\n').length;
         await waitFor('more writes at the target', () => readFileSync(log, 'utf8').split('\n').length > atResume + 50);

@@ -14,6 +14,8 @@ import { shareRegion } from '../../p2p/share.ts';
 import { mountTicket } from '../../p2p/mount.ts';
 import { openManaged } from '../../p2p/sync/managed.ts';
 import { loadHashList } from '../../p2p/sync/hash-calls.ts';
+import { serveHaveMap } from '../../p2p/sync/have-calls.ts';
+import { buildStack } from '../../engine/stack.ts';
 import { withTimeout } from '../helpers/env.ts';
 import { assertBytes } from '../engine/model.ts';
 
@@ -66,6 +68,49 @@ test('three seeders, one killed mid-pull, one lying: the mount completes with th
     for (const s of seederMounts) await s.mounted.close();
     await m.close();
     for (const s of seeders) await s.shared.close();
+    await ownerShared.close();
+  }),
+);
+
+test('a partial seeder (a managed mount that read 10 chunks) is asked only for chunks its map has: it never fetches from the owner for the puller', () =>
+  withTimeout(30_000, 'partial seeder', async () => {
+    const net = new LoopbackNetwork();
+    const owner = await generateIdentity();
+    const sId = await generateIdentity();
+    const me = await generateIdentity();
+    const N = 64;
+    const content = new Uint8Array(N * CS);
+    for (let i = 0; i < content.length; i++) content[i] = (i * 5 + (i >> 16)) & 0xff;
+    const ownerStore = new MemoryBackend(N * CS);
+    await ownerStore.writeAt(content, 0);
+    const ownerShared = await shareRegion({ identity: owner, store: ownerStore, transport: new LoopbackTransport(owner, { network: net }), listen: 'owner:0' });
+    // The seeder: a managed mount with no background pull that read chunks 0..9, seeding its copy as mount --seed-listen does.
+    const sMount = await mountTicket({ identity: sId, ticket: ownerShared.ticket, transport: new LoopbackTransport(sId, { network: net }) });
+    const sManaged = await openManaged(sMount.region, { pullWorkers: 0 });
+    await sManaged.store.readAt(new Uint8Array(10 * CS), 0);
+    const view = await buildStack({ backend: sManaged.store, ownsBackend: false, readOnly: true, maxRequest: 16 * 1024 * 1024 });
+    const seed = await shareRegion({ identity: sId, store: view, transport: new LoopbackTransport(sId, { network: net }), listen: 'seed:0', readOnly: true });
+    const states = sManaged.synced.states;
+    serveHaveMap(seed.server, states.count, (i) => states.isLocal(i) && !states.isDirty(i));
+    const demandBefore = sManaged.synced.progress().demandFetches;
+    const m = await mountTicket({ identity: me, ticket: ownerShared.ticket, transport: new LoopbackTransport(me, { network: net }) });
+    const sm = await mountTicket({ identity: me, ticket: seed.ticket, transport: new LoopbackTransport(me, { network: net }) });
+    const mm = await openManaged(m.region, { pullWorkers: 8, seeders: [{ name: 'partial', region: sm.region }] });
+    await mm.synced.whenComplete();
+    const all = new Uint8Array(N * CS);
+    await mm.store.readAt(all, 0);
+    assertBytes(all, content, 'the mount has the owner\'s bytes');
+    const p = mm.peers()!.find((x) => x.name === 'partial')!;
+    assert.ok(p.fetched > 0, 'the seeder served the chunks it holds');
+    assert.ok(p.fetched <= 10, `the seeder was asked for ${p.fetched} chunks; it holds 10`);
+    assert.is(p.held, 10);
+    assert.is(sManaged.synced.progress().demandFetches, demandBefore, 'the seeder fetched nothing from the owner on the puller\'s behalf');
+    await mm.close();
+    await m.close();
+    await sm.close();
+    await seed.close();
+    await sManaged.close();
+    await sMount.close();
     await ownerShared.close();
   }),
 );

@@ -27,7 +27,7 @@ export class GatedSource implements ChunkSource {
   holdPushes = false;
   failPushes = false;
   failFetches = false;
-  private readonly held: Gate[] = [];
+  private readonly held: Array<Gate & { urgent?: boolean }> = [];
   private listeners = new Set<(c: readonly number[] | 'all') => void>();
 
   constructor(size: number, chunkSize: number, fill?: (i: number) => number) {
@@ -47,9 +47,20 @@ export class GatedSource implements ChunkSource {
     return this.held.length;
   }
 
-  private async maybeHold(on: boolean): Promise<void> {
+  /** Release only the held background (not urgent) fetches. */
+  releaseBackground(): number {
+    const bg = this.held.filter((g) => g.urgent === false);
+    for (const g of bg) {
+      this.held.splice(this.held.indexOf(g), 1);
+      g.open();
+    }
+    return bg.length;
+  }
+
+  private async maybeHold(on: boolean, urgent?: boolean): Promise<void> {
     if (!on) return;
-    const g = gate();
+    const g: Gate & { urgent?: boolean } = gate();
+    if (urgent !== undefined) g.urgent = urgent;
     this.held.push(g);
     await g.wait;
   }
@@ -59,7 +70,7 @@ export class GatedSource implements ChunkSource {
     this.fetchOrder.push(i);
     this.fetchUrgent.push(urgent);
     // The bytes are taken when the fetch is answered, as a real owner would send them.
-    await this.maybeHold(this.holdFetches);
+    await this.maybeHold(this.holdFetches, urgent);
     if (this.failFetches) throw Object.assign(new Error('owner unreachable'), { code: 'EIO' });
     buf.set(this.owner.subarray(i * this.chunkSize, i * this.chunkSize + buf.length));
   }
@@ -72,7 +83,7 @@ export class GatedSource implements ChunkSource {
   private readonly rangeFetch = async (first: number, count: number, buf: Uint8Array): Promise<void> => {
     this.calls.push(`range ${first} ${count}`);
     for (let k = 0; k < count; k++) this.fetchOrder.push(first + k);
-    await this.maybeHold(this.holdFetches);
+    await this.maybeHold(this.holdFetches, false);
     if (this.failFetches) throw Object.assign(new Error('owner unreachable'), { code: 'EIO' });
     buf.set(this.owner.subarray(first * this.chunkSize, first * this.chunkSize + buf.length));
   };

@@ -103,6 +103,20 @@ test('chunk states: generations make a re-write during a push stay dirty; invali
   assert.is(s.isLocal(2), true);
 });
 
+test('chunk states: nextPending walks the remote and fetching chunks in order, skipping local ones', () => {
+  const st = new ChunkStates(40);
+  for (let i = 0; i < 40; i++) if (![3, 17, 18, 39].includes(i)) { st.beginFetch(i); st.fetched(i); }
+  st.beginFetch(17); // in flight: pending too
+  const seen: number[] = [];
+  for (let i = st.nextPending(0); i >= 0; i = st.nextPending(i + 1)) seen.push(i);
+  assert.equal(seen, [3, 17, 18, 39]);
+  st.fetched(17);
+  st.beginFetch(3);
+  st.fetched(3);
+  assert.is(st.nextPending(0), 18);
+  assert.is(st.nextPending(40), -1);
+});
+
 test('push schedule: interval from the oldest unpushed write, threshold at once, nothing when clean', () => {
   const p = new PushSchedule({ intervalMs: 1000, maxDirtyBytes: 300 });
   assert.is(p.nextTimeout(), undefined);

@@ -4,6 +4,7 @@ import { HashListVerifier, chunkHash } from '../../engine/sync/hash-list.ts';
 import { SwarmSource } from '../../engine/sync/swarm-source.ts';
 import { storeChunkSource } from '../../engine/sync/chunk-source.ts';
 import { MemoryBackend } from '../../engine/backends/memory.ts';
+import { HaveMap, packHave } from '../../engine/sync/have-map.ts';
 
 const CS = 1024;
 const N = 16;
@@ -39,6 +40,38 @@ const seederOf = (content: Uint8Array, opts: { delayMs?: number; fail?: boolean;
     },
   };
 };
+
+test('a seeder is asked only for chunks its map says it holds; an unknown map means any chunk', async () => {
+  const o = await owner();
+  const v = verifierFor(o.content);
+  const s = seederOf(o.content);
+  const have = new HaveMap(N);
+  assert.ok(have.has(12) && !have.known && have.count() === N, 'no map yet: it may hold any chunk');
+  have.set(packHave(N, (i) => i < 8)); // a partial seeder: chunks 0..7
+  assert.is(have.count(), 8);
+  const swarm = new SwarmSource({ owner: o.source, seeders: [{ name: 's', source: s.source, holds: (i) => have.has(i), heldCount: () => have.count() }], verifier: v });
+  const buf = new Uint8Array(CS);
+  for (const urgent of [false, true]) {
+    for (const i of [12, 13, 3]) {
+      await swarm.fetch(i, buf, urgent);
+      assert.is(buf[7], o.content[i * CS + 7]);
+    }
+  }
+  assert.ok(s.calls.length >= 1 && s.calls.every((c) => c === 3), `only chunk 3 may go to the seeder; 12 and 13 to the owner (seeder asked: ${s.calls})`);
+  const asked = s.calls.length;
+  assert.is(swarm.status().find((p) => p.name === 's')!.held, 8);
+  // The seeder pulled more: the next map has chunk 12.
+  have.set(packHave(N, (i) => i <= 12));
+  await swarm.fetch(12, buf, false);
+  assert.equal(s.calls.slice(asked), [12], 'a background pull goes to the seeder that holds it now');
+  let bad: unknown;
+  try {
+    have.set(new Uint8Array(1));
+  } catch (e) {
+    bad = e;
+  }
+  assert.is((bad as { code?: string })?.code, 'EPROTO', 'a map of the wrong length is refused');
+});
 
 test('a chunk whose hash is stale comes from the owner only; verified seeder chunks are used', async () => {
   const o = await owner();

@@ -232,6 +232,38 @@ test('random I/O while run pulls are in flight matches a model; the owner has it
   await synced.stop();
 });
 
+test('an urgent read is not queued behind background pulls: it goes out at once, and while it waits at most 2 background pulls are in flight, each one chunk', async () => {
+  for (const ranges of [false, true]) {
+    const { source, store, synced } = setup(512, { pullWorkers: 8, maxPullRun: 16 });
+    source.ranges = ranges;
+    source.holdFetches = true;
+    await synced.start();
+    await settle();
+    assert.is(source.heldCount, 8, 'eight background pulls in flight');
+    const reading = read(store, 400 * CS, CS);
+    await settle();
+    const at = source.calls.indexOf('fetch 400 urgent');
+    assert.is(at, 8, `${ranges ? 'runs' : 'chunks'}: the urgent fetch went out right after the 8 in flight, not behind more`);
+    // The background pulls finish while the urgent one still waits: the puller may not refill the link.
+    assert.is(source.releaseBackground(), 8);
+    await settle(20);
+    const after = source.calls.slice(at + 1);
+    assert.ok(after.length <= 2, `${ranges ? 'runs' : 'chunks'}: ${after.length} background requests while the urgent read waited: ${after.join(', ')}`);
+    assert.ok(after.length >= 1, 'the background is slowed, not stopped');
+    for (const c of after) assert.match(c, ranges ? /^(range \d+ 1|fetch \d+)$/ : /^fetch \d+$/, `one chunk each: ${c}`);
+    assert.ok(synced.progress().backgroundHeld > 0);
+    // The urgent read completes: the background fills its window again.
+    source.release();
+    await reading;
+    await settle(20);
+    assert.is(source.heldCount, 8, 'eight background pulls in flight again');
+    source.holdFetches = false;
+    source.release();
+    await synced.whenComplete();
+    await synced.stop();
+  }
+});
+
 test('pull order is followed: one worker, reverse order', async () => {
   const { source, synced } = setup(6, { pullWorkers: 1, pullOrder: reverseOrder });
   await synced.start();
