@@ -49,6 +49,50 @@ test('puller with a dynamic order re-plans; every remote chunk is pulled exactly
   assert.equal(pulled, [4, 2, 0, 1, 3]);
 });
 
+test('a scattered order keeps a run of chunks in flight per worker (not one chunk per round trip)', async () => {
+  const n = 64;
+  const states = new ChunkStates(n);
+  let inFlight = 0;
+  let most = 0;
+  const pending: Array<() => void> = [];
+  const pulled: number[] = [];
+  // Every other chunk, so no two picks are adjacent: each is a run of one.
+  const order = traceOrder(Array.from({ length: n / 2 }, (_, k) => 2 * k));
+  const puller = new Puller(
+    {
+      chunks: n,
+      isRemote: (i) => states.isRemote(i),
+      pullBackground: (i) => {
+        states.beginFetch(i);
+        inFlight++;
+        most = Math.max(most, inFlight);
+        return new Promise<void>((r) =>
+          pending.push(() => {
+            inFlight--;
+            states.fetched(i);
+            pulled.push(i);
+            r();
+          }),
+        );
+      },
+      pullRun: async (first, count) => {
+        for (let k = first; k < first + count; k++) if (states.isRemote(k)) (states.beginFetch(k), states.fetched(k), pulled.push(k));
+      },
+      planContext: () => ctx(n),
+    },
+    { workers: 2, order, maxRun: 8, clock: new VirtualClock() },
+  );
+  puller.start();
+  await settle(10);
+  assert.is(most, 16, 'two workers, eight single chunks each in flight');
+  while (pending.length) {
+    for (const f of pending.splice(0)) f();
+    await settle(10);
+  }
+  await puller.stop();
+  assert.equal([...pulled].sort((a, b) => a - b), Array.from({ length: n }, (_, i) => i), 'every chunk once');
+});
+
 test('puller retries a failed pull after a backoff on the clock, and reports completion', async () => {
   const states = new ChunkStates(2);
   const clock = new VirtualClock();
