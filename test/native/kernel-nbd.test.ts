@@ -170,7 +170,9 @@ test('attachKernelNbd on something that is not an NBD device fails cleanly (no f
     assert.is(err!.code, 'ENOTTY');
     assert.is(served.length, 2, 'one server-side socket per connection');
     await new Promise((r) => setTimeout(r, 20));
-    assert.is(fds(), before, 'every socketpair end and the device fd were closed');
+    // Not equal: the runtime may close an fd of its own meanwhile (31 vs 32 seen on Node 24); a leak is more.
+    const after = fds();
+    assert.ok(after <= before, `every socketpair end and the device fd were closed (${after} fds open, ${before} before)`);
     const noDev = await attachKernelNbd({ serve: () => {}, size: 4096, flags: 1, device: join(dir, 'missing') }).then(
       () => undefined,
       (e: { code?: string }) => e.code,
