@@ -13,9 +13,8 @@
  * list taken then is final. Reads always pass.
  */
 import { QuicmapError } from '../../base/errors.ts';
-import { VECTORED, type Capability, type VectoredStore } from '../capability.ts';
-import type { ReadWriterAt, WriteOptions, ZeroOptions } from '../rwat.ts';
-import { PassThroughLayer } from './pass-through.ts';
+import type { ReadWriterAt } from '../rwat.ts';
+import { WriteAdmissionLayer } from './write-admission.ts';
 
 export class WriteGate {
   private openState: boolean;
@@ -63,31 +62,6 @@ export class WriteGate {
   }
 
   wrap(store: ReadWriterAt): ReadWriterAt {
-    return new GatedStore(store, this);
-  }
-}
-
-class GatedStore extends PassThroughLayer {
-  private readonly gate: WriteGate;
-  private readonly vectored: VectoredStore | undefined;
-
-  constructor(inner: ReadWriterAt, gate: WriteGate) {
-    super(inner);
-    this.gate = gate;
-    const v = inner.capability(VECTORED);
-    this.vectored = v && { writev: (parts, offset, opts) => gate.admit(() => v.writev(parts, offset, opts)) };
-  }
-  override writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
-    return this.gate.admit(() => this.inner.writeAt(data, offset, opts));
-  }
-  override trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
-    return this.gate.admit(() => this.inner.trim(offset, length, opts));
-  }
-  override writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
-    return this.gate.admit(() => this.inner.writeZeroes(offset, length, opts));
-  }
-  override capability<T>(key: Capability<T>): T | undefined {
-    if (key === (VECTORED as Capability<unknown>)) return this.vectored as T | undefined;
-    return this.inner.capability(key);
+    return new WriteAdmissionLayer(store, (fn) => this.admit(fn));
   }
 }

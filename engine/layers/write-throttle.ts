@@ -17,9 +17,8 @@
  */
 import { QuicmapError } from '../../base/errors.ts';
 import { systemClock, type Clock } from '../../base/clock.ts';
-import { VECTORED, type Capability, type VectoredStore } from '../capability.ts';
-import type { ReadWriterAt, WriteOptions, ZeroOptions } from '../rwat.ts';
-import { PassThroughLayer } from './pass-through.ts';
+import type { ReadWriterAt } from '../rwat.ts';
+import { WriteAdmissionLayer } from './write-admission.ts';
 
 /** QEMU's CPU_THROTTLE_TIMESLICE_NS: the open part of every cycle. */
 export const THROTTLE_TIMESLICE_MS = 10;
@@ -101,31 +100,6 @@ export class WriteThrottle {
   }
 
   wrap(store: ReadWriterAt): ReadWriterAt {
-    return new ThrottledStore(store, this);
-  }
-}
-
-class ThrottledStore extends PassThroughLayer {
-  private readonly throttle: WriteThrottle;
-  private readonly vectored: VectoredStore | undefined;
-
-  constructor(inner: ReadWriterAt, throttle: WriteThrottle) {
-    super(inner);
-    this.throttle = throttle;
-    const v = inner.capability(VECTORED);
-    this.vectored = v && { writev: (parts, offset, opts) => throttle.pass().then(() => v.writev(parts, offset, opts)) };
-  }
-  override writeAt(data: Uint8Array, offset: number, opts?: WriteOptions): Promise<void> {
-    return this.throttle.pass().then(() => this.inner.writeAt(data, offset, opts));
-  }
-  override trim(offset: number, length: number, opts?: WriteOptions): Promise<void> {
-    return this.throttle.pass().then(() => this.inner.trim(offset, length, opts));
-  }
-  override writeZeroes(offset: number, length: number, opts?: ZeroOptions): Promise<void> {
-    return this.throttle.pass().then(() => this.inner.writeZeroes(offset, length, opts));
-  }
-  override capability<T>(key: Capability<T>): T | undefined {
-    if (key === (VECTORED as Capability<unknown>)) return this.vectored as T | undefined;
-    return this.inner.capability(key);
+    return new WriteAdmissionLayer(store, (fn) => this.pass().then(fn));
   }
 }
