@@ -7,6 +7,7 @@
  * through a NAT-free WAN path.
  */
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
+import { rng } from '../engine/model.ts';
 
 export interface LossyLinkOptions {
   /** Probability that a datagram is dropped (each direction). */
@@ -36,18 +37,6 @@ export interface LinkCounters {
   handshakesDelayed: number;
 }
 
-/** mulberry32: small, fast, good enough to pick drops. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 export class LossyLink {
   readonly counters: LinkCounters = { forwarded: 0, dropped: 0, duplicated: 0, reordered: 0, handshakesDelayed: 0 };
   private readonly front: Socket;
@@ -62,7 +51,7 @@ export class LossyLink {
     this.front = front;
     this.target = target;
     this.o = { duplicate: 0, reorder: 0, delayHandshakeMs: 0, delayMs: 0, ...o };
-    this.rnd = prng(o.seed);
+    this.rnd = rng(o.seed);
     front.on('message', (m, from) => this.fromDialer(m, from));
   }
 
