@@ -261,11 +261,12 @@ export default async function main(args: string[]): Promise<void> {
     const chaOpen = median([sealRate('chacha20-poly1305', true), sealRate('chacha20-poly1305', true), sealRate('chacha20-poly1305', true)]);
     Object.assign(results, { 'seal+open (ChunkSealer) MB/s': both, 'aes-256-gcm seal MB/s': gcmSeal, 'aes-256-gcm open MB/s': gcmOpen, 'chacha20-poly1305 seal MB/s': chaSeal, 'chacha20-poly1305 open MB/s': chaOpen });
     rows.push(['sealing per core (64 KiB)', `AES-256-GCM seal ${gcmSeal.toFixed(0)} / open ${gcmOpen.toFixed(0)} MB/s`, `ChaCha20-Poly1305 ${chaSeal.toFixed(0)} / ${chaOpen.toFixed(0)} MB/s`, '']);
-    rows.push(['ChunkSealer seal+open round', `${both.toFixed(0)} MB/s`, '', '']);
+    rows.push([`ChunkSealer seal+open round (${sealer.engine})`, `${both.toFixed(0)} MB/s`, '', '']);
   } finally {
     for (const s of stores) await s.close();
   }
-  if (json) process.stdout.write(`${JSON.stringify({ size, coldCache, transport, reads, results })}\n`);
+  const sealEngine = new ChunkSealer(randomBytes(32), randomBytes(16)).engine;
+  if (json) process.stdout.write(`${JSON.stringify({ size, coldCache, transport, reads, sealer: sealEngine, results })}\n`);
   else {
     process.stdout.write(`ram vs managed mount (unencrypted, remote memory backend), ${size / MiB} MiB over ${transport}, ram cold cache ${coldCache / MiB} MiB, K=1 unless said\n`);
     process.stdout.write(table(['workload', 'ram', 'managed', 'ratio (>= 0.8)'], rows));

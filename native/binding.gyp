@@ -12,7 +12,8 @@
         "src/uffd.cc",
         "src/nbd.cc",
         "src/nbd_serve.cc",
-        "src/fallocate.cc"
+        "src/fallocate.cc",
+        "src/gcm_pages.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED"],

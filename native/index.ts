@@ -172,6 +172,19 @@ export interface NativeBinding {
   lseek(fd: number, offset: number, whence: number): number;
   seekWhence: Record<'SEEK_DATA' | 'SEEK_HOLE', number>;
   nbdIoctls: Record<'NBD_SET_SOCK' | 'NBD_SET_BLKSIZE' | 'NBD_SET_SIZE' | 'NBD_DO_IT' | 'NBD_CLEAR_SOCK' | 'NBD_CLEAR_QUE' | 'NBD_SET_SIZE_BLOCKS' | 'NBD_DISCONNECT' | 'NBD_SET_TIMEOUT' | 'NBD_SET_FLAGS', number>;
+  /** AES-256-GCM per segment of a chunk on Node's own OpenSSL (src/gcm_pages.cc); absent in an addon built before it. */
+  GcmPages?: new (key: Uint8Array, segmentSize: number) => NativeGcmPages;
+  /** Whether this Node exports the OpenSSL functions GcmPages needs. */
+  gcmPagesAvailable?(): boolean;
+}
+
+/** See native/README.md, "Sealed pages". Nonce and associated data per segment: p2p/ram/seal.ts. */
+export interface NativeGcmPages {
+  /** Seal `plain` segment by segment into `ct` (same length) and `tags` (16 bytes a segment). */
+  seal(index: number, version: number, aad: Uint8Array, plain: Uint8Array, ct: Uint8Array, tags: Uint8Array): void;
+  /** Open segments [first, first + count) of `data` in place where `done` is 0; -1, or the first segment whose tag failed (left as ciphertext). */
+  open(index: number, version: number, aad: Uint8Array, data: Uint8Array, tags: Uint8Array, first: number, count: number, done: Uint8Array): number;
+  close(): void;
 }
 
 export class NativeUnavailableError extends Error {

@@ -24,6 +24,14 @@ import type { ReadWriterAt, StoreCaps, WriteOptions, ZeroOptions } from '../rwat
 export interface PageStore {
   /** The chunk's bytes (exactly chunkSize), or null for a chunk never saved or discarded (zeros). */
   load(index: number): Promise<Uint8Array | null>;
+  /**
+   * Optional: the chunk with only what is read of it made valid, as it is
+   * read (a sealed chunk opens the 4 KiB segments a read needs, not all of
+   * them). PagedStore uses it instead of `load` for reads; a write makes
+   * the whole chunk valid first, so a chunk that cannot be made whole is
+   * never written (or acknowledged) here.
+   */
+  loadPartial?(index: number): Promise<PartialChunk | null>;
   /** Keep these bytes as the chunk's contents (durable once the PageStore's flush resolves; the caller does not reuse `data`, unless copiesOnSave). */
   save(index: number, data: Uint8Array): Promise<void>;
   /** True when save() is done with `data` once it returns (it copies or seals it at once): PagedStore then hands over its cached bytes without a copy. */
@@ -32,6 +40,21 @@ export interface PageStore {
   discard(index: number): Promise<void>;
   flush(): Promise<void>;
   close(): Promise<void>;
+}
+
+/** A chunk loaded in part (PageStore.loadPartial): `data` is valid where `reveal` made it so. */
+export interface PartialChunk {
+  /** The chunk's bytes (chunkSize long), valid only in the ranges revealed. */
+  readonly data: Uint8Array;
+  /** Every byte is valid. */
+  readonly complete: boolean;
+  /**
+   * Make data[at, at + len) valid: true when it is at once, else a promise
+   * (it fetches another copy) that rejects when no good copy is left.
+   */
+  reveal(at: number, len: number): true | Promise<void>;
+  /** The caller overwrote the whole chunk: count every byte as valid, and write nothing into `data` from now on. */
+  settle(): void;
 }
 
 export interface PagedStoreOptions {
@@ -61,6 +84,8 @@ export interface PagedStats {
 interface Entry {
   index: number;
   data: Uint8Array;
+  /** Set while the chunk is loaded in part (loadPartial): reveal a range before reading it, the whole chunk before writing it. */
+  partial: PartialChunk | undefined;
   /** Bumped by each write; saved up to savedGen. */
   gen: number;
   savedGen: number;
@@ -139,7 +164,7 @@ export class PagedStore implements ReadWriterAt {
     const at = offset - index * this.chunkSize;
     if (at + buf.length <= this.chunkSize) {
       const e = this.touch(index);
-      if (e) {
+      if (e && (e.partial === undefined || this.revealNow(e, at, buf.length))) {
         buf.set(e.data.subarray(at, at + buf.length));
         return Promise.resolve();
       }
@@ -147,6 +172,8 @@ export class PagedStore implements ReadWriterAt {
     return this.eachPiece(buf.length, offset, async (index, at, from, len) => {
       const e = await this.pin(index, false);
       try {
+        const r = this.reveal(e, at, len);
+        if (r !== true) await r;
         buf.set(e.data.subarray(at, at + len), from);
       } finally {
         this.unpin(e);
@@ -162,7 +189,7 @@ export class PagedStore implements ReadWriterAt {
       const at = offset - index * this.chunkSize;
       if (at + data.length <= this.chunkSize) {
         const e = this.touch(index);
-        if (e) {
+        if (e && (e.partial === undefined || this.revealNow(e, 0, this.chunkSize))) {
           e.data.set(data, at);
           this.dirty(e);
           return;
@@ -172,6 +199,7 @@ export class PagedStore implements ReadWriterAt {
     await this.eachPiece(data.length, offset, async (index, at, from, len) => {
       const e = await this.pin(index, len === this.chunkSize);
       try {
+        await this.whole(e, len === this.chunkSize);
         e.data.set(data.subarray(from, from + len), at);
         this.dirty(e);
       } finally {
@@ -188,6 +216,7 @@ export class PagedStore implements ReadWriterAt {
       if (len === this.chunkSize && !opts?.noHole) return this.discardChunk(index);
       const e = await this.pin(index, false);
       try {
+        await this.whole(e, len === this.chunkSize);
         e.data.fill(0, at, at + len);
         this.dirty(e);
       } finally {
@@ -323,6 +352,8 @@ export class PagedStore implements ReadWriterAt {
     while (this.loading.has(index)) await this.loading.get(index)!.catch(() => {});
     const e = this.entries.get(index);
     if (e) {
+      e.partial?.settle();
+      e.partial = undefined;
       e.data.fill(0);
       this.dirty(e);
       return; // saved (as zeros) like any write
@@ -362,13 +393,53 @@ export class PagedStore implements ReadWriterAt {
   }
 
   private async fill(index: number, whole: boolean): Promise<Entry> {
-    const data = whole ? new Uint8Array(this.chunkSize) : ((await this.pages.load(index)) ?? new Uint8Array(this.chunkSize));
+    let partial: PartialChunk | undefined;
+    let data: Uint8Array;
+    if (whole) data = new Uint8Array(this.chunkSize);
+    else if (this.pages.loadPartial) {
+      partial = (await this.pages.loadPartial(index)) ?? undefined;
+      data = partial?.data ?? new Uint8Array(this.chunkSize);
+    } else data = (await this.pages.load(index)) ?? new Uint8Array(this.chunkSize);
     if (data.length !== this.chunkSize) throw new QuicmapError('EIO', `chunk ${index} came back with ${data.length} bytes, not ${this.chunkSize}`);
     this.check(); // ended while it loaded: not cached again
-    const e: Entry = { index, data, gen: 0, savedGen: 0, dirtySince: 0, pins: 1, saving: undefined, prev: undefined, next: undefined };
+    const e: Entry = { index, data, partial, gen: 0, savedGen: 0, dirtySince: 0, pins: 1, saving: undefined, prev: undefined, next: undefined };
     this.entries.set(index, e);
     this.toMru(e);
     return e;
+  }
+
+  /** Make e.data[at, at + len) valid (a chunk loaded in part): true at once, or when the promise resolves. */
+  private reveal(e: Entry, at: number, len: number): true | Promise<void> {
+    const p = e.partial;
+    if (!p) return true;
+    const r = p.reveal(at, len);
+    if (r === true) {
+      if (p.complete) e.partial = undefined;
+      return true;
+    }
+    return r.then(() => {
+      if (e.partial === p && p.complete) e.partial = undefined;
+    });
+  }
+
+  /** reveal() for a fast path: false when it cannot be at once (the slow path then waits for it, and sees its error). */
+  private revealNow(e: Entry, at: number, len: number): boolean {
+    const r = this.reveal(e, at, len);
+    if (r === true) return true;
+    r.catch(() => {});
+    return false;
+  }
+
+  /** Before a write: the whole chunk valid, or (`overwritten`: the write covers it all) counted as such. */
+  private async whole(e: Entry, overwritten: boolean): Promise<void> {
+    if (!e.partial) return;
+    if (overwritten) {
+      e.partial.settle();
+      e.partial = undefined;
+      return;
+    }
+    const r = this.reveal(e, 0, this.chunkSize);
+    if (r !== true) await r;
   }
 
   private unpin(e: Entry): void {
@@ -414,6 +485,8 @@ export class PagedStore implements ReadWriterAt {
   private async save(e: Entry): Promise<void> {
     while (e.saving) await e.saving.catch(() => {});
     if (e.gen === e.savedGen) return;
+    // A written chunk was made whole before its first write (whole()).
+    if (e.partial) throw new QuicmapError('EIO', `chunk ${e.index}: dirty while only partly loaded (a bug)`);
     const gen = e.gen;
     const copy = this.pages.copiesOnSave ? e.data : e.data.slice();
     this.savesInFlight++;

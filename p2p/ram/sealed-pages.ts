@@ -23,13 +23,15 @@
  */
 import { createHash } from 'node:crypto';
 import { QuicmapError, errorCode } from '../../base/errors.ts';
-import type { PageStore } from '../../engine/layers/paged.ts';
-import { ChunkSealer, SEAL_OVERHEAD } from './seal.ts';
+import type { PageStore, PartialChunk } from '../../engine/layers/paged.ts';
+import { ChunkSealer, sealedSize, type OpenableChunk, type Problem } from './seal.ts';
+import { SealedChunk } from './sealed-chunk.ts';
 import type { VaultStats } from './vault.ts';
 
 /** What SealedPages needs of a storage peer (StorePeerClient; tests may pass a fake). */
 export interface ChunkPeer {
   put(id: Uint8Array, blob: Uint8Array): Promise<VaultStats>;
+  /** A buffer the caller owns from now on (a chunk is opened in place in it). */
   get(id: Uint8Array): Promise<Uint8Array | null>;
   del(id: Uint8Array): Promise<void>;
   /** Delete many at once (StorePeerClient batches them); without it, del one by one. */
@@ -163,16 +165,123 @@ export class SealedPages implements PageStore {
 
   // --- PageStore ---
 
-  async load(index: number): Promise<Uint8Array | null> {
-    const version = this.versions[index]!;
-    if (version === 0) return null;
-    const id = this.chunkId(index);
+  /** The peers to read chunk `index` from, in order. */
+  private readOrder(index: number): number[] {
     const held = this.holders.get(index) ?? [];
     // Live holders first, then the lost ones (they may be back).
     // Loads of a chunk take its live holders in turn (spreading reads, and over two loads every replica is read and checked).
     const live = this.live(held);
     const turn = live.length > 1 ? this.turns[index]!++ % live.length : 0;
-    const order = [...live.slice(turn), ...live.slice(0, turn), ...held.filter((p) => this.peers[p]!.state === 'lost')];
+    return [...live.slice(turn), ...live.slice(0, turn), ...held.filter((p) => this.peers[p]!.state === 'lost')];
+  }
+
+  /**
+   * The chunk from its first holder whose blob has the right size and
+   * states the current version, not opened yet: segments open as they are
+   * read (SealedChunk), and a segment that fails its tag sends the read to
+   * the next replica (recover). What a cold 4 KiB read pays for is then one
+   * 4 KiB segment's AES-GCM instead of the whole chunk's.
+   */
+  async loadPartial(index: number): Promise<PartialChunk | null> {
+    const version = this.versions[index]!;
+    if (version === 0) return null;
+    const order = this.readOrder(index);
+    const why: string[] = [];
+    const bad: number[] = [];
+    const first = await this.fetchCandidate(index, version, order, why, bad);
+    if (!first) throw this.unavailable(index, why);
+    let source = first.p;
+    const recover = async (chunk: OpenableChunk, at: number, len: number, problem: Problem): Promise<void> => {
+      this.blame(source, index, version, problem, chunk.claimed, why, bad);
+      for (;;) {
+        const next = await this.fetchCandidate(index, version, order, why, bad);
+        if (!next) throw this.unavailable(index, why);
+        // `next.chunk` is never opened itself: its blob stays the ciphertext that repairs the bad peers.
+        chunk.adopt(next.chunk);
+        const again = chunk.open(at, len);
+        if (again === undefined) {
+          source = next.p;
+          this.background(this.repair(index, version, next.blob, [...bad]));
+          return;
+        }
+        this.blame(next.p, index, version, again, next.chunk.claimed, why, bad);
+        source = next.p;
+      }
+    };
+    if (bad.length > 0) {
+      // Holders before this one gave nothing usable: repair them once this copy proved good in full.
+      const repairBad = [...bad];
+      const verify = Uint8Array.prototype.slice.call(first.blob); // a copy: the chunk opens in place in first.blob
+      this.background(
+        Promise.resolve().then(() => {
+          if (this.sealer.open(index, version, verify).ok) return this.repair(index, version, verify, repairBad);
+        }),
+      );
+    }
+    return new SealedChunk(first.chunk, recover);
+  }
+
+  /** The next holder in `order` whose blob passes the checks that need no key (size, stated version); the others are blamed. */
+  private async fetchCandidate(index: number, version: number, order: number[], why: string[], bad: number[]): Promise<{ p: number; blob: Uint8Array; chunk: OpenableChunk } | undefined> {
+    const id = this.chunkId(index);
+    for (let p = order.shift(); p !== undefined; p = order.shift()) {
+      const peer = this.peers[p]!;
+      let blob: Uint8Array | null;
+      try {
+        blob = await peer.peer.get(id);
+        this.alive(peer);
+      } catch (e) {
+        this.failed(peer, e);
+        why.push(`${peer.name}: unreachable (${(e as Error).message})`);
+        continue;
+      }
+      if (blob === null) {
+        this.blame(p, index, version, 'missing', -1, why, bad);
+        continue;
+      }
+      if (blob.length !== sealedSize(this.chunkSize)) {
+        this.blame(p, index, version, 'malformed', -1, why, bad, blob.length);
+        continue;
+      }
+      const c = this.sealer.chunk(index, version, blob);
+      if (!c.ok) {
+        this.blame(p, index, version, c.problem, c.claimed, why, bad, blob.length);
+        continue;
+      }
+      // The stated version is unauthenticated, but a blob stating another one is not the current blob as this node sealed it.
+      if (c.chunk.claimed !== version) {
+        this.blame(p, index, version, c.chunk.claimed < version ? 'stale' : 'tampered', c.chunk.claimed, why, bad);
+        continue;
+      }
+      return { p, blob, chunk: c.chunk };
+    }
+    return undefined;
+  }
+
+  /** Count a bad replica against its peer, with a line for the error and the log. */
+  private blame(p: number, index: number, version: number, problem: Problem | 'missing', claimed: number, why: string[], bad: number[], size = 0): void {
+    const peer = this.peers[p]!;
+    if (problem === 'missing') peer.missing++;
+    else if (problem === 'stale') peer.stale++;
+    else peer.tampered++;
+    const what =
+      problem === 'missing' ? 'missing' : problem === 'stale' ? `stale (version ${claimed}, expected ${version})` : problem === 'malformed' ? `malformed (${size} bytes)` : 'altered (authentication failed)';
+    why.push(`${peer.name}: ${problem === 'missing' ? 'does not have it' : what}`);
+    this.report(peer, `chunk ${index} came back ${what}`);
+    if (!bad.includes(p)) bad.push(p);
+  }
+
+  private unavailable(index: number, why: string[]): ChunkUnavailableError {
+    const err = new ChunkUnavailableError(index, this.chunkSize, why);
+    this.log(err.message);
+    return err;
+  }
+
+  async load(index: number): Promise<Uint8Array | null> {
+    const version = this.versions[index]!;
+    if (version === 0) return null;
+    const id = this.chunkId(index);
+    const order = this.readOrder(index);
     const why: string[] = [];
     const bad: number[] = [];
     for (const p of order) {
@@ -311,7 +420,7 @@ export class SealedPages implements PageStore {
           const s = await peer.peer.info();
           peer.used = s.used;
           peer.quota = s.quota;
-          peer.full = s.quota - s.used < this.chunkSize + SEAL_OVERHEAD;
+          peer.full = s.quota - s.used < sealedSize(this.chunkSize);
           this.alive(peer);
           if (s.boot !== undefined && peer.boot !== undefined && s.boot !== peer.boot) {
             this.log(`storage peer ${peer.name} restarted; checking the chunks it holds`);
@@ -375,7 +484,7 @@ export class SealedPages implements PageStore {
       peer.missing++;
       return { what: 'missing' };
     }
-    const opened = blob.length === this.chunkSize + SEAL_OVERHEAD ? this.sealer.open(index, version, blob) : ({ ok: false, problem: 'malformed', claimed: -1 } as const);
+    const opened = blob.length === sealedSize(this.chunkSize) ? this.sealer.open(index, version, blob) : ({ ok: false, problem: 'malformed', claimed: -1 } as const);
     if (opened.ok) return { data: opened.data };
     if (opened.problem === 'stale') peer.stale++;
     else peer.tampered++;

@@ -39,7 +39,9 @@ class FakePeer implements ChunkPeer {
   }
   async get(id: Uint8Array) {
     this.up();
-    return this.blobs.get(Buffer.from(id).toString('hex')) ?? null;
+    // The caller owns what get returns (SealedPages opens chunks in place), as with a real peer's reply.
+    const b = this.blobs.get(Buffer.from(id).toString('hex'));
+    return b ? Uint8Array.prototype.slice.call(b) : null;
   }
   async del(id: Uint8Array) {
     this.up();
@@ -57,13 +59,13 @@ class FakePeer implements ChunkPeer {
   }
 }
 
-function setup(n: number, k: number, chunks = 64) {
+function setup(n: number, k: number, chunks = 64, chunkSize = CHUNK) {
   const peers = Array.from({ length: n }, () => new FakePeer());
   const logs: string[] = [];
   const pages = new SealedPages({
     secret: randomBytes(32),
     regionId: randomBytes(16),
-    chunkSize: CHUNK,
+    chunkSize,
     chunks,
     peers: peers.map((peer, i) => ({ name: `p${i}`, peer })),
     replicas: k,
@@ -297,6 +299,64 @@ test('PagedStore over SealedPages: written bytes survive eviction through sealed
   assert.ok(Buffer.from(back).equals(data));
   assert.ok(store.stats.evictions >= 28);
   for (const p of peers) for (const b of p.blobs.values()) assert.not.ok(Buffer.from(b).includes(data.subarray(100, 164)));
+});
+
+test('PagedStore over SealedPages: a read opens only its segments; a bad one is found when read, served from the other replica, repaired', async () => {
+  const big = 65536;
+  const { peers, pages } = setup(2, 2, 8, big);
+  const data = new Uint8Array(randomBytes(big));
+  await pages.save(2, data);
+  // Segment 7 of chunk 2 altered on peer 0 only.
+  for (const [k, b] of peers[0]!.blobs) {
+    const t = Uint8Array.prototype.slice.call(b);
+    t[8 + 7 * 4096 + 9]! ^= 0x01;
+    peers[0]!.blobs.set(k, t);
+  }
+  // Two cold reads (each PagedStore starts empty): the loads take the two replicas in turn, so one of them starts on peer 0.
+  for (let round = 0; round < 2; round++) {
+    const store = new PagedStore({ size: 8 * big, chunkSize: big, cacheBytes: 4 * big, pages, writeBackMs: 0 });
+    const page = new Uint8Array(4096);
+    await store.readAt(page, 2 * big);
+    assert.equal(page, data.subarray(0, 4096), 'segment 0');
+    if (round === 0) assert.is(pages.peerReports()[0]!.tampered, 0, 'reading segment 0 did not open segment 7');
+    await store.readAt(page, 2 * big + 7 * 4096);
+    assert.equal(page, data.subarray(7 * 4096, 8 * 4096), 'segment 7, from whichever replica is good');
+    const all = new Uint8Array(big);
+    await store.readAt(all, 2 * big);
+    assert.equal(all, data);
+  }
+  await pages.close(); // the background repair
+  const r = pages.peerReports();
+  assert.is(r[0]!.tampered, 1, 'peer 0 caught once');
+  assert.is(r[0]!.repaired, 1);
+  assert.is(r[1]!.tampered, 0);
+  peers[1]!.down = true;
+  assert.equal(await pages.load(2), data, 'peer 0 holds a good copy again');
+});
+
+test('PagedStore over SealedPages, K = 1: a bad segment fails its reads (typed) and any write to its chunk; the rest reads', async () => {
+  const big = 65536;
+  const { peers, pages } = setup(1, 1, 8, big);
+  const data = new Uint8Array(randomBytes(big));
+  await pages.save(1, data);
+  for (const [k, b] of peers[0]!.blobs) {
+    const t = Uint8Array.prototype.slice.call(b);
+    t[8 + 3 * 4096]! ^= 0x40;
+    peers[0]!.blobs.set(k, t);
+  }
+  const store = new PagedStore({ size: 8 * big, chunkSize: big, cacheBytes: 4 * big, pages, writeBackMs: 0 });
+  const page = new Uint8Array(4096);
+  await store.readAt(page, big + 4096);
+  assert.equal(page, data.subarray(4096, 8192));
+  await rejects(() => store.readAt(page, big + 3 * 4096), (e) => e instanceof ChunkUnavailableError && /altered/.test((e as Error).message));
+  await rejects(() => store.writeAt(new Uint8Array(512).fill(7), big), (e) => e instanceof ChunkUnavailableError);
+  await store.readAt(page, big);
+  assert.equal(page, data.subarray(0, 4096), 'the refused write left the chunk as it was');
+  // Overwriting the whole chunk needs none of its old bytes: it is taken, and saved.
+  const fresh = new Uint8Array(randomBytes(big));
+  await store.writeAt(fresh, big);
+  await store.flush();
+  assert.equal(await pages.load(1), fresh);
 });
 
 test.run();
