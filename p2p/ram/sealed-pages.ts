@@ -277,37 +277,13 @@ export class SealedPages implements PageStore {
     return err;
   }
 
+  /** The whole chunk, every segment checked (loadPartial, opened in full). */
   async load(index: number): Promise<Uint8Array | null> {
-    const version = this.versions[index]!;
-    if (version === 0) return null;
-    const id = this.chunkId(index);
-    const order = this.readOrder(index);
-    const why: string[] = [];
-    const bad: number[] = [];
-    for (const p of order) {
-      const peer = this.peers[p]!;
-      let blob: Uint8Array | null;
-      try {
-        blob = await peer.peer.get(id);
-        this.alive(peer);
-      } catch (e) {
-        this.failed(peer, e);
-        why.push(`${peer.name}: unreachable (${(e as Error).message})`);
-        continue;
-      }
-      const c = this.check(peer, index, version, blob);
-      if (c.what !== undefined) {
-        why.push(`${peer.name}: ${c.what === 'missing' ? 'does not have it' : c.what}`);
-        this.report(peer, `chunk ${index} came back ${c.what}`);
-        bad.push(p);
-        continue;
-      }
-      if (bad.length > 0) this.background(this.repair(index, version, blob!, bad));
-      return c.data;
-    }
-    const err = new ChunkUnavailableError(index, this.chunkSize, why);
-    this.log(err.message);
-    throw err;
+    const chunk = await this.loadPartial(index);
+    if (!chunk) return null;
+    const r = chunk.reveal(0, this.chunkSize);
+    if (r !== true) await r;
+    return chunk.data;
   }
 
   /** Sealed at once (so `data` is free again when this returns: copiesOnSave), then placed under the chunk's lock. */

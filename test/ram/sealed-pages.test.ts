@@ -54,6 +54,14 @@ class FakePeer implements ChunkPeer {
     this.up();
     return { used: this.used(), quota: this.quota === Infinity ? 1e15 : this.quota, chunks: this.blobs.size, boot: this.boot };
   }
+  /** Flip bits of byte `at` in every blob held (a peer altering what it stores). */
+  alter(at: number, mask: number): void {
+    for (const [k, b] of this.blobs) {
+      const t = Uint8Array.prototype.slice.call(b);
+      t[at]! ^= mask;
+      this.blobs.set(k, t);
+    }
+  }
   snapshot(): Map<string, Uint8Array> {
     return new Map(this.blobs);
   }
@@ -123,11 +131,7 @@ test('every replica stale or altered: a ChunkUnavailableError naming each, never
   const old = peers.map((p) => p.snapshot());
   await pages.save(0, fill(2));
   peers[0]!.blobs = old[0]!;
-  for (const [k, b] of peers[1]!.blobs) {
-    const t = Uint8Array.prototype.slice.call(b);
-    t[100]! ^= 0x80;
-    peers[1]!.blobs.set(k, t);
-  }
+  peers[1]!.alter(100, 0x80);
   try {
     await pages.load(0);
     assert.unreachable('read old or altered data');
@@ -307,11 +311,7 @@ test('PagedStore over SealedPages: a read opens only its segments; a bad one is 
   const data = new Uint8Array(randomBytes(big));
   await pages.save(2, data);
   // Segment 7 of chunk 2 altered on peer 0 only.
-  for (const [k, b] of peers[0]!.blobs) {
-    const t = Uint8Array.prototype.slice.call(b);
-    t[8 + 7 * 4096 + 9]! ^= 0x01;
-    peers[0]!.blobs.set(k, t);
-  }
+  peers[0]!.alter(8 + 7 * 4096 + 9, 0x01);
   // Two cold reads (each PagedStore starts empty): the loads take the two replicas in turn, so one of them starts on peer 0.
   for (let round = 0; round < 2; round++) {
     const store = new PagedStore({ size: 8 * big, chunkSize: big, cacheBytes: 4 * big, pages, writeBackMs: 0 });
@@ -339,11 +339,7 @@ test('PagedStore over SealedPages, K = 1: a bad segment fails its reads (typed) 
   const { peers, pages } = setup(1, 1, 8, big);
   const data = new Uint8Array(randomBytes(big));
   await pages.save(1, data);
-  for (const [k, b] of peers[0]!.blobs) {
-    const t = Uint8Array.prototype.slice.call(b);
-    t[8 + 3 * 4096]! ^= 0x40;
-    peers[0]!.blobs.set(k, t);
-  }
+  peers[0]!.alter(8 + 3 * 4096, 0x40);
   const store = new PagedStore({ size: 8 * big, chunkSize: big, cacheBytes: 4 * big, pages, writeBackMs: 0 });
   const page = new Uint8Array(4096);
   await store.readAt(page, big + 4096);
