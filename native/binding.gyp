@@ -12,6 +12,7 @@
         "src/uffd.cc",
         "src/nbd.cc",
         "src/nbd_serve.cc",
+        "src/splice.cc",
         "src/fallocate.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

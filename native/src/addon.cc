@@ -117,6 +117,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   qm::NbdInit(env, exports);
   qm::FallocateInit(env, exports);
   qm::NbdServeInit(env, exports);
+  qm::SpliceInit(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }
