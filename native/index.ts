@@ -74,6 +74,8 @@ export interface NativeRelaySpliceOptions {
   headBA?: Uint8Array;
   /** For log lines. */
   name: string;
+  /** Each pipe's size asked for (F_SETPIPE_SZ; default 1 MiB, the kernel may give less). */
+  pipeSize?: number;
 }
 
 export interface NativeRelaySpliceCounts {

@@ -46,7 +46,7 @@ namespace qm {
 
 namespace {
 
-// The pipe size asked for (F_SETPIPE_SZ); the kernel may give less (pipe-max-size for non-root).
+// The pipe size asked for by default (F_SETPIPE_SZ); the kernel may give less (pipe-max-size for non-root).
 constexpr int kPipeSize = 1 << 20;
 // The largest splice asked for at once.
 constexpr size_t kSpliceMax = 1 << 20;
@@ -398,13 +398,15 @@ Napi::Value RelaySplice(const Napi::CallbackInfo& info) {
   }
   c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (c->efd < 0) ThrowErrno(env, errno, "eventfd");
+  int pipeSize = kPipeSize;
+  if (o.Get("pipeSize").IsNumber()) pipeSize = std::max(4096, std::min(64 << 20, o.Get("pipeSize").As<Napi::Number>().Int32Value()));
   for (int i = 0; i < 2; i++) {
     Dir& d = c->dir[i];
     d.src = c->fd[i];
     d.dst = c->fd[1 - i];
     if (pipe2(d.pipe, O_NONBLOCK | O_CLOEXEC) != 0) ThrowErrno(env, errno, "pipe2");
     // A bigger pipe means fewer wakeups per byte; keep the default if refused.
-    int got = fcntl(d.pipe[1], F_SETPIPE_SZ, kPipeSize);
+    int got = fcntl(d.pipe[1], F_SETPIPE_SZ, pipeSize);
     if (got < 0) got = fcntl(d.pipe[1], F_GETPIPE_SZ);
     c->pipeCap = got > 0 ? static_cast<size_t>(got) : 65536;
   }

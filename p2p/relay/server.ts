@@ -476,7 +476,7 @@ export class RelayServer {
         // Over the cap already: deliver what fitted (as the JS path would), then refuse.
         const dst = ends.sockets[1 - side]!;
         for (const done of chunks.slice(0, i)) dst.write(done);
-        if (side === 1) for (const done of heads[0]) a.write(done);
+        if (side === 1) for (const done of heads[0]) b.write(done);
         this.endCircuit(ends, v.refusal, v.message);
         return true;
       }
@@ -517,8 +517,8 @@ export class RelayServer {
     ends.native = undefined;
     this.natives.delete(ends);
     if (c.reason === 'cap') {
-      const cap = this.book.quotas.circuitBytes;
-      this.endCircuit(ends, 'CIRCUIT_BYTE_LIMIT', `circuit ${ends.id} reached its limit of ${cap} bytes`);
+      const v = this.book.byteLimit(ends.id);
+      this.endCircuit(ends, v.refusal, v.message);
     } else if (c.reason === 'end') {
       this.endCircuit(ends, undefined, 'both ends closed', true);
     } else if (c.reason === 'error') {
