@@ -537,6 +537,8 @@ export class RelayServer {
   private endCircuit(ends: CircuitEnds, refusal: Refusal | undefined, message: string, shut = false): void {
     if (ends.closed) return;
     ends.closed = true;
+    // The book's count of a natively spliced circuit, exact up to now (its log line says it).
+    if (ends.native) this.countNative(ends, ends.native.bytes());
     const entry = this.book.closeCircuit(ends.id);
     this.circuits.delete(ends.id);
     for (const t of ends.tokens) this.byToken.delete(t);

@@ -8,7 +8,7 @@ import * as assert from 'uvu/assert';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { readdirSync } from 'node:fs';
 import { loadNative, type NativeRelaySpliceClosed } from '../../native/index.ts';
-import { socketFd } from '../../p2p/relay/native-splice.ts';
+import { socketFd, takeOver } from '../../p2p/relay/native-splice.ts';
 import { needCondition, Scope, withTimeout } from '../helpers/env.ts';
 import { NATIVE_OK, NATIVE_REASON } from './helpers.ts';
 
@@ -204,6 +204,32 @@ caseOf('stop ends it at once; the heads go first; a reset is an error', 20_000, 
   assert.is(c2.reason, 'error');
   assert.is(c2.side, 'a');
   assert.ok(['ECONNRESET', 'EPIPE'].includes(c2.error!), c2.error);
+});
+
+caseOf('takeOver: a socket Node was reading hands over its buffered bytes and reads no more; they go first, in order', 20_000, async (s) => {
+  const { a, b, ra, rb } = await pairs(s, true);
+  // ra read by Node for a while (as the relay does for the preamble), then paused with bytes buffered.
+  let late = 0;
+  const firstP = new Promise<Buffer>((r) => ra.once('data', (d: Buffer) => r(d)));
+  ra.resume();
+  const sending = send(a, 4 * MiB, 7, false);
+  const first = await firstP;
+  ra.pause();
+  await new Promise((r) => setTimeout(r, 100));
+  const held = takeOver(ra);
+  ra.on('data', () => late++);
+  assert.ok(held.length > 0, 'Node had bytes buffered');
+  const head = Buffer.concat([first, ...held]);
+  const sp = splice(ra, rb, { headAB: head });
+  const gotB = receive(b, 7);
+  await sending;
+  a.end();
+  assert.is(await gotB, 4 * MiB, 'all of it, in order, the buffered bytes first');
+  b.end();
+  const c = await sp.closed;
+  assert.is(c.reason, 'end');
+  assert.is(c.bytesAB + head.length, 4 * MiB);
+  assert.is(late, 0, 'Node read nothing after the takeover');
 });
 
 test.run();
