@@ -72,7 +72,7 @@ export interface NativeRelaySpliceOptions {
   /** Bytes already read from a (for b) / from b (for a): sent before anything spliced. */
   headAB?: Uint8Array;
   headBA?: Uint8Array;
-  /** For log lines. */
+  /** Names the thread ("qm " + name, 15 bytes at most: top -H, perf). */
   name: string;
   /** Each pipe's size asked for (F_SETPIPE_SZ; default 1 MiB, the kernel may give less). */
   pipeSize?: number;
