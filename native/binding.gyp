@@ -12,6 +12,7 @@
         "src/uffd.cc",
         "src/nbd.cc",
         "src/nbd_serve.cc",
+        "src/splice.cc",
         "src/fallocate.cc",
         "src/gcm_pages.cc"
       ],

@@ -63,6 +63,35 @@ export interface NativeNbdStats {
   bytesWritten: number;
 }
 
+export interface NativeRelaySpliceOptions {
+  /** The two connected stream sockets (dup'd by the addon; the caller keeps its own open and must not read them). */
+  a: number;
+  b: number;
+  /** The budget left for both directions together; absent: no limit. */
+  capBytes?: number;
+  /** Bytes already read from a (for b) / from b (for a): sent before anything spliced. */
+  headAB?: Uint8Array;
+  headBA?: Uint8Array;
+  /** Names the thread ("qm " + name, 15 bytes at most: top -H, perf). */
+  name: string;
+  /** Each pipe's size asked for (F_SETPIPE_SZ; default 1 MiB, the kernel may give less). */
+  pipeSize?: number;
+}
+
+export interface NativeRelaySpliceCounts {
+  /** Bytes spliced from a to b / from b to a so far (the heads not included: the caller counted those). */
+  bytesAB: number;
+  bytesBA: number;
+}
+
+export interface NativeRelaySpliceClosed extends NativeRelaySpliceCounts {
+  /** end: both directions reached EOF and were shut down; cap: the byte budget is spent; stop: relaySpliceStop; error: a socket failed. */
+  reason: 'end' | 'cap' | 'stop' | 'error';
+  /** With 'error': the errno name and the socket ('a' | 'b') it came from. */
+  error?: string;
+  side?: 'a' | 'b';
+}
+
 export interface UffdFeatures {
   /** A userfaultfd could be opened (syscall or /dev/userfaultfd). */
   available: boolean;
@@ -158,6 +187,20 @@ export interface NativeBinding {
   nbdServe?(opts: NativeNbdServeOptions, onEvent: (kind: 'log' | 'closed', value: string | NativeNbdStats) => void): number;
   /** Stop before the next request (`now`: at once, mid-reply). False when it had ended. */
   nbdServeStop?(id: number, now: boolean): boolean;
+  /**
+   * Forward between two stream sockets with splice(2) on a native thread,
+   * with backpressure, half-close and a byte budget (native/src/splice.cc;
+   * the relay's circuits). `onEvent` gets ('progress', counts) at most
+   * every ~100 ms while bytes move and, last, ('closed', …). Returns an id.
+   */
+  relaySplice?(
+    opts: NativeRelaySpliceOptions,
+    onEvent: (kind: 'progress' | 'closed', value: NativeRelaySpliceCounts | NativeRelaySpliceClosed) => void,
+  ): number;
+  /** End the circuit soon ('closed' with reason 'stop'); false when it had ended already. */
+  relaySpliceStop?(id: number): boolean;
+  /** [bytesAB, bytesBA] moved so far (exact, read now), or undefined once 'closed' was delivered. */
+  relaySpliceBytes?(id: number): [number, number] | undefined;
   /**
    * Configure /dev/nbdX (blksize, size, flags, timeout, sockets) and run
    * NBD_DO_IT on a native thread; `onExit(errno)` when it returns. The socket

@@ -118,6 +118,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   qm::FallocateInit(env, exports);
   qm::NbdServeInit(env, exports);
   qm::GcmPagesInit(env, exports);
+  qm::SpliceInit(env, exports);
   exports.Set("abiVersion", Napi::Number::New(env, 1));
   return exports;
 }

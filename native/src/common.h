@@ -57,6 +57,7 @@ void NbdInit(Napi::Env env, Napi::Object exports);
 void FallocateInit(Napi::Env env, Napi::Object exports);
 void NbdServeInit(Napi::Env env, Napi::Object exports);
 void GcmPagesInit(Napi::Env env, Napi::Object exports);
+void SpliceInit(Napi::Env env, Napi::Object exports);
 
 inline uint64_t ToU64(const Napi::Value& v) {
   if (v.IsBigInt()) {

@@ -138,9 +138,14 @@ export class RelayBook {
     const c = this.circuits.get(id);
     if (!c) return { ok: false, refusal: 'CONNECTION_FAILED', message: 'no such circuit' };
     const cap = this.quotas.circuitBytes;
-    if (cap > 0 && c.bytes + n > cap) return { ok: false, refusal: 'CIRCUIT_BYTE_LIMIT', message: `circuit ${id} reached its limit of ${cap} bytes` };
+    if (cap > 0 && c.bytes + n > cap) return { ok: false, ...this.byteLimit(id) };
     c.bytes += n;
     return { ok: true };
+  }
+
+  /** The refusal of a circuit past its byte quota (also when a native splice found it so). */
+  byteLimit(id: number): { refusal: Refusal; message: string } {
+    return { refusal: 'CIRCUIT_BYTE_LIMIT', message: `circuit ${id} reached its limit of ${this.quotas.circuitBytes} bytes` };
   }
 
   closeCircuit(id: number): CircuitEntry | undefined {

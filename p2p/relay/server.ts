@@ -7,7 +7,9 @@
  *   stream of control messages: reserve / connect (messages.ts);
  * - circuit (starts with CIRCUIT_MAGIC + a token the relay issued): one end
  *   of a circuit; once both ends arrived the relay splices them, counting
- *   bytes against the circuit's quota, forwarding with backpressure.
+ *   bytes against the circuit's quota, forwarding with backpressure —
+ *   natively with splice(2) on a thread of its own (native-splice.ts) where
+ *   the addon is available, else in JS.
  *
  * - a UDP socket on the same port number only observes: a peer about to
  *   punch over QUIC sends a token (given on its control connection) from
@@ -20,8 +22,8 @@
  * sent to the peers concerned (typed, messages.ts) and logged here.
  * Bounded: connections still in setup (deadline each), control connections,
  * control message size, circuits (per peer and in all); a circuit buffers at
- * most one socket read per direction (the source pauses until the
- * destination drains).
+ * most one socket read per direction in JS (the source pauses until the
+ * destination drains), or one pipe per direction natively.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
@@ -37,6 +39,7 @@ import { formatRelayAddress } from './address.ts';
 import { secureSocket } from './secure-socket.ts';
 import { punchPayload } from '../../transports/udp-punch.ts';
 import { SocketReader, readerDeadline } from './socket-reader.ts';
+import { handBack, nativeSpliceReason, socketFd, startNativeSplice, takeOver, type NativeSplice, type NativeSpliceEvent } from './native-splice.ts';
 
 export interface RelayServerOptions {
   identity: Identity;
@@ -61,6 +64,14 @@ interface CircuitEnds {
   leftovers: [Buffer[], Buffer[]];
   channels: [ControlChannel | undefined, ControlChannel | undefined];
   closed: boolean;
+  /** Node no longer reads the sockets (spliceNative took them over). */
+  takenOver: boolean;
+  /** The native splice forwarding this circuit, until its 'closed' event. */
+  native?: NativeSplice;
+  /** Native bytes already counted in the book and in the relay's total. */
+  nativeCounted: number;
+  /** What endCircuit left to do with the sockets once the native splice has stopped. */
+  afterNative?: () => void;
 }
 
 export interface RelayStats {
@@ -89,7 +100,11 @@ export class RelayServer {
   address = '';
   /** RELAY_ID@HOST:PORT, what `share --relay` takes. */
   relayAddress = '';
-  readonly stats: RelayStats = { reservations: 0, circuits: 0, circuitsOpened: 0, refusals: {}, bytesRelayed: 0, udpObserved: 0 };
+  readonly stats: RelayStats;
+  /** Bytes forwarded and counted; natively spliced circuits add what they moved since their last event (see stats). */
+  private bytesCounted = 0;
+  /** Circuits a native splice forwards, until its 'closed' event (which may come after endCircuit). */
+  private readonly natives = new Set<CircuitEnds>();
   private readonly server: Server;
   private readonly o: Required<Omit<RelayServerOptions, 'quotas'>>;
   private readonly pending = new Set<Socket>();
@@ -120,6 +135,25 @@ export class RelayServer {
       log: o.log ?? (() => {}),
     };
     this.book = new RelayBook(o.quotas);
+    const counted = () => this.bytesCounted;
+    const live = () => {
+      let n = 0;
+      for (const ends of this.natives) if (ends.native) n += ends.native.bytes() - ends.nativeCounted;
+      return n;
+    };
+    // bytesRelayed is read, never written: exact at any moment, natively spliced circuits included.
+    this.stats = {
+      reservations: 0,
+      circuits: 0,
+      circuitsOpened: 0,
+      refusals: {},
+      get bytesRelayed() {
+        return counted() + live();
+      },
+      udpObserved: 0,
+    };
+    const why = nativeSpliceReason();
+    if (why) this.o.log(`relay: circuits are forwarded in JS (${why})`);
     this.server = createServer({ noDelay: true });
     this.server.on('connection', (s) => void this.onSocket(s));
     this.server.on('error', (e) => this.o.log(`relay: accept error: ${e.message}`));
@@ -304,7 +338,7 @@ export class RelayServer {
             continue;
           }
           const tokens: [string, string] = [randomBytes(TOKEN_BYTES).toString('hex'), randomBytes(TOKEN_BYTES).toString('hex')];
-          const ends: CircuitEnds = { id: v.id, from: peer, to: m.target, tokens, sockets: [undefined, undefined], leftovers: [[], []], channels: [channel, targetChannel], closed: false };
+          const ends: CircuitEnds = { id: v.id, from: peer, to: m.target, tokens, sockets: [undefined, undefined], leftovers: [[], []], channels: [channel, targetChannel], closed: false, takenOver: false, nativeCounted: 0 };
           this.circuits.set(v.id, ends);
           this.byToken.set(tokens[0], { ends, side: 0 });
           this.byToken.set(tokens[1], { ends, side: 1 });
@@ -390,6 +424,7 @@ export class RelayServer {
     this.stats.circuitsOpened++;
     this.arm();
     this.o.log(`relay: circuit ${ends.id} open: ${short(ends.from)} -> ${short(ends.to)}`);
+    if (this.spliceNative(ends)) return;
     const forward = (src: Socket, dst: Socket, early: Buffer[]) => {
       const push = (chunk: Buffer): boolean => {
         if (ends.closed) return false;
@@ -398,7 +433,7 @@ export class RelayServer {
           this.endCircuit(ends, v.refusal, v.message);
           return false;
         }
-        this.stats.bytesRelayed += chunk.length;
+        this.bytesCounted += chunk.length;
         if (!dst.write(chunk)) {
           src.pause();
           dst.once('drain', () => src.resume());
@@ -415,10 +450,95 @@ export class RelayServer {
     ends.leftovers = [[], []];
   }
 
-  /** Close a circuit; with a refusal, tell both peers why (typed) and log it. */
-  private endCircuit(ends: CircuitEnds, refusal: Refusal | undefined, message: string): void {
+  /**
+   * Hand the circuit to a native splice: what Node had read already (the
+   * preamble's leftovers, its buffer) is counted and sent first by the
+   * native thread, then the kernel moves the rest. False (nothing touched)
+   * when native splicing is unavailable or a socket has no descriptor.
+   */
+  private spliceNative(ends: CircuitEnds): boolean {
+    if (nativeSpliceReason()) return false;
+    const [a, b] = ends.sockets as [Socket, Socket];
+    const fa = socketFd(a);
+    const fb = socketFd(b);
+    if (fa === undefined || fb === undefined) return false;
+    // From here to startNativeSplice: one tick, so libuv reads nothing more from either socket.
+    const heads: [Buffer[], Buffer[]] = [[...ends.leftovers[0], ...takeOver(a)], [...ends.leftovers[1], ...takeOver(b)]];
+    ends.takenOver = true;
+    ends.leftovers = [[], []];
+    for (const [side, chunks] of heads.entries()) {
+      for (const [i, c] of chunks.entries()) {
+        const v = this.book.carry(ends.id, c.length);
+        if (v.ok) {
+          this.bytesCounted += c.length;
+          continue;
+        }
+        // Over the cap already: deliver what fitted (as the JS path would), then refuse.
+        const dst = ends.sockets[1 - side]!;
+        for (const done of chunks.slice(0, i)) dst.write(done);
+        if (side === 1) for (const done of heads[0]) b.write(done);
+        this.endCircuit(ends, v.refusal, v.message);
+        return true;
+      }
+    }
+    const cap = this.book.quotas.circuitBytes;
+    const used = this.book.circuit(ends.id)?.bytes ?? 0;
+    try {
+      ends.native = startNativeSplice(
+        { a: fa, b: fb, capBytes: cap > 0 ? Math.max(0, cap - used) : undefined, headAB: Buffer.concat(heads[0]), headBA: Buffer.concat(heads[1]), name: `circuit ${ends.id}` },
+        (e) => this.onNative(ends, e),
+      );
+      this.natives.add(ends);
+    } catch (e) {
+      // Nothing reads the sockets any more: the circuit cannot go on in JS either.
+      this.o.log(`relay: circuit ${ends.id}: native splice failed: ${(e as Error).message}`);
+      this.endCircuit(ends, 'CONNECTION_FAILED', 'the relay could not forward the circuit');
+    }
+    return true;
+  }
+
+  /** Bring the book and the total up to the native splice's count. */
+  private countNative(ends: CircuitEnds, total: number): void {
+    const delta = total - ends.nativeCounted;
+    if (delta <= 0) return;
+    ends.nativeCounted = total;
+    this.bytesCounted += delta;
+    // The native budget is the book's remaining quota, so this stays within it (closed circuits are gone from the book).
+    this.book.carry(ends.id, delta);
+  }
+
+  private onNative(ends: CircuitEnds, e: NativeSpliceEvent): void {
+    if (e.kind === 'progress') {
+      this.countNative(ends, e.counts.bytesAB + e.counts.bytesBA);
+      return;
+    }
+    const c = e.closed;
+    this.countNative(ends, c.bytesAB + c.bytesBA);
+    ends.native = undefined;
+    this.natives.delete(ends);
+    if (c.reason === 'cap') {
+      const v = this.book.byteLimit(ends.id);
+      this.endCircuit(ends, v.refusal, v.message);
+    } else if (c.reason === 'end') {
+      this.endCircuit(ends, undefined, 'both ends closed', true);
+    } else if (c.reason === 'error') {
+      this.endCircuit(ends, undefined, `an end failed (${c.side === 'a' ? 'dialer' : 'target'}: ${c.error})`);
+    }
+    const after = ends.afterNative;
+    ends.afterNative = undefined;
+    after?.();
+  }
+
+  /**
+   * Close a circuit; with a refusal, tell both peers why (typed) and log it.
+   * `shut`: both directions were shut down already (the native splice's
+   * normal end), so the sockets can go at once.
+   */
+  private endCircuit(ends: CircuitEnds, refusal: Refusal | undefined, message: string, shut = false): void {
     if (ends.closed) return;
     ends.closed = true;
+    // The book's count of a natively spliced circuit, exact up to now (its log line says it).
+    if (ends.native) this.countNative(ends, ends.native.bytes());
     const entry = this.book.closeCircuit(ends.id);
     this.circuits.delete(ends.id);
     for (const t of ends.tokens) this.byToken.delete(t);
@@ -429,19 +549,33 @@ export class RelayServer {
     } else {
       this.o.log(`relay: circuit ${ends.id} closed (${message}; ${entry?.bytes ?? 0} bytes)`);
     }
-    if (refusal) {
-      // Give the 'closed' notices a head start on the FIN, so peers see the reason first.
-      setTimeout(() => {
-        for (const s of ends.sockets) s?.destroy();
-      }, 50).unref();
+    const finish = () => {
+      if (refusal) {
+        // Give the 'closed' notices a head start on the FIN, so peers see the reason first.
+        setTimeout(() => {
+          for (const s of ends.sockets) s?.destroy();
+        }, 50).unref();
+        return;
+      }
+      for (const s of ends.sockets) {
+        if (!s || s.destroyed) continue;
+        if (shut) {
+          s.destroy();
+          continue;
+        }
+        // A normal end: what was already forwarded still reaches the other side, then FIN.
+        if (ends.takenOver) handBack(s);
+        s.end();
+        setTimeout(() => s.destroy(), 5_000).unref();
+      }
+    };
+    if (ends.native) {
+      // The native thread shares the sockets: it stops (soon) before JS touches them.
+      ends.afterNative = finish;
+      ends.native.stop();
       return;
     }
-    // A normal end: what was already forwarded still reaches the other side, then FIN.
-    for (const s of ends.sockets) {
-      if (!s || s.destroyed) continue;
-      s.end();
-      setTimeout(() => s.destroy(), 5_000).unref();
-    }
+    finish();
   }
 
   private arm(): void {

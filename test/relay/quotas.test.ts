@@ -72,7 +72,40 @@ caseOf('a circuit over its byte cap is closed with CIRCUIT_BYTE_LIMIT, logged on
   assert.ok(bLog.some((m) => /circuit \d+ closed by the relay: relay: circuit byte limit/.test(m)), `dialer log: ${bLog.join('\n')}`);
   assert.ok(aLog.some((m) => /circuit byte limit/.test(m)), `listener log: ${aLog.join('\n')}`);
   assert.is(relay.stats.refusals.CIRCUIT_BYTE_LIMIT, 1);
+  assert.ok(relay.stats.bytesRelayed > 1024 && relay.stats.bytesRelayed <= 256 * 1024, `counted up to the cap: ${relay.stats.bytesRelayed}`);
   // The relay still carries a new circuit.
+  const again = await b.t.dial(relay.relayAddress, a.id.publicKey);
+  const st2 = await again.openStream();
+  await st2.write(Buffer.from('again'));
+  await st2.closeWrite();
+  assert.is((await readAll(st2)).toString(), 'again');
+});
+
+caseOf('a circuit over its time limit is closed with CIRCUIT_TIME_LIMIT while bytes flow; the relay keeps serving', 20_000, async (s) => {
+  const { relay, relayLog } = await setup(s, { circuitDurationMs: 1500 });
+  const a = await peer(s, []);
+  const bLog: string[] = [];
+  const b = await peer(s, bLog);
+  serve(await a.t.listen(relay.relayAddress));
+  const conn = await b.t.dial(relay.relayAddress, a.id.publicKey);
+  const st = await conn.openStream();
+  await st.write(Buffer.from('ping'));
+  await st.closeWrite();
+  assert.is((await readAll(st)).toString(), 'ping');
+  // A stream still sending when the limit strikes.
+  const long = await conn.openStream();
+  const echoed = readAll(long).catch((e: Error) => e);
+  const sending = (async () => {
+    for (;;) await long.write(randomBytes(64 * 1024));
+  })().catch((e: Error) => e);
+  await conn.closed;
+  assert.instance(await sending, Error, 'the writer was cut');
+  await echoed;
+  await new Promise((r) => setTimeout(r, 200));
+  assert.ok(relayLog.some((m) => /CIRCUIT_TIME_LIMIT/.test(m)), relayLog.join('\n'));
+  assert.ok(bLog.some((m) => /time limit/.test(m)), `dialer log: ${bLog.join('\n')}`);
+  assert.is(relay.stats.refusals.CIRCUIT_TIME_LIMIT, 1);
+  assert.is(relay.stats.circuits, 0);
   const again = await b.t.dial(relay.relayAddress, a.id.publicKey);
   const st2 = await again.openStream();
   await st2.write(Buffer.from('again'));
