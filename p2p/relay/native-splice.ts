@@ -106,14 +106,14 @@ export type NativeSpliceEvent = { kind: 'progress'; counts: NativeRelaySpliceCou
 
 /** Start forwarding between the descriptors `a` and `b` (of sockets taken over with `takeOver`). */
 export function startNativeSplice(
-  o: { a: number; b: number; capBytes: number | undefined; headAB: Buffer; headBA: Buffer; name: string },
+  o: { a: number; b: number; capBytes: number | undefined; headAB: Buffer; headBA: Buffer; name: string; pipeSize?: number },
   onEvent: (e: NativeSpliceEvent) => void,
 ): NativeSplice {
   const n = spliceBinding();
   if (!n) throw new Error(`native splice unavailable: ${reason}`);
   let last = 0;
   const id = n.relaySplice(
-    { a: o.a, b: o.b, capBytes: o.capBytes, headAB: o.headAB, headBA: o.headBA, name: o.name },
+    { a: o.a, b: o.b, capBytes: o.capBytes, headAB: o.headAB, headBA: o.headBA, name: o.name, ...(o.pipeSize ? { pipeSize: o.pipeSize } : {}) },
     (kind, value) => {
       const total = value.bytesAB + value.bytesBA;
       last = total;
