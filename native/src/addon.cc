@@ -1,5 +1,7 @@
 #include "common.h"
 
+#include <pthread.h>
+
 #include <map>
 #include <mutex>
 #include <sys/mman.h>
@@ -91,8 +93,25 @@ const char* ErrnoName(int err) {
     case ESHUTDOWN: return "ESHUTDOWN";
     case ENXIO: return "ENXIO";
     case ESRCH: return "ESRCH";
+    case ECONNRESET: return "ECONNRESET";
+    case EPIPE: return "EPIPE";
+    case ECONNABORTED: return "ECONNABORTED";
+    case ENOTCONN: return "ENOTCONN";
+    case EHOSTUNREACH: return "EHOSTUNREACH";
+    case ENETUNREACH: return "ENETUNREACH";
     default: return "EIO";
   }
+}
+
+int StartDetachedThread(void* (*fn)(void*), void* arg, size_t stackBytes) {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, stackBytes);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_t t;
+  int err = pthread_create(&t, &attr, fn, arg);
+  pthread_attr_destroy(&attr);
+  return err;
 }
 
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what) {

@@ -35,6 +35,11 @@ void MappingRetire(Mapping* m);
 // An ArrayBuffer over the whole mapping that holds a ref until collected.
 Napi::ArrayBuffer MappingArrayBuffer(Napi::Env env, Mapping* m);
 
+// Start fn(arg) on a detached thread with a stack of `stackBytes` (the
+// per-connection loops: nbd_serve.cc, splice.cc). Returns 0 or the error
+// number of pthread_create; on an error fn never runs.
+int StartDetachedThread(void* (*fn)(void*), void* arg, size_t stackBytes);
+
 // Throw a JS Error carrying `code` (errno name) and `errno`.
 [[noreturn]] void ThrowErrno(Napi::Env env, int err, const std::string& what);
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& what);

@@ -589,14 +589,8 @@ Napi::Value NbdServe(const Napi::CallbackInfo& info) {
     c->id = g_next++;
     g_conns[c->id] = c.get();
   }
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 256 * 1024);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_t t;
   uint32_t id = c->id;
-  int err = pthread_create(&t, &attr, ThreadMain, c.get());
-  pthread_attr_destroy(&attr);
+  int err = StartDetachedThread(ThreadMain, c.get(), 256 * 1024);
   if (err) {
     {
       std::lock_guard<std::mutex> lk(g_mu);

@@ -100,7 +100,6 @@ struct Circuit {
   std::atomic<bool> finished{false};
   EventFn events;
   Dir dir[2];
-  size_t pipeCap = 0;
 
   ~Circuit() {
     CloseAll();
@@ -209,7 +208,7 @@ struct Circuit {
     uint64_t lastTotal = Total();
     auto fail = [&](int err, int which) {
       out->reason = "error";
-      out->error = ErrName(err);
+      out->error = ErrnoName(err);
       out->side = which == fd[0] ? "a" : "b";
     };
     for (;;) {
@@ -290,18 +289,6 @@ struct Circuit {
         if (ev & (POLLIN | POLLHUP | POLLERR)) dir[i].inReady = true;
         if (ev & (POLLOUT | POLLERR)) dir[1 - i].outReady = true;
       }
-    }
-  }
-
-  static const char* ErrName(int err) {
-    switch (err) {
-      case ECONNRESET: return "ECONNRESET";
-      case EPIPE: return "EPIPE";
-      case ECONNABORTED: return "ECONNABORTED";
-      case ENOTCONN: return "ENOTCONN";
-      case EHOSTUNREACH: return "EHOSTUNREACH";
-      case ENETUNREACH: return "ENETUNREACH";
-      default: return ErrnoName(err);
     }
   }
 };
@@ -408,9 +395,7 @@ Napi::Value RelaySplice(const Napi::CallbackInfo& info) {
     d.dst = c->fd[1 - i];
     if (pipe2(d.pipe, O_NONBLOCK | O_CLOEXEC) != 0) ThrowErrno(env, errno, "pipe2");
     // A bigger pipe means fewer wakeups per byte; keep the default if refused.
-    int got = fcntl(d.pipe[1], F_SETPIPE_SZ, pipeSize);
-    if (got < 0) got = fcntl(d.pipe[1], F_GETPIPE_SZ);
-    c->pipeCap = got > 0 ? static_cast<size_t>(got) : 65536;
+    (void)fcntl(d.pipe[1], F_SETPIPE_SZ, pipeSize);
   }
   c->dir[0].head = Bytes(o.Get("headAB"));
   c->dir[1].head = Bytes(o.Get("headBA"));
@@ -422,14 +407,8 @@ Napi::Value RelaySplice(const Napi::CallbackInfo& info) {
     c->id = g_next++;
     g_circuits[c->id] = c.get();
   }
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, 128 * 1024);
-  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-  pthread_t t;
   uint32_t id = c->id;
-  int err = pthread_create(&t, &attr, ThreadMain, c.get());
-  pthread_attr_destroy(&attr);
+  int err = StartDetachedThread(ThreadMain, c.get(), 128 * 1024);
   if (err) {
     {
       std::lock_guard<std::mutex> lk(g_mu);

@@ -239,13 +239,9 @@ export class SealedPages implements PageStore {
         this.blame(p, index, version, 'missing', -1, why, bad);
         continue;
       }
-      if (blob.length !== sealedSize(this.chunkSize)) {
+      const c = blob.length === sealedSize(this.chunkSize) ? this.sealer.chunk(index, version, blob) : undefined;
+      if (!c?.ok) {
         this.blame(p, index, version, 'malformed', -1, why, bad, blob.length);
-        continue;
-      }
-      const c = this.sealer.chunk(index, version, blob);
-      if (!c.ok) {
-        this.blame(p, index, version, c.problem, c.claimed, why, bad, blob.length);
         continue;
       }
       // The stated version is unauthenticated, but a blob stating another one is not the current blob as this node sealed it.
@@ -261,11 +257,7 @@ export class SealedPages implements PageStore {
   /** Count a bad replica against its peer, with a line for the error and the log. */
   private blame(p: number, index: number, version: number, problem: Problem | 'missing', claimed: number, why: string[], bad: number[], size = 0): void {
     const peer = this.peers[p]!;
-    if (problem === 'missing') peer.missing++;
-    else if (problem === 'stale') peer.stale++;
-    else peer.tampered++;
-    const what =
-      problem === 'missing' ? 'missing' : problem === 'stale' ? `stale (version ${claimed}, expected ${version})` : problem === 'malformed' ? `malformed (${size} bytes)` : 'altered (authentication failed)';
+    const what = this.fault(peer, problem, claimed, version, size);
     why.push(`${peer.name}: ${problem === 'missing' ? 'does not have it' : what}`);
     this.report(peer, `chunk ${index} came back ${what}`);
     if (!bad.includes(p)) bad.push(p);
@@ -456,15 +448,20 @@ export class SealedPages implements PageStore {
 
   /** The plaintext if the blob is the chunk's current version, else what is wrong with it (counted against the peer). */
   private check(peer: PeerState, index: number, version: number, blob: Uint8Array | null): { data: Uint8Array; what?: undefined } | { what: string } {
-    if (blob === null) {
-      peer.missing++;
-      return { what: 'missing' };
-    }
+    if (blob === null) return { what: this.fault(peer, 'missing', -1, version, 0) };
     const opened = blob.length === sealedSize(this.chunkSize) ? this.sealer.open(index, version, blob) : ({ ok: false, problem: 'malformed', claimed: -1 } as const);
     if (opened.ok) return { data: opened.data };
-    if (opened.problem === 'stale') peer.stale++;
+    return { what: this.fault(peer, opened.problem, opened.claimed, version, blob.length) };
+  }
+
+  /** Count a bad replica against its peer; what is wrong with it, in words. */
+  private fault(peer: PeerState, problem: Problem | 'missing', claimed: number, version: number, size: number): string {
+    if (problem === 'missing') peer.missing++;
+    else if (problem === 'stale') peer.stale++;
     else peer.tampered++;
-    return { what: opened.problem === 'stale' ? `stale (version ${opened.claimed}, expected ${version})` : opened.problem === 'malformed' ? `malformed (${blob.length} bytes)` : 'altered (authentication failed)' };
+    if (problem === 'missing') return 'missing';
+    if (problem === 'stale') return `stale (version ${claimed}, expected ${version})`;
+    return problem === 'malformed' ? `malformed (${size} bytes)` : 'altered (authentication failed)';
   }
 
   /** Resolves when the background copying has nothing left it can do now. */
